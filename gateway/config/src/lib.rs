@@ -1,0 +1,453 @@
+//! The operator→gateway contract: the config bundle's serde types and a `validate()` that
+//! reports every error at once, each with the path of the field at fault.
+//!
+//! The operator writes this bundle into a Secret; the gateway reads it from a file. Both sides
+//! depend on this crate and nothing else of each other, so it stays serde-only: no I/O beyond
+//! reading the file, no key parsing (the gateway checks key material when it compiles the
+//! bundle, and reports those errors in the same [`ConfigError`] shape).
+
+use std::{collections::BTreeSet, fmt, net::SocketAddr, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+mod validate;
+
+pub use validate::validate;
+
+/// The whole gateway config bundle.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Where the gateway accepts connections.
+    pub listeners: Vec<Listener>,
+    /// Named sets of CIDRs that listeners and users refer to.
+    #[serde(default)]
+    pub zones: Vec<Zone>,
+    /// Backends that mounts forward to.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// Who may log in.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// What users may do, as mounts with verbs.
+    #[serde(default)]
+    pub roles: Vec<Role>,
+    /// SSH host keys and algorithm policy.
+    #[serde(default)]
+    pub ssh: SshSettings,
+    /// Connection limits and timeouts.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Where audit records go.
+    #[serde(default)]
+    pub audit: AuditSettings,
+    /// The admin HTTP port (`/healthz`, `/readyz`, `/metrics`); none when absent.
+    #[serde(default)]
+    pub admin: Option<AdminSettings>,
+    /// Seconds that running transfers get to finish after SIGTERM.
+    #[serde(default = "defaults::shutdown_grace_seconds")]
+    pub shutdown_grace_seconds: u64,
+}
+
+/// A listening socket and the protocol it speaks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listener {
+    /// Unique name, used in audit records and metrics.
+    pub name: String,
+    pub protocol: Protocol,
+    /// `IP:port` to bind, e.g. `0.0.0.0:2222`.
+    pub address: String,
+    /// Zones whose peers may connect; anyone else is closed before the banner.
+    pub zones: Vec<String>,
+}
+
+/// The wire protocols the gateway terminates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Sftp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Sftp => "sftp",
+        })
+    }
+}
+
+/// A named set of networks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Zone {
+    pub name: String,
+    /// CIDRs such as `10.0.0.0/8` or `2001:db8::/32`; a bare address means a single host.
+    pub cidrs: Vec<String>,
+}
+
+/// A backend that mounts forward to. (No `deny_unknown_fields` here: serde cannot combine it
+/// with `flatten`; the backend structs deny unknown fields instead.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub name: String,
+    #[serde(flatten)]
+    pub backend: EndpointBackend,
+}
+
+/// The kind of backend, tagged by `type`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum EndpointBackend {
+    /// A backend SFTP server, reached over SSH with a pinned host key.
+    Sftp(SftpEndpoint),
+    /// A directory on the gateway's own file system. For demos and tests: not for a DMZ.
+    Local(LocalEndpoint),
+}
+
+/// How to reach and log in to a backend SFTP server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SftpEndpoint {
+    /// `host:port` addresses, tried in order: the first that answers and proves a pinned host
+    /// key wins (failover).
+    pub addresses: Vec<String>,
+    /// Pinned host public keys in OpenSSH format (`ssh-ed25519 AAAA…`). Anything else is
+    /// refused. Several keys allow a rotation.
+    pub host_keys: Vec<String>,
+    /// The account on the backend.
+    pub username: String,
+    /// Path of an OpenSSH private key file for the backend account.
+    #[serde(default)]
+    pub private_key_file: Option<String>,
+    /// Path of a file holding the backend account's password (never inline).
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// Seconds to wait for TCP connect plus SSH handshake, per address.
+    #[serde(default = "defaults::connect_timeout_seconds")]
+    pub connect_timeout_seconds: u64,
+}
+
+/// A local directory backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalEndpoint {
+    /// The directory that backend paths are relative to.
+    pub root: String,
+}
+
+/// A user who may log in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// A PHC string: `$argon2id$…` (preferred) or bcrypt `$2b$…`.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// OpenSSH public keys (`ssh-ed25519 AAAA… comment`).
+    #[serde(default)]
+    pub public_keys: Vec<String>,
+    /// Path of a file holding the base32 TOTP secret, for keyboard-interactive.
+    #[serde(default)]
+    pub totp_secret_file: Option<String>,
+    /// Accepted method chains, as in OpenSSH's `AuthenticationMethods`: each entry is a
+    /// comma-separated list that must all succeed, e.g. `publickey,password`. When empty, each
+    /// single method the user has a credential for is accepted on its own.
+    #[serde(default)]
+    pub auth_methods: Vec<String>,
+    /// Zones the user may log in from.
+    pub zones: Vec<String>,
+    /// Roles granted to the user.
+    pub roles: Vec<String>,
+    /// A disabled user is refused at login.
+    #[serde(default)]
+    pub disabled: bool,
+    /// RFC 3339 instant after which the account is refused.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// A set of mounts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Role {
+    pub name: String,
+    pub mounts: Vec<Mount>,
+}
+
+/// A subtree of an endpoint shown at `path` in the user's virtual tree.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mount {
+    /// Absolute virtual path, e.g. `/inbound`.
+    pub path: String,
+    /// Name of the endpoint.
+    pub endpoint: String,
+    /// Absolute path on the endpoint that the mount path maps to.
+    #[serde(default = "defaults::backend_path")]
+    pub backend_path: String,
+    /// What the mount allows. Anything not listed is denied.
+    pub verbs: BTreeSet<Verb>,
+}
+
+/// An operation class that a mount can allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verb {
+    /// List directories and read attributes.
+    List,
+    /// Download file contents.
+    Read,
+    /// Create, overwrite or append to files.
+    Write,
+    /// Remove files.
+    Delete,
+    /// Create directories.
+    Mkdir,
+    /// Remove directories.
+    Rmdir,
+    /// Rename or move within the mount's endpoint.
+    Rename,
+    /// Change attributes (mode, times).
+    Setattr,
+}
+
+impl Verb {
+    pub const ALL: [Verb; 8] = [
+        Verb::List,
+        Verb::Read,
+        Verb::Write,
+        Verb::Delete,
+        Verb::Mkdir,
+        Verb::Rmdir,
+        Verb::Rename,
+        Verb::Setattr,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::List => "list",
+            Verb::Read => "read",
+            Verb::Write => "write",
+            Verb::Delete => "delete",
+            Verb::Mkdir => "mkdir",
+            Verb::Rmdir => "rmdir",
+            Verb::Rename => "rename",
+            Verb::Setattr => "setattr",
+        }
+    }
+}
+
+impl fmt::Display for Verb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// SSH host keys and algorithm policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SshSettings {
+    /// Paths of OpenSSH private host key files.
+    #[serde(default)]
+    pub host_key_files: Vec<String>,
+    /// Algorithm allow-lists; each defaults to a modern-only set.
+    #[serde(default)]
+    pub algorithms: Algorithms,
+}
+
+/// Algorithm allow-lists, in preference order. An empty list means the modern default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Algorithms {
+    #[serde(default)]
+    pub kex: Vec<String>,
+    #[serde(default)]
+    pub ciphers: Vec<String>,
+    #[serde(default)]
+    pub macs: Vec<String>,
+    #[serde(default)]
+    pub host_key_algorithms: Vec<String>,
+}
+
+/// Connection limits and timeouts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "defaults::max_sessions")]
+    pub max_sessions: usize,
+    #[serde(default = "defaults::max_sessions_per_ip")]
+    pub max_sessions_per_ip: usize,
+    /// Seconds from TCP accept to a completed login.
+    #[serde(default = "defaults::login_grace_seconds")]
+    pub login_grace_seconds: u64,
+    /// Seconds without traffic before a session is closed.
+    #[serde(default = "defaults::idle_timeout_seconds")]
+    pub idle_timeout_seconds: u64,
+    /// Failed authentication attempts before the connection is closed.
+    #[serde(default = "defaults::max_auth_attempts")]
+    pub max_auth_attempts: usize,
+    /// SFTP requests one session may have in flight at once.
+    #[serde(default = "defaults::max_in_flight_requests")]
+    pub max_in_flight_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sessions: defaults::max_sessions(),
+            max_sessions_per_ip: defaults::max_sessions_per_ip(),
+            login_grace_seconds: defaults::login_grace_seconds(),
+            idle_timeout_seconds: defaults::idle_timeout_seconds(),
+            max_auth_attempts: defaults::max_auth_attempts(),
+            max_in_flight_requests: defaults::max_in_flight_requests(),
+        }
+    }
+}
+
+/// Where audit records go. At least one sink must be on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditSettings {
+    /// JSON lines on standard output.
+    #[serde(default = "defaults::yes")]
+    pub stdout: bool,
+    /// JSON lines appended to this file.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Whether each READ/WRITE request gets its own record (`each`), or only the transfer
+    /// start/end records count them (`summary`, the default).
+    #[serde(default)]
+    pub data_ops: DataOpsAudit,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            stdout: true,
+            file: None,
+            data_ops: DataOpsAudit::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataOpsAudit {
+    #[default]
+    Summary,
+    Each,
+}
+
+/// The admin HTTP port.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminSettings {
+    /// `IP:port` to bind.
+    pub address: String,
+}
+
+mod defaults {
+    pub fn shutdown_grace_seconds() -> u64 {
+        30
+    }
+    pub fn connect_timeout_seconds() -> u64 {
+        10
+    }
+    pub fn backend_path() -> String {
+        "/".to_owned()
+    }
+    pub fn max_sessions() -> usize {
+        1000
+    }
+    pub fn max_sessions_per_ip() -> usize {
+        50
+    }
+    pub fn login_grace_seconds() -> u64 {
+        30
+    }
+    pub fn idle_timeout_seconds() -> u64 {
+        900
+    }
+    pub fn max_auth_attempts() -> usize {
+        4
+    }
+    pub fn max_in_flight_requests() -> usize {
+        64
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+/// One thing wrong with a config, with the path of the field at fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// e.g. `users[2].roles[0]`.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every error found in a config, in document order.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl GatewayConfig {
+    /// Parses YAML or JSON (JSON is read by the YAML parser as the subset it is). A syntax or
+    /// type error is reported with the path where parsing stopped.
+    pub fn parse(text: &str) -> Result<GatewayConfig, ConfigErrors> {
+        serde_yaml_ng::from_str(text).map_err(|e| {
+            let path = e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_else(|| "(document)".to_owned());
+            ConfigErrors(vec![ConfigError::new(path, e.to_string())])
+        })
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<(GatewayConfig, String), ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError::new(
+                path.display().to_string(),
+                format!("cannot read: {e}"),
+            )])
+        })?;
+        let config = GatewayConfig::parse(&text)?;
+        validate(&config).map_err(ConfigErrors)?;
+        Ok((config, text))
+    }
+
+    /// The parsed listen address of a listener; `validate` guarantees it parses.
+    pub fn listener_addr(listener: &Listener) -> Option<SocketAddr> {
+        listener.address.parse().ok()
+    }
+}

@@ -1,0 +1,459 @@
+//! Semantic checks of a parsed config: references resolve, names are unique, values make sense.
+//! Every error is collected; nothing stops at the first.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use ipnet::IpNet;
+
+use crate::{ConfigError, EndpointBackend, GatewayConfig};
+
+/// The authentication method names a chain may use.
+pub const AUTH_METHODS: [&str; 3] = ["password", "publickey", "keyboard-interactive"];
+
+/// Checks a parsed config and returns every error found, in document order.
+pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
+    let mut errs = Errors::default();
+
+    let zones = unique_names(&mut errs, "zones", config.zones.iter().map(|z| &z.name));
+    let endpoints = unique_names(
+        &mut errs,
+        "endpoints",
+        config.endpoints.iter().map(|e| &e.name),
+    );
+    let roles = unique_names(&mut errs, "roles", config.roles.iter().map(|r| &r.name));
+
+    if config.listeners.is_empty() {
+        errs.push("listeners", "at least one listener is required");
+    }
+    unique_names(
+        &mut errs,
+        "listeners",
+        config.listeners.iter().map(|l| &l.name),
+    );
+    let mut bound = HashMap::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let at = format!("listeners[{i}]");
+        match l.address.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if let Some(other) = bound.insert(addr, i) {
+                    errs.push(
+                        format!("{at}.address"),
+                        format!("{addr} is already bound by listeners[{other}]"),
+                    );
+                }
+            }
+            Err(_) => errs.push(
+                format!("{at}.address"),
+                format!("{:?} is not IP:port", l.address),
+            ),
+        }
+        if l.zones.is_empty() {
+            errs.push(
+                format!("{at}.zones"),
+                "a listener must admit at least one zone (nobody could connect)",
+            );
+        }
+        check_refs(&mut errs, &format!("{at}.zones"), &l.zones, &zones, "zone");
+    }
+
+    for (i, z) in config.zones.iter().enumerate() {
+        let at = format!("zones[{i}].cidrs");
+        if z.cidrs.is_empty() {
+            errs.push(&at, "a zone needs at least one CIDR");
+        }
+        for (j, c) in z.cidrs.iter().enumerate() {
+            if parse_cidr(c).is_none() {
+                errs.push(
+                    format!("{at}[{j}]"),
+                    format!("{c:?} is not a CIDR or IP address"),
+                );
+            }
+        }
+    }
+
+    for (i, e) in config.endpoints.iter().enumerate() {
+        let at = format!("endpoints[{i}]");
+        match &e.backend {
+            EndpointBackend::Sftp(s) => {
+                if s.addresses.is_empty() {
+                    errs.push(format!("{at}.addresses"), "at least one address is required");
+                }
+                for (j, a) in s.addresses.iter().enumerate() {
+                    if !is_host_port(a) {
+                        errs.push(
+                            format!("{at}.addresses[{j}]"),
+                            format!("{a:?} is not host:port"),
+                        );
+                    }
+                }
+                if s.host_keys.is_empty() {
+                    errs.push(
+                        format!("{at}.hostKeys"),
+                        "at least one pinned host key is required; unpinned backends are refused",
+                    );
+                }
+                if s.username.is_empty() {
+                    errs.push(format!("{at}.username"), "must not be empty");
+                }
+                match (&s.private_key_file, &s.password_file) {
+                    (None, None) => errs.push(
+                        &at,
+                        "one of privateKeyFile or passwordFile is required",
+                    ),
+                    (Some(_), Some(_)) => errs.push(
+                        &at,
+                        "set only one of privateKeyFile and passwordFile",
+                    ),
+                    _ => {}
+                }
+                if s.connect_timeout_seconds == 0 {
+                    errs.push(format!("{at}.connectTimeoutSeconds"), "must be at least 1");
+                }
+            }
+            EndpointBackend::Local(l) => {
+                if !l.root.starts_with('/') {
+                    errs.push(format!("{at}.root"), "must be an absolute path");
+                }
+            }
+        }
+    }
+
+    for (i, r) in config.roles.iter().enumerate() {
+        let mut seen = HashSet::new();
+        for (j, m) in r.mounts.iter().enumerate() {
+            let at = format!("roles[{i}].mounts[{j}]");
+            if let Err(why) = check_mount_path(&m.path) {
+                errs.push(format!("{at}.path"), why);
+            } else if !seen.insert(m.path.as_str()) {
+                errs.push(
+                    format!("{at}.path"),
+                    format!("{} is mounted twice in this role", m.path),
+                );
+            }
+            if !m.backend_path.starts_with('/') || m.backend_path.contains('\0') {
+                errs.push(format!("{at}.backendPath"), "must be an absolute path");
+            }
+            if !endpoints.contains(m.endpoint.as_str()) {
+                errs.push(
+                    format!("{at}.endpoint"),
+                    format!("role {} names endpoint {}, which does not exist", r.name, m.endpoint),
+                );
+            }
+            if m.verbs.is_empty() {
+                errs.push(format!("{at}.verbs"), "a mount must allow at least one verb");
+            }
+        }
+    }
+
+    unique_names(&mut errs, "users", config.users.iter().map(|u| &u.name));
+    for (i, u) in config.users.iter().enumerate() {
+        let at = format!("users[{i}]");
+        if u.name.is_empty() || u.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            errs.push(format!("{at}.name"), "must be non-empty, without spaces or control characters");
+        }
+        if u.zones.is_empty() {
+            errs.push(format!("{at}.zones"), "a user must be allowed at least one zone");
+        }
+        check_refs(&mut errs, &format!("{at}.zones"), &u.zones, &zones, "zone");
+        check_refs(&mut errs, &format!("{at}.roles"), &u.roles, &roles, "role");
+        if let Some(exp) = &u.expires_at
+            && chrono::DateTime::parse_from_rfc3339(exp).is_err()
+        {
+            errs.push(format!("{at}.expiresAt"), format!("{exp:?} is not an RFC 3339 time"));
+        }
+        let has = |m: &str| match m {
+            "password" => u.password_hash.is_some(),
+            "publickey" => !u.public_keys.is_empty(),
+            "keyboard-interactive" => u.totp_secret_file.is_some(),
+            _ => false,
+        };
+        if u.auth_methods.is_empty() {
+            if !has("password") && !has("publickey") {
+                errs.push(&at, "the user has no credential: set passwordHash or publicKeys");
+            }
+        }
+        for (j, chain) in u.auth_methods.iter().enumerate() {
+            let cat = format!("{at}.authMethods[{j}]");
+            let methods: Vec<&str> = chain.split(',').map(str::trim).collect();
+            let mut seen = HashSet::new();
+            for m in &methods {
+                if !AUTH_METHODS.contains(m) {
+                    errs.push(
+                        &cat,
+                        format!("unknown method {m:?}; use {}", AUTH_METHODS.join(", ")),
+                    );
+                } else if !has(m) {
+                    errs.push(&cat, format!("method {m} needs a credential the user lacks"));
+                }
+                if !seen.insert(*m) {
+                    errs.push(&cat, format!("method {m} appears twice"));
+                }
+            }
+            if methods == ["keyboard-interactive"] {
+                errs.push(&cat, "a one-time code alone is not enough; chain it after publickey or password");
+            }
+        }
+        // Mounts from several roles must not contradict each other.
+        let mut mounts: BTreeMap<&str, (&str, &str, &str)> = BTreeMap::new();
+        for role in config.roles.iter().filter(|r| u.roles.contains(&r.name)) {
+            for m in &role.mounts {
+                let this = (m.endpoint.as_str(), m.backend_path.as_str(), role.name.as_str());
+                match mounts.get(m.path.as_str()) {
+                    Some(prev) if (prev.0, prev.1) != (this.0, this.1) => errs.push(
+                        format!("{at}.roles"),
+                        format!(
+                            "roles {} and {} both mount {} but on different targets",
+                            prev.2, this.2, m.path
+                        ),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        mounts.insert(&m.path, this);
+                    }
+                }
+            }
+        }
+        let paths: Vec<&str> = mounts.keys().copied().collect();
+        for a in &paths {
+            for b in &paths {
+                if a != b && b.starts_with(a) && b.as_bytes().get(a.len()) == Some(&b'/') {
+                    errs.push(
+                        format!("{at}.roles"),
+                        format!("mount {b} is nested inside mount {a}; nested mounts are not allowed"),
+                    );
+                }
+            }
+        }
+    }
+
+    let l = &config.limits;
+    for (name, v) in [
+        ("maxSessions", l.max_sessions as u64),
+        ("maxSessionsPerIp", l.max_sessions_per_ip as u64),
+        ("loginGraceSeconds", l.login_grace_seconds),
+        ("idleTimeoutSeconds", l.idle_timeout_seconds),
+        ("maxAuthAttempts", l.max_auth_attempts as u64),
+        ("maxInFlightRequests", l.max_in_flight_requests as u64),
+    ] {
+        if v == 0 {
+            errs.push(format!("limits.{name}"), "must be at least 1");
+        }
+    }
+    if l.max_in_flight_requests > 1024 {
+        errs.push("limits.maxInFlightRequests", "must be at most 1024");
+    }
+    if !config.audit.stdout && config.audit.file.is_none() {
+        errs.push("audit", "at least one audit sink is required (stdout or file)");
+    }
+    if let Some(admin) = &config.admin
+        && admin.address.parse::<SocketAddr>().is_err()
+    {
+        errs.push("admin.address", format!("{:?} is not IP:port", admin.address));
+    }
+
+    errs.finish()
+}
+
+/// Parses `10.0.0.0/8` or a bare address (a single host).
+pub fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// A mount path is absolute, normalized and not the root.
+fn check_mount_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} must be absolute"));
+    }
+    if p == "/" {
+        return Err("a mount cannot be the root: the root lists the mounts".to_owned());
+    }
+    if p.ends_with('/') || p.contains('\0') {
+        return Err(format!("{p:?} must not end in / or contain NUL"));
+    }
+    if p[1..].split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        return Err(format!("{p:?} must be normalized (no //, . or ..)"));
+    }
+    Ok(())
+}
+
+fn is_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+fn unique_names<'a>(
+    errs: &mut Errors,
+    list: &str,
+    names: impl Iterator<Item = &'a String>,
+) -> HashSet<&'a str> {
+    let mut seen = HashSet::new();
+    for (i, n) in names.enumerate() {
+        if n.is_empty() {
+            errs.push(format!("{list}[{i}].name"), "must not be empty");
+        } else if !seen.insert(n.as_str()) {
+            errs.push(format!("{list}[{i}].name"), format!("duplicate name {n:?}"));
+        }
+    }
+    seen
+}
+
+fn check_refs(errs: &mut Errors, at: &str, refs: &[String], known: &HashSet<&str>, kind: &str) {
+    for (j, r) in refs.iter().enumerate() {
+        if !known.contains(r.as_str()) {
+            errs.push(format!("{at}[{j}]"), format!("{kind} {r} does not exist"));
+        }
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError::new(path, message));
+    }
+
+    fn finish(self) -> Result<(), Vec<ConfigError>> {
+        if self.0.is_empty() { Ok(()) } else { Err(self.0) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listeners:
+  - { name: sftp, protocol: sftp, address: "127.0.0.1:2222", zones: [lo] }
+zones:
+  - { name: lo, cidrs: ["127.0.0.0/8", "::1"] }
+endpoints:
+  - { name: files, type: local, root: /srv/files }
+  - name: mainframe
+    type: sftp
+    addresses: ["10.0.0.5:22", "10.0.0.6:22"]
+    hostKeys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH3Cz8X6Yq3dCF2b9pZ1a1fKq2Hh2jQb5o1q8VbJZt3s"]
+    username: gw
+    privateKeyFile: /keys/id
+users:
+  - name: alice
+    passwordHash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$YWJj"
+    zones: [lo]
+    roles: [ops]
+roles:
+  - name: ops
+    mounts:
+      - { path: /files, endpoint: files, verbs: [list, read, write] }
+      - { path: /mf/out, endpoint: mainframe, backendPath: /out, verbs: [read] }
+"#;
+
+    fn paths(text: &str) -> Vec<String> {
+        let cfg = GatewayConfig::parse(text).expect("parses");
+        match validate(&cfg) {
+            Ok(()) => vec![],
+            Err(errs) => errs.into_iter().map(|e| e.path).collect(),
+        }
+    }
+
+    #[test]
+    fn good_config_is_valid() {
+        assert_eq!(paths(GOOD), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let bad = r#"
+listeners:
+  - { name: a, protocol: sftp, address: "127.0.0.1:99999", zones: [nowhere] }
+  - { name: a, protocol: sftp, address: "127.0.0.1:22", zones: [] }
+zones:
+  - { name: lo, cidrs: ["127.0.0.0/33", "not-an-ip"] }
+endpoints:
+  - { name: e, type: sftp, addresses: ["nohostport"], hostKeys: [], username: "" }
+users:
+  - { name: bob, zones: [], roles: [ghost] }
+  - name: carol
+    passwordHash: x
+    authMethods: ["keyboard-interactive", "password,password", "smoke"]
+    zones: [lo]
+    roles: []
+roles:
+  - name: r
+    mounts:
+      - { path: "/a/../b", endpoint: missing, backendPath: rel, verbs: [] }
+      - { path: "/", endpoint: e, verbs: [read] }
+limits: { maxSessions: 0 }
+audit: { stdout: false }
+admin: { address: nope }
+"#;
+        let got = paths(bad);
+        let want = [
+            "listeners[1].name",
+            "listeners[0].address",
+            "listeners[0].zones[0]",
+            "listeners[1].zones",
+            "zones[0].cidrs[0]",
+            "zones[0].cidrs[1]",
+            "endpoints[0].addresses[0]",
+            "endpoints[0].hostKeys",
+            "endpoints[0].username",
+            "endpoints[0]",
+            "roles[0].mounts[0].path",
+            "roles[0].mounts[0].backendPath",
+            "roles[0].mounts[0].endpoint",
+            "roles[0].mounts[0].verbs",
+            "roles[0].mounts[1].path",
+            "users[0].zones",
+            "users[0].roles[0]",
+            "users[0]",
+            "users[1].authMethods[0]",
+            "users[1].authMethods[0]",
+            "users[1].authMethods[1]",
+            "users[1].authMethods[2]",
+            "limits.maxSessions",
+            "audit",
+            "admin.address",
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn conflicting_and_nested_mounts_across_roles_are_refused() {
+        let text = GOOD.replace(
+            "roles:\n  - name: ops",
+            "roles:\n  - name: more\n    mounts:\n      - { path: /files, endpoint: mainframe, verbs: [read] }\n      - { path: /files/sub, endpoint: files, verbs: [read] }\n  - name: ops",
+        )
+        .replace("roles: [ops]", "roles: [ops, more]");
+        let cfg = GatewayConfig::parse(&text).unwrap();
+        let errs = validate(&cfg).unwrap_err();
+        let msgs: Vec<_> = errs.iter().map(|e| e.message.as_str()).collect();
+        assert!(msgs.iter().any(|m| m.contains("both mount /files but on different targets")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.contains("nested inside mount /files")), "{msgs:?}");
+    }
+
+    #[test]
+    fn unknown_fields_and_protocols_are_refused_at_parse() {
+        assert!(GatewayConfig::parse("listeners: []\nlisteners2: []").is_err());
+        assert!(GatewayConfig::parse(
+            "listeners: [{name: a, protocol: telnet, address: '1.2.3.4:1', zones: []}]"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn json_is_accepted() {
+        let cfg = GatewayConfig::parse(
+            r#"{"listeners":[{"name":"s","protocol":"sftp","address":"127.0.0.1:1","zones":["z"]}],
+                "zones":[{"name":"z","cidrs":["127.0.0.1"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(validate(&cfg), Ok(()));
+    }
+}
