@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 mod validate;
 
-pub use validate::validate;
+pub use validate::{AUTH_METHODS, parse_cidr, validate};
 
 /// The whole gateway config bundle.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -79,7 +79,10 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
         match &e.backend {
             EndpointBackend::Sftp(s) => {
                 if s.addresses.is_empty() {
-                    errs.push(format!("{at}.addresses"), "at least one address is required");
+                    errs.push(
+                        format!("{at}.addresses"),
+                        "at least one address is required",
+                    );
                 }
                 for (j, a) in s.addresses.iter().enumerate() {
                     if !is_host_port(a) {
@@ -99,14 +102,12 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
                     errs.push(format!("{at}.username"), "must not be empty");
                 }
                 match (&s.private_key_file, &s.password_file) {
-                    (None, None) => errs.push(
-                        &at,
-                        "one of privateKeyFile or passwordFile is required",
-                    ),
-                    (Some(_), Some(_)) => errs.push(
-                        &at,
-                        "set only one of privateKeyFile and passwordFile",
-                    ),
+                    (None, None) => {
+                        errs.push(&at, "one of privateKeyFile or passwordFile is required")
+                    }
+                    (Some(_), Some(_)) => {
+                        errs.push(&at, "set only one of privateKeyFile and passwordFile")
+                    }
                     _ => {}
                 }
                 if s.connect_timeout_seconds == 0 {
@@ -139,11 +140,17 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
             if !endpoints.contains(m.endpoint.as_str()) {
                 errs.push(
                     format!("{at}.endpoint"),
-                    format!("role {} names endpoint {}, which does not exist", r.name, m.endpoint),
+                    format!(
+                        "role {} names endpoint {}, which does not exist",
+                        r.name, m.endpoint
+                    ),
                 );
             }
             if m.verbs.is_empty() {
-                errs.push(format!("{at}.verbs"), "a mount must allow at least one verb");
+                errs.push(
+                    format!("{at}.verbs"),
+                    "a mount must allow at least one verb",
+                );
             }
         }
     }
@@ -152,17 +159,26 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
     for (i, u) in config.users.iter().enumerate() {
         let at = format!("users[{i}]");
         if u.name.is_empty() || u.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            errs.push(format!("{at}.name"), "must be non-empty, without spaces or control characters");
+            errs.push(
+                format!("{at}.name"),
+                "must be non-empty, without spaces or control characters",
+            );
         }
         if u.zones.is_empty() {
-            errs.push(format!("{at}.zones"), "a user must be allowed at least one zone");
+            errs.push(
+                format!("{at}.zones"),
+                "a user must be allowed at least one zone",
+            );
         }
         check_refs(&mut errs, &format!("{at}.zones"), &u.zones, &zones, "zone");
         check_refs(&mut errs, &format!("{at}.roles"), &u.roles, &roles, "role");
         if let Some(exp) = &u.expires_at
             && chrono::DateTime::parse_from_rfc3339(exp).is_err()
         {
-            errs.push(format!("{at}.expiresAt"), format!("{exp:?} is not an RFC 3339 time"));
+            errs.push(
+                format!("{at}.expiresAt"),
+                format!("{exp:?} is not an RFC 3339 time"),
+            );
         }
         let has = |m: &str| match m {
             "password" => u.password_hash.is_some(),
@@ -172,7 +188,10 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
         };
         if u.auth_methods.is_empty() {
             if !has("password") && !has("publickey") {
-                errs.push(&at, "the user has no credential: set passwordHash or publicKeys");
+                errs.push(
+                    &at,
+                    "the user has no credential: set passwordHash or publicKeys",
+                );
             }
         }
         for (j, chain) in u.auth_methods.iter().enumerate() {
@@ -186,21 +205,31 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
                         format!("unknown method {m:?}; use {}", AUTH_METHODS.join(", ")),
                     );
                 } else if !has(m) {
-                    errs.push(&cat, format!("method {m} needs a credential the user lacks"));
+                    errs.push(
+                        &cat,
+                        format!("method {m} needs a credential the user lacks"),
+                    );
                 }
                 if !seen.insert(*m) {
                     errs.push(&cat, format!("method {m} appears twice"));
                 }
             }
             if methods == ["keyboard-interactive"] {
-                errs.push(&cat, "a one-time code alone is not enough; chain it after publickey or password");
+                errs.push(
+                    &cat,
+                    "a one-time code alone is not enough; chain it after publickey or password",
+                );
             }
         }
         // Mounts from several roles must not contradict each other.
         let mut mounts: BTreeMap<&str, (&str, &str, &str)> = BTreeMap::new();
         for role in config.roles.iter().filter(|r| u.roles.contains(&r.name)) {
             for m in &role.mounts {
-                let this = (m.endpoint.as_str(), m.backend_path.as_str(), role.name.as_str());
+                let this = (
+                    m.endpoint.as_str(),
+                    m.backend_path.as_str(),
+                    role.name.as_str(),
+                );
                 match mounts.get(m.path.as_str()) {
                     Some(prev) if (prev.0, prev.1) != (this.0, this.1) => errs.push(
                         format!("{at}.roles"),
@@ -222,7 +251,9 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
                 if a != b && b.starts_with(a) && b.as_bytes().get(a.len()) == Some(&b'/') {
                     errs.push(
                         format!("{at}.roles"),
-                        format!("mount {b} is nested inside mount {a}; nested mounts are not allowed"),
+                        format!(
+                            "mount {b} is nested inside mount {a}; nested mounts are not allowed"
+                        ),
                     );
                 }
             }
@@ -246,12 +277,18 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
         errs.push("limits.maxInFlightRequests", "must be at most 1024");
     }
     if !config.audit.stdout && config.audit.file.is_none() {
-        errs.push("audit", "at least one audit sink is required (stdout or file)");
+        errs.push(
+            "audit",
+            "at least one audit sink is required (stdout or file)",
+        );
     }
     if let Some(admin) = &config.admin
         && admin.address.parse::<SocketAddr>().is_err()
     {
-        errs.push("admin.address", format!("{:?} is not IP:port", admin.address));
+        errs.push(
+            "admin.address",
+            format!("{:?} is not IP:port", admin.address),
+        );
     }
 
     errs.finish()
@@ -275,7 +312,10 @@ fn check_mount_path(p: &str) -> Result<(), String> {
     if p.ends_with('/') || p.contains('\0') {
         return Err(format!("{p:?} must not end in / or contain NUL"));
     }
-    if p[1..].split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if p[1..]
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err(format!("{p:?} must be normalized (no //, . or ..)"));
     }
     Ok(())
@@ -321,7 +361,11 @@ impl Errors {
     }
 
     fn finish(self) -> Result<(), Vec<ConfigError>> {
-        if self.0.is_empty() { Ok(()) } else { Err(self.0) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0)
+        }
     }
 }
 
@@ -434,17 +478,27 @@ admin: { address: nope }
         let cfg = GatewayConfig::parse(&text).unwrap();
         let errs = validate(&cfg).unwrap_err();
         let msgs: Vec<_> = errs.iter().map(|e| e.message.as_str()).collect();
-        assert!(msgs.iter().any(|m| m.contains("both mount /files but on different targets")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("nested inside mount /files")), "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("both mount /files but on different targets")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("nested inside mount /files")),
+            "{msgs:?}"
+        );
     }
 
     #[test]
     fn unknown_fields_and_protocols_are_refused_at_parse() {
         assert!(GatewayConfig::parse("listeners: []\nlisteners2: []").is_err());
-        assert!(GatewayConfig::parse(
-            "listeners: [{name: a, protocol: telnet, address: '1.2.3.4:1', zones: []}]"
-        )
-        .is_err());
+        assert!(
+            GatewayConfig::parse(
+                "listeners: [{name: a, protocol: telnet, address: '1.2.3.4:1', zones: []}]"
+            )
+            .is_err()
+        );
     }
 
     #[test]

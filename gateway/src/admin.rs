@@ -1,0 +1,70 @@
+//! The admin port: `/healthz` (the process runs), `/readyz` (listeners are up and the gateway is
+//! not draining) and `/metrics` (Prometheus text format).
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::state::Shared;
+
+pub async fn serve(shared: Arc<Shared>, tcp: TcpListener, ready: Arc<AtomicBool>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let stream = tokio::select! {
+            a = tcp.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+            _ = shutdown.changed() => {
+                // Keep answering (readyz now says no) until the process exits.
+                ready.store(false, Ordering::SeqCst);
+                match tcp.accept().await { Ok((s, _)) => s, Err(_) => continue }
+            }
+        };
+        let (shared, ready) = (shared.clone(), ready.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (shared, ready) = (shared.clone(), ready.clone());
+                async move { Ok::<_, Infallible>(route(&shared, &ready, req.uri().path())) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn route(shared: &Shared, ready: &AtomicBool, path: &str) -> Response<Full<Bytes>> {
+    let (status, body, ctype) = match path {
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned(), "text/plain"),
+        "/readyz" if ready.load(Ordering::SeqCst) && !shared.shutting_down() => {
+            (StatusCode::OK, "ready\n".to_owned(), "text/plain")
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready\n".to_owned(),
+            "text/plain",
+        ),
+        "/metrics" => (
+            StatusCode::OK,
+            shared.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found\n".to_owned(),
+            "text/plain",
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}

@@ -1,0 +1,300 @@
+//! Credentials and method chains: PHC password hashes, OpenSSH public keys, TOTP with replay
+//! refusal, and OpenSSH-style `AuthenticationMethods` chains for MFA.
+//!
+//! Protocol-neutral: a front end reports which method succeeded for which user and asks what
+//! comes next.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::Mutex,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use russh::keys::PublicKey;
+use totp_rs::{Algorithm, TOTP};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    Password,
+    PublicKey,
+    KeyboardInteractive,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Option<Method> {
+        match s {
+            "password" => Some(Method::Password),
+            "publickey" => Some(Method::PublicKey),
+            "keyboard-interactive" => Some(Method::KeyboardInteractive),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Password => "password",
+            Method::PublicKey => "publickey",
+            Method::KeyboardInteractive => "keyboard-interactive",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to tell the client after a method succeeded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Every method of some chain is done.
+    Complete,
+    /// This method counted; these may come next.
+    Partial(Vec<Method>),
+    /// The method succeeded but no chain starts this way.
+    NotAllowed,
+}
+
+/// The methods a user must pass, as alternative ordered chains.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chains(pub Vec<Vec<Method>>);
+
+impl Chains {
+    /// Chains as configured, or, when none are configured, each single method the user has a
+    /// credential for.
+    pub fn new(configured: &[String], has_password: bool, has_keys: bool) -> Chains {
+        if configured.is_empty() {
+            let mut v = Vec::new();
+            if has_keys {
+                v.push(vec![Method::PublicKey]);
+            }
+            if has_password {
+                v.push(vec![Method::Password]);
+            }
+            return Chains(v);
+        }
+        Chains(
+            configured
+                .iter()
+                .map(|c| {
+                    c.split(',')
+                        .filter_map(|m| Method::parse(m.trim()))
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
+    /// The methods that may come after `done`.
+    pub fn next(&self, done: &[Method]) -> Vec<Method> {
+        let mut out = Vec::new();
+        for chain in &self.0 {
+            if chain.len() > done.len()
+                && chain.starts_with(done)
+                && !out.contains(&chain[done.len()])
+            {
+                out.push(chain[done.len()]);
+            }
+        }
+        out
+    }
+
+    /// Records that `method` succeeded after `done`.
+    pub fn advance(&self, done: &mut Vec<Method>, method: Method) -> Progress {
+        if !self.next(done).contains(&method) {
+            return Progress::NotAllowed;
+        }
+        done.push(method);
+        if self.0.iter().any(|c| c == done) {
+            Progress::Complete
+        } else {
+            Progress::Partial(self.next(done))
+        }
+    }
+}
+
+/// Checks a password against a PHC hash (argon2id, argon2i/d, or bcrypt). Slow by design: call
+/// it off the async threads.
+pub fn verify_password(phc: &str, password: &str) -> bool {
+    if phc.starts_with("$2") {
+        return bcrypt::verify(password, phc).unwrap_or(false);
+    }
+    match PasswordHash::new(phc) {
+        Ok(hash) => Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A hash that verification of an unknown user runs against, so that unknown and known users
+/// cost the same time. Made per process from a random password nobody knows.
+pub static DUMMY_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| hash_password(&format!("{:x}", rand::random::<u128>())));
+
+/// Hashes a password as argon2id with a random salt, for `portcullis-gateway hash-password`.
+pub fn hash_password(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt =
+        SaltString::encode_b64(&rand::random::<[u8; 16]>()).expect("16 bytes is a valid salt");
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 with default parameters cannot fail")
+        .to_string()
+}
+
+pub fn key_matches(keys: &[PublicKey], offered: &PublicKey) -> bool {
+    keys.iter().any(|k| k.key_data() == offered.key_data())
+}
+
+/// A TOTP verifier (RFC 6238, SHA-1, 6 digits, 30 s, ±1 step).
+pub struct Totp(TOTP);
+
+impl Totp {
+    pub fn from_base32(secret: &str) -> Result<Totp, String> {
+        let bytes = totp_rs::Secret::Encoded(secret.trim().replace(' ', "").to_uppercase())
+            .to_bytes()
+            .map_err(|e| format!("TOTP secret is not base32: {e:?}"))?;
+        TOTP::new(Algorithm::SHA1, 6, 0, 30, bytes)
+            .map(Totp)
+            .map_err(|e| format!("TOTP secret unusable: {e}"))
+    }
+
+    /// The time step the code is valid for, within one step either side of `now`.
+    fn matching_step(&self, code: &str, now: u64) -> Option<u64> {
+        [now.saturating_sub(30), now, now + 30]
+            .into_iter()
+            .find(|t| self.0.check(code, *t))
+            .map(|t| t / 30)
+    }
+
+    pub fn generate(&self, time: u64) -> String {
+        self.0.generate(time)
+    }
+}
+
+/// Remembers the last accepted TOTP step per user, so that a code is good once. Lives for the
+/// process, across config reloads.
+#[derive(Default)]
+pub struct TotpLedger(Mutex<HashMap<String, u64>>);
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum TotpOutcome {
+    Accepted,
+    Wrong,
+    Replayed,
+}
+
+impl TotpLedger {
+    pub fn check(&self, user: &str, totp: &Totp, code: &str) -> TotpOutcome {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.check_at(user, totp, code, now)
+    }
+
+    pub fn check_at(&self, user: &str, totp: &Totp, code: &str, now: u64) -> TotpOutcome {
+        let Some(step) = totp.matching_step(code.trim(), now) else {
+            return TotpOutcome::Wrong;
+        };
+        let mut used = self.0.lock().expect("ledger lock poisoned");
+        match used.get(user) {
+            Some(last) if *last >= step => TotpOutcome::Replayed,
+            _ => {
+                used.insert(user.to_owned(), step);
+                TotpOutcome::Accepted
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_require_every_method_in_order() {
+        let c = Chains::new(
+            &[
+                "publickey,password".into(),
+                "publickey,keyboard-interactive".into(),
+            ],
+            true,
+            true,
+        );
+        let mut done = vec![];
+        assert_eq!(c.advance(&mut done, Method::Password), Progress::NotAllowed);
+        assert_eq!(
+            c.advance(&mut done, Method::PublicKey),
+            Progress::Partial(vec![Method::Password, Method::KeyboardInteractive])
+        );
+        assert_eq!(
+            c.advance(&mut done, Method::KeyboardInteractive),
+            Progress::Complete
+        );
+    }
+
+    #[test]
+    fn default_chains_are_single_methods_with_credentials() {
+        let c = Chains::new(&[], true, false);
+        assert_eq!(c.0, vec![vec![Method::Password]]);
+        assert_eq!(
+            c.advance(&mut vec![], Method::PublicKey),
+            Progress::NotAllowed
+        );
+        assert_eq!(c.advance(&mut vec![], Method::Password), Progress::Complete);
+    }
+
+    #[test]
+    fn passwords_verify_against_argon2_and_bcrypt() {
+        let h = hash_password("s3cret");
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password(&h, "s3cret"));
+        assert!(!verify_password(&h, "s3creT"));
+        let b = bcrypt::hash("pw", 4).unwrap();
+        assert!(verify_password(&b, "pw"));
+        assert!(!verify_password(&b, "px"));
+        assert!(!verify_password("garbage", "pw"));
+        assert!(!verify_password(&DUMMY_HASH, ""));
+    }
+
+    #[test]
+    fn a_totp_code_is_good_once() {
+        let totp = Totp::from_base32("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP").unwrap();
+        let ledger = TotpLedger::default();
+        let now = 1_700_000_000;
+        let code = totp.generate(now);
+        assert_eq!(
+            ledger.check_at("u", &totp, &code, now),
+            TotpOutcome::Accepted
+        );
+        assert_eq!(
+            ledger.check_at("u", &totp, &code, now + 1),
+            TotpOutcome::Replayed
+        );
+        assert_eq!(
+            ledger.check_at("u", &totp, "000000", now),
+            TotpOutcome::Wrong
+        );
+        // An older code than the last used one is refused too.
+        let old = totp.generate(now - 30);
+        assert_eq!(
+            ledger.check_at("u", &totp, &old, now),
+            TotpOutcome::Replayed
+        );
+        // Another user has their own ledger entry.
+        assert_eq!(
+            ledger.check_at("v", &totp, &code, now),
+            TotpOutcome::Accepted
+        );
+        let next = totp.generate(now + 30);
+        assert_eq!(
+            ledger.check_at("u", &totp, &next, now + 30),
+            TotpOutcome::Accepted
+        );
+    }
+}

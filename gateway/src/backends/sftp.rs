@@ -1,0 +1,386 @@
+//! The SFTP backend: a russh client with a pinned host key, and russh-sftp's raw client, so
+//! that every front-end request maps onto one pipelined backend request.
+//!
+//! One backend connection per front-end session and endpoint, opened on first use: users stay
+//! isolated from each other, and an idle session costs nothing here. A dropped connection is
+//! re-established on the next operation; addresses are tried in order (failover).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use russh::{
+    client,
+    keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate},
+};
+use russh_sftp::{
+    client::{RawSftpSession, error::Error as SftpError},
+    protocol::{FileAttributes, OpenFlags, StatusCode},
+};
+use tokio::{net::TcpStream, sync::Mutex};
+
+use super::{Backend, BackendFile, DirEntry, FileAttrs, FsError, OpenMode};
+use crate::audit::{Auditor, Event};
+
+/// A compiled SFTP endpoint: key material parsed, secrets loaded.
+pub struct SftpSpec {
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub host_keys: Vec<PublicKey>,
+    pub username: String,
+    pub credential: Credential,
+    pub connect_timeout: Duration,
+}
+
+pub enum Credential {
+    Key(Arc<PrivateKey>),
+    Password(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credential::Key(_) => "Key(<redacted>)",
+            Credential::Password(_) => "Password(<redacted>)",
+        })
+    }
+}
+
+struct Pinned {
+    keys: Vec<PublicKey>,
+    presented: Option<String>,
+}
+
+impl client::Handler for Pinned {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            self.presented = Some("a host certificate (only pinned keys are accepted)".into());
+            return Ok(false);
+        };
+        if self.keys.iter().any(|k| k.key_data() == key.key_data()) {
+            return Ok(true);
+        }
+        self.presented = Some(format!(
+            "{} {}",
+            key.algorithm(),
+            key.fingerprint(Default::default())
+        ));
+        Ok(false)
+    }
+}
+
+struct Conn {
+    ssh: client::Handle<Pinned>,
+    sftp: RawSftpSession,
+}
+
+pub struct SftpBackend {
+    spec: Arc<SftpSpec>,
+    audit: Auditor,
+    conn: Mutex<Option<Arc<Conn>>>,
+}
+
+impl SftpBackend {
+    pub fn new(spec: Arc<SftpSpec>, audit: Auditor) -> SftpBackend {
+        SftpBackend {
+            spec,
+            audit,
+            conn: Mutex::new(None),
+        }
+    }
+
+    async fn conn(&self) -> Result<Arc<Conn>, FsError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref()
+            && !c.ssh.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        *slot = None;
+        let mut last = String::from("no addresses");
+        for addr in &self.spec.addresses {
+            match tokio::time::timeout(self.spec.connect_timeout, self.connect(addr)).await {
+                Ok(Ok(c)) => {
+                    let c = Arc::new(c);
+                    *slot = Some(c.clone());
+                    return Ok(c);
+                }
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => last = format!("{addr}: timed out"),
+            }
+            tracing::warn!(endpoint = %self.spec.name, error = %last, "backend address failed");
+        }
+        self.audit
+            .emit(Event::BackendError {
+                endpoint: self.spec.name.clone(),
+                detail: last.clone(),
+            })
+            .await;
+        Err(FsError::Unavailable(format!(
+            "endpoint {}: {last}",
+            self.spec.name
+        )))
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Conn, String> {
+        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).ok();
+        let peer: Option<SocketAddr> = stream.peer_addr().ok();
+        let config = Arc::new(client::Config {
+            window_size: 8 * 1024 * 1024,
+            maximum_packet_size: 65535,
+            channel_buffer_size: 256,
+            ..Default::default()
+        });
+        let pinned = Pinned {
+            keys: self.spec.host_keys.clone(),
+            presented: None,
+        };
+        // The handler is moved into the session; keep what it learns through the error path.
+        let mut ssh = match client::connect_stream(config, stream, pinned).await {
+            Ok(h) => h,
+            Err(russh::Error::UnknownKey) => {
+                let presented = "a host key that is not pinned".to_owned();
+                self.audit
+                    .emit(Event::BackendHostKeyRejected {
+                        endpoint: self.spec.name.clone(),
+                        address: peer
+                            .map(|p| p.to_string())
+                            .unwrap_or_else(|| addr.to_owned()),
+                        presented: presented.clone(),
+                    })
+                    .await;
+                return Err(format!("host key refused: {presented}"));
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let auth = match &self.spec.credential {
+            Credential::Key(key) => {
+                let hash = ssh.best_supported_rsa_hash().await.ok().flatten().flatten();
+                ssh.authenticate_publickey(
+                    &self.spec.username,
+                    PrivateKeyWithHashAlg::new(key.clone(), hash),
+                )
+                .await
+            }
+            Credential::Password(pw) => ssh.authenticate_password(&self.spec.username, pw).await,
+        }
+        .map_err(|e| e.to_string())?;
+        if !auth.success() {
+            return Err(format!("backend refused login for {}", self.spec.username));
+        }
+        let channel = ssh
+            .channel_open_session()
+            .await
+            .map_err(|e| e.to_string())?;
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(|e| e.to_string())?;
+        let sftp = RawSftpSession::new(channel.into_stream());
+        sftp.set_timeout(120);
+        sftp.init().await.map_err(|e| e.to_string())?;
+        Ok(Conn { ssh, sftp })
+    }
+}
+
+fn map_err(e: SftpError) -> FsError {
+    match e {
+        SftpError::Status(s) => match s.status_code {
+            StatusCode::NoSuchFile => FsError::NotFound,
+            StatusCode::PermissionDenied => {
+                FsError::Denied(format!("by the backend: {}", s.error_message))
+            }
+            StatusCode::OpUnsupported => FsError::Unsupported(s.error_message),
+            StatusCode::NoConnection | StatusCode::ConnectionLost => {
+                FsError::Unavailable(s.error_message)
+            }
+            _ => FsError::Failure(s.error_message),
+        },
+        other => FsError::Unavailable(other.to_string()),
+    }
+}
+
+fn from_wire(a: &FileAttributes) -> FileAttrs {
+    FileAttrs {
+        size: a.size,
+        uid: a.uid,
+        gid: a.gid,
+        mode: a.permissions,
+        atime: a.atime,
+        mtime: a.mtime,
+    }
+}
+
+pub(crate) fn to_wire(a: &FileAttrs) -> FileAttributes {
+    FileAttributes {
+        size: a.size,
+        uid: a.uid,
+        gid: a.gid,
+        permissions: a.mode,
+        atime: a.atime,
+        mtime: a.mtime,
+        ..FileAttributes::empty()
+    }
+}
+
+struct SftpFile {
+    conn: Arc<Conn>,
+    handle: String,
+}
+
+#[async_trait]
+impl BackendFile for SftpFile {
+    async fn read_at(&self, offset: u64, len: u32) -> Result<Option<Bytes>, FsError> {
+        match self.conn.sftp.read(self.handle.as_str(), offset, len).await {
+            Ok(d) => Ok(Some(Bytes::from(d.data))),
+            Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
+        self.conn
+            .sftp
+            .write(self.handle.as_str(), offset, Vec::from(data))
+            .await
+            .map(drop)
+            .map_err(map_err)
+    }
+
+    async fn stat(&self) -> Result<FileAttrs, FsError> {
+        let a = self
+            .conn
+            .sftp
+            .fstat(self.handle.as_str())
+            .await
+            .map_err(map_err)?;
+        Ok(from_wire(&a.attrs))
+    }
+
+    async fn set_stat(&self, attrs: FileAttrs) -> Result<(), FsError> {
+        self.conn
+            .sftp
+            .fsetstat(self.handle.as_str(), to_wire(&attrs))
+            .await
+            .map(drop)
+            .map_err(map_err)
+    }
+
+    async fn close(&self) -> Result<(), FsError> {
+        self.conn
+            .sftp
+            .close(self.handle.as_str())
+            .await
+            .map(drop)
+            .map_err(map_err)
+    }
+}
+
+#[async_trait]
+impl Backend for SftpBackend {
+    async fn open(&self, path: &str, mode: OpenMode) -> Result<Arc<dyn BackendFile>, FsError> {
+        let conn = self.conn().await?;
+        let mut flags = OpenFlags::empty();
+        for (on, f) in [
+            (mode.read, OpenFlags::READ),
+            (mode.write, OpenFlags::WRITE),
+            (mode.append, OpenFlags::APPEND),
+            (mode.create, OpenFlags::CREATE),
+            (mode.truncate, OpenFlags::TRUNCATE),
+            (mode.exclusive, OpenFlags::EXCLUDE),
+        ] {
+            if on {
+                flags |= f;
+            }
+        }
+        let h = conn
+            .sftp
+            .open(path, flags, FileAttributes::empty())
+            .await
+            .map_err(map_err)?;
+        Ok(Arc::new(SftpFile {
+            conn,
+            handle: h.handle,
+        }))
+    }
+
+    async fn list(&self, path: &str) -> Result<Vec<DirEntry>, FsError> {
+        let conn = self.conn().await?;
+        let h = conn.sftp.opendir(path).await.map_err(map_err)?.handle;
+        let mut out = Vec::new();
+        let result = loop {
+            match conn.sftp.readdir(h.as_str()).await {
+                Ok(name) => out.extend(
+                    name.files
+                        .into_iter()
+                        .filter(|f| f.filename != "." && f.filename != "..")
+                        .map(|f| DirEntry {
+                            attrs: from_wire(&f.attrs),
+                            name: f.filename,
+                        }),
+                ),
+                Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => break Ok(()),
+                Err(e) => break Err(map_err(e)),
+            }
+        };
+        let _ = conn.sftp.close(h).await;
+        result.map(|()| out)
+    }
+
+    async fn stat(&self, path: &str, follow: bool) -> Result<FileAttrs, FsError> {
+        let conn = self.conn().await?;
+        let a = if follow {
+            conn.sftp.stat(path).await
+        } else {
+            conn.sftp.lstat(path).await
+        }
+        .map_err(map_err)?;
+        Ok(from_wire(&a.attrs))
+    }
+
+    async fn set_stat(&self, path: &str, attrs: FileAttrs) -> Result<(), FsError> {
+        let conn = self.conn().await?;
+        conn.sftp
+            .setstat(path, to_wire(&attrs))
+            .await
+            .map(drop)
+            .map_err(map_err)
+    }
+
+    async fn remove(&self, path: &str) -> Result<(), FsError> {
+        let conn = self.conn().await?;
+        conn.sftp.remove(path).await.map(drop).map_err(map_err)
+    }
+
+    async fn mkdir(&self, path: &str, attrs: FileAttrs) -> Result<(), FsError> {
+        let conn = self.conn().await?;
+        conn.sftp
+            .mkdir(path, to_wire(&attrs))
+            .await
+            .map(drop)
+            .map_err(map_err)
+    }
+
+    async fn rmdir(&self, path: &str) -> Result<(), FsError> {
+        let conn = self.conn().await?;
+        conn.sftp.rmdir(path).await.map(drop).map_err(map_err)
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<(), FsError> {
+        let conn = self.conn().await?;
+        conn.sftp.rename(from, to).await.map(drop).map_err(map_err)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.conn
+            .try_lock()
+            .map(|c| c.as_ref().is_some_and(|c| c.ssh.is_closed()))
+            .unwrap_or(false)
+    }
+}

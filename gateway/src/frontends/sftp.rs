@@ -1,0 +1,836 @@
+//! The SFTP front end: a russh server handler for authentication and channels, and a
+//! concurrent SFTP v3 dispatcher over russh-sftp's packet codec.
+//!
+//! This module only decodes and encodes. Credentials are checked through `auth`, and every file
+//! operation goes to `Session::execute`; `FsError`s become SFTP status codes here, at the edge.
+//!
+//! The dispatcher keeps up to `maxInFlightRequests` requests running at once and answers each
+//! as it completes (SFTP allows any reply order). A dedicated task reads packets so that the
+//! dispatcher's `select!` never cancels a half-read packet; when the in-flight limit is reached
+//! the dispatcher stops taking packets, the reader's queue fills, and flow control reaches the
+//! client through the SSH channel window.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::{Buf, Bytes};
+use futures::{StreamExt, stream::FuturesUnordered};
+use russh::{
+    Channel, ChannelId, Disconnect, MethodKind, MethodSet,
+    keys::Algorithm,
+    server::{
+        Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Response, Session as SshSession,
+        VerifiedPublicKey,
+    },
+};
+use russh_sftp::protocol::{
+    Data, File, FileAttributes, Handle as HandleReply, Name, OpenFlags, Packet, Status, StatusCode,
+    Version,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter},
+    net::TcpStream,
+    sync::mpsc,
+};
+
+use crate::{
+    audit::Event,
+    auth::{self, Method, Progress, TotpOutcome},
+    backends::{FileAttrs, FsError, OpenMode, sftp::to_wire},
+    runtime::{Runtime, UserEntry},
+    session::{FileOp, OpOutput, Session},
+    state::{Shared, Slot},
+};
+
+/// Largest SFTP packet accepted from a client, as in OpenSSH's sftp-server.
+pub const MAX_PACKET: u32 = 256 * 1024;
+/// Largest READ served at once.
+const MAX_READ: u32 = MAX_PACKET - 1024;
+
+/// Runs one accepted TCP connection to its end. The caller has already admitted the peer's
+/// zone and taken a connection slot.
+pub async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: String,
+    zone: String,
+    slot: Slot,
+) {
+    let rt = shared.runtime.load_full();
+    let grace = Duration::from_secs(rt.config.limits.login_grace_seconds);
+    let conn = Arc::new(ConnState::default());
+    let handler = SshHandler {
+        shared: shared.clone(),
+        peer,
+        listener,
+        zone,
+        conn: conn.clone(),
+        user: String::new(),
+        done: Vec::new(),
+        channels: HashMap::new(),
+        kbd_user_known: false,
+    };
+    let running = match tokio::time::timeout(
+        grace,
+        russh::server::run_stream(rt.ssh.clone(), stream, handler),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "ssh handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no ssh identification within the login grace time");
+            return;
+        }
+    };
+    let handle = running.handle();
+    let watchdog_conn = conn.clone();
+    let watchdog = tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        if !watchdog_conn.authenticated.load(Ordering::SeqCst) {
+            let _ = handle
+                .disconnect(
+                    Disconnect::ByApplication,
+                    "login grace time exceeded".into(),
+                    String::new(),
+                )
+                .await;
+        }
+    });
+    let outcome = running.await;
+    watchdog.abort();
+    let session = conn.session.lock().expect("conn lock poisoned").take();
+    if let Some(session) = session {
+        let reason = match outcome {
+            Ok(()) => "client disconnected".to_owned(),
+            Err(e) => format!("connection ended: {e}"),
+        };
+        session.finish(&reason).await;
+        shared
+            .metrics
+            .sessions
+            .get_or_create(&vec![("protocol", "sftp".to_owned())])
+            .dec();
+    }
+    drop(slot);
+}
+
+#[derive(Default)]
+struct ConnState {
+    authenticated: AtomicBool,
+    session: Mutex<Option<Arc<Session>>>,
+}
+
+struct SshHandler {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    listener: String,
+    zone: String,
+    conn: Arc<ConnState>,
+    /// The user the methods in `done` were passed for.
+    user: String,
+    done: Vec<Method>,
+    channels: HashMap<ChannelId, Channel<Msg>>,
+    kbd_user_known: bool,
+}
+
+fn method_set(methods: &[Method]) -> MethodSet {
+    let kinds: Vec<MethodKind> = methods
+        .iter()
+        .map(|m| match m {
+            Method::Password => MethodKind::Password,
+            Method::PublicKey => MethodKind::PublicKey,
+            Method::KeyboardInteractive => MethodKind::KeyboardInteractive,
+        })
+        .collect();
+    MethodSet::from(&kinds[..])
+}
+
+impl SshHandler {
+    /// Starts over when the client switches user names between attempts.
+    fn begin(&mut self, user: &str) {
+        if self.user != user {
+            self.user = user.to_owned();
+            self.done.clear();
+        }
+    }
+
+    /// The user, if it exists and may log in from here now with `method` next; otherwise the
+    /// refusal reason.
+    fn admissible(
+        &self,
+        rt: &Runtime,
+        user: &str,
+        method: Method,
+    ) -> Result<Arc<UserEntry>, &'static str> {
+        let u = rt.users.get(user).ok_or("unknown user")?;
+        if rt.zone_of(self.peer.ip(), &u.zones).is_none() {
+            return Err("source address outside the user's zones");
+        }
+        if let Some(why) = u.refusal(chrono::Utc::now()) {
+            return Err(why);
+        }
+        if !u.chains.next(&self.done).contains(&method) {
+            return Err("method not allowed at this step");
+        }
+        Ok(u.clone())
+    }
+
+    async fn fail(&mut self, method: Method, reason: &str) -> Result<Auth, anyhow::Error> {
+        self.shared.metrics.auth_failure(reason);
+        self.shared
+            .audit
+            .emit(Event::LogonFailure {
+                user: self.user.clone(),
+                peer: self.peer,
+                zone: Some(self.zone.clone()),
+                method: method.to_string(),
+                reason: reason.to_owned(),
+            })
+            .await;
+        Ok(Auth::Reject {
+            proceed_with_methods: None,
+            partial_success: false,
+        })
+    }
+
+    /// A method succeeded: complete the login, or ask for the next method of the chain.
+    async fn passed(&mut self, u: &UserEntry, method: Method) -> Result<Auth, anyhow::Error> {
+        match u.chains.advance(&mut self.done, method) {
+            Progress::NotAllowed => self.fail(method, "method not allowed at this step").await,
+            Progress::Partial(next) => Ok(Auth::Reject {
+                proceed_with_methods: Some(method_set(&next)),
+                partial_success: true,
+            }),
+            Progress::Complete => {
+                let session = Arc::new(Session::new(self.shared.clone(), &u.name, self.peer));
+                self.shared
+                    .audit
+                    .emit(Event::LogonSuccess {
+                        session: session.id.clone(),
+                        user: u.name.clone(),
+                        peer: self.peer,
+                        zone: self.zone.clone(),
+                        methods: self.done.iter().map(|m| m.to_string()).collect(),
+                    })
+                    .await;
+                self.shared
+                    .audit
+                    .emit(Event::SessionStart {
+                        session: session.id.clone(),
+                        user: u.name.clone(),
+                        peer: self.peer,
+                        protocol: "sftp".into(),
+                        listener: self.listener.clone(),
+                    })
+                    .await;
+                let labels = vec![("protocol", "sftp".to_owned())];
+                self.shared.metrics.sessions.get_or_create(&labels).inc();
+                self.shared
+                    .metrics
+                    .sessions_total
+                    .get_or_create(&labels)
+                    .inc();
+                *self.conn.session.lock().expect("conn lock poisoned") = Some(session);
+                self.conn.authenticated.store(true, Ordering::SeqCst);
+                Ok(Auth::Accept)
+            }
+        }
+    }
+
+    fn session(&self) -> Option<Arc<Session>> {
+        self.conn
+            .session
+            .lock()
+            .expect("conn lock poisoned")
+            .clone()
+    }
+}
+
+impl Handler for SshHandler {
+    type Error = anyhow::Error;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        self.begin(user);
+        Ok(Auth::reject())
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        self.begin(user);
+        let rt = self.shared.runtime.load_full();
+        let admitted = self.admissible(&rt, user, Method::Password);
+        let hash = match &admitted {
+            Ok(u) => u.password_hash.clone(),
+            Err(_) => None,
+        }
+        .unwrap_or_else(|| auth::DUMMY_HASH.clone());
+        let password = password.to_owned();
+        let ok =
+            tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password)).await?;
+        match admitted {
+            Err(why) => self.fail(Method::Password, why).await,
+            Ok(_) if !ok => self.fail(Method::Password, "wrong password").await,
+            Ok(u) => self.passed(&u, Method::Password).await,
+        }
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        self.begin(user);
+        let rt = self.shared.runtime.load_full();
+        let sha1 = matches!(offer.algorithm, Algorithm::Rsa { hash: None });
+        match self.admissible(&rt, user, Method::PublicKey) {
+            Ok(u) if !sha1 && auth::key_matches(&u.public_keys, offer.public_key) => {
+                Ok(Auth::Accept)
+            }
+            _ => Ok(Auth::reject()),
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        self.begin(user);
+        let rt = self.shared.runtime.load_full();
+        if matches!(key.algorithm, Algorithm::Rsa { hash: None }) {
+            return self
+                .fail(Method::PublicKey, "ssh-rsa (SHA-1) signatures are refused")
+                .await;
+        }
+        match self.admissible(&rt, user, Method::PublicKey) {
+            Err(why) => self.fail(Method::PublicKey, why).await,
+            Ok(u) if !auth::key_matches(&u.public_keys, key.public_key) => {
+                self.fail(Method::PublicKey, "key not authorized").await
+            }
+            Ok(u) => self.passed(&u, Method::PublicKey).await,
+        }
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        self.begin(user);
+        let rt = self.shared.runtime.load_full();
+        let Some(mut response) = response else {
+            // Prompt even for unknown users, so that the prompt does not reveal who exists.
+            self.kbd_user_known = rt.users.contains_key(user);
+            return Ok(Auth::Partial {
+                name: "".into(),
+                instructions: "".into(),
+                prompts: vec![("Verification code: ".into(), false)].into(),
+            });
+        };
+        let code = response
+            .next()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let u = match self.admissible(&rt, user, Method::KeyboardInteractive) {
+            Ok(u) => u,
+            Err(why) => return self.fail(Method::KeyboardInteractive, why).await,
+        };
+        let Some(totp) = &u.totp else {
+            return self
+                .fail(Method::KeyboardInteractive, "no TOTP secret for user")
+                .await;
+        };
+        match self.shared.totp.check(&u.name, totp, &code) {
+            TotpOutcome::Accepted => self.passed(&u, Method::KeyboardInteractive).await,
+            TotpOutcome::Wrong => {
+                self.fail(Method::KeyboardInteractive, "wrong verification code")
+                    .await
+            }
+            TotpOutcome::Replayed => {
+                self.fail(
+                    Method::KeyboardInteractive,
+                    "verification code already used",
+                )
+                .await
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        if self.session().is_none() || !self.channels.is_empty() {
+            // One SFTP channel per connection keeps limits per connection meaningful.
+            return Ok(());
+        }
+        self.channels.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel_id: ChannelId,
+        name: &str,
+        session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        let (Some(s), true) = (self.session(), name == "sftp") else {
+            session.channel_failure(channel_id)?;
+            return Ok(());
+        };
+        let Some(channel) = self.channels.remove(&channel_id) else {
+            session.channel_failure(channel_id)?;
+            return Ok(());
+        };
+        session.channel_success(channel_id)?;
+        let shared = self.shared.clone();
+        let max = shared.runtime.load().config.limits.max_in_flight_requests;
+        tokio::spawn(async move {
+            let stream = channel.into_stream();
+            let (rd, wr) = tokio::io::split(stream);
+            serve_sftp(rd, wr, s, shared, max).await;
+        });
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+}
+
+/// What the reader task hands the dispatcher.
+enum Incoming {
+    Packet(Bytes),
+    Oversized(u32),
+}
+
+async fn read_packets<R: AsyncRead + Unpin>(mut rd: R, tx: mpsc::Sender<Incoming>) {
+    loop {
+        let len = match rd.read_u32().await {
+            Ok(l) => l,
+            Err(_) => return,
+        };
+        if len > MAX_PACKET || len == 0 {
+            let _ = tx.send(Incoming::Oversized(len)).await;
+            return;
+        }
+        let mut buf = vec![0u8; len as usize];
+        if rd.read_exact(&mut buf).await.is_err() {
+            return;
+        }
+        if tx.send(Incoming::Packet(Bytes::from(buf))).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves the SFTP subsystem on a channel until the client closes it, a packet is malformed,
+/// or the gateway drains for shutdown.
+pub async fn serve_sftp<R, W>(
+    rd: R,
+    wr: W,
+    session: Arc<Session>,
+    shared: Arc<Shared>,
+    max_in_flight: usize,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (in_tx, mut incoming) = mpsc::channel(4);
+    let reader = tokio::spawn(read_packets(rd, in_tx));
+    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(max_in_flight.max(8));
+    let writer = tokio::spawn(async move {
+        let mut w = BufWriter::with_capacity(256 * 1024, wr);
+        while let Some(b) = out_rx.recv().await {
+            if w.write_all(&b).await.is_err() {
+                return;
+            }
+            if out_rx.is_empty() && w.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = w.flush().await;
+        let _ = w.shutdown().await;
+    });
+
+    let protocol_error = |detail: String| {
+        let (shared, session) = (shared.clone(), session.clone());
+        async move {
+            tracing::warn!(session = %session.id, %detail, "sftp protocol error; closing the session");
+            shared
+                .audit
+                .emit(Event::ProtocolError {
+                    session: session.id.clone(),
+                    user: session.user.clone(),
+                    detail,
+                })
+                .await;
+        }
+    };
+
+    // The first packet must be INIT.
+    match incoming.recv().await {
+        Some(Incoming::Packet(mut b)) => match Packet::try_from(&mut b) {
+            Ok(Packet::Init(_)) => {
+                let v = Packet::Version(Version::new());
+                if let Ok(bytes) = Bytes::try_from(v) {
+                    let _ = out_tx.send(bytes).await;
+                }
+            }
+            _ => {
+                protocol_error("first packet is not SSH_FXP_INIT".into()).await;
+                reader.abort();
+                return;
+            }
+        },
+        Some(Incoming::Oversized(n)) => {
+            protocol_error(format!(
+                "packet length {n} exceeds the limit of {MAX_PACKET}"
+            ))
+            .await;
+            return;
+        }
+        None => return,
+    }
+
+    let mut inflight = FuturesUnordered::new();
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        if shared.shutting_down() && session.open_files() == 0 && inflight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                if out_tx.send(reply).await.is_err() {
+                    break;
+                }
+            }
+            msg = incoming.recv(), if inflight.len() < max_in_flight => match msg {
+                None => break,
+                Some(Incoming::Oversized(n)) => {
+                    protocol_error(format!("packet length {n} exceeds the limit of {MAX_PACKET}")).await;
+                    break;
+                }
+                Some(Incoming::Packet(bytes)) => match decode(bytes) {
+                    Decoded::Op(id, kind, op) => {
+                        let s = session.clone();
+                        inflight.push(async move {
+                            let result = s.execute(op).await;
+                            encode(id, kind, result)
+                        });
+                    }
+                    Decoded::Reply(p) => {
+                        if let Ok(b) = Bytes::try_from(p) && out_tx.send(b).await.is_err() {
+                            break;
+                        }
+                    }
+                    Decoded::Malformed(detail) => {
+                        protocol_error(detail).await;
+                        break;
+                    }
+                },
+            },
+            _ = shutdown.changed() => {}
+        }
+    }
+    // Answer what is already running, then close.
+    while let Some(reply) = inflight.next().await {
+        let _ = out_tx.send(reply).await;
+    }
+    reader.abort();
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+/// The reply shape a request expects.
+#[derive(Clone, Copy)]
+enum Kind {
+    Handle,
+    Data,
+    Attrs,
+    Name,
+    Status,
+}
+
+enum Decoded {
+    Op(u32, Kind, FileOp),
+    Reply(Packet),
+    Malformed(String),
+}
+
+fn handle_id(h: &str) -> u64 {
+    // An unknown or garbled handle maps to 0, which is never issued.
+    u64::from_str_radix(h, 16).unwrap_or(0)
+}
+
+fn attrs_in(a: &FileAttributes) -> FileAttrs {
+    FileAttrs {
+        size: a.size,
+        uid: a.uid,
+        gid: a.gid,
+        mode: a.permissions,
+        atime: a.atime,
+        mtime: a.mtime,
+    }
+}
+
+fn decode(mut bytes: Bytes) -> Decoded {
+    let raw = bytes.clone();
+    let packet = match Packet::try_from(&mut bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            // A well-formed request of a type we do not know gets OP_UNSUPPORTED; anything
+            // else is a broken stream.
+            let mut r = raw;
+            if r.len() >= 5 {
+                let t = r.get_u8();
+                let id = r.get_u32();
+                if !(1..=20).contains(&t) && t != 200 {
+                    return Decoded::Reply(status(
+                        id,
+                        StatusCode::OpUnsupported,
+                        "unsupported request type",
+                    ));
+                }
+            }
+            return Decoded::Malformed(format!("undecodable packet: {e}"));
+        }
+    };
+    use Kind::*;
+    let (id, kind, op) = match packet {
+        Packet::Open(o) => {
+            let f = o.pflags;
+            let mode = OpenMode {
+                read: f.contains(OpenFlags::READ),
+                write: f.contains(OpenFlags::WRITE),
+                append: f.contains(OpenFlags::APPEND),
+                create: f.contains(OpenFlags::CREATE),
+                truncate: f.contains(OpenFlags::TRUNCATE),
+                exclusive: f.contains(OpenFlags::EXCLUDE),
+            };
+            (
+                o.id,
+                Handle,
+                FileOp::Open {
+                    path: o.filename,
+                    mode,
+                },
+            )
+        }
+        Packet::Close(c) => (
+            c.id,
+            Status,
+            FileOp::Close {
+                handle: handle_id(&c.handle),
+            },
+        ),
+        Packet::Read(r) => (
+            r.id,
+            Data,
+            FileOp::Read {
+                handle: handle_id(&r.handle),
+                offset: r.offset,
+                len: r.len.min(MAX_READ),
+            },
+        ),
+        Packet::Write(w) => (
+            w.id,
+            Status,
+            FileOp::Write {
+                handle: handle_id(&w.handle),
+                offset: w.offset,
+                data: Bytes::from(w.data),
+            },
+        ),
+        Packet::Lstat(s) => (
+            s.id,
+            Attrs,
+            FileOp::Stat {
+                path: s.path,
+                follow: false,
+            },
+        ),
+        Packet::Stat(s) => (
+            s.id,
+            Attrs,
+            FileOp::Stat {
+                path: s.path,
+                follow: true,
+            },
+        ),
+        Packet::Fstat(s) => (
+            s.id,
+            Attrs,
+            FileOp::FStat {
+                handle: handle_id(&s.handle),
+            },
+        ),
+        Packet::SetStat(s) => (
+            s.id,
+            Status,
+            FileOp::SetStat {
+                path: s.path,
+                attrs: attrs_in(&s.attrs),
+            },
+        ),
+        Packet::FSetStat(s) => (
+            s.id,
+            Status,
+            FileOp::FSetStat {
+                handle: handle_id(&s.handle),
+                attrs: attrs_in(&s.attrs),
+            },
+        ),
+        Packet::OpenDir(d) => (d.id, Handle, FileOp::OpenDir { path: d.path }),
+        Packet::ReadDir(d) => (
+            d.id,
+            Name,
+            FileOp::ReadDir {
+                handle: handle_id(&d.handle),
+            },
+        ),
+        Packet::Remove(r) => (r.id, Status, FileOp::Remove { path: r.filename }),
+        Packet::MkDir(m) => (
+            m.id,
+            Status,
+            FileOp::Mkdir {
+                path: m.path,
+                attrs: attrs_in(&m.attrs),
+            },
+        ),
+        Packet::RmDir(r) => (r.id, Status, FileOp::Rmdir { path: r.path }),
+        Packet::RealPath(r) => (r.id, Name, FileOp::RealPath { path: r.path }),
+        Packet::Rename(r) => (
+            r.id,
+            Status,
+            FileOp::Rename {
+                from: r.oldpath,
+                to: r.newpath,
+            },
+        ),
+        Packet::ReadLink(r) => {
+            return Decoded::Reply(status(
+                r.id,
+                StatusCode::OpUnsupported,
+                "symlinks are not exposed",
+            ));
+        }
+        Packet::Symlink(s) => {
+            return Decoded::Reply(status(
+                s.id,
+                StatusCode::OpUnsupported,
+                "symlinks are not exposed",
+            ));
+        }
+        Packet::Extended(e) => {
+            return Decoded::Reply(status(
+                e.id,
+                StatusCode::OpUnsupported,
+                "no extensions are offered",
+            ));
+        }
+        other => return Decoded::Malformed(format!("unexpected packet from a client: {other:?}")),
+    };
+    Decoded::Op(id, kind, op)
+}
+
+fn status(id: u32, code: StatusCode, msg: &str) -> Packet {
+    Packet::Status(Status {
+        id,
+        status_code: code,
+        error_message: msg.to_owned(),
+        language_tag: "en-US".to_owned(),
+    })
+}
+
+/// The SFTP status for a gateway error: the one place file errors become SFTP codes.
+pub struct SftpStatus(pub StatusCode, pub String);
+
+impl From<&FsError> for SftpStatus {
+    fn from(e: &FsError) -> Self {
+        let code = match e {
+            FsError::NotFound => StatusCode::NoSuchFile,
+            FsError::Denied(_) => StatusCode::PermissionDenied,
+            FsError::Unsupported(_) => StatusCode::OpUnsupported,
+            FsError::Unavailable(_) => StatusCode::NoConnection,
+            FsError::BadPath(_) => StatusCode::NoSuchFile,
+            FsError::AlreadyExists | FsError::BadHandle | FsError::Failure(_) => {
+                StatusCode::Failure
+            }
+        };
+        SftpStatus(code, e.to_string())
+    }
+}
+
+fn encode(id: u32, kind: Kind, result: Result<OpOutput, FsError>) -> Bytes {
+    let packet = match result {
+        Err(e) => {
+            let SftpStatus(code, msg) = SftpStatus::from(&e);
+            status(id, code, &msg)
+        }
+        Ok(out) => match (kind, out) {
+            (_, OpOutput::Eof) => status(id, StatusCode::Eof, "end of file"),
+            (Kind::Handle, OpOutput::Handle(h)) => Packet::Handle(HandleReply {
+                id,
+                handle: format!("{h:x}"),
+            }),
+            (Kind::Data, OpOutput::Data(d)) => Packet::Data(Data { id, data: d.into() }),
+            (Kind::Attrs, OpOutput::Attrs(a)) => Packet::Attrs(russh_sftp::protocol::Attrs {
+                id,
+                attrs: to_wire(&a),
+            }),
+            (Kind::Name, OpOutput::Entries(es)) => Packet::Name(Name {
+                id,
+                files: es
+                    .iter()
+                    .map(|e| File::new(e.name.clone(), to_wire(&e.attrs)))
+                    .collect(),
+            }),
+            (Kind::Name, OpOutput::Path(p)) => Packet::Name(Name {
+                id,
+                files: vec![File {
+                    filename: p.clone(),
+                    longname: p,
+                    attrs: FileAttributes::empty(),
+                }],
+            }),
+            (_, OpOutput::Done) => status(id, StatusCode::Ok, "ok"),
+            _ => status(
+                id,
+                StatusCode::Failure,
+                "internal: reply does not fit the request",
+            ),
+        },
+    };
+    Bytes::try_from(packet).unwrap_or_else(|_| Bytes::new())
+}

@@ -1,0 +1,127 @@
+//! Process lifecycle: compile the config, bind, serve, reload, and drain on SIGTERM.
+
+use std::{
+    path::Path,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use anyhow::Context;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    admin,
+    audit::{Auditor, Event, ListenerInfo},
+    metrics::Metrics,
+    reload, runtime, server,
+    state::Shared,
+};
+
+/// Runs the gateway from a config file (or a directory holding `config.yaml`) until SIGTERM or
+/// SIGINT, then drains.
+pub async fn run(config: &Path) -> anyhow::Result<()> {
+    let path = reload::config_file(config);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let rt = runtime::compile(&text).map_err(|errs| {
+        anyhow::anyhow!(
+            "config {} is invalid:\n{}",
+            path.display(),
+            errs.iter()
+                .map(|e| format!("  {e}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    let audit =
+        Auditor::start(&rt.config.audit, metrics.clone()).context("opening the audit sink")?;
+
+    let mut bound = Vec::new();
+    for l in &rt.config.listeners {
+        let tcp = TcpListener::bind(&l.address)
+            .await
+            .with_context(|| format!("binding listener {} on {}", l.name, l.address))?;
+        bound.push((l.clone(), tcp));
+    }
+    let admin_tcp = match &rt.config.admin {
+        Some(a) => Some(
+            TcpListener::bind(&a.address)
+                .await
+                .with_context(|| format!("binding the admin port on {}", a.address))?,
+        ),
+        None => None,
+    };
+    let grace = Duration::from_secs(rt.config.shutdown_grace_seconds);
+    audit
+        .emit(Event::DaemonStart {
+            version: env!("CARGO_PKG_VERSION"),
+            config_hash: rt.hash.clone(),
+            listeners: rt
+                .config
+                .listeners
+                .iter()
+                .map(|l| ListenerInfo {
+                    name: l.name.clone(),
+                    protocol: l.protocol.to_string(),
+                    address: l.address.clone(),
+                    zones: l.zones.clone(),
+                })
+                .collect(),
+            algorithms: rt.algorithms.clone(),
+        })
+        .await;
+    let shared = Shared::new(rt, audit.clone(), metrics);
+
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(tcp) = admin_tcp {
+        tokio::spawn(admin::serve(shared.clone(), tcp, ready.clone()));
+    }
+    let mut accepting = Vec::new();
+    for (l, tcp) in bound {
+        tracing::info!(listener = %l.name, address = %l.address, protocol = %l.protocol, "listening");
+        accepting.push(tokio::spawn(server::serve(shared.clone(), l, tcp)));
+    }
+    reload::spawn(shared.clone(), path.clone()).context("watching the config")?;
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let open = shared.conns.open();
+    tracing::info!(open, grace_seconds = grace.as_secs(), "draining");
+    audit
+        .emit(Event::ShutdownStarted {
+            sessions: open,
+            grace_seconds: grace.as_secs(),
+        })
+        .await;
+    shared.shutdown.send_replace(true);
+    for a in accepting {
+        let _ = a.await;
+    }
+    let _ = tokio::time::timeout(grace, shared.conns.drained()).await;
+    audit
+        .emit(Event::ShutdownComplete {
+            sessions_left: shared.conns.open(),
+        })
+        .await;
+    audit.flush().await;
+    Ok(())
+}
+
+/// Compiles a config and returns every error, for `portcullis-gateway check`.
+pub fn check(config: &Path) -> Result<String, Vec<String>> {
+    let path = reload::config_file(config);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
+    runtime::compile(&text)
+        .map(|rt| rt.hash)
+        .map_err(|errs| errs.iter().map(ToString::to_string).collect())
+}

@@ -1,0 +1,20 @@
+//! The Portcullis gateway: terminates SFTP, authenticates, authorizes and audits every file
+//! operation at one enforcement point (`session`), and forwards to backends over encrypted
+//! channels only.
+//!
+//! Dependency rule: frontends → session → {policy, audit, backends}; nothing calls back up.
+
+pub mod admin;
+pub mod audit;
+pub mod auth;
+pub mod backends;
+pub mod demo;
+pub mod frontends;
+pub mod gateway;
+pub mod metrics;
+pub mod policy;
+pub mod reload;
+pub mod runtime;
+pub mod server;
+pub mod session;
+pub mod state;

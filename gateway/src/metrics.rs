@@ -1,0 +1,95 @@
+//! Prometheus metrics: sessions, auth failures, bytes and operations by result.
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    pub sessions: Family<Labels, Gauge>,
+    pub sessions_total: Family<Labels, Counter>,
+    pub auth_failures: Family<Labels, Counter>,
+    pub connections_refused: Family<Labels, Counter>,
+    pub bytes: Family<Labels, Counter>,
+    pub operations: Family<Labels, Counter>,
+    pub config_reloads: Family<Labels, Counter>,
+    pub audit_write_errors: Counter,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let m = Metrics {
+            sessions: Family::default(),
+            sessions_total: Family::default(),
+            auth_failures: Family::default(),
+            connections_refused: Family::default(),
+            bytes: Family::default(),
+            operations: Family::default(),
+            config_reloads: Family::default(),
+            audit_write_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "sessions",
+            "Authenticated sessions now open",
+            m.sessions.clone(),
+        );
+        registry.register(
+            "sessions_started",
+            "Authenticated sessions started",
+            m.sessions_total.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Failed authentication attempts, by reason",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed before the banner, by reason",
+            m.connections_refused.clone(),
+        );
+        registry.register("bytes", "File bytes moved, by direction", m.bytes.clone());
+        registry.register(
+            "operations",
+            "File operations, by operation and result",
+            m.operations.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads, by result",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "audit_write_errors",
+            "Audit sink write failures",
+            m.audit_write_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn op(&self, op: &'static str, result: &str) {
+        self.operations
+            .get_or_create(&vec![("op", op.to_owned()), ("result", result.to_owned())])
+            .inc();
+    }
+
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+}

@@ -1,0 +1,384 @@
+//! Policy: path normalization, a user's virtual tree of mounts, and the allow/deny decision.
+//!
+//! Everything here is pure. Deny is the default: a path outside every mount, or a verb that no
+//! role grants on the mount, is refused with the reason; an allowed operation carries the rule
+//! that allowed it, so the audit record can name it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
+
+use portcullis_config::{Role, Verb};
+
+/// A normalized absolute virtual path: starts with `/`, no empty, `.` or `..` segments, no
+/// trailing slash (except the root itself), no NUL.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VPath(String);
+
+/// Why a path was refused before any policy was consulted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path contains a NUL byte")]
+    Nul,
+    #[error("path is longer than {max} bytes")]
+    TooLong { max: usize },
+}
+
+impl VPath {
+    pub const MAX_LEN: usize = 4096;
+
+    pub fn root() -> VPath {
+        VPath("/".to_owned())
+    }
+
+    /// Normalizes a client path lexically, relative to `/`. `..` never climbs above the root,
+    /// exactly as in a chroot, so `../../etc/passwd` is `/etc/passwd` in the virtual tree, which
+    /// no mount can contain unless a mount is literally named `/etc`.
+    pub fn parse(raw: &str) -> Result<VPath, PathError> {
+        if raw.contains('\0') {
+            return Err(PathError::Nul);
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(PathError::TooLong { max: Self::MAX_LEN });
+        }
+        let mut parts: Vec<&str> = Vec::new();
+        for seg in raw.split('/') {
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                s => parts.push(s),
+            }
+        }
+        let mut out = String::with_capacity(raw.len() + 1);
+        for p in &parts {
+            out.push('/');
+            out.push_str(p);
+        }
+        if out.is_empty() {
+            out.push('/');
+        }
+        Ok(VPath(out))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0 == "/"
+    }
+
+    /// The last segment; the root has none.
+    pub fn file_name(&self) -> Option<&str> {
+        (!self.is_root()).then(|| self.0.rsplit('/').next().unwrap_or_default())
+    }
+
+    /// `self` is `base` or below it.
+    fn strip_prefix(&self, base: &str) -> Option<&str> {
+        let rest = self.0.strip_prefix(base)?;
+        if rest.is_empty() {
+            Some("")
+        } else {
+            rest.strip_prefix('/')
+        }
+    }
+}
+
+impl fmt::Display for VPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One mount in a user's tree: the union of every role that mounts the same path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountGrant {
+    pub path: String,
+    pub endpoint: String,
+    pub backend_path: String,
+    /// Each allowed verb, with the first role (in the user's role order) that grants it.
+    pub verbs: BTreeMap<Verb, String>,
+}
+
+impl MountGrant {
+    /// Joins a path relative to the mount onto the backend path.
+    pub fn backend_path_of(&self, rel: &str) -> String {
+        match (self.backend_path.trim_end_matches('/'), rel) {
+            (base, "") if base.is_empty() => "/".to_owned(),
+            (base, "") => base.to_owned(),
+            (base, rel) => format!("{base}/{rel}"),
+        }
+    }
+}
+
+/// Where a virtual path lands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Location<'a> {
+    /// The root or a directory above some mount; it lists the next segments of mount paths.
+    Virtual { children: BTreeSet<String> },
+    /// Inside a mount; `rel` is empty at the mount point itself.
+    Mounted {
+        mount: &'a MountGrant,
+        rel: String,
+        backend_path: String,
+    },
+    /// Outside every mount.
+    Nowhere,
+}
+
+/// A decision that allows: the rule that allowed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allowed<'a> {
+    pub mount: &'a MountGrant,
+    pub backend_path: String,
+    pub rule: String,
+}
+
+/// A decision that denies, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Denied(pub String);
+
+/// A user's virtual tree: the union of its roles' mounts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tree {
+    mounts: Vec<MountGrant>,
+}
+
+impl Tree {
+    /// Builds the tree from the user's roles, in the user's order. The config's `validate`
+    /// guarantees that mounts with the same path agree on their target and do not nest.
+    pub fn build<'a>(user_roles: &[String], roles: impl IntoIterator<Item = &'a Role>) -> Tree {
+        let by_name: BTreeMap<&str, &Role> =
+            roles.into_iter().map(|r| (r.name.as_str(), r)).collect();
+        let mut mounts: BTreeMap<String, MountGrant> = BTreeMap::new();
+        for role in user_roles.iter().filter_map(|n| by_name.get(n.as_str())) {
+            for m in &role.mounts {
+                let grant = mounts.entry(m.path.clone()).or_insert_with(|| MountGrant {
+                    path: m.path.clone(),
+                    endpoint: m.endpoint.clone(),
+                    backend_path: m.backend_path.clone(),
+                    verbs: BTreeMap::new(),
+                });
+                for v in &m.verbs {
+                    grant.verbs.entry(*v).or_insert_with(|| role.name.clone());
+                }
+            }
+        }
+        Tree {
+            mounts: mounts.into_values().collect(),
+        }
+    }
+
+    pub fn mounts(&self) -> &[MountGrant] {
+        &self.mounts
+    }
+
+    pub fn locate(&self, path: &VPath) -> Location<'_> {
+        for m in &self.mounts {
+            if let Some(rel) = path.strip_prefix(&m.path) {
+                return Location::Mounted {
+                    mount: m,
+                    rel: rel.to_owned(),
+                    backend_path: m.backend_path_of(rel),
+                };
+            }
+        }
+        let mut children = BTreeSet::new();
+        for m in &self.mounts {
+            let below = if path.is_root() {
+                Some(&m.path[1..])
+            } else {
+                m.path
+                    .strip_prefix(path.as_str())
+                    .and_then(|rest| rest.strip_prefix('/'))
+            };
+            if let Some(below) = below.filter(|b| !b.is_empty()) {
+                children.insert(below.split('/').next().unwrap_or(below).to_owned());
+            }
+        }
+        if path.is_root() || !children.is_empty() {
+            Location::Virtual { children }
+        } else {
+            Location::Nowhere
+        }
+    }
+
+    /// The one decision: may this user apply `verb` to `path`?
+    pub fn authorize(&self, verb: Verb, path: &VPath) -> Result<Allowed<'_>, Denied> {
+        match self.locate(path) {
+            Location::Mounted {
+                mount,
+                rel,
+                backend_path,
+            } => {
+                if rel.is_empty() && matches!(verb, Verb::Delete | Verb::Rmdir | Verb::Rename) {
+                    return Err(Denied(format!(
+                        "{path} is a mount point; it cannot be removed or renamed"
+                    )));
+                }
+                match mount.verbs.get(&verb) {
+                    Some(role) => Ok(Allowed {
+                        mount,
+                        backend_path,
+                        rule: format!("role {role}: mount {} allows {verb}", mount.path),
+                    }),
+                    None => Err(Denied(format!(
+                        "no role grants {verb} on mount {}",
+                        mount.path
+                    ))),
+                }
+            }
+            Location::Virtual { .. } => Err(Denied(format!(
+                "{path} is a virtual directory; only list is possible there"
+            ))),
+            Location::Nowhere => Err(Denied(format!("{path} is outside every mount"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis_config::Mount;
+
+    use super::*;
+
+    fn vp(s: &str) -> VPath {
+        VPath::parse(s).unwrap()
+    }
+
+    fn role(name: &str, mounts: &[(&str, &str, &str, &[Verb])]) -> Role {
+        Role {
+            name: name.to_owned(),
+            mounts: mounts
+                .iter()
+                .map(|(p, e, b, v)| Mount {
+                    path: (*p).to_owned(),
+                    endpoint: (*e).to_owned(),
+                    backend_path: (*b).to_owned(),
+                    verbs: v.iter().copied().collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn tree() -> Tree {
+        let roles = [
+            role(
+                "readers",
+                &[("/in/daily", "mf", "/data/in", &[Verb::List, Verb::Read])],
+            ),
+            role(
+                "writers",
+                &[
+                    ("/in/daily", "mf", "/data/in", &[Verb::Write]),
+                    (
+                        "/out",
+                        "local",
+                        "/",
+                        &[Verb::List, Verb::Read, Verb::Delete],
+                    ),
+                ],
+            ),
+            role("unrelated", &[("/secret", "mf", "/", &[Verb::Read])]),
+        ];
+        Tree::build(&["readers".into(), "writers".into()], &roles)
+    }
+
+    #[test]
+    fn normalization_never_escapes_the_root() {
+        for (raw, want) in [
+            ("", "/"),
+            (".", "/"),
+            ("/", "/"),
+            ("..", "/"),
+            ("../../etc/passwd", "/etc/passwd"),
+            ("/out/../../../etc/passwd", "/etc/passwd"),
+            ("//out///a//", "/out/a"),
+            ("out/./a/./b/..", "/out/a"),
+            ("/out/a/../../out/b", "/out/b"),
+        ] {
+            assert_eq!(vp(raw).as_str(), want, "{raw:?}");
+        }
+        assert_eq!(VPath::parse("/out/a\0b"), Err(PathError::Nul));
+        assert!(VPath::parse(&"a/".repeat(3000)).is_err());
+    }
+
+    #[test]
+    fn roles_union_per_mount_and_name_the_granting_role() {
+        let t = tree();
+        let read = t.authorize(Verb::Read, &vp("/in/daily/x.dat")).unwrap();
+        assert_eq!(read.rule, "role readers: mount /in/daily allows read");
+        assert_eq!(read.backend_path, "/data/in/x.dat");
+        let write = t.authorize(Verb::Write, &vp("/in/daily/x.dat")).unwrap();
+        assert_eq!(write.rule, "role writers: mount /in/daily allows write");
+        assert_eq!(
+            t.authorize(Verb::Delete, &vp("/in/daily/x.dat")),
+            Err(Denied("no role grants delete on mount /in/daily".into()))
+        );
+    }
+
+    #[test]
+    fn deny_is_the_default() {
+        let t = tree();
+        assert!(
+            t.authorize(Verb::Read, &vp("/secret/x")).is_err(),
+            "role not granted"
+        );
+        assert!(t.authorize(Verb::Read, &vp("/etc/passwd")).is_err());
+        assert!(
+            t.authorize(Verb::Read, &vp("/in/dailyx/y")).is_err(),
+            "prefix is not a mount"
+        );
+        assert!(t.authorize(Verb::Write, &vp("/in")).is_err(), "virtual dir");
+        assert!(t.authorize(Verb::Write, &vp("/")).is_err());
+        assert!(
+            t.authorize(Verb::Delete, &vp("/out")).is_err(),
+            "mount point"
+        );
+        assert!(
+            t.authorize(Verb::Read, &vp("/out/../../etc/passwd"))
+                .is_err()
+        );
+        assert!(Tree::default().authorize(Verb::List, &vp("/x")).is_err());
+    }
+
+    #[test]
+    fn traversal_stays_inside_the_mount() {
+        let t = tree();
+        let a = t
+            .authorize(Verb::Read, &vp("/out/../out/../../out/a/../b"))
+            .unwrap();
+        assert_eq!(a.backend_path, "/b");
+        assert_eq!(a.mount.path, "/out");
+    }
+
+    #[test]
+    fn virtual_directories_list_mount_segments() {
+        let t = tree();
+        let kids = |p: &str| match t.locate(&vp(p)) {
+            Location::Virtual { children } => children.into_iter().collect::<Vec<_>>(),
+            other => panic!("{p}: {other:?}"),
+        };
+        assert_eq!(kids("/"), ["in", "out"]);
+        assert_eq!(kids("/in"), ["daily"]);
+        assert_eq!(t.locate(&vp("/nope")), Location::Nowhere);
+    }
+
+    #[test]
+    fn backend_path_joins() {
+        let m = |b: &str| MountGrant {
+            path: "/m".into(),
+            endpoint: "e".into(),
+            backend_path: b.into(),
+            verbs: BTreeMap::new(),
+        };
+        assert_eq!(m("/").backend_path_of(""), "/");
+        assert_eq!(m("/").backend_path_of("a/b"), "/a/b");
+        assert_eq!(m("/x/").backend_path_of("a"), "/x/a");
+        assert_eq!(m("/x").backend_path_of(""), "/x");
+    }
+}

@@ -1,0 +1,109 @@
+//! Hot reload: watch the config file's directory (a Kubernetes Secret mount swaps a `..data`
+//! symlink, which only a directory watch sees), poll as a backstop, and swap the runtime whole.
+//! A config that does not compile is refused, audited and logged; the old one stays in force.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::{audit::Event, runtime, state::Shared};
+
+/// How often the file is re-read even without a notification.
+const POLL: Duration = Duration::from_secs(5);
+
+/// Resolves `--config`: a file, or a directory holding `config.yaml` (a mounted Secret).
+pub fn config_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("config.yaml")
+    } else {
+        path.to_owned()
+    }
+}
+
+pub fn spawn(shared: Arc<Shared>, path: PathBuf) -> notify::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = tx.try_send(());
+    })?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        let mut last_rejected = String::new();
+        let mut shutdown = shared.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                _ = rx.recv() => tokio::time::sleep(Duration::from_millis(150)).await,
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.changed() => return,
+            }
+            reload(&shared, &path, &mut last_rejected).await;
+        }
+    });
+    Ok(())
+}
+
+/// Re-reads the config; swaps it in if it changed and compiles. Returns whether it swapped.
+pub async fn reload(shared: &Shared, path: &Path, last_rejected: &mut String) -> bool {
+    let Ok(text) = tokio::fs::read_to_string(path).await else {
+        // Mid-swap or briefly missing; the next event or poll will see the new file.
+        return false;
+    };
+    let current = shared.runtime.load_full();
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+    if hash == current.hash || hash == *last_rejected {
+        return false;
+    }
+    match tokio::task::spawn_blocking(move || runtime::compile(&text)).await {
+        Ok(Ok(rt)) => {
+            if rt.config.listeners != current.config.listeners {
+                tracing::warn!("listener changes take effect at the next restart");
+            }
+            let event = Event::ConfigReloaded {
+                config_hash: rt.hash.clone(),
+                previous_hash: current.hash.clone(),
+                algorithms: rt.algorithms.clone(),
+            };
+            shared.runtime.store(Arc::new(rt));
+            shared
+                .metrics
+                .config_reloads
+                .get_or_create(&vec![("result", "ok".to_owned())])
+                .inc();
+            tracing::info!(config_hash = %hash, "config reloaded");
+            shared.audit.emit(event).await;
+            last_rejected.clear();
+            true
+        }
+        Ok(Err(errors)) => {
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            tracing::error!(?errors, "new config refused; the old one stays in force");
+            shared
+                .metrics
+                .config_reloads
+                .get_or_create(&vec![("result", "rejected".to_owned())])
+                .inc();
+            shared
+                .audit
+                .emit(Event::ConfigRejected {
+                    kept_hash: current.hash.clone(),
+                    errors,
+                })
+                .await;
+            *last_rejected = hash;
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config compile task failed");
+            false
+        }
+    }
+}

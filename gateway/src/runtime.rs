@@ -1,0 +1,400 @@
+//! The compiled config: a [`Runtime`] holds everything a connection needs, with key material
+//! parsed and secrets loaded. It is swapped whole on reload, so a session sees one consistent
+//! snapshot per operation; [`compile`] reports every error at once, in the config's own paths.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::Path,
+    str::FromStr,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use portcullis_config::{ConfigError, EndpointBackend, GatewayConfig, validate};
+use russh::{
+    MethodKind, MethodSet, SshId, cipher, kex,
+    keys::{Algorithm, PrivateKey, PublicKey},
+    mac,
+    server::Config as SshConfig,
+};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    audit::AlgorithmInfo,
+    auth::{Chains, Totp},
+    backends::{
+        local::LocalBackend,
+        sftp::{Credential, SftpSpec},
+    },
+    policy::Tree,
+};
+
+pub struct Runtime {
+    pub config: GatewayConfig,
+    /// SHA-256 of the config text, hex.
+    pub hash: String,
+    zones: HashMap<String, Vec<IpNet>>,
+    pub users: HashMap<String, Arc<UserEntry>>,
+    pub endpoints: HashMap<String, Arc<EndpointSpec>>,
+    pub ssh: Arc<SshConfig>,
+    pub algorithms: AlgorithmInfo,
+}
+
+pub struct UserEntry {
+    pub name: String,
+    pub password_hash: Option<String>,
+    pub public_keys: Vec<PublicKey>,
+    pub totp: Option<Totp>,
+    pub chains: Chains,
+    pub zones: Vec<String>,
+    pub tree: Tree,
+    pub disabled: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl UserEntry {
+    /// Why this account may not log in now, if it may not.
+    pub fn refusal(&self, now: DateTime<Utc>) -> Option<&'static str> {
+        if self.disabled {
+            Some("account disabled")
+        } else if self.expires_at.is_some_and(|t| t <= now) {
+            Some("account expired")
+        } else {
+            None
+        }
+    }
+}
+
+pub enum EndpointSpec {
+    Local(Arc<LocalBackend>),
+    Sftp(Arc<SftpSpec>),
+}
+
+impl Runtime {
+    /// The first of `names` (in order) whose CIDRs contain `ip`.
+    pub fn zone_of<'a>(&self, ip: IpAddr, names: &'a [String]) -> Option<&'a str> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        names
+            .iter()
+            .find(|n| {
+                self.zones
+                    .get(n.as_str())
+                    .is_some_and(|c| c.iter().any(|c| c.contains(&ip)))
+            })
+            .map(String::as_str)
+    }
+}
+
+/// Modern-only defaults: no SHA-1, no CBC, no `ssh-rsa`.
+const DEFAULT_KEX: &[&str] = &[
+    "mlkem768x25519-sha256",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group18-sha512",
+];
+const DEFAULT_CIPHERS: &[&str] = &[
+    "chacha20-poly1305@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+];
+const DEFAULT_MACS: &[&str] = &[
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
+    "hmac-sha2-256",
+    "hmac-sha2-512",
+];
+const DEFAULT_HOST_KEY_ALGS: &[&str] = &[
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+];
+
+/// Algorithm names a config may not turn on, whatever it says.
+fn is_weak(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n == "ssh-rsa"
+        || n == "ssh-dss"
+        || n == "none"
+        || n.contains("cbc")
+        || n.contains("3des")
+        || n.contains("arcfour")
+        || n.ends_with("-sha1")
+        || n.contains("sha1-")
+        || n == "hmac-sha1"
+        || n.contains("hmac-md5")
+}
+
+static SERVER_ID: LazyLock<String> =
+    LazyLock::new(|| format!("SSH-2.0-Portcullis_{}", env!("CARGO_PKG_VERSION")));
+
+/// Compiles a config text into a runtime. `validate` runs first; then key material and
+/// referenced files are loaded, and their errors join the same list.
+pub fn compile(text: &str) -> Result<Runtime, Vec<ConfigError>> {
+    let config = GatewayConfig::parse(text).map_err(|e| e.0)?;
+    validate(&config)?;
+    let mut errs = Vec::new();
+    let mut err = |path: String, msg: String| errs.push(ConfigError::new(path, msg));
+
+    let zones = config
+        .zones
+        .iter()
+        .map(|z| {
+            let cidrs = z
+                .cidrs
+                .iter()
+                .filter_map(|c| portcullis_config::parse_cidr(c))
+                .collect();
+            (z.name.clone(), cidrs)
+        })
+        .collect();
+
+    let mut endpoints = HashMap::new();
+    for (i, e) in config.endpoints.iter().enumerate() {
+        let at = format!("endpoints[{i}]");
+        let spec = match &e.backend {
+            EndpointBackend::Local(l) => match LocalBackend::new(Path::new(&l.root)) {
+                Ok(b) => EndpointSpec::Local(Arc::new(b)),
+                Err(e) => {
+                    err(format!("{at}.root"), e.to_string());
+                    continue;
+                }
+            },
+            EndpointBackend::Sftp(s) => {
+                let mut host_keys = Vec::new();
+                for (j, k) in s.host_keys.iter().enumerate() {
+                    match PublicKey::from_openssh(k.trim()) {
+                        Ok(k) => host_keys.push(k),
+                        Err(e) => err(
+                            format!("{at}.hostKeys[{j}]"),
+                            format!("not an OpenSSH public key: {e}"),
+                        ),
+                    }
+                }
+                let credential = if let Some(f) = &s.private_key_file {
+                    match russh::keys::load_secret_key(f, None) {
+                        Ok(k) => Credential::Key(Arc::new(k)),
+                        Err(e) => {
+                            err(
+                                format!("{at}.privateKeyFile"),
+                                format!("cannot load {f}: {e}"),
+                            );
+                            continue;
+                        }
+                    }
+                } else if let Some(f) = &s.password_file {
+                    match std::fs::read_to_string(f) {
+                        Ok(p) => Credential::Password(p.trim_end_matches(['\r', '\n']).to_owned()),
+                        Err(e) => {
+                            err(
+                                format!("{at}.passwordFile"),
+                                format!("cannot read {f}: {e}"),
+                            );
+                            continue;
+                        }
+                    }
+                } else {
+                    continue;
+                };
+                EndpointSpec::Sftp(Arc::new(SftpSpec {
+                    name: e.name.clone(),
+                    addresses: s.addresses.clone(),
+                    host_keys,
+                    username: s.username.clone(),
+                    credential,
+                    connect_timeout: Duration::from_secs(s.connect_timeout_seconds),
+                }))
+            }
+        };
+        endpoints.insert(e.name.clone(), Arc::new(spec));
+    }
+
+    let mut users = HashMap::new();
+    for (i, u) in config.users.iter().enumerate() {
+        let at = format!("users[{i}]");
+        if let Some(h) = &u.password_hash
+            && !(h.starts_with("$argon2") && argon2::PasswordHash::new(h).is_ok()
+                || h.starts_with("$2") && h.len() == 60)
+        {
+            err(
+                format!("{at}.passwordHash"),
+                "not an argon2 or bcrypt PHC string (use `portcullis-gateway hash-password`)"
+                    .into(),
+            );
+        }
+        let mut public_keys = Vec::new();
+        for (j, k) in u.public_keys.iter().enumerate() {
+            match PublicKey::from_openssh(k.trim()) {
+                Ok(k) => public_keys.push(k),
+                Err(e) => err(
+                    format!("{at}.publicKeys[{j}]"),
+                    format!("not an OpenSSH public key: {e}"),
+                ),
+            }
+        }
+        let totp = match &u.totp_secret_file {
+            None => None,
+            Some(f) => match std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read {f}: {e}"))
+                .and_then(|s| Totp::from_base32(&s))
+            {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    err(format!("{at}.totpSecretFile"), e);
+                    None
+                }
+            },
+        };
+        users.insert(
+            u.name.clone(),
+            Arc::new(UserEntry {
+                name: u.name.clone(),
+                password_hash: u.password_hash.clone(),
+                chains: Chains::new(
+                    &u.auth_methods,
+                    u.password_hash.is_some(),
+                    !public_keys.is_empty(),
+                ),
+                public_keys,
+                totp,
+                zones: u.zones.clone(),
+                tree: Tree::build(&u.roles, &config.roles),
+                disabled: u.disabled,
+                expires_at: u
+                    .expires_at
+                    .as_deref()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc)),
+            }),
+        );
+    }
+
+    let mut keys = Vec::new();
+    if config.ssh.host_key_files.is_empty() {
+        err(
+            "ssh.hostKeyFiles".into(),
+            "at least one host key is required".into(),
+        );
+    }
+    for (i, f) in config.ssh.host_key_files.iter().enumerate() {
+        match russh::keys::load_secret_key(f, None) {
+            Ok(k) => keys.push(k),
+            Err(e) => err(
+                format!("ssh.hostKeyFiles[{i}]"),
+                format!("cannot load {f}: {e}"),
+            ),
+        }
+    }
+    let algs = &config.ssh.algorithms;
+    let pick = |list: &[String], default: &[&str]| -> Vec<String> {
+        if list.is_empty() {
+            default.iter().map(|s| (*s).to_owned()).collect()
+        } else {
+            list.to_vec()
+        }
+    };
+    let info = AlgorithmInfo {
+        kex: pick(&algs.kex, DEFAULT_KEX),
+        ciphers: pick(&algs.ciphers, DEFAULT_CIPHERS),
+        macs: pick(&algs.macs, DEFAULT_MACS),
+        host_keys: pick(&algs.host_key_algorithms, DEFAULT_HOST_KEY_ALGS),
+    };
+    let mut names = |field: &str, list: &[String], parse: &dyn Fn(&str) -> bool| {
+        for (i, n) in list.iter().enumerate() {
+            if is_weak(n) {
+                err(
+                    format!("ssh.algorithms.{field}[{i}]"),
+                    format!("{n} is weak and refused"),
+                );
+            } else if !parse(n) {
+                err(
+                    format!("ssh.algorithms.{field}[{i}]"),
+                    format!("unknown algorithm {n}"),
+                );
+            }
+        }
+    };
+    names("kex", &info.kex, &|n| kex::Name::try_from(n).is_ok());
+    names("ciphers", &info.ciphers, &|n| {
+        cipher::Name::try_from(n).is_ok()
+    });
+    names("macs", &info.macs, &|n| mac::Name::try_from(n).is_ok());
+    names("hostKeyAlgorithms", &info.host_keys, &|n| {
+        Algorithm::from_str(n).is_ok()
+    });
+
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+
+    let mut kex_names: Vec<kex::Name> = info
+        .kex
+        .iter()
+        .filter_map(|n| kex::Name::try_from(n.as_str()).ok())
+        .collect();
+    // Strict key exchange (the Terrapin fix) and extension negotiation are always on.
+    kex_names.push(kex::EXTENSION_SUPPORT_AS_SERVER);
+    kex_names.push(kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER);
+    let limits = &config.limits;
+    let ssh = SshConfig {
+        server_id: SshId::Standard(SERVER_ID.as_str().into()),
+        methods: MethodSet::from(
+            &[
+                MethodKind::PublicKey,
+                MethodKind::Password,
+                MethodKind::KeyboardInteractive,
+            ][..],
+        ),
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: keys.into_iter().collect::<Vec<PrivateKey>>(),
+        window_size: 8 * 1024 * 1024,
+        maximum_packet_size: 65535,
+        channel_buffer_size: 256,
+        preferred: russh::Preferred {
+            kex: kex_names.into(),
+            key: info
+                .host_keys
+                .iter()
+                .filter_map(|n| Algorithm::from_str(n).ok())
+                .collect::<Vec<_>>()
+                .into(),
+            cipher: info
+                .ciphers
+                .iter()
+                .filter_map(|n| cipher::Name::try_from(n.as_str()).ok())
+                .collect::<Vec<_>>()
+                .into(),
+            mac: info
+                .macs
+                .iter()
+                .filter_map(|n| mac::Name::try_from(n.as_str()).ok())
+                .collect::<Vec<_>>()
+                .into(),
+            ..Default::default()
+        },
+        max_auth_attempts: limits.max_auth_attempts,
+        inactivity_timeout: Some(Duration::from_secs(limits.idle_timeout_seconds)),
+        nodelay: true,
+        ..Default::default()
+    };
+
+    Ok(Runtime {
+        hash: hex::encode(Sha256::digest(text.as_bytes())),
+        config,
+        zones,
+        users,
+        endpoints,
+        ssh: Arc::new(ssh),
+        algorithms: info,
+    })
+}

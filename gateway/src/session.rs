@@ -1,0 +1,854 @@
+//! The one enforcement point. Front ends decode wire requests into a [`FileOp`] and call
+//! [`Session::execute`]; the session authorizes against the policy in force, audits, calls the
+//! backend, tracks transfers (bytes, SHA-256 in flight, confidence) and audits the outcome.
+//! Errors leave as [`FsError`]; each front end maps them to its own codes at the edge.
+//!
+//! `execute` takes `&self` and may run many operations at once. For a handle's data operations
+//! it does no await before handing the request to the backend, so backends that pipeline (the
+//! SFTP client) receive a handle's requests in the order the front end issued them.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use bytes::Bytes;
+use portcullis_config::{DataOpsAudit, Verb};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    audit::{Confidence, Direction, Event},
+    backends::{Backend, BackendFile, DirEntry, FileAttrs, FsError, OpenMode, sftp::SftpBackend},
+    policy::{Location, VPath},
+    runtime::{EndpointSpec, Runtime, UserEntry},
+    state::Shared,
+};
+
+/// A file operation in protocol-neutral terms. Paths are as the client sent them.
+#[derive(Debug)]
+pub enum FileOp {
+    Open {
+        path: String,
+        mode: OpenMode,
+    },
+    Read {
+        handle: u64,
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        handle: u64,
+        offset: u64,
+        data: Bytes,
+    },
+    Close {
+        handle: u64,
+    },
+    OpenDir {
+        path: String,
+    },
+    ReadDir {
+        handle: u64,
+    },
+    Stat {
+        path: String,
+        follow: bool,
+    },
+    FStat {
+        handle: u64,
+    },
+    SetStat {
+        path: String,
+        attrs: FileAttrs,
+    },
+    FSetStat {
+        handle: u64,
+        attrs: FileAttrs,
+    },
+    Remove {
+        path: String,
+    },
+    Mkdir {
+        path: String,
+        attrs: FileAttrs,
+    },
+    Rmdir {
+        path: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    RealPath {
+        path: String,
+    },
+}
+
+impl FileOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            FileOp::Open { .. } => "open",
+            FileOp::Read { .. } => "read",
+            FileOp::Write { .. } => "write",
+            FileOp::Close { .. } => "close",
+            FileOp::OpenDir { .. } => "opendir",
+            FileOp::ReadDir { .. } => "readdir",
+            FileOp::Stat { follow: true, .. } => "stat",
+            FileOp::Stat { follow: false, .. } => "lstat",
+            FileOp::FStat { .. } => "fstat",
+            FileOp::SetStat { .. } => "setstat",
+            FileOp::FSetStat { .. } => "fsetstat",
+            FileOp::Remove { .. } => "remove",
+            FileOp::Mkdir { .. } => "mkdir",
+            FileOp::Rmdir { .. } => "rmdir",
+            FileOp::Rename { .. } => "rename",
+            FileOp::RealPath { .. } => "realpath",
+        }
+    }
+
+    fn is_data(&self) -> bool {
+        matches!(self, FileOp::Read { .. } | FileOp::Write { .. })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum OpOutput {
+    Handle(u64),
+    Data(Bytes),
+    Eof,
+    Done,
+    Attrs(FileAttrs),
+    Entries(Vec<DirEntry>),
+    Path(String),
+}
+
+/// Directory entries handed out per READDIR.
+const DIR_BATCH: usize = 128;
+
+/// How far ahead of the hashed prefix out-of-order data may be held to keep the digest.
+const REORDER_WINDOW: usize = 32 * 1024 * 1024;
+
+/// SHA-256 over a file's bytes in offset order, whatever order they arrive in (within a bounded
+/// window). Any gap, overlap or overflow makes the digest unavailable rather than wrong.
+struct InOrderDigest {
+    hasher: Sha256,
+    next: u64,
+    pending: BTreeMap<u64, Bytes>,
+    pending_bytes: usize,
+    broken: Option<&'static str>,
+}
+
+impl InOrderDigest {
+    fn new() -> Self {
+        InOrderDigest {
+            hasher: Sha256::new(),
+            next: 0,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            broken: None,
+        }
+    }
+
+    fn feed(&mut self, offset: u64, data: Bytes) {
+        if self.broken.is_some() || data.is_empty() {
+            return;
+        }
+        if offset < self.next {
+            self.broken = Some("non-sequential access");
+        } else if offset > self.next {
+            if self.pending_bytes + data.len() > REORDER_WINDOW
+                || self.pending.contains_key(&offset)
+            {
+                self.broken = Some("non-sequential access");
+                return;
+            }
+            self.pending_bytes += data.len();
+            self.pending.insert(offset, data);
+        } else {
+            self.hasher.update(&data);
+            self.next += data.len() as u64;
+            while let Some(entry) = self.pending.first_entry() {
+                if *entry.key() != self.next {
+                    break;
+                }
+                let d = entry.remove();
+                self.pending_bytes -= d.len();
+                self.hasher.update(&d);
+                self.next += d.len() as u64;
+            }
+        }
+    }
+
+    /// The digest and the length it covers, if the bytes seen form one run from offset 0.
+    fn finish(self) -> Result<(String, u64), &'static str> {
+        if let Some(why) = self.broken {
+            return Err(why);
+        }
+        if !self.pending.is_empty() {
+            return Err("gaps in the transferred range");
+        }
+        Ok((hex::encode(self.hasher.finalize()), self.next))
+    }
+}
+
+struct Transfer {
+    direction: Direction,
+    started: Instant,
+    bytes: u64,
+    digest: InOrderDigest,
+    saw_eof: bool,
+}
+
+struct OpenFile {
+    file: Arc<dyn BackendFile>,
+    path: VPath,
+    backend_path: String,
+    endpoint: String,
+    backend: Arc<dyn Backend>,
+    mode: OpenMode,
+    transfer: Mutex<Transfer>,
+}
+
+struct DirListing {
+    entries: VecDeque<DirEntry>,
+}
+
+enum Handle {
+    File(Arc<OpenFile>),
+    Dir(Arc<Mutex<DirListing>>),
+}
+
+/// An authorized target: which backend, which path there, and the rule that allowed it.
+struct Target {
+    endpoint: String,
+    backend_path: String,
+    rule: String,
+}
+
+pub struct Session {
+    pub id: String,
+    pub user: String,
+    pub peer: SocketAddr,
+    shared: Arc<Shared>,
+    started: Instant,
+    backends: tokio::sync::Mutex<HashMap<String, (Arc<EndpointSpec>, Arc<dyn Backend>)>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_handle: AtomicU64,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+impl Session {
+    pub fn new(shared: Arc<Shared>, user: &str, peer: SocketAddr) -> Session {
+        let n = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        Session {
+            id: format!("{:x}-{n}", std::process::id()),
+            user: user.to_owned(),
+            peer,
+            shared,
+            started: Instant::now(),
+            backends: tokio::sync::Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            finished: false.into(),
+        }
+    }
+
+    /// Open file handles (not directories), for graceful shutdown.
+    pub fn open_files(&self) -> usize {
+        self.handles
+            .lock()
+            .expect("handle lock poisoned")
+            .values()
+            .filter(|h| matches!(h, Handle::File(_)))
+            .count()
+    }
+
+    /// Runs one operation: authorize, audit, execute, audit the outcome.
+    pub async fn execute(&self, op: FileOp) -> Result<OpOutput, FsError> {
+        let name = op.name();
+        let data = op.is_data();
+        let (path, target) = match &op {
+            FileOp::Rename { from, to } => (Some(from.clone()), Some(to.clone())),
+            FileOp::Open { path, .. }
+            | FileOp::OpenDir { path }
+            | FileOp::Stat { path, .. }
+            | FileOp::SetStat { path, .. }
+            | FileOp::Remove { path }
+            | FileOp::Mkdir { path, .. }
+            | FileOp::Rmdir { path }
+            | FileOp::RealPath { path } => (Some(path.clone()), None),
+            _ => (None, None),
+        };
+        let mut rule = None;
+        let result = self.run(op, &mut rule).await;
+        let outcome = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        self.shared.metrics.op(name, result_label(&result));
+        let each = self.shared.runtime.load().config.audit.data_ops == DataOpsAudit::Each;
+        if !data || each {
+            self.shared
+                .audit
+                .emit(Event::Request {
+                    session: self.id.clone(),
+                    user: self.user.clone(),
+                    op: name,
+                    path,
+                    target,
+                    result: outcome,
+                    rule,
+                })
+                .await;
+        }
+        result
+    }
+
+    async fn run(&self, op: FileOp, rule: &mut Option<String>) -> Result<OpOutput, FsError> {
+        match op {
+            FileOp::Read {
+                handle,
+                offset,
+                len,
+            } => {
+                let f = self.file(handle)?;
+                if !f.mode.read {
+                    return Err(FsError::Denied("handle not opened for reading".into()));
+                }
+                let got = f.file.read_at(offset, len).await?;
+                let mut t = f.transfer.lock().expect("transfer lock poisoned");
+                match got {
+                    Some(d) if !d.is_empty() => {
+                        t.bytes += d.len() as u64;
+                        self.count_bytes("download", d.len());
+                        t.digest.feed(offset, d.clone());
+                        Ok(OpOutput::Data(d))
+                    }
+                    _ => {
+                        t.saw_eof = true;
+                        Ok(OpOutput::Eof)
+                    }
+                }
+            }
+            FileOp::Write {
+                handle,
+                offset,
+                data,
+            } => {
+                let f = self.file(handle)?;
+                if !f.mode.writes() {
+                    return Err(FsError::Denied("handle not opened for writing".into()));
+                }
+                let len = data.len();
+                {
+                    let mut t = f.transfer.lock().expect("transfer lock poisoned");
+                    t.digest.feed(offset, data.clone());
+                }
+                // No await before this call: see the module comment on ordering.
+                f.file.write_at(offset, data).await?;
+                f.transfer.lock().expect("transfer lock poisoned").bytes += len as u64;
+                self.count_bytes("upload", len);
+                Ok(OpOutput::Done)
+            }
+            FileOp::Close { handle } => {
+                let h = self
+                    .handles
+                    .lock()
+                    .expect("handle lock poisoned")
+                    .remove(&handle)
+                    .ok_or(FsError::BadHandle)?;
+                match h {
+                    Handle::Dir(_) => Ok(OpOutput::Done),
+                    Handle::File(f) => {
+                        let closed = self.close_file(&f, None).await;
+                        closed.map(|()| OpOutput::Done)
+                    }
+                }
+            }
+            FileOp::FStat { handle } => {
+                let f = self.file(handle)?;
+                Ok(OpOutput::Attrs(f.file.stat().await?))
+            }
+            FileOp::FSetStat { handle, attrs } => {
+                let f = self.file(handle)?;
+                let (user, _rt) = self.user()?;
+                let attrs = settable(attrs);
+                let t = self.authorize(&user, Verb::Setattr, &f.path)?;
+                if attrs.size.is_some() {
+                    self.authorize(&user, Verb::Write, &f.path)?;
+                }
+                *rule = Some(t.rule);
+                f.file.set_stat(attrs).await?;
+                Ok(OpOutput::Done)
+            }
+            FileOp::ReadDir { handle } => {
+                let listing = match self
+                    .handles
+                    .lock()
+                    .expect("handle lock poisoned")
+                    .get(&handle)
+                {
+                    Some(Handle::Dir(d)) => d.clone(),
+                    _ => return Err(FsError::BadHandle),
+                };
+                let mut l = listing.lock().expect("listing lock poisoned");
+                if l.entries.is_empty() {
+                    return Ok(OpOutput::Eof);
+                }
+                let n = l.entries.len().min(DIR_BATCH);
+                Ok(OpOutput::Entries(l.entries.drain(..n).collect()))
+            }
+            FileOp::RealPath { path } => Ok(OpOutput::Path(parse(&path)?.to_string())),
+            FileOp::Open { path, mode } => self.open(&path, mode, rule).await,
+            FileOp::OpenDir { path } => {
+                let vpath = parse(&path)?;
+                let entries = self.list(&vpath, rule).await?;
+                let id = self.insert(Handle::Dir(Arc::new(Mutex::new(DirListing {
+                    entries: entries.into(),
+                }))));
+                Ok(OpOutput::Handle(id))
+            }
+            FileOp::Stat { path, follow } => {
+                let vpath = parse(&path)?;
+                let (user, _rt) = self.user()?;
+                match user.tree.locate(&vpath) {
+                    Location::Virtual { .. } => Ok(OpOutput::Attrs(FileAttrs::virtual_dir())),
+                    Location::Nowhere => Err(FsError::NotFound),
+                    Location::Mounted { .. } => {
+                        let t = self.authorize(&user, Verb::List, &vpath)?;
+                        *rule = Some(t.rule);
+                        let b = self.backend(&t.endpoint).await?;
+                        Ok(OpOutput::Attrs(b.stat(&t.backend_path, follow).await?))
+                    }
+                }
+            }
+            FileOp::SetStat { path, attrs } => {
+                let vpath = parse(&path)?;
+                let (user, _rt) = self.user()?;
+                let attrs = settable(attrs);
+                let t = self.authorize(&user, Verb::Setattr, &vpath)?;
+                if attrs.size.is_some() {
+                    self.authorize(&user, Verb::Write, &vpath)?;
+                }
+                *rule = Some(t.rule);
+                let b = self.backend(&t.endpoint).await?;
+                b.set_stat(&t.backend_path, attrs).await?;
+                Ok(OpOutput::Done)
+            }
+            FileOp::Remove { path } => {
+                let t = self.target(Verb::Delete, &path, rule)?;
+                self.backend(&t.endpoint)
+                    .await?
+                    .remove(&t.backend_path)
+                    .await?;
+                Ok(OpOutput::Done)
+            }
+            FileOp::Mkdir { path, attrs } => {
+                let t = self.target(Verb::Mkdir, &path, rule)?;
+                let attrs = FileAttrs {
+                    mode: attrs.mode,
+                    ..Default::default()
+                };
+                self.backend(&t.endpoint)
+                    .await?
+                    .mkdir(&t.backend_path, attrs)
+                    .await?;
+                Ok(OpOutput::Done)
+            }
+            FileOp::Rmdir { path } => {
+                let t = self.target(Verb::Rmdir, &path, rule)?;
+                self.backend(&t.endpoint)
+                    .await?
+                    .rmdir(&t.backend_path)
+                    .await?;
+                Ok(OpOutput::Done)
+            }
+            FileOp::Rename { from, to } => {
+                let a = self.target(Verb::Rename, &from, rule)?;
+                let b = self.target(Verb::Rename, &to, rule)?;
+                if a.endpoint != b.endpoint {
+                    return Err(FsError::Unsupported(
+                        "rename across endpoints; copy and delete instead".into(),
+                    ));
+                }
+                self.backend(&a.endpoint)
+                    .await?
+                    .rename(&a.backend_path, &b.backend_path)
+                    .await?;
+                Ok(OpOutput::Done)
+            }
+        }
+    }
+
+    async fn open(
+        &self,
+        path: &str,
+        mode: OpenMode,
+        rule: &mut Option<String>,
+    ) -> Result<OpOutput, FsError> {
+        let vpath = parse(path)?;
+        let (user, _rt) = self.user()?;
+        let mut target = None;
+        if mode.read || !mode.writes() {
+            target = Some(self.authorize(&user, Verb::Read, &vpath)?);
+        }
+        if mode.writes() {
+            target = Some(self.authorize(&user, Verb::Write, &vpath)?);
+        }
+        let t = target.expect("one of the branches ran");
+        *rule = Some(t.rule.clone());
+        let backend = self.backend(&t.endpoint).await?;
+        let file = backend.open(&t.backend_path, mode).await?;
+        let direction = if mode.writes() {
+            Direction::Upload
+        } else {
+            Direction::Download
+        };
+        let open = Arc::new(OpenFile {
+            file,
+            path: vpath.clone(),
+            backend_path: t.backend_path,
+            endpoint: t.endpoint.clone(),
+            backend,
+            mode,
+            transfer: Mutex::new(Transfer {
+                direction,
+                started: Instant::now(),
+                bytes: 0,
+                digest: InOrderDigest::new(),
+                saw_eof: false,
+            }),
+        });
+        let id = self.insert(Handle::File(open));
+        self.shared
+            .audit
+            .emit(Event::TransferStart {
+                session: self.id.clone(),
+                user: self.user.clone(),
+                path: vpath.to_string(),
+                endpoint: t.endpoint,
+                direction,
+                mode: mode_str(mode),
+            })
+            .await;
+        Ok(OpOutput::Handle(id))
+    }
+
+    async fn list(
+        &self,
+        vpath: &VPath,
+        rule: &mut Option<String>,
+    ) -> Result<Vec<DirEntry>, FsError> {
+        let (user, _rt) = self.user()?;
+        match user.tree.locate(vpath) {
+            Location::Virtual { children } => Ok(children
+                .into_iter()
+                .map(|name| DirEntry {
+                    name,
+                    attrs: FileAttrs::virtual_dir(),
+                })
+                .collect()),
+            Location::Nowhere => Err(FsError::NotFound),
+            Location::Mounted { .. } => {
+                let t = self.authorize(&user, Verb::List, vpath)?;
+                *rule = Some(t.rule);
+                let b = self.backend(&t.endpoint).await?;
+                b.list(&t.backend_path).await
+            }
+        }
+    }
+
+    /// Closes a file at the backend and audits how the transfer ended. `abandoned` says why
+    /// the client never closed it.
+    async fn close_file(&self, f: &OpenFile, abandoned: Option<&str>) -> Result<(), FsError> {
+        let size_before = match f.mode.writes() {
+            false => f.file.stat().await.ok().and_then(|a| a.size),
+            true => None,
+        };
+        let closed = f.file.close().await;
+        let t = std::mem::replace(
+            &mut *f.transfer.lock().expect("transfer lock poisoned"),
+            Transfer {
+                direction: Direction::Download,
+                started: Instant::now(),
+                bytes: 0,
+                digest: InOrderDigest::new(),
+                saw_eof: false,
+            },
+        );
+        let digest = t.digest.finish();
+        let (sha256, covered) = match &digest {
+            Ok((h, n)) => (Some(h.clone()), Some(*n)),
+            Err(_) => (None, None),
+        };
+        let (confidence, detail) = match (&closed, abandoned) {
+            (_, Some(why)) => (Confidence::NoEOF, Some(why.to_owned())),
+            (Err(e), None) => (Confidence::Low, Some(format!("backend close failed: {e}"))),
+            (Ok(()), None) => match t.direction {
+                Direction::Upload => {
+                    // Confirm with the backend that it holds what we sent.
+                    let size = f
+                        .backend
+                        .stat(&f.backend_path, false)
+                        .await
+                        .ok()
+                        .and_then(|a| a.size);
+                    match (size, covered) {
+                        (Some(s), Some(n)) if s == n => (Confidence::High, None),
+                        (Some(s), Some(n)) if !f.mode.truncate && !f.mode.exclusive && s > n => (
+                            Confidence::High,
+                            Some(format!(
+                                "backend file is {s} bytes; {n} written by this transfer"
+                            )),
+                        ),
+                        (Some(s), Some(n)) => (
+                            Confidence::Low,
+                            Some(format!("backend reports {s} bytes, {n} were sent")),
+                        ),
+                        (None, _) => (
+                            Confidence::Low,
+                            Some("backend could not confirm the size".into()),
+                        ),
+                        (_, None) => (
+                            Confidence::Low,
+                            Some(digest.clone().err().unwrap_or_default().into()),
+                        ),
+                    }
+                }
+                Direction::Download => match (size_before, covered) {
+                    (Some(s), Some(n)) if s == n => (Confidence::High, None),
+                    _ if t.saw_eof && covered.is_some() => (Confidence::High, None),
+                    (s, n) => (
+                        Confidence::NoEOF,
+                        Some(format!(
+                            "client closed after {} of {} bytes",
+                            n.unwrap_or(t.bytes),
+                            s.map(|s| s.to_string()).unwrap_or_else(|| "?".into())
+                        )),
+                    ),
+                },
+            },
+        };
+        self.shared
+            .audit
+            .emit(Event::TransferEnd {
+                session: self.id.clone(),
+                user: self.user.clone(),
+                path: f.path.to_string(),
+                endpoint: f.endpoint.clone(),
+                direction: t.direction,
+                bytes: t.bytes,
+                duration_ms: t.started.elapsed().as_millis() as u64,
+                sha256,
+                confidence,
+                detail,
+            })
+            .await;
+        closed
+    }
+
+    /// Ends the session: open files are closed and audited as abandoned (NoEOF).
+    pub async fn finish(&self, reason: &str) {
+        if self.finished.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let handles: Vec<Handle> = self
+            .handles
+            .lock()
+            .expect("handle lock poisoned")
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for h in handles {
+            if let Handle::File(f) = h {
+                let _ = self
+                    .close_file(&f, Some("session ended before the file was closed"))
+                    .await;
+            }
+        }
+        self.shared
+            .audit
+            .emit(Event::SessionEnd {
+                session: self.id.clone(),
+                user: self.user.clone(),
+                reason: reason.to_owned(),
+                duration_ms: self.started.elapsed().as_millis() as u64,
+            })
+            .await;
+    }
+
+    fn insert(&self, h: Handle) -> u64 {
+        let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .expect("handle lock poisoned")
+            .insert(id, h);
+        id
+    }
+
+    fn file(&self, handle: u64) -> Result<Arc<OpenFile>, FsError> {
+        match self
+            .handles
+            .lock()
+            .expect("handle lock poisoned")
+            .get(&handle)
+        {
+            Some(Handle::File(f)) => Ok(f.clone()),
+            _ => Err(FsError::BadHandle),
+        }
+    }
+
+    fn count_bytes(&self, direction: &str, n: usize) {
+        self.shared
+            .metrics
+            .bytes
+            .get_or_create(&vec![("direction", direction.to_owned())])
+            .inc_by(n as u64);
+    }
+
+    /// The user as the config in force has it now: a user removed or disabled by a reload
+    /// loses access at the next operation.
+    fn user(&self) -> Result<(Arc<UserEntry>, Arc<Runtime>), FsError> {
+        let rt = self.shared.runtime.load_full();
+        match rt.users.get(&self.user) {
+            Some(u) if u.refusal(chrono::Utc::now()).is_none() => Ok((u.clone(), rt)),
+            Some(u) => Err(FsError::Denied(
+                u.refusal(chrono::Utc::now()).unwrap_or("").into(),
+            )),
+            None => Err(FsError::Denied("user no longer exists".into())),
+        }
+    }
+
+    fn target(&self, verb: Verb, path: &str, rule: &mut Option<String>) -> Result<Target, FsError> {
+        let vpath = parse(path)?;
+        let (user, _rt) = self.user()?;
+        let t = self.authorize(&user, verb, &vpath)?;
+        *rule = Some(t.rule.clone());
+        Ok(t)
+    }
+
+    /// The policy decision, audited when it denies. Synchronous on purpose: the audit record
+    /// of a denial is queued without waiting (see `deny`).
+    fn authorize(&self, user: &UserEntry, verb: Verb, path: &VPath) -> Result<Target, FsError> {
+        match user.tree.authorize(verb, path) {
+            Ok(a) => Ok(Target {
+                endpoint: a.mount.endpoint.clone(),
+                backend_path: a.backend_path,
+                rule: a.rule,
+            }),
+            Err(denied) => {
+                self.deny(verb, path, &denied.0);
+                Err(FsError::Denied(denied.0))
+            }
+        }
+    }
+
+    fn deny(&self, verb: Verb, path: &VPath, reason: &str) {
+        let audit = self.shared.audit.clone();
+        let event = Event::PolicyDenied {
+            session: self.id.clone(),
+            user: self.user.clone(),
+            op: verb.as_str(),
+            path: path.to_string(),
+            reason: reason.to_owned(),
+        };
+        tokio::spawn(async move { audit.emit(event).await });
+    }
+
+    /// This session's connection to an endpoint, made on first use and remade when the
+    /// endpoint's config changed or its connection dropped.
+    async fn backend(&self, endpoint: &str) -> Result<Arc<dyn Backend>, FsError> {
+        let rt = self.shared.runtime.load();
+        let spec = rt.endpoints.get(endpoint).cloned().ok_or_else(|| {
+            FsError::Unavailable(format!("endpoint {endpoint} is not configured"))
+        })?;
+        let mut cache = self.backends.lock().await;
+        if let Some((s, b)) = cache.get(endpoint)
+            && Arc::ptr_eq(s, &spec)
+            && !b.is_closed()
+        {
+            return Ok(b.clone());
+        }
+        let backend: Arc<dyn Backend> = match spec.as_ref() {
+            EndpointSpec::Local(l) => l.clone(),
+            EndpointSpec::Sftp(s) => {
+                Arc::new(SftpBackend::new(s.clone(), self.shared.audit.clone()))
+            }
+        };
+        cache.insert(endpoint.to_owned(), (spec, backend.clone()));
+        Ok(backend)
+    }
+}
+
+fn parse(path: &str) -> Result<VPath, FsError> {
+    VPath::parse(path).map_err(|e| FsError::BadPath(e.to_string()))
+}
+
+/// Ownership never changes through the gateway.
+fn settable(attrs: FileAttrs) -> FileAttrs {
+    FileAttrs {
+        uid: None,
+        gid: None,
+        ..attrs
+    }
+}
+
+fn mode_str(m: OpenMode) -> String {
+    let mut s = Vec::new();
+    for (on, n) in [
+        (m.read, "read"),
+        (m.write, "write"),
+        (m.append, "append"),
+        (m.create, "create"),
+        (m.truncate, "truncate"),
+        (m.exclusive, "exclusive"),
+    ] {
+        if on {
+            s.push(n);
+        }
+    }
+    s.join(",")
+}
+
+fn result_label(r: &Result<OpOutput, FsError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(FsError::Denied(_)) => "denied",
+        Err(FsError::NotFound) => "not_found",
+        Err(FsError::Unavailable(_)) => "unavailable",
+        Err(_) => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_tolerates_reordering_but_not_gaps() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let want = hex::encode(Sha256::digest(&data));
+        let mut d = InOrderDigest::new();
+        for (off, len) in [(20, 30), (0, 20), (70, 30), (50, 20)] {
+            d.feed(off as u64, Bytes::copy_from_slice(&data[off..off + len]));
+        }
+        assert_eq!(d.finish(), Ok((want, 100)));
+
+        let mut gap = InOrderDigest::new();
+        gap.feed(0, Bytes::from_static(b"ab"));
+        gap.feed(5, Bytes::from_static(b"cd"));
+        assert!(gap.finish().is_err());
+
+        let mut overlap = InOrderDigest::new();
+        overlap.feed(0, Bytes::from_static(b"abcd"));
+        overlap.feed(2, Bytes::from_static(b"cd"));
+        assert!(overlap.finish().is_err());
+    }
+}
