@@ -48,7 +48,15 @@ impl std::fmt::Debug for Credential {
 
 struct Pinned {
     keys: Vec<PublicKey>,
-    presented: Option<String>,
+    /// What the server showed when it was refused; read after the handshake fails.
+    presented: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Pinned {
+    fn refuse(&self, what: String) -> Result<bool, russh::Error> {
+        *self.presented.lock().expect("presented lock poisoned") = Some(what);
+        Ok(false)
+    }
 }
 
 impl client::Handler for Pinned {
@@ -59,18 +67,16 @@ impl client::Handler for Pinned {
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            self.presented = Some("a host certificate (only pinned keys are accepted)".into());
-            return Ok(false);
+            return self.refuse("a host certificate (only pinned keys are accepted)".into());
         };
         if self.keys.iter().any(|k| k.key_data() == key.key_data()) {
             return Ok(true);
         }
-        self.presented = Some(format!(
+        self.refuse(format!(
             "{} {}",
             key.algorithm(),
             key.fingerprint(Default::default())
-        ));
-        Ok(false)
+        ))
     }
 }
 
@@ -137,15 +143,19 @@ impl SftpBackend {
             channel_buffer_size: 256,
             ..Default::default()
         });
+        let presented = Arc::new(std::sync::Mutex::new(None));
         let pinned = Pinned {
             keys: self.spec.host_keys.clone(),
-            presented: None,
+            presented: presented.clone(),
         };
-        // The handler is moved into the session; keep what it learns through the error path.
         let mut ssh = match client::connect_stream(config, stream, pinned).await {
             Ok(h) => h,
             Err(russh::Error::UnknownKey) => {
-                let presented = "a host key that is not pinned".to_owned();
+                let presented = presented
+                    .lock()
+                    .expect("presented lock poisoned")
+                    .take()
+                    .unwrap_or_else(|| "a host key that is not pinned".into());
                 self.audit
                     .emit(Event::BackendHostKeyRejected {
                         endpoint: self.spec.name.clone(),
@@ -286,6 +296,18 @@ impl BackendFile for SftpFile {
 impl Backend for SftpBackend {
     async fn open(&self, path: &str, mode: OpenMode) -> Result<Arc<dyn BackendFile>, FsError> {
         let conn = self.conn().await?;
+        // Symlinks on the backend are not followed: a link planted there must not lead a
+        // gateway user out of the mount's subtree.
+        match conn.sftp.lstat(path).await {
+            Ok(a)
+                if from_wire(&a.attrs)
+                    .mode
+                    .is_some_and(|m| m & FileAttrs::S_IFMT == 0o120000) =>
+            {
+                return Err(FsError::Denied("symlinks are not followed".into()));
+            }
+            _ => {}
+        }
         let mut flags = OpenFlags::empty();
         for (on, f) in [
             (mode.read, OpenFlags::READ),

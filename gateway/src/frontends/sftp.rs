@@ -76,7 +76,17 @@ pub async fn serve_connection(
         user: String::new(),
         done: Vec::new(),
         channels: HashMap::new(),
-        kbd_user_known: false,
+    };
+    // A second handle on the socket lets the watchdog close it from outside the SSH session.
+    let (killer, stream) = match stream
+        .into_std()
+        .and_then(|s| Ok((s.try_clone().ok(), TcpStream::from_std(s)?)))
+    {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "socket setup failed");
+            return;
+        }
     };
     let running = match tokio::time::timeout(
         grace,
@@ -99,13 +109,21 @@ pub async fn serve_connection(
     let watchdog = tokio::spawn(async move {
         tokio::time::sleep(grace).await;
         if !watchdog_conn.authenticated.load(Ordering::SeqCst) {
-            let _ = handle
-                .disconnect(
+            tracing::info!(%peer, "login grace time exceeded; closing");
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                handle.disconnect(
                     Disconnect::ByApplication,
                     "login grace time exceeded".into(),
                     String::new(),
-                )
-                .await;
+                ),
+            )
+            .await;
+            // A session stuck before key exchange does not act on the disconnect; closing the
+            // socket ends it whatever state it is in.
+            if let Some(sock) = killer {
+                let _ = sock.shutdown(std::net::Shutdown::Both);
+            }
         }
     });
     let outcome = running.await;
@@ -142,7 +160,6 @@ struct SshHandler {
     user: String,
     done: Vec<Method>,
     channels: HashMap<ChannelId, Channel<Msg>>,
-    kbd_user_known: bool,
 }
 
 fn method_set(methods: &[Method]) -> MethodSet {
@@ -331,8 +348,14 @@ impl Handler for SshHandler {
         self.begin(user);
         let rt = self.shared.runtime.load_full();
         let Some(mut response) = response else {
-            // Prompt even for unknown users, so that the prompt does not reveal who exists.
-            self.kbd_user_known = rt.users.contains_key(user);
+            // Only prompt where a one-time code can be the next step; clients then fall
+            // through to the password method without a prompt they cannot answer.
+            if self
+                .admissible(&rt, user, Method::KeyboardInteractive)
+                .is_err()
+            {
+                return Ok(Auth::reject());
+            }
             return Ok(Auth::Partial {
                 name: "".into(),
                 instructions: "".into(),
