@@ -107,7 +107,7 @@ impl MountGrant {
     /// Joins a path relative to the mount onto the backend path.
     pub fn backend_path_of(&self, rel: &str) -> String {
         match (self.backend_path.trim_end_matches('/'), rel) {
-            (base, "") if base.is_empty() => "/".to_owned(),
+            ("", "") => "/".to_owned(),
             (base, "") => base.to_owned(),
             (base, rel) => format!("{base}/{rel}"),
         }

@@ -102,6 +102,7 @@ const DEFAULT_KEX: &[&str] = &[
 const DEFAULT_CIPHERS: &[&str] = &[
     "chacha20-poly1305@openssh.com",
     "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
     "aes256-ctr",
     "aes192-ctr",
     "aes128-ctr",

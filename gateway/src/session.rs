@@ -230,13 +230,16 @@ struct Target {
     rule: String,
 }
 
+/// A session's connection to an endpoint, with the endpoint config it was made from.
+type CachedBackend = (Arc<EndpointSpec>, Arc<dyn Backend>);
+
 pub struct Session {
     pub id: String,
     pub user: String,
     pub peer: SocketAddr,
     shared: Arc<Shared>,
     started: Instant,
-    backends: tokio::sync::Mutex<HashMap<String, (Arc<EndpointSpec>, Arc<dyn Backend>)>>,
+    backends: tokio::sync::Mutex<HashMap<String, CachedBackend>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
     finished: std::sync::atomic::AtomicBool,

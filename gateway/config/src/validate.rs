@@ -186,13 +186,11 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
             "keyboard-interactive" => u.totp_secret_file.is_some(),
             _ => false,
         };
-        if u.auth_methods.is_empty() {
-            if !has("password") && !has("publickey") {
-                errs.push(
-                    &at,
-                    "the user has no credential: set passwordHash or publicKeys",
-                );
-            }
+        if u.auth_methods.is_empty() && !has("password") && !has("publickey") {
+            errs.push(
+                &at,
+                "the user has no credential: set passwordHash or publicKeys",
+            );
         }
         for (j, chain) in u.auth_methods.iter().enumerate() {
             let cat = format!("{at}.authMethods[{j}]");
@@ -499,6 +497,21 @@ admin: { address: nope }
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let cfg = GatewayConfig::parse(include_str!("../../../examples/gateway.yaml")).unwrap();
+        assert_eq!(validate(&cfg), Ok(()));
+    }
+
+    #[test]
+    fn unknown_endpoint_fields_are_refused() {
+        let text = GOOD.replace(
+            "privateKeyFile: /keys/id",
+            "privateKeyFile: /keys/id\n    pasword: oops",
+        );
+        assert!(GatewayConfig::parse(&text).is_err());
     }
 
     #[test]

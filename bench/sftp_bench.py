@@ -1,0 +1,183 @@
+"""SFTP benchmark (not a test): the gateway against a direct connection to the same sshd, in
+one run, on tmpfs so that the disk is not what is measured.
+
+    python3 bench/sftp_bench.py [--size-mib 1024] [--runs 3] [--sessions 50] [--logins 50]
+
+Prints MB/s per direction and the gateway/direct ratio, the gateway's CPU-seconds per GB moved,
+PSS per idle authenticated session (gateway vs sshd), and server CPU per public-key login
+(gateway vs sshd). Needs a release build (`cargo build --release`) and the e2e requirements.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
+
+import paramiko  # noqa: E402
+
+from harness import SSH_OPTS, Gateway, Sshd, keygen, make_file, pubkey  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(f[11]) + int(f[12])  # utime, stime
+    if children:
+        ticks += int(f[13]) + int(f[14])  # cutime, cstime (reaped children)
+    return ticks / TICK
+
+
+def pss_kib(pids) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def sshd_pids(master: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "sshd"], capture_output=True, text=True).stdout.split()
+    pids = []
+    for p in map(int, out):
+        # the master and everything under it
+        q = p
+        while q > 1:
+            if q == master:
+                pids.append(p)
+                break
+            try:
+                q = int(Path(f"/proc/{q}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except FileNotFoundError:
+                break
+    return pids
+
+
+def sftp(port: int, user: str, key: Path, batch: str) -> float:
+    with tempfile.NamedTemporaryFile("w", delete=False) as f:
+        f.write(batch)
+    start = time.monotonic()
+    subprocess.run(["sftp", "-P", str(port), *SSH_OPTS, "-o", "IdentitiesOnly=yes", "-i", str(key), "-b", f.name,
+                    f"{user}@127.0.0.1"], check=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=900)
+    took = time.monotonic() - start
+    os.unlink(f.name)
+    return took
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--sessions", type=int, default=50)
+    ap.add_argument("--logins", type=int, default=50)
+    args = ap.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="portcullis-bench-", dir="/dev/shm"))
+    sshd = Sshd(base / "sshd")
+    user_key = keygen(base / "user_key")
+    # Direct clients log in to sshd with the same key the gateway uses.
+    direct_key = sshd.client_key
+    g = Gateway(base / "gw", {
+        "endpoints": [sshd.endpoint("backend")],
+        "users": [{"name": "bench", "publicKeys": [pubkey(user_key)], "zones": ["loopback"], "roles": ["rw"]}],
+        "roles": [{"name": "rw", "mounts": [{"path": "/data", "endpoint": "backend", "backendPath": str(sshd.root),
+                                              "verbs": ["list", "read", "write", "delete"]}]}],
+        "limits": {"maxSessionsPerIp": 500, "maxSessions": 1000},
+    })
+    report = {"size_mib": args.size_mib, "runs": args.runs}
+    # Memory and login cost first, on a gateway that has not moved any data yet.
+    # Idle authenticated sessions, each with an SFTP channel open.
+    def idle_sessions(port, user, key_path, n):
+        key = paramiko.Ed25519Key.from_private_key_file(str(key_path))
+        out = []
+        for _ in range(n):
+            t = paramiko.Transport(("127.0.0.1", port))
+            t.connect()
+            t.auth_publickey(user, key)
+            out.append((t, paramiko.SFTPClient.from_transport(t)))
+        return out
+
+    time.sleep(1)
+    before = pss_kib([g.proc.pid])
+    held = idle_sessions(g.port, "bench", user_key, args.sessions)
+    time.sleep(1)
+    gw_pss = (pss_kib([g.proc.pid]) - before) / args.sessions
+    for t, _ in held:
+        t.close()
+    before = pss_kib(sshd_pids(sshd.proc.pid))
+    held = idle_sessions(sshd.port, sshd.user, direct_key, args.sessions)
+    time.sleep(1)
+    sshd_pss = (pss_kib(sshd_pids(sshd.proc.pid)) - before) / args.sessions
+    for t, _ in held:
+        t.close()
+    report["idle_session_PSS_MiB"] = {"gateway": round(gw_pss / 1024, 3), "sshd": round(sshd_pss / 1024, 3)}
+
+    # Server CPU per public-key login (connect, kex, auth, close).
+    def logins(port, user, key_path, n):
+        key = paramiko.Ed25519Key.from_private_key_file(str(key_path))
+        for _ in range(n):
+            t = paramiko.Transport(("127.0.0.1", port))
+            t.connect()
+            t.auth_publickey(user, key)
+            t.close()
+
+    c0 = cpu_seconds(g.proc.pid)
+    logins(g.port, "bench", user_key, args.logins)
+    time.sleep(0.5)
+    gw_login = (cpu_seconds(g.proc.pid) - c0) / args.logins
+    c0 = cpu_seconds(sshd.proc.pid, children=True)
+    logins(sshd.port, sshd.user, direct_key, args.logins)
+    time.sleep(1)
+    sshd_login = (cpu_seconds(sshd.proc.pid, children=True) - c0) / args.logins
+    report["server_cpu_ms_per_pubkey_login"] = {"gateway": round(gw_login * 1000, 2), "sshd": round(sshd_login * 1000, 2)}
+
+    size = args.size_mib * 1024 * 1024
+    src = base / "src.bin"
+    make_file(src, size)
+    mb = size / 1e6
+    results = {"direct": {"upload": [], "download": []}, "gateway": {"upload": [], "download": []}}
+    gw_cpu = 0.0
+    for _ in range(args.runs):
+        for who, port, user, key, prefix in [
+            ("direct", sshd.port, sshd.user, direct_key, str(sshd.root)),
+            ("gateway", g.port, "bench", user_key, "/data"),
+        ]:
+            c0 = cpu_seconds(g.proc.pid)
+            up = sftp(port, user, key, f"put {src} {prefix}/f.bin\n")
+            down = sftp(port, user, key, f"get {prefix}/f.bin {base}/back.bin\n")
+            if who == "gateway":
+                gw_cpu += cpu_seconds(g.proc.pid) - c0
+            (sshd.root / "f.bin").unlink()
+            (base / "back.bin").unlink()
+            results[who]["upload"].append(mb / up)
+            results[who]["download"].append(mb / down)
+
+    for d in ("upload", "download"):
+        direct = statistics.median(results["direct"][d])
+        gw = statistics.median(results["gateway"][d])
+        report[d] = {
+            "direct_MBps": [round(x) for x in results["direct"][d]],
+            "gateway_MBps": [round(x) for x in results["gateway"][d]],
+            "ratio_median": round(gw / direct, 2),
+        }
+    report["gateway_cpu_s_per_GB"] = round(gw_cpu / (2 * args.runs * size / 1e9), 2)
+
+    g.stop()
+    sshd.stop()
+    subprocess.run(["rm", "-rf", str(base)])
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
