@@ -512,3 +512,73 @@ def test_demo_as_the_readme_says(tmp_path):
     import json
     events = [json.loads(line)["event"] for line in audit if line.startswith("{")]
     assert "daemonStart" in events and "transferEnd" in events and "sessionEnd" in events
+
+
+def test_user_zones_disabled_and_expired_accounts_are_refused(sshd, passwords, gateways):
+    data = backend_dir(sshd, "accounts")
+    c = config(sshd, passwords, data, zones=[
+        {"name": "loopback", "cidrs": ["127.0.0.0/8"]},
+        {"name": "partner", "cidrs": ["127.0.0.2/32"]},
+    ])
+    pw = passwords["alice-pw"]
+    c["users"] = [
+        {"name": "partner", "passwordHash": pw, "zones": ["partner"], "roles": ["rw"]},
+        {"name": "gone", "passwordHash": pw, "zones": ["loopback"], "roles": ["rw"], "disabled": True},
+        {"name": "old", "passwordHash": pw, "zones": ["loopback"], "roles": ["rw"], "expiresAt": "2020-01-01T00:00:00Z"},
+    ]
+    g = gateways("accounts", c)
+
+    def login(user, source="127.0.0.1"):
+        sock = socket.create_connection(("127.0.0.1", g.port), timeout=10, source_address=(source, 0))
+        t = paramiko.Transport(sock)
+        t.connect()
+        try:
+            t.auth_password(user, "alice-pw")
+            return True
+        except paramiko.AuthenticationException:
+            return False
+        finally:
+            t.close()
+
+    assert not login("partner")
+    assert login("partner", source="127.0.0.2")
+    assert not login("gone")
+    assert not login("old")
+    assert g.wait_event("logonFailure", user="partner")["reason"] == "source address outside the user's zones"
+    assert g.wait_event("logonFailure", user="gone")["reason"] == "account disabled"
+    assert g.wait_event("logonFailure", user="old")["reason"] == "account expired"
+
+
+def test_weak_algorithms_are_not_offered(sshd, passwords, gateways, tmp_path):
+    data = backend_dir(sshd, "algos")
+    g = gateways("algos", config(sshd, passwords, data))
+    # (A MAC only matters with a non-AEAD cipher, hence the CTR cipher next to hmac-sha1.)
+    for opts in [["Ciphers=aes128-cbc"], ["Ciphers=aes128-ctr", "MACs=hmac-sha1"],
+                 ["KexAlgorithms=diffie-hellman-group14-sha1"], ["HostKeyAlgorithms=ssh-rsa"]]:
+        opt = " ".join(opts)
+        r = subprocess.run(["ssh", "-p", str(g.port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                            "-o", "BatchMode=yes", *[x for o in opts for x in ("-o", o)], "alice@127.0.0.1", "true"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and "no matching" in r.stderr, (opt, r.stderr)
+    # A config that asks for them is refused.
+    bad = tmp_path / "weak.yaml"
+    c = dict(g.config)
+    c["ssh"] = {"hostKeyFiles": [str(g.host_key)], "algorithms": {"ciphers": ["aes128-cbc"], "macs": ["hmac-sha1"]}}
+    bad.write_text(__import__("json").dumps(c))
+    from harness import GATEWAY_BIN
+    r = subprocess.run([str(GATEWAY_BIN), "check", "--config", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "ssh.algorithms.ciphers[0]: aes128-cbc is weak and refused" in r.stderr
+    assert "ssh.algorithms.macs[0]: hmac-sha1 is weak and refused" in r.stderr
+
+
+def test_idle_sessions_time_out(sshd, passwords, gateways):
+    data = backend_dir(sshd, "idle")
+    g = gateways("idle", config(sshd, passwords, data, limits={"idleTimeoutSeconds": 2}))
+    sftp, t = g.paramiko("alice", password="alice-pw")
+    sftp.listdir("/files")
+    deadline = time.monotonic() + 10
+    while t.is_active() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not t.is_active(), "an idle session must be closed"
+    g.wait_event("sessionEnd", user="alice")

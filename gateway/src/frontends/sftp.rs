@@ -20,10 +20,10 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{StreamExt, stream::FuturesUnordered};
 use russh::{
-    Channel, ChannelId, Disconnect, MethodKind, MethodSet,
+    Channel, ChannelId, ChannelReadHalf, ChannelWriteHalf, Disconnect, MethodKind, MethodSet,
     keys::Algorithm,
     server::{
         Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Response, Session as SshSession,
@@ -34,11 +34,7 @@ use russh_sftp::protocol::{
     Data, File, FileAttributes, Handle as HandleReply, Name, OpenFlags, Packet, Status, StatusCode,
     Version,
 };
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter},
-    net::TcpStream,
-    sync::mpsc,
-};
+use tokio::{io::AsyncReadExt, net::TcpStream, sync::mpsc};
 
 use crate::{
     audit::Event,
@@ -51,6 +47,8 @@ use crate::{
 
 /// Largest SFTP packet accepted from a client, as in OpenSSH's sftp-server.
 pub const MAX_PACKET: u32 = 256 * 1024;
+/// Queued replies are joined into one channel write up to this size.
+const COALESCE_LIMIT: usize = 128 * 1024;
 /// Largest READ served at once.
 const MAX_READ: u32 = MAX_PACKET - 1024;
 
@@ -424,9 +422,8 @@ impl Handler for SshHandler {
         let shared = self.shared.clone();
         let max = shared.runtime.load().config.limits.max_in_flight_requests;
         tokio::spawn(async move {
-            let stream = channel.into_stream();
-            let (rd, wr) = tokio::io::split(stream);
-            serve_sftp(rd, wr, s, shared, max).await;
+            let (input, output) = channel.split();
+            serve_sftp(input, output, s, shared, max).await;
         });
         Ok(())
     }
@@ -457,7 +454,8 @@ enum Incoming {
     Oversized(u32),
 }
 
-async fn read_packets<R: AsyncRead + Unpin>(mut rd: R, tx: mpsc::Sender<Incoming>) {
+async fn read_packets(mut input: ChannelReadHalf, tx: mpsc::Sender<Incoming>) {
+    let mut rd = input.make_reader();
     loop {
         let len = match rd.read_u32().await {
             Ok(l) => l,
@@ -479,31 +477,39 @@ async fn read_packets<R: AsyncRead + Unpin>(mut rd: R, tx: mpsc::Sender<Incoming
 
 /// Serves the SFTP subsystem on a channel until the client closes it, a packet is malformed,
 /// or the gateway drains for shutdown.
-pub async fn serve_sftp<R, W>(
-    rd: R,
-    wr: W,
+pub async fn serve_sftp(
+    input: ChannelReadHalf,
+    output: ChannelWriteHalf<Msg>,
     session: Arc<Session>,
     shared: Arc<Shared>,
     max_in_flight: usize,
-) where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let (in_tx, mut incoming) = mpsc::channel(4);
-    let reader = tokio::spawn(read_packets(rd, in_tx));
+    let reader = tokio::spawn(read_packets(input, in_tx));
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(max_in_flight.max(8));
     let writer = tokio::spawn(async move {
-        let mut w = BufWriter::with_capacity(256 * 1024, wr);
-        while let Some(b) = out_rx.recv().await {
-            if w.write_all(&b).await.is_err() {
-                return;
-            }
-            if out_rx.is_empty() && w.flush().await.is_err() {
+        // Replies go to the channel as owned bytes. Whatever is queued is sent as one message,
+        // so a burst of small status replies costs one channel write, not one each.
+        while let Some(first) = out_rx.recv().await {
+            let batch = if out_rx.is_empty() {
+                first
+            } else {
+                let mut buf = BytesMut::with_capacity(first.len() * 2);
+                buf.extend_from_slice(&first);
+                while buf.len() < COALESCE_LIMIT {
+                    match out_rx.try_recv() {
+                        Ok(b) => buf.extend_from_slice(&b),
+                        Err(_) => break,
+                    }
+                }
+                buf.freeze()
+            };
+            if output.data_bytes(batch).await.is_err() {
                 return;
             }
         }
-        let _ = w.flush().await;
-        let _ = w.shutdown().await;
+        let _ = output.eof().await;
+        let _ = output.close().await;
     });
 
     let protocol_error = |detail: String| {
