@@ -279,12 +279,23 @@ def test_backend_failover_to_the_next_address(sshd, passwords, gateways):
     c = config(sshd, passwords, data)
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))  # bound, never listening: connection refused
-    c["endpoints"] = [sshd.endpoint("backend", addresses=[f"127.0.0.1:{dead.getsockname()[1]}", f"127.0.0.1:{sshd.port}"])]
+    dead_addr = f"127.0.0.1:{dead.getsockname()[1]}"
+    c["endpoints"] = [
+        sshd.endpoint("backend", addresses=[dead_addr, f"127.0.0.1:{sshd.port}"]),
+        sshd.endpoint("down", addresses=[dead_addr], connectTimeoutSeconds=2),
+    ]
+    c["roles"][0]["mounts"].append({"path": "/down", "endpoint": "down", "verbs": ["list", "read", "write"]})
     g = gateways("failover", c)
     sftp, t = g.paramiko("alice", password="alice-pw")
     assert sftp.listdir("/files") == ["f.txt"]
+    # When every address is down: a clear error, the session goes on, and it is audited.
+    with pytest.raises(IOError, match="unavailable"):
+        sftp.listdir("/down")
+    assert sftp.listdir("/files") == ["f.txt"]
     t.close()
     dead.close()
+    e = g.wait_event("backendError", endpoint="down")
+    assert dead_addr in e["detail"] and "refused" in e["detail"].lower(), e
 
 
 def test_hot_reload_adds_a_user_and_refuses_a_bad_config(sshd, passwords, gateways, tmp_path):

@@ -17,4 +17,5 @@ pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod sftp_wire;
 pub mod state;

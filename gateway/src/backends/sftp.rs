@@ -20,7 +20,10 @@ use russh_sftp::{
 use tokio::{net::TcpStream, sync::Mutex};
 
 use super::{Backend, BackendFile, DirEntry, FileAttrs, FsError, OpenMode};
-use crate::audit::{Auditor, Event};
+use crate::{
+    audit::{Auditor, Event},
+    sftp_wire::{from_wire, to_wire},
+};
 
 /// A compiled SFTP endpoint: key material parsed, secrets loaded.
 pub struct SftpSpec {
@@ -225,29 +228,6 @@ fn map_err(e: SftpError) -> FsError {
             _ => FsError::Failure(s.error_message),
         },
         other => FsError::Unavailable(other.to_string()),
-    }
-}
-
-fn from_wire(a: &FileAttributes) -> FileAttrs {
-    FileAttrs {
-        size: a.size,
-        uid: a.uid,
-        gid: a.gid,
-        mode: a.permissions,
-        atime: a.atime,
-        mtime: a.mtime,
-    }
-}
-
-pub(crate) fn to_wire(a: &FileAttrs) -> FileAttributes {
-    FileAttributes {
-        size: a.size,
-        uid: a.uid,
-        gid: a.gid,
-        permissions: a.mode,
-        atime: a.atime,
-        mtime: a.mtime,
-        ..FileAttributes::empty()
     }
 }
 

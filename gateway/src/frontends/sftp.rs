@@ -39,9 +39,10 @@ use tokio::{io::AsyncReadExt, net::TcpStream, sync::mpsc};
 use crate::{
     audit::Event,
     auth::{self, Method, Progress, TotpOutcome},
-    backends::{FileAttrs, FsError, OpenMode, sftp::to_wire},
+    backends::{FsError, OpenMode},
     runtime::{Runtime, UserEntry},
     session::{FileOp, OpOutput, Session},
+    sftp_wire::{from_wire, to_wire},
     state::{Shared, Slot},
 };
 
@@ -622,17 +623,6 @@ fn handle_id(h: &str) -> u64 {
     u64::from_str_radix(h, 16).unwrap_or(0)
 }
 
-fn attrs_in(a: &FileAttributes) -> FileAttrs {
-    FileAttrs {
-        size: a.size,
-        uid: a.uid,
-        gid: a.gid,
-        mode: a.permissions,
-        atime: a.atime,
-        mtime: a.mtime,
-    }
-}
-
 fn decode(mut bytes: Bytes) -> Decoded {
     let raw = bytes.clone();
     let packet = match Packet::try_from(&mut bytes) {
@@ -729,7 +719,7 @@ fn decode(mut bytes: Bytes) -> Decoded {
             Status,
             FileOp::SetStat {
                 path: s.path,
-                attrs: attrs_in(&s.attrs),
+                attrs: from_wire(&s.attrs),
             },
         ),
         Packet::FSetStat(s) => (
@@ -737,7 +727,7 @@ fn decode(mut bytes: Bytes) -> Decoded {
             Status,
             FileOp::FSetStat {
                 handle: handle_id(&s.handle),
-                attrs: attrs_in(&s.attrs),
+                attrs: from_wire(&s.attrs),
             },
         ),
         Packet::OpenDir(d) => (d.id, Handle, FileOp::OpenDir { path: d.path }),
@@ -754,7 +744,7 @@ fn decode(mut bytes: Bytes) -> Decoded {
             Status,
             FileOp::Mkdir {
                 path: m.path,
-                attrs: attrs_in(&m.attrs),
+                attrs: from_wire(&m.attrs),
             },
         ),
         Packet::RmDir(r) => (r.id, Status, FileOp::Rmdir { path: r.path }),
