@@ -146,19 +146,30 @@ def main() -> None:
     src = base / "src.bin"
     make_file(src, size)
     mb = size / 1e6
-    results = {"direct": {"upload": [], "download": []}, "gateway": {"upload": [], "download": []}}
+    # The same gateway front end with a local-directory backend: how much of the gap is the
+    # backend SSH leg rather than the front end.
+    local_root = base / "local"
+    local_root.mkdir()
+    g_local = Gateway(base / "gw-local", {
+        "endpoints": [{"name": "local", "type": "local", "root": str(local_root)}],
+        "users": [{"name": "bench", "publicKeys": [pubkey(user_key)], "zones": ["loopback"], "roles": ["rw"]}],
+        "roles": [{"name": "rw", "mounts": [{"path": "/data", "endpoint": "local",
+                                              "verbs": ["list", "read", "write", "delete"]}]}],
+    })
+    results = {k: {"upload": [], "download": []} for k in ("direct", "gateway", "gateway_local_backend")}
     gw_cpu = 0.0
     for _ in range(args.runs):
         for who, port, user, key, prefix in [
             ("direct", sshd.port, sshd.user, direct_key, str(sshd.root)),
             ("gateway", g.port, "bench", user_key, "/data"),
+            ("gateway_local_backend", g_local.port, "bench", user_key, "/data"),
         ]:
             c0 = cpu_seconds(g.proc.pid)
             up = sftp(port, user, key, f"put {src} {prefix}/f.bin\n")
             down = sftp(port, user, key, f"get {prefix}/f.bin {base}/back.bin\n")
             if who == "gateway":
                 gw_cpu += cpu_seconds(g.proc.pid) - c0
-            (sshd.root / "f.bin").unlink()
+            (local_root if who == "gateway_local_backend" else sshd.root).joinpath("f.bin").unlink()
             (base / "back.bin").unlink()
             results[who]["upload"].append(mb / up)
             results[who]["download"].append(mb / down)
@@ -166,14 +177,18 @@ def main() -> None:
     for d in ("upload", "download"):
         direct = statistics.median(results["direct"][d])
         gw = statistics.median(results["gateway"][d])
+        local = statistics.median(results["gateway_local_backend"][d])
         report[d] = {
             "direct_MBps": [round(x) for x in results["direct"][d]],
             "gateway_MBps": [round(x) for x in results["gateway"][d]],
             "ratio_median": round(gw / direct, 2),
+            "gateway_local_backend_MBps": [round(x) for x in results["gateway_local_backend"][d]],
+            "local_backend_ratio_median": round(local / direct, 2),
         }
     report["gateway_cpu_s_per_GB"] = round(gw_cpu / (2 * args.runs * size / 1e9), 2)
 
     g.stop()
+    g_local.stop()
     sshd.stop()
     subprocess.run(["rm", "-rf", str(base)])
     print(json.dumps(report, indent=2))
