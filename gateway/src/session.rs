@@ -133,10 +133,41 @@ const DIR_BATCH: usize = 128;
 /// How far ahead of the hashed prefix out-of-order data may be held to keep the digest.
 const REORDER_WINDOW: usize = 32 * 1024 * 1024;
 
+/// Bytes handed to a transfer's hashing task and not yet hashed, at most. The hash runs at
+/// gigabytes per second, so reaching this means the machine is starved; the digest is then
+/// reported unavailable rather than memory growing.
+const HASH_QUEUE_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Hashes a transfer's bytes on a task of its own, so that the hash overlaps the copies and
+/// crypto of the data path instead of adding to the dispatcher's work.
+struct HashTask {
+    tx: tokio::sync::mpsc::UnboundedSender<Bytes>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    done: tokio::task::JoinHandle<Vec<u8>>,
+}
+
+impl HashTask {
+    fn spawn() -> HashTask {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let q = queued.clone();
+        let done = tokio::spawn(async move {
+            let mut h = Sha256::new();
+            while let Some(b) = rx.recv().await {
+                h.update(&b);
+                q.fetch_sub(b.len(), Ordering::Relaxed);
+            }
+            h.finalize().to_vec()
+        });
+        HashTask { tx, queued, done }
+    }
+}
+
 /// SHA-256 over a file's bytes in offset order, whatever order they arrive in (within a bounded
 /// window). Any gap, overlap or overflow makes the digest unavailable rather than wrong.
 struct InOrderDigest {
-    hasher: Sha256,
+    /// Started with the first byte, so that a transfer that moves nothing costs no task.
+    hasher: Option<HashTask>,
     next: u64,
     pending: BTreeMap<u64, Bytes>,
     pending_bytes: usize,
@@ -146,7 +177,7 @@ struct InOrderDigest {
 impl InOrderDigest {
     fn new() -> Self {
         InOrderDigest {
-            hasher: Sha256::new(),
+            hasher: None,
             next: 0,
             pending: BTreeMap::new(),
             pending_bytes: 0,
@@ -170,29 +201,48 @@ impl InOrderDigest {
             self.pending_bytes += data.len();
             self.pending.insert(offset, data);
         } else {
-            self.hasher.update(&data);
-            self.next += data.len() as u64;
+            self.hash(data);
             while let Some(entry) = self.pending.first_entry() {
                 if *entry.key() != self.next {
                     break;
                 }
                 let d = entry.remove();
                 self.pending_bytes -= d.len();
-                self.hasher.update(&d);
-                self.next += d.len() as u64;
+                self.hash(d);
             }
         }
     }
 
+    /// Hands the next in-order chunk to the hashing task.
+    fn hash(&mut self, data: Bytes) {
+        self.next += data.len() as u64;
+        let task = self.hasher.get_or_insert_with(HashTask::spawn);
+        if task.queued.load(Ordering::Relaxed) + data.len() > HASH_QUEUE_LIMIT {
+            self.broken = Some("hashing fell behind");
+            return;
+        }
+        task.queued.fetch_add(data.len(), Ordering::Relaxed);
+        if task.tx.send(data).is_err() {
+            self.broken = Some("hashing task failed");
+        }
+    }
+
     /// The digest and the length it covers, if the bytes seen form one run from offset 0.
-    fn finish(self) -> Result<(String, u64), &'static str> {
+    async fn finish(self) -> Result<(String, u64), &'static str> {
         if let Some(why) = self.broken {
             return Err(why);
         }
         if !self.pending.is_empty() {
             return Err("gaps in the transferred range");
         }
-        Ok((hex::encode(self.hasher.finalize()), self.next))
+        let digest = match self.hasher {
+            None => Sha256::digest(b"").to_vec(),
+            Some(task) => {
+                drop(task.tx);
+                task.done.await.map_err(|_| "hashing task failed")?
+            }
+        };
+        Ok((hex::encode(digest), self.next))
     }
 }
 
@@ -586,7 +636,7 @@ impl Session {
                 saw_eof: false,
             },
         );
-        let digest = t.digest.finish();
+        let digest = t.digest.finish().await;
         let (sha256, covered) = match &digest {
             Ok((h, n)) => (Some(h.clone()), Some(*n)),
             Err(_) => (None, None),
@@ -834,24 +884,26 @@ fn result_label(r: &Result<OpOutput, FsError>) -> &'static str {
 mod tests {
     use super::*;
 
-    #[test]
-    fn digest_tolerates_reordering_but_not_gaps() {
+    #[tokio::test]
+    async fn digest_tolerates_reordering_but_not_gaps() {
         let data: Vec<u8> = (0..100u8).collect();
         let want = hex::encode(Sha256::digest(&data));
         let mut d = InOrderDigest::new();
         for (off, len) in [(20, 30), (0, 20), (70, 30), (50, 20)] {
             d.feed(off as u64, Bytes::copy_from_slice(&data[off..off + len]));
         }
-        assert_eq!(d.finish(), Ok((want, 100)));
+        assert_eq!(d.finish().await, Ok((want, 100)));
+        let empty = hex::encode(Sha256::digest(b""));
+        assert_eq!(InOrderDigest::new().finish().await, Ok((empty, 0)));
 
         let mut gap = InOrderDigest::new();
         gap.feed(0, Bytes::from_static(b"ab"));
         gap.feed(5, Bytes::from_static(b"cd"));
-        assert!(gap.finish().is_err());
+        assert!(gap.finish().await.is_err());
 
         let mut overlap = InOrderDigest::new();
         overlap.feed(0, Bytes::from_static(b"abcd"));
         overlap.feed(2, Bytes::from_static(b"cd"));
-        assert!(overlap.finish().is_err());
+        assert!(overlap.finish().await.is_err());
     }
 }
