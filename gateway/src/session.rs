@@ -25,7 +25,7 @@ use crate::{
     audit::{Confidence, Direction, Event},
     backends::{Backend, BackendFile, DirEntry, FileAttrs, FsError, OpenMode, sftp::SftpBackend},
     policy::{Location, VPath},
-    runtime::{EndpointSpec, Runtime, UserEntry},
+    runtime::{EndpointSpec, UserEntry},
     state::Shared,
 };
 
@@ -431,7 +431,7 @@ impl Session {
             }
             FileOp::FSetStat { handle, attrs } => {
                 let f = self.file(handle)?;
-                let (user, _rt) = self.user()?;
+                let user = self.user()?;
                 let attrs = settable(attrs);
                 let t = self.authorize(&user, Verb::Setattr, &f.path)?;
                 if attrs.size.is_some() {
@@ -470,7 +470,7 @@ impl Session {
             }
             FileOp::Stat { path, follow } => {
                 let vpath = parse(&path)?;
-                let (user, _rt) = self.user()?;
+                let user = self.user()?;
                 match user.tree.locate(&vpath) {
                     Location::Virtual { .. } => Ok(OpOutput::Attrs(FileAttrs::virtual_dir())),
                     Location::Nowhere => Err(FsError::NotFound),
@@ -484,7 +484,7 @@ impl Session {
             }
             FileOp::SetStat { path, attrs } => {
                 let vpath = parse(&path)?;
-                let (user, _rt) = self.user()?;
+                let user = self.user()?;
                 let attrs = settable(attrs);
                 let t = self.authorize(&user, Verb::Setattr, &vpath)?;
                 if attrs.size.is_some() {
@@ -547,7 +547,7 @@ impl Session {
         rule: &mut Option<String>,
     ) -> Result<OpOutput, FsError> {
         let vpath = parse(path)?;
-        let (user, _rt) = self.user()?;
+        let user = self.user()?;
         let mut target = None;
         if mode.read || !mode.writes() {
             target = Some(self.authorize(&user, Verb::Read, &vpath)?);
@@ -599,7 +599,7 @@ impl Session {
         vpath: &VPath,
         rule: &mut Option<String>,
     ) -> Result<Vec<DirEntry>, FsError> {
-        let (user, _rt) = self.user()?;
+        let user = self.user()?;
         match user.tree.locate(vpath) {
             Location::Virtual { children } => Ok(children
                 .into_iter()
@@ -768,10 +768,10 @@ impl Session {
 
     /// The user as the config in force has it now: a user removed or disabled by a reload
     /// loses access at the next operation.
-    fn user(&self) -> Result<(Arc<UserEntry>, Arc<Runtime>), FsError> {
-        let rt = self.shared.runtime.load_full();
+    fn user(&self) -> Result<Arc<UserEntry>, FsError> {
+        let rt = self.shared.runtime.load();
         match rt.users.get(&self.user) {
-            Some(u) if u.refusal(chrono::Utc::now()).is_none() => Ok((u.clone(), rt)),
+            Some(u) if u.refusal(chrono::Utc::now()).is_none() => Ok(u.clone()),
             Some(u) => Err(FsError::Denied(
                 u.refusal(chrono::Utc::now()).unwrap_or("").into(),
             )),
@@ -781,7 +781,7 @@ impl Session {
 
     fn target(&self, verb: Verb, path: &str, rule: &mut Option<String>) -> Result<Target, FsError> {
         let vpath = parse(path)?;
-        let (user, _rt) = self.user()?;
+        let user = self.user()?;
         let t = self.authorize(&user, verb, &vpath)?;
         *rule = Some(t.rule.clone());
         Ok(t)

@@ -48,7 +48,7 @@ pub struct ConnTracker {
 
 /// A connection's place in the count; released on drop.
 pub struct Slot {
-    tracker: Arc<Shared>,
+    shared: Arc<Shared>,
     ip: IpAddr,
 }
 
@@ -71,7 +71,7 @@ impl ConnTracker {
         *per += 1;
         c.0 += 1;
         Ok(Slot {
-            tracker: shared.clone(),
+            shared: shared.clone(),
             ip,
         })
     }
@@ -94,7 +94,7 @@ impl ConnTracker {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let t = &self.tracker.conns;
+        let t = &self.shared.conns;
         let mut c = t.counts.lock().expect("conn lock poisoned");
         c.0 -= 1;
         if let Some(n) = c.1.get_mut(&self.ip) {
