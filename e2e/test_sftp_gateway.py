@@ -593,3 +593,32 @@ def test_idle_sessions_time_out(sshd, passwords, gateways):
         time.sleep(0.2)
     assert not t.is_active(), "an idle session must be closed"
     g.wait_event("sessionEnd", user="alice")
+
+
+def test_backend_failure_mid_upload_is_reported_and_the_next_operation_reconnects(sshd, passwords, gateways, tmp_path):
+    data = backend_dir(sshd, "dropped")
+    g = gateways("dropped", config(sshd, passwords, data))
+    sftp, t = g.paramiko("alice", password="alice-pw")
+    f = sftp.open("/files/partial.bin", "wb")
+    f.write(os.urandom(1 << 20))
+    f.flush()
+    # Cut the gateway's backend connection: kill the sshd processes serving it.
+    children = subprocess.run(["pgrep", "-P", str(sshd.proc.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "the gateway should hold a backend connection"
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(IOError):
+        f.write(os.urandom(1 << 20))
+        f.flush()
+    try:
+        f.close()  # paramiko may keep the earlier error to itself here
+    except IOError:
+        pass
+    assert time.monotonic() - start < 20, "a dead backend must fail fast, not at a timeout"
+    end = g.wait_event("transferEnd", path="/files/partial.bin")
+    assert end["confidence"] == "Low", end
+    # The session goes on: the next operation makes a new backend connection.
+    sftp.put(__file__, "/files/after.py")
+    assert (data / "after.py").read_bytes() == Path(__file__).read_bytes()
+    t.close()
