@@ -853,3 +853,76 @@ fn encode(id: u32, kind: Kind, result: Result<OpOutput, FsError>) -> Bytes {
     };
     Bytes::try_from(packet).unwrap_or_else(|_| Bytes::new())
 }
+
+#[cfg(test)]
+mod tests {
+    use russh_sftp::protocol::Open;
+
+    use super::*;
+
+    fn open_packet() -> Bytes {
+        let p = Packet::Open(Open {
+            id: 7,
+            filename: "/files/a.txt".into(),
+            pflags: OpenFlags::READ,
+            attrs: FileAttributes::empty(),
+        });
+        // Strip the length prefix: the reader hands `decode` the packet body.
+        Bytes::try_from(p).unwrap().slice(4..)
+    }
+
+    #[test]
+    fn a_valid_request_decodes() {
+        match decode(open_packet()) {
+            Decoded::Op(7, Kind::Handle, FileOp::Open { path, mode }) => {
+                assert_eq!(path, "/files/a.txt");
+                assert!(mode.read && !mode.writes());
+            }
+            _ => panic!("not an open"),
+        }
+    }
+
+    #[test]
+    fn every_prefix_of_a_valid_request_is_refused_or_read_the_same_never_a_panic() {
+        let full = open_packet();
+        // type(1) id(4) filename(4+12) pflags(4) attrs-flags(4). The codec reads wholly absent
+        // trailing attributes as empty; every other prefix must be refused.
+        let through_pflags = 1 + 4 + 4 + 12 + 4;
+        for n in 0..full.len() {
+            match decode(full.slice(..n)) {
+                Decoded::Malformed(_) => {
+                    assert_ne!(n, through_pflags, "prefix of {n} bytes refused")
+                }
+                Decoded::Op(7, _, FileOp::Open { path, .. }) => {
+                    assert_eq!(n, through_pflags, "prefix of {n} bytes accepted");
+                    assert_eq!(path, "/files/a.txt");
+                }
+                _ => panic!("prefix of {n} bytes read as something else"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_request_type_gets_op_unsupported_with_its_id() {
+        let body = Bytes::from_static(&[99, 0, 0, 0, 42, 1, 2, 3]);
+        match decode(body) {
+            Decoded::Reply(Packet::Status(s)) => {
+                assert_eq!((s.id, s.status_code), (42, StatusCode::OpUnsupported));
+            }
+            _ => panic!("expected a status reply"),
+        }
+    }
+
+    #[test]
+    fn errors_map_to_sftp_codes_at_the_edge() {
+        for (e, code) in [
+            (FsError::NotFound, StatusCode::NoSuchFile),
+            (FsError::Denied("x".into()), StatusCode::PermissionDenied),
+            (FsError::Unsupported("x".into()), StatusCode::OpUnsupported),
+            (FsError::Unavailable("x".into()), StatusCode::NoConnection),
+            (FsError::AlreadyExists, StatusCode::Failure),
+        ] {
+            assert_eq!(SftpStatus::from(&e).0, code, "{e:?}");
+        }
+    }
+}
