@@ -71,11 +71,6 @@ impl VPath {
         self.0 == "/"
     }
 
-    /// The last segment; the root has none.
-    pub fn file_name(&self) -> Option<&str> {
-        (!self.is_root()).then(|| self.0.rsplit('/').next().unwrap_or_default())
-    }
-
     /// `self` is `base` or below it.
     fn strip_prefix(&self, base: &str) -> Option<&str> {
         let rest = self.0.strip_prefix(base)?;
@@ -171,10 +166,6 @@ impl Tree {
         Tree {
             mounts: mounts.into_values().collect(),
         }
-    }
-
-    pub fn mounts(&self) -> &[MountGrant] {
-        &self.mounts
     }
 
     pub fn locate(&self, path: &VPath) -> Location<'_> {

@@ -247,11 +247,21 @@ impl InOrderDigest {
 }
 
 struct Transfer {
-    direction: Direction,
     started: Instant,
     bytes: u64,
     digest: InOrderDigest,
     saw_eof: bool,
+}
+
+impl Transfer {
+    fn new() -> Transfer {
+        Transfer {
+            started: Instant::now(),
+            bytes: 0,
+            digest: InOrderDigest::new(),
+            saw_eof: false,
+        }
+    }
 }
 
 struct OpenFile {
@@ -262,6 +272,16 @@ struct OpenFile {
     backend: Arc<dyn Backend>,
     mode: OpenMode,
     transfer: Mutex<Transfer>,
+}
+
+impl OpenFile {
+    fn direction(&self) -> Direction {
+        if self.mode.writes() {
+            Direction::Upload
+        } else {
+            Direction::Download
+        }
+    }
 }
 
 struct DirListing {
@@ -283,10 +303,21 @@ struct Target {
 /// A session's connection to an endpoint, with the endpoint config it was made from.
 type CachedBackend = (Arc<EndpointSpec>, Arc<dyn Backend>);
 
+/// Who logged in, from where and how: what `Session::start` audits.
+pub struct Login<'a> {
+    pub user: &'a str,
+    pub peer: SocketAddr,
+    pub zone: &'a str,
+    pub listener: &'a str,
+    pub protocol: &'static str,
+    pub methods: Vec<String>,
+}
+
 pub struct Session {
     pub id: String,
     pub user: String,
     pub peer: SocketAddr,
+    protocol: &'static str,
     shared: Arc<Shared>,
     started: Instant,
     backends: tokio::sync::Mutex<HashMap<String, CachedBackend>>,
@@ -298,19 +329,50 @@ pub struct Session {
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 impl Session {
-    pub fn new(shared: Arc<Shared>, user: &str, peer: SocketAddr) -> Session {
+    /// Starts the session of a user who has just logged in: audits the logon and the session
+    /// start, and counts it. Every front end logs users in through here.
+    pub async fn start(shared: Arc<Shared>, login: Login<'_>) -> Arc<Session> {
         let n = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-        Session {
+        let session = Arc::new(Session {
             id: format!("{:x}-{n}", std::process::id()),
-            user: user.to_owned(),
-            peer,
+            user: login.user.to_owned(),
+            peer: login.peer,
+            protocol: login.protocol,
             shared,
             started: Instant::now(),
             backends: tokio::sync::Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             finished: false.into(),
-        }
+        });
+        let audit = &session.shared.audit;
+        audit
+            .emit(Event::LogonSuccess {
+                session: session.id.clone(),
+                user: session.user.clone(),
+                peer: login.peer,
+                zone: login.zone.to_owned(),
+                methods: login.methods,
+            })
+            .await;
+        audit
+            .emit(Event::SessionStart {
+                session: session.id.clone(),
+                user: session.user.clone(),
+                peer: login.peer,
+                protocol: login.protocol.to_owned(),
+                listener: login.listener.to_owned(),
+            })
+            .await;
+        let labels = session.protocol_label();
+        let metrics = &session.shared.metrics;
+        metrics.sessions.get_or_create(&labels).inc();
+        metrics.sessions_total.get_or_create(&labels).inc();
+        session
+    }
+
+    fn protocol_label(&self) -> Vec<(&'static str, String)> {
+        vec![("protocol", self.protocol.to_owned())]
     }
 
     /// Open file handles (not directories), for graceful shutdown.
@@ -559,11 +621,6 @@ impl Session {
         *rule = Some(t.rule.clone());
         let backend = self.backend(&t.endpoint).await?;
         let file = backend.open(&t.backend_path, mode).await?;
-        let direction = if mode.writes() {
-            Direction::Upload
-        } else {
-            Direction::Download
-        };
         let open = Arc::new(OpenFile {
             file,
             path: vpath.clone(),
@@ -571,14 +628,9 @@ impl Session {
             endpoint: t.endpoint.clone(),
             backend,
             mode,
-            transfer: Mutex::new(Transfer {
-                direction,
-                started: Instant::now(),
-                bytes: 0,
-                digest: InOrderDigest::new(),
-                saw_eof: false,
-            }),
+            transfer: Mutex::new(Transfer::new()),
         });
+        let direction = open.direction();
         let id = self.insert(Handle::File(open));
         self.shared
             .audit
@@ -628,14 +680,9 @@ impl Session {
         let closed = f.file.close().await;
         let t = std::mem::replace(
             &mut *f.transfer.lock().expect("transfer lock poisoned"),
-            Transfer {
-                direction: Direction::Download,
-                started: Instant::now(),
-                bytes: 0,
-                digest: InOrderDigest::new(),
-                saw_eof: false,
-            },
+            Transfer::new(),
         );
+        let direction = f.direction();
         let digest = t.digest.finish().await;
         let (sha256, covered) = match &digest {
             Ok((h, n)) => (Some(h.clone()), Some(*n)),
@@ -644,7 +691,7 @@ impl Session {
         let (confidence, detail) = match (&closed, abandoned) {
             (_, Some(why)) => (Confidence::NoEOF, Some(why.to_owned())),
             (Err(e), None) => (Confidence::Low, Some(format!("backend close failed: {e}"))),
-            (Ok(()), None) => match t.direction {
+            (Ok(()), None) => match direction {
                 Direction::Upload => {
                     // Confirm with the backend that it holds what we sent.
                     let size = f
@@ -696,7 +743,7 @@ impl Session {
                 user: self.user.clone(),
                 path: f.path.to_string(),
                 endpoint: f.endpoint.clone(),
-                direction: t.direction,
+                direction,
                 bytes: t.bytes,
                 duration_ms: t.started.elapsed().as_millis() as u64,
                 sha256,
@@ -735,6 +782,11 @@ impl Session {
                 duration_ms: self.started.elapsed().as_millis() as u64,
             })
             .await;
+        self.shared
+            .metrics
+            .sessions
+            .get_or_create(&self.protocol_label())
+            .dec();
     }
 
     fn insert(&self, h: Handle) -> u64 {

@@ -6,7 +6,7 @@
 //! reading the file, no key parsing (the gateway checks key material when it compiles the
 //! bundle, and reports those errors in the same [`ConfigError`] shape).
 
-use std::{collections::BTreeSet, fmt, net::SocketAddr, path::Path};
+use std::{collections::BTreeSet, fmt, path::Path};
 
 use serde::{Deserialize, Serialize};
 
@@ -444,10 +444,5 @@ impl GatewayConfig {
         let config = GatewayConfig::parse(&text)?;
         validate(&config).map_err(ConfigErrors)?;
         Ok((config, text))
-    }
-
-    /// The parsed listen address of a listener; `validate` guarantees it parses.
-    pub fn listener_addr(listener: &Listener) -> Option<SocketAddr> {
-        listener.address.parse().ok()
     }
 }

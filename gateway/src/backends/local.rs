@@ -80,32 +80,39 @@ fn attrs_of(m: &fs::Metadata) -> FileAttrs {
 }
 
 fn apply_attrs(path: &Path, file: Option<&File>, attrs: &FileAttrs) -> Result<(), FsError> {
-    if let Some(size) = attrs.size {
-        match file {
-            Some(f) => f.set_len(size)?,
-            None => OpenOptions::new()
+    let times = match (attrs.atime, attrs.mtime) {
+        (Some(a), Some(m)) => {
+            let to_time = |s: u32| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.into());
+            Some(
+                fs::FileTimes::new()
+                    .set_accessed(to_time(a))
+                    .set_modified(to_time(m)),
+            )
+        }
+        _ => None,
+    };
+    // Size and times go through a file handle: the caller's, or one opened once here without
+    // following a symlink.
+    let opened;
+    let file = match file {
+        Some(f) => Some(f),
+        None if attrs.size.is_some() || times.is_some() => {
+            opened = OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_NOFOLLOW)
-                .open(path)?
-                .set_len(size)?,
+                .open(path)?;
+            Some(&opened)
         }
+        None => None,
+    };
+    if let (Some(size), Some(f)) = (attrs.size, file) {
+        f.set_len(size)?;
+    }
+    if let (Some(times), Some(f)) = (times, file) {
+        f.set_times(times)?;
     }
     if let Some(mode) = attrs.mode {
         fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))?;
-    }
-    if let (Some(atime), Some(mtime)) = (attrs.atime, attrs.mtime) {
-        let to_time = |s: u32| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.into());
-        let times = fs::FileTimes::new()
-            .set_accessed(to_time(atime))
-            .set_modified(to_time(mtime));
-        match file {
-            Some(f) => f.set_times(times)?,
-            None => File::options()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)?
-                .set_times(times)?,
-        }
     }
     Ok(())
 }

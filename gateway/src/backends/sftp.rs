@@ -291,11 +291,7 @@ impl Backend for SftpBackend {
         // Symlinks on the backend are not followed: a link planted there must not lead a
         // gateway user out of the mount's subtree.
         match conn.sftp.lstat(path).await {
-            Ok(a)
-                if from_wire(&a.attrs)
-                    .mode
-                    .is_some_and(|m| m & FileAttrs::S_IFMT == 0o120000) =>
-            {
+            Ok(a) if from_wire(&a.attrs).is_symlink() => {
                 return Err(FsError::Denied("symlinks are not followed".into()));
             }
             _ => {}

@@ -41,7 +41,7 @@ use crate::{
     auth::{self, Method, Progress, TotpOutcome},
     backends::{FsError, OpenMode},
     runtime::{Runtime, UserEntry},
-    session::{FileOp, OpOutput, Session},
+    session::{FileOp, Login, OpOutput, Session},
     sftp_wire::{from_wire, to_wire},
     state::{Shared, Slot},
 };
@@ -134,11 +134,6 @@ pub async fn serve_connection(
             Err(e) => format!("connection ended: {e}"),
         };
         session.finish(&reason).await;
-        shared
-            .metrics
-            .sessions
-            .get_or_create(&vec![("protocol", "sftp".to_owned())])
-            .dec();
     }
     drop(slot);
 }
@@ -230,34 +225,18 @@ impl SshHandler {
                 partial_success: true,
             }),
             Progress::Complete => {
-                let session = Arc::new(Session::new(self.shared.clone(), &u.name, self.peer));
-                self.shared
-                    .audit
-                    .emit(Event::LogonSuccess {
-                        session: session.id.clone(),
-                        user: u.name.clone(),
+                let session = Session::start(
+                    self.shared.clone(),
+                    Login {
+                        user: &u.name,
                         peer: self.peer,
-                        zone: self.zone.clone(),
+                        zone: &self.zone,
+                        listener: &self.listener,
+                        protocol: "sftp",
                         methods: self.done.iter().map(|m| m.to_string()).collect(),
-                    })
-                    .await;
-                self.shared
-                    .audit
-                    .emit(Event::SessionStart {
-                        session: session.id.clone(),
-                        user: u.name.clone(),
-                        peer: self.peer,
-                        protocol: "sftp".into(),
-                        listener: self.listener.clone(),
-                    })
-                    .await;
-                let labels = vec![("protocol", "sftp".to_owned())];
-                self.shared.metrics.sessions.get_or_create(&labels).inc();
-                self.shared
-                    .metrics
-                    .sessions_total
-                    .get_or_create(&labels)
-                    .inc();
+                    },
+                )
+                .await;
                 *self.conn.session.lock().expect("conn lock poisoned") = Some(session);
                 self.conn.authenticated.store(true, Ordering::SeqCst);
                 Ok(Auth::Accept)
