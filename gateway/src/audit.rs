@@ -37,6 +37,17 @@ pub enum Direction {
     Download,
 }
 
+/// A key ring certificate in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateInfo {
+    pub key_ring: String,
+    /// SHA-256 of the leaf (DER), hex.
+    pub sha256: String,
+    /// The leaf's notAfter, seconds since the epoch.
+    pub not_after: i64,
+}
+
 /// One audited fact. Field names are the record's JSON keys.
 #[derive(Clone, Debug, Serialize)]
 #[serde(
@@ -50,11 +61,13 @@ pub enum Event {
         config_hash: String,
         listeners: Vec<ListenerInfo>,
         algorithms: AlgorithmInfo,
+        certificates: Vec<CertificateInfo>,
     },
     ConfigReloaded {
         config_hash: String,
         previous_hash: String,
         algorithms: AlgorithmInfo,
+        certificates: Vec<CertificateInfo>,
     },
     ConfigRejected {
         kept_hash: String,

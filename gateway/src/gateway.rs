@@ -26,7 +26,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let path = reload::config_file(config);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let rt = runtime::compile(&text).map_err(|errs| {
+    let rt = runtime::compile(&text, &reload::config_base(&path)).map_err(|errs| {
         anyhow::anyhow!(
             "config {} is invalid:\n{}",
             path.display(),
@@ -72,6 +72,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                 })
                 .collect(),
             algorithms: rt.algorithms.clone(),
+            certificates: rt.certificate_info(),
         })
         .await;
     let shared = Shared::new(rt, audit.clone(), metrics);
@@ -121,7 +122,7 @@ pub fn check(config: &Path) -> Result<String, Vec<String>> {
     let path = reload::config_file(config);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
-    runtime::compile(&text)
+    runtime::compile(&text, &reload::config_base(&path))
         .map(|rt| rt.hash)
         .map_err(|errs| errs.iter().map(ToString::to_string).collect())
 }

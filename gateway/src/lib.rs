@@ -19,3 +19,4 @@ pub mod server;
 pub mod session;
 pub mod sftp_wire;
 pub mod state;
+pub mod tls;

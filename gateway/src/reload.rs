@@ -25,6 +25,14 @@ pub fn config_file(path: &Path) -> PathBuf {
     }
 }
 
+/// The directory relative config paths are resolved against: the config file's own.
+pub fn config_base(file: &Path) -> PathBuf {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned()
+}
+
 pub fn spawn(shared: Arc<Shared>, path: PathBuf) -> notify::Result<()> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
@@ -58,11 +66,12 @@ pub async fn reload(shared: &Shared, path: &Path, last_rejected: &mut String) ->
         return false;
     };
     let current = shared.runtime.load_full();
-    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+    let base = config_base(path);
+    let hash = runtime::hash_on_disk(&text, &base);
     if hash == current.hash || hash == *last_rejected {
         return false;
     }
-    match tokio::task::spawn_blocking(move || runtime::compile(&text)).await {
+    match tokio::task::spawn_blocking(move || runtime::compile(&text, &base)).await {
         Ok(Ok(rt)) => {
             if rt.config.listeners != current.config.listeners {
                 tracing::warn!("listener changes take effect at the next restart");
@@ -71,6 +80,7 @@ pub async fn reload(shared: &Shared, path: &Path, last_rejected: &mut String) ->
                 config_hash: rt.hash.clone(),
                 previous_hash: current.hash.clone(),
                 algorithms: rt.algorithms.clone(),
+                certificates: rt.certificate_info(),
             };
             shared.runtime.store(Arc::new(rt));
             shared

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     audit::AlgorithmInfo,
+    tls,
     auth::{Chains, Totp},
     backends::{
         local::LocalBackend,
@@ -41,6 +42,8 @@ pub struct Runtime {
     pub endpoints: HashMap<String, Arc<EndpointSpec>>,
     pub ssh: Arc<SshConfig>,
     pub algorithms: AlgorithmInfo,
+    /// TLS material by key ring name, for the TLS front ends.
+    pub certificates: HashMap<String, Arc<tls::KeyRingCert>>,
 }
 
 pub struct UserEntry {
@@ -74,6 +77,21 @@ pub enum EndpointSpec {
 }
 
 impl Runtime {
+    /// The certificates in force, by key ring name, for audit records.
+    pub fn certificate_info(&self) -> Vec<crate::audit::CertificateInfo> {
+        let mut out: Vec<_> = self
+            .certificates
+            .iter()
+            .map(|(name, c)| crate::audit::CertificateInfo {
+                key_ring: name.clone(),
+                sha256: c.sha256.clone(),
+                not_after: c.not_after,
+            })
+            .collect();
+        out.sort_by(|a, b| a.key_ring.cmp(&b.key_ring));
+        out
+    }
+
     /// The first of `names` (in order) whose CIDRs contain `ip`.
     pub fn zone_of<'a>(&self, ip: IpAddr, names: &'a [String]) -> Option<&'a str> {
         let ip = match ip {
@@ -140,9 +158,13 @@ static SERVER_ID: LazyLock<String> =
 
 /// Compiles a config text into a runtime. `validate` runs first; then key material and
 /// referenced files are loaded, and their errors join the same list.
-pub fn compile(text: &str) -> Result<Runtime, Vec<ConfigError>> {
-    let config = GatewayConfig::parse(text).map_err(|e| e.0)?;
+///
+/// Relative file paths in the config are relative to `base`, the config file's directory, so a
+/// bundle works wherever its Secret is mounted.
+pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
+    let mut config = GatewayConfig::parse(text).map_err(|e| e.0)?;
     validate(&config)?;
+    resolve_paths(&mut config, base);
     let mut errs = Vec::new();
     let mut err = |path: String, msg: String| errs.push(ConfigError::new(path, msg));
 
@@ -279,6 +301,16 @@ pub fn compile(text: &str) -> Result<Runtime, Vec<ConfigError>> {
         );
     }
 
+    let mut certificates = HashMap::new();
+    for (i, k) in config.key_rings.iter().enumerate() {
+        match tls::load_key_ring(k) {
+            Ok(c) => {
+                certificates.insert(k.name.clone(), Arc::new(c));
+            }
+            Err(e) => err(format!("keyRings[{i}]"), e),
+        }
+    }
+
     let mut keys = Vec::new();
     if config.ssh.host_key_files.is_empty() {
         err(
@@ -390,12 +422,76 @@ pub fn compile(text: &str) -> Result<Runtime, Vec<ConfigError>> {
     };
 
     Ok(Runtime {
-        hash: hex::encode(Sha256::digest(text.as_bytes())),
+        hash: material_hash(text, &config),
         config,
         zones,
         users,
         endpoints,
         ssh: Arc::new(ssh),
         algorithms: info,
+        certificates,
     })
+}
+
+/// The identity of a config and every file it names: SHA-256 over the text and each file's
+/// path and contents. A rotated key or certificate changes it even when the text does not.
+pub fn material_hash(text: &str, config: &GatewayConfig) -> String {
+    let mut h = Sha256::new();
+    h.update(text.as_bytes());
+    let mut files: Vec<&String> = config.ssh.host_key_files.iter().collect();
+    for e in &config.endpoints {
+        if let EndpointBackend::Sftp(s) = &e.backend {
+            files.extend(s.private_key_file.iter().chain(&s.password_file));
+        }
+    }
+    files.extend(config.users.iter().filter_map(|u| u.totp_secret_file.as_ref()));
+    for k in &config.key_rings {
+        files.extend([&k.certificate_file, &k.private_key_file]);
+        files.extend(k.client_ca_file.iter().chain(&k.backend_ca_file));
+    }
+    for f in files {
+        h.update(f.as_bytes());
+        h.update([0]);
+        // An unreadable file hashes as empty; compiling reports it.
+        h.update(std::fs::read(f).unwrap_or_default());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The material hash of a config text as it stands on disk, or of the text alone when it does
+/// not parse (compiling will say why).
+pub fn hash_on_disk(text: &str, base: &Path) -> String {
+    match GatewayConfig::parse(text) {
+        Ok(mut config) => {
+            resolve_paths(&mut config, base);
+            material_hash(text, &config)
+        }
+        Err(_) => hex::encode(Sha256::digest(text.as_bytes())),
+    }
+}
+
+/// Makes every relative file path in `config` relative to `base`.
+fn resolve_paths(config: &mut GatewayConfig, base: &Path) {
+    let fix = |f: &mut String| {
+        if Path::new(f.as_str()).is_relative() {
+            *f = base.join(&*f).to_string_lossy().into_owned();
+        }
+    };
+    config.ssh.host_key_files.iter_mut().for_each(fix);
+    for e in &mut config.endpoints {
+        if let EndpointBackend::Sftp(s) = &mut e.backend {
+            s.private_key_file.as_mut().map(fix);
+            s.password_file.as_mut().map(fix);
+        }
+    }
+    for u in &mut config.users {
+        u.totp_secret_file.as_mut().map(fix);
+    }
+    for k in &mut config.key_rings {
+        fix(&mut k.certificate_file);
+        fix(&mut k.private_key_file);
+        k.client_ca_file.as_mut().map(fix);
+        k.backend_ca_file.as_mut().map(fix);
+    }
 }

@@ -35,6 +35,9 @@ pub struct GatewayConfig {
     /// SSH host keys and algorithm policy.
     #[serde(default)]
     pub ssh: SshSettings,
+    /// TLS key material by key ring name: certificates that listeners present, and trusted CAs.
+    #[serde(default)]
+    pub key_rings: Vec<KeyRingFiles>,
     /// Connection limits and timeouts.
     #[serde(default)]
     pub limits: Limits,
@@ -243,6 +246,24 @@ impl fmt::Display for Verb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// One key ring's TLS material, as PEM files. Relative paths are relative to the config file's
+/// directory, so a bundle works wherever its Secret is mounted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyRingFiles {
+    pub name: String,
+    /// The certificate chain, leaf first.
+    pub certificate_file: String,
+    /// The leaf's private key (PKCS#8, SEC1 or PKCS#1).
+    pub private_key_file: String,
+    /// CAs that verify client certificates.
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
+    /// CAs that verify TLS backends.
+    #[serde(default)]
+    pub backend_ca_file: Option<String>,
 }
 
 /// SSH host keys and algorithm policy.

@@ -24,6 +24,11 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
         config.endpoints.iter().map(|e| &e.name),
     );
     let roles = unique_names(&mut errs, "roles", config.roles.iter().map(|r| &r.name));
+    unique_names(
+        &mut errs,
+        "keyRings",
+        config.key_rings.iter().map(|k| &k.name),
+    );
 
     if config.listeners.is_empty() {
         errs.push("listeners", "at least one listener is required");

@@ -1,0 +1,249 @@
+//! `TransferGateway`: the listeners, replicas and pod settings of one gateway deployment.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::ResourceRequirements, apimachinery::pkg::apis::meta::v1::Condition,
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A gateway deployment. The operator compiles it with the endpoints, zones, key rings, users
+/// and roles of its namespace into a config bundle, and runs it as a hardened Deployment with a
+/// Service, a NetworkPolicy, a PodDisruptionBudget and a ServiceAccount.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "portcullis.dev",
+    version = "v1alpha1",
+    kind = "TransferGateway",
+    namespaced,
+    status = "TransferGatewayStatus",
+    shortname = "tgw",
+    category = "portcullis",
+    doc = "An FTPS/SFTP gateway deployment and its listeners.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Replicas", type_ = "string", json_path = ".status.replicas"),
+    printcolumn(name = "Listeners", type_ = "string", json_path = ".status.listeners"),
+    printcolumn(name = "Cert-Expiry", type_ = "string", json_path = ".status.certificateNotAfter"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("self.listeners.all(l, self.listeners.exists_one(m, m.name == l.name))").message("listener names must be unique"))]
+#[x_kube(validation = Rule::new("self.listeners.all(l, self.listeners.exists_one(m, m.port == l.port))").message("listener ports must be unique"))]
+#[x_kube(validation = Rule::new("self.listeners.all(l, l.port != self.adminPort)").message("a listener port must differ from adminPort"))]
+#[x_kube(validation = Rule::new("self.listeners.all(l, self.listeners.all(m, !has(m.passivePorts) || l.port < m.passivePorts.min || l.port > m.passivePorts.max))").message("a listener port must not fall inside a passive port range"))]
+#[x_kube(validation = Rule::new("!self.listeners.exists(l, l.protocol == 'sftp') || has(self.hostKeyRing)").message("SFTP listeners need hostKeyRing, the KeyRing holding the SSH host keys"))]
+#[serde(rename_all = "camelCase")]
+pub struct TransferGatewaySpec {
+    /// Where the gateway accepts connections.
+    #[schemars(length(min = 1, max = 16))]
+    pub listeners: Vec<ListenerSpec>,
+    /// The KeyRing whose SSH host keys the SFTP listeners present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub host_key_ring: Option<String>,
+    /// Gateway pods. With more than one and an FTPS listener, the Service pins each client to
+    /// one pod (`sessionAffinity: ClientIP`), since FTPS data connections must reach the pod
+    /// that holds the control connection.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 64))]
+    pub replicas: i32,
+    /// The gateway container image.
+    #[serde(default = "default_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// The port of the admin HTTP server (`/healthz`, `/readyz`, `/metrics`), used by the probes.
+    #[serde(default = "default_admin_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub admin_port: i32,
+    /// Container resources. Defaults: requests 100m CPU and 128Mi memory, limit 1Gi memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// How the Service is exposed.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// Connection limits and timeouts; unset fields take the gateway's defaults.
+    #[serde(default)]
+    pub limits: GatewayLimits,
+    /// Audit settings.
+    #[serde(default)]
+    pub audit: AuditSpec,
+    /// Seconds that running transfers get to finish when a pod stops.
+    #[serde(default = "default_grace")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub shutdown_grace_seconds: i32,
+}
+
+fn default_replicas() -> i32 {
+    2
+}
+
+/// The image the operator deploys when `image` is not set.
+pub fn default_image() -> String {
+    concat!("ghcr.io/portcullis-dev/portcullis-gateway:", env!("CARGO_PKG_VERSION")).to_owned()
+}
+
+fn default_admin_port() -> i32 {
+    9922
+}
+
+fn default_grace() -> i32 {
+    30
+}
+
+/// A listening port.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("self.protocol == 'sftp' || has(self.keyRing)").message("an FTPS listener needs keyRing, the KeyRing holding its certificate"))]
+#[x_kube(validation = Rule::new("self.protocol != 'sftp' || !has(self.passivePorts)").message("passivePorts applies to FTPS listeners only"))]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSpec {
+    /// A unique name (a DNS label), used for the Service port, audit records and metrics.
+    #[schemars(length(min = 1, max = 15), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// `sftp`, `ftps` (explicit, `AUTH TLS` on the control port) or `ftpsImplicit` (TLS from
+    /// the first byte).
+    pub protocol: ListenerProtocol,
+    /// The TCP port, on the pod and on the Service.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// NetworkZones whose peers may connect. Everyone else is refused: before the banner by
+    /// the gateway, and at the network by the NetworkPolicy.
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 253)))]
+    pub zones: Vec<String>,
+    /// The KeyRing whose certificate an FTPS listener presents. Required for FTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key_ring: Option<String>,
+    /// FTPS passive data ports; the Service exposes every port of the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive_ports: Option<PassivePorts>,
+    /// The address advertised in passive replies (for NAT and LoadBalancer setups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("isIP(self)").message("advertisedAddress must be an IP address"))]
+    pub advertised_address: Option<String>,
+}
+
+/// The protocols a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ListenerProtocol {
+    /// SFTP over SSH.
+    Sftp,
+    /// Explicit FTPS: cleartext greeting, then `AUTH TLS` before anything else.
+    Ftps,
+    /// Implicit FTPS: TLS from the first byte.
+    FtpsImplicit,
+}
+
+/// An inclusive port range.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("self.min <= self.max").message("passivePorts.min must not exceed passivePorts.max"))]
+#[x_kube(validation = Rule::new("self.max - self.min < 256").message("a passive range holds at most 256 ports"))]
+#[serde(rename_all = "camelCase")]
+pub struct PassivePorts {
+    /// The first port.
+    #[schemars(range(min = 1024, max = 65535))]
+    pub min: i32,
+    /// The last port.
+    #[schemars(range(min = 1024, max = 65535))]
+    pub max: i32,
+}
+
+/// The Service in front of the gateway pods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// `ClusterIP` (default), `NodePort` or `LoadBalancer`. A LoadBalancer admits only the
+    /// listeners' zones (`loadBalancerSourceRanges`).
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Annotations for the Service, e.g. for a cloud load balancer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The Service type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ServiceType {
+    /// A cluster-internal address.
+    #[default]
+    ClusterIP,
+    /// A port on every node.
+    NodePort,
+    /// An external load balancer.
+    LoadBalancer,
+}
+
+/// Connection limits; unset fields take the gateway's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayLimits {
+    /// Connections per pod, counted from accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_sessions: Option<i32>,
+    /// Connections per client IP per pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_sessions_per_ip: Option<i32>,
+    /// Seconds a client has to log in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600))]
+    pub login_grace_seconds: Option<i32>,
+    /// Seconds of inactivity after which a session ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub idle_timeout_seconds: Option<i32>,
+    /// Failed authentication attempts before the connection closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 20))]
+    pub max_auth_attempts: Option<i32>,
+}
+
+/// Audit settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditSpec {
+    /// `summary` (default): transfers are recorded at start and end. `each`: every read and
+    /// write request gets its own record too.
+    #[serde(default)]
+    pub data_ops: DataOpsAudit,
+}
+
+/// How much of the data traffic is audited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DataOpsAudit {
+    /// Start and end of each transfer.
+    #[default]
+    Summary,
+    /// Every request as well.
+    Each,
+}
+
+/// What the operator observed and built.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferGatewayStatus {
+    /// `Ready`: the config compiled and every reference resolved. The reason names what is
+    /// broken, e.g. `EndpointNotFound`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` that the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready pods out of desired, e.g. `2/2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<String>,
+    /// The listeners, e.g. `sftp:2222,ftps:21`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listeners: Option<String>,
+    /// The earliest expiry of the certificates the listeners present (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_not_after: Option<String>,
+    /// SHA-256 of the config bundle in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+}

@@ -1,0 +1,146 @@
+//! `KeyRing`: certificates, SSH host keys and trust anchors, kept by the operator's small CA.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Key material for gateway listeners: a TLS certificate (issued by the operator, signed by an
+/// existing CA, or passed on from an existing `kubernetes.io/tls` Secret such as one that
+/// cert-manager maintains), SSH host keys generated once and kept stable, and trusted CAs.
+/// The operator keeps the material in the Secret named in `status.secretName` and renews the
+/// certificate at `status.renewalTime`.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "portcullis.dev",
+    version = "v1alpha1",
+    kind = "KeyRing",
+    namespaced,
+    status = "KeyRingStatus",
+    shortname = "kr",
+    category = "portcullis",
+    doc = "Certificates, SSH host keys and trusted CAs for gateway listeners, with automatic renewal.",
+    printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.issuer.type"),
+    printcolumn(name = "Not-After", type_ = "string", json_path = ".status.notAfter"),
+    printcolumn(name = "Renewal", type_ = "string", json_path = ".status.renewalTime"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("!has(self.renewBefore) || !has(self.duration) || duration(self.renewBefore) < duration(self.duration)").message("renewBefore must be shorter than duration"))]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRingSpec {
+    /// Where the TLS certificate comes from.
+    pub issuer: Issuer,
+    /// DNS names the certificate carries (subjectAltName). Ignored for `tlsSecret`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 253)))]
+    pub dns_names: Vec<String>,
+    /// IP addresses the certificate carries (subjectAltName). Ignored for `tlsSecret`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(a, isIP(a))").message("ipAddresses must be IP addresses"))]
+    pub ip_addresses: Vec<String>,
+    /// The certificate's lifetime as a duration such as `2160h` (the default, 90 days) or `45m`.
+    /// At least one minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("duration must be a duration of at least 1m, such as 2160h"))]
+    pub duration: Option<String>,
+    /// How long before expiry the certificate is renewed. Defaults to a third of `duration`,
+    /// as in cert-manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10s')").message("renewBefore must be a duration of at least 10s, such as 720h"))]
+    pub renew_before: Option<String>,
+    /// Generate SSH host keys (ed25519 and ECDSA P-256) once and keep them stable.
+    #[serde(default = "yes")]
+    pub ssh_host_keys: bool,
+    /// CAs that verify client certificates on FTPS listeners (PEM, `ca.crt` by default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub client_cas: Vec<SecretKeyRef>,
+    /// CAs that verify FTPS backends' certificates (PEM).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub backend_cas: Vec<SecretKeyRef>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The certificate issuer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("self.type == 'selfSigned' || has(self.secretName)").message("issuer types tlsSecret and ca need secretName"))]
+#[serde(rename_all = "camelCase")]
+pub struct Issuer {
+    /// `selfSigned`: the operator keeps its own CA for this key ring in a Secret and issues the
+    /// leaf from it. `ca`: the leaf is signed by the CA in `secretName` (keys `tls.crt` and
+    /// `tls.key`). `tlsSecret`: the certificate in the `kubernetes.io/tls` Secret `secretName`
+    /// (for example one cert-manager maintains) is watched and passed on as is.
+    #[serde(rename = "type")]
+    pub type_: IssuerType,
+    /// The Secret for the `ca` and `tlsSecret` issuers, in the key ring's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+}
+
+/// How a key ring gets its certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum IssuerType {
+    /// An operator-kept CA per key ring.
+    SelfSigned,
+    /// An existing CA Secret signs the leaf.
+    Ca,
+    /// An existing `kubernetes.io/tls` Secret is passed on.
+    TlsSecret,
+}
+
+/// A key in a Secret of the same namespace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key within the Secret.
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".to_owned()
+}
+
+/// What the key ring currently holds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRingStatus {
+    /// `Ready` (the material is usable) and `Issuing` (a certificate is being issued).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` that the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The Secret the operator keeps the material in (`tls.crt`, `tls.key`, `ca.crt`, SSH host keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// When the current certificate expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// When the operator will renew it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<String>,
+    /// SHA-256 fingerprint of the current leaf certificate (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_fingerprint: Option<String>,
+    /// SHA-256 fingerprint of the issuing CA certificate (hex), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
+    /// OpenSSH fingerprints (`SHA256:...`) of the SSH host keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_key_fingerprints: Vec<String>,
+}
