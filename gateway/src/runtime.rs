@@ -24,13 +24,13 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     audit::AlgorithmInfo,
-    tls,
     auth::{Chains, Totp},
     backends::{
         local::LocalBackend,
         sftp::{Credential, SftpSpec},
     },
     policy::Tree,
+    tls,
 };
 
 pub struct Runtime {
@@ -444,7 +444,12 @@ pub fn material_hash(text: &str, config: &GatewayConfig) -> String {
             files.extend(s.private_key_file.iter().chain(&s.password_file));
         }
     }
-    files.extend(config.users.iter().filter_map(|u| u.totp_secret_file.as_ref()));
+    files.extend(
+        config
+            .users
+            .iter()
+            .filter_map(|u| u.totp_secret_file.as_ref()),
+    );
     for k in &config.key_rings {
         files.extend([&k.certificate_file, &k.private_key_file]);
         files.extend(k.client_ca_file.iter().chain(&k.backend_ca_file));

@@ -1,15 +1,119 @@
-//! `portcullis-operator`: reconciles transfer policy into gateway deployments.
-//!
-//! A skeleton: the operator issue fills in `crd` and `run`. Until then it says so and exits
-//! non-zero rather than pretending to work.
+//! `portcullis-operator`: reconciles transfer policy into hardened gateway deployments.
 
-use std::process::ExitCode;
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+mod controller;
+mod keyring;
+mod metrics;
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prints the CustomResourceDefinitions as YAML, or writes one file per kind into `--dir`.
+    Crd {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Runs the controllers against the cluster in KUBECONFIG (or the in-cluster config).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Where `/metrics` and `/healthz` are served.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Hold a Lease so that only one replica reconciles.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// The namespace of the leader-election Lease (default: the pod's namespace, or `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// The Lease name.
+    #[arg(long, default_value = "portcullis-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (default: the host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a Lease lasts without renewal.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// Log format: `json` (default) or `text`.
+    #[arg(long, default_value = "json")]
+    pub log_format: String,
+}
 
 fn main() -> ExitCode {
-    let command = std::env::args().nth(1).unwrap_or_default();
-    eprintln!(
-        "portcullis-operator {}: `{command}` is not implemented yet (the operator issue adds `crd` and `run`)",
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd { dir } => match write_crds(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portcullis-operator crd: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => {
+            init_tracing(&args.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            let result = rt.block_on(controller::run(args));
+            rt.shutdown_timeout(Duration::from_secs(5));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "operator stopped");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn write_crds(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let crds = portcullis_api::crds();
+    match dir {
+        None => {
+            for (_, crd) in &crds {
+                print!("---\n{}", portcullis_api::crd_yaml(crd));
+            }
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            for (stem, crd) in &crds {
+                std::fs::write(
+                    dir.join(format!("{stem}.yaml")),
+                    portcullis_api::crd_yaml(crd),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube_runtime=warn,kube_client=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "text" {
+        builder.init();
+    } else {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    }
 }

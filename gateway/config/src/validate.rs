@@ -506,7 +506,8 @@ admin: { address: nope }
 
     #[test]
     fn the_shipped_example_is_valid() {
-        let cfg = GatewayConfig::parse(include_str!("../../../examples/gateway.yaml")).unwrap();
+        let cfg = GatewayConfig::parse(include_str!("../../../docs/gateway-config.example.yaml"))
+            .unwrap();
         assert_eq!(validate(&cfg), Ok(()));
     }
 

@@ -19,9 +19,21 @@ use crate::CommonStatus;
     category = "portcullis",
     doc = "A backend SFTP or FTPS server that role mounts forward files to.",
     printcolumn(name = "Protocol", type_ = "string", json_path = ".spec.protocol"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.protocol != 'sftp' || size(self.hostKeys) > 0").message("an SFTP endpoint needs at least one pinned host key in hostKeys"))]
 #[serde(rename_all = "camelCase")]

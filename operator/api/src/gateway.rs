@@ -22,12 +22,28 @@ use serde::{Deserialize, Serialize};
     shortname = "tgw",
     category = "portcullis",
     doc = "An FTPS/SFTP gateway deployment and its listeners.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "Replicas", type_ = "string", json_path = ".status.replicas"),
     printcolumn(name = "Listeners", type_ = "string", json_path = ".status.listeners"),
-    printcolumn(name = "Cert-Expiry", type_ = "string", json_path = ".status.certificateNotAfter"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Cert-Expiry",
+        type_ = "string",
+        json_path = ".status.certificateNotAfter"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.listeners.all(l, self.listeners.exists_one(m, m.name == l.name))").message("listener names must be unique"))]
 #[x_kube(validation = Rule::new("self.listeners.all(l, self.listeners.exists_one(m, m.port == l.port))").message("listener ports must be unique"))]
@@ -81,7 +97,11 @@ fn default_replicas() -> i32 {
 
 /// The image the operator deploys when `image` is not set.
 pub fn default_image() -> String {
-    concat!("ghcr.io/portcullis-dev/portcullis-gateway:", env!("CARGO_PKG_VERSION")).to_owned()
+    concat!(
+        "ghcr.io/portcullis-dev/portcullis-gateway:",
+        env!("CARGO_PKG_VERSION")
+    )
+    .to_owned()
 }
 
 fn default_admin_port() -> i32 {
@@ -99,7 +119,10 @@ fn default_grace() -> i32 {
 #[serde(rename_all = "camelCase")]
 pub struct ListenerSpec {
     /// A unique name (a DNS label), used for the Service port, audit records and metrics.
-    #[schemars(length(min = 1, max = 15), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 15),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// `sftp`, `ftps` (explicit, `AUTH TLS` on the control port) or `ftpsImplicit` (TLS from
     /// the first byte).

@@ -1,0 +1,98 @@
+//! Step 4: server-side apply as `portcullis-operator`, skipping objects that already match,
+//! so that reconciling an unchanged world writes nothing (GitOps sees no drift).
+
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use super::{Context, Error};
+
+pub const FIELD_MANAGER: &str = "portcullis-operator";
+
+/// Applies `desired` unless the live object already has every field it sets. Returns whether
+/// it wrote.
+pub async fn apply<K>(ctx: &Context, desired: &K) -> Result<bool, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let ns = desired.namespace().unwrap_or_default();
+    let name = desired.name_any();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let want = serde_json::to_value(desired).map_err(Error::Serialize)?;
+    if let Some(live) = api.get_opt(&name).await.map_err(Error::Kube)? {
+        let live = serde_json::to_value(&live).map_err(Error::Serialize)?;
+        if contains(&live, &want) {
+            return Ok(false);
+        }
+    }
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&want),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    ctx.metrics
+        .writes
+        .get_or_create(&vec![(
+            "kind",
+            K::kind(&K::DynamicType::default()).into_owned(),
+        )])
+        .inc();
+    Ok(true)
+}
+
+/// Whether `live` has every field of `want` with the same value. Lists must match element by
+/// element (a list we set is a list we own).
+pub fn contains(live: &Value, want: &Value) -> bool {
+    match (live, want) {
+        (Value::Object(l), Value::Object(w)) => w.iter().all(|(k, wv)| match l.get(k) {
+            Some(lv) => contains(lv, wv),
+            None => wv.is_null() || is_empty(wv),
+        }),
+        (Value::Array(l), Value::Array(w)) => {
+            l.len() == w.len() && l.iter().zip(w).all(|(lv, wv)| contains(lv, wv))
+        }
+        (l, w) => l == w,
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Object(o) => o.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::contains;
+
+    #[test]
+    fn defaults_added_by_the_apiserver_do_not_count_as_drift() {
+        let want = json!({"spec": {"replicas": 2, "ports": [{"port": 22}]}});
+        let live =
+            json!({"spec": {"replicas": 2, "ports": [{"port": 22, "protocol": "TCP"}], "x": 1}});
+        assert!(contains(&live, &want));
+        assert!(!contains(
+            &json!({"spec": {"replicas": 3, "ports": [{"port": 22}]}}),
+            &want
+        ));
+        assert!(!contains(
+            &json!({"spec": {"replicas": 2, "ports": []}}),
+            &want
+        ));
+        assert!(contains(&json!({"a": 1}), &json!({"b": {}})));
+    }
+}

@@ -1,0 +1,510 @@
+//! Step 3 (pure): the Kubernetes objects a gateway runs as. Labels and owner references come
+//! from [`meta`], never copied into each builder.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::{
+    ByteString,
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        core::v1::{
+            Affinity, Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction,
+            PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
+            Service, ServiceAccount, ServicePort, ServiceSpec, Sysctl, Volume, VolumeMount,
+            WeightedPodAffinityTerm,
+        },
+        networking::v1::{
+            IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule,
+            NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+        },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use kube::{Resource, ResourceExt};
+use portcullis_api::{ListenerProtocol, ServiceType, TransferGateway};
+
+use super::validate::{Bundle, CONFIG_MOUNT};
+
+/// The annotation whose change restarts the pods: only listener and admin changes need that;
+/// everything else the gateway hot-reloads from the mounted Secret.
+pub const RESTART_ANNOTATION: &str = "portcullis.dev/restart-hash";
+/// The bundle hash, on the Secret, for humans and for the pod emulator.
+pub const CONFIG_HASH_ANNOTATION: &str = "portcullis.dev/config-hash";
+pub const MANAGED_BY: &str = "portcullis-operator";
+/// The non-root user the gateway runs as (distroless `nonroot`).
+pub const RUN_AS: i64 = 65532;
+
+/// Every object a gateway owns.
+pub struct Objects {
+    pub service_account: ServiceAccount,
+    pub secret: Secret,
+    pub deployment: Deployment,
+    pub service: Service,
+    pub network_policy: NetworkPolicy,
+    pub pdb: PodDisruptionBudget,
+}
+
+pub fn objects(gw: &TransferGateway, bundle: &Bundle) -> Objects {
+    Objects {
+        service_account: service_account(gw),
+        secret: secret(gw, bundle),
+        deployment: deployment(gw, bundle),
+        service: service(gw, bundle),
+        network_policy: network_policy(gw, bundle),
+        pdb: pdb(gw),
+    }
+}
+
+/// The selector labels of a gateway's pods.
+pub fn selector(gw: &TransferGateway) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "portcullis-gateway".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), gw.name_any()),
+    ])
+}
+
+/// The recommended labels plus the selector.
+pub fn labels(gw: &TransferGateway) -> BTreeMap<String, String> {
+    let mut l = selector(gw);
+    l.insert("app.kubernetes.io/component".into(), "gateway".into());
+    l.insert("app.kubernetes.io/part-of".into(), "portcullis".into());
+    l.insert("app.kubernetes.io/managed-by".into(), MANAGED_BY.into());
+    l.insert(
+        "app.kubernetes.io/version".into(),
+        env!("CARGO_PKG_VERSION").into(),
+    );
+    l
+}
+
+/// Metadata for an object named `suffix`-ed after the gateway, owned by it.
+pub fn meta(gw: &TransferGateway, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: gw.namespace(),
+        labels: Some(labels(gw)),
+        owner_references: gw.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+pub fn config_secret_name(gw: &TransferGateway) -> String {
+    format!("{}-config", gw.name_any())
+}
+
+pub fn service_account_name(gw: &TransferGateway) -> String {
+    format!("{}-gateway", gw.name_any())
+}
+
+fn service_account(gw: &TransferGateway) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(gw, service_account_name(gw)),
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    }
+}
+
+fn secret(gw: &TransferGateway, bundle: &Bundle) -> Secret {
+    let mut metadata = meta(gw, config_secret_name(gw));
+    metadata.annotations = Some(BTreeMap::from([(
+        CONFIG_HASH_ANNOTATION.to_owned(),
+        bundle.hash.clone(),
+    )]));
+    Secret {
+        metadata,
+        type_: Some("Opaque".into()),
+        data: Some(
+            bundle
+                .files
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn container_ports(gw: &TransferGateway) -> Vec<ContainerPort> {
+    let mut ports: Vec<ContainerPort> = gw
+        .spec
+        .listeners
+        .iter()
+        .map(|l| ContainerPort {
+            name: Some(l.name.clone()),
+            container_port: l.port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        })
+        .collect();
+    ports.push(ContainerPort {
+        name: Some("admin".into()),
+        container_port: gw.spec.admin_port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    });
+    for p in passive_ports(gw) {
+        ports.push(ContainerPort {
+            container_port: p,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        });
+    }
+    ports
+}
+
+/// Every FTPS passive port of every listener.
+fn passive_ports(gw: &TransferGateway) -> BTreeSet<i32> {
+    gw.spec
+        .listeners
+        .iter()
+        .filter_map(|l| l.passive_ports.as_ref())
+        .flat_map(|r| r.min..=r.max)
+        .collect()
+}
+
+fn probe(path: &str, port: i32, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+fn deployment(gw: &TransferGateway, bundle: &Bundle) -> Deployment {
+    let spec = &gw.spec;
+    let resources = spec
+        .resources
+        .clone()
+        .unwrap_or_else(|| ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("100m".into())),
+                ("memory".into(), Quantity("128Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), Quantity("1Gi".into()))])),
+            ..Default::default()
+        });
+    let privileged_port = spec.listeners.iter().any(|l| l.port < 1024) || spec.admin_port < 1024;
+    let container = Container {
+        name: "gateway".into(),
+        image: Some(spec.image.clone()),
+        command: Some(vec!["portcullis-gateway".into()]),
+        args: Some(vec!["run".into(), "--config".into(), CONFIG_MOUNT.into()]),
+        env: Some(vec![EnvVar {
+            name: "RUST_LOG".into(),
+            value: Some("info".into()),
+            ..Default::default()
+        }]),
+        ports: Some(container_ports(gw)),
+        resources: Some(resources),
+        liveness_probe: Some(probe("/healthz", spec.admin_port, 10)),
+        readiness_probe: Some(probe("/readyz", spec.admin_port, 5)),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "config".into(),
+            mount_path: CONFIG_MOUNT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut pod_labels = labels(gw);
+    pod_labels.remove("app.kubernetes.io/version");
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: Some(BTreeMap::from([(
+                RESTART_ANNOTATION.to_owned(),
+                bundle.restart_hash.clone(),
+            )])),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(service_account_name(gw)),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(i64::from(spec.shutdown_grace_seconds) + 5),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(RUN_AS),
+                run_as_group: Some(RUN_AS),
+                fs_group: Some(RUN_AS),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                // Ports below 1024 without NET_BIND_SERVICE: a namespaced, safe sysctl.
+                sysctls: privileged_port.then(|| {
+                    vec![Sysctl {
+                        name: "net.ipv4.ip_unprivileged_port_start".into(),
+                        value: "0".into(),
+                    }]
+                }),
+                ..Default::default()
+            }),
+            containers: vec![container],
+            volumes: Some(vec![Volume {
+                name: "config".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(config_secret_name(gw)),
+                    default_mode: Some(0o440),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            affinity: (spec.replicas > 1).then(|| Affinity {
+                pod_anti_affinity: Some(PodAntiAffinity {
+                    preferred_during_scheduling_ignored_during_execution: Some(vec![
+                        WeightedPodAffinityTerm {
+                            weight: 100,
+                            pod_affinity_term: PodAffinityTerm {
+                                label_selector: Some(LabelSelector {
+                                    match_labels: Some(selector(gw)),
+                                    ..Default::default()
+                                }),
+                                topology_key: "kubernetes.io/hostname".into(),
+                                ..Default::default()
+                            },
+                        },
+                    ]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    Deployment {
+        metadata: meta(gw, gw.name_any()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(gw)),
+                ..Default::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn has_ftps(gw: &TransferGateway) -> bool {
+    gw.spec
+        .listeners
+        .iter()
+        .any(|l| l.protocol != ListenerProtocol::Sftp)
+}
+
+fn service(gw: &TransferGateway, bundle: &Bundle) -> Service {
+    let spec = &gw.spec;
+    let mut ports: Vec<ServicePort> = spec
+        .listeners
+        .iter()
+        .map(|l| ServicePort {
+            name: Some(l.name.clone()),
+            port: l.port,
+            target_port: Some(IntOrString::Int(l.port)),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        })
+        .collect();
+    for p in passive_ports(gw) {
+        ports.push(ServicePort {
+            name: Some(format!("pasv-{p}")),
+            port: p,
+            target_port: Some(IntOrString::Int(p)),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        });
+    }
+    let type_ = match spec.service.type_ {
+        ServiceType::ClusterIP => "ClusterIP",
+        ServiceType::NodePort => "NodePort",
+        ServiceType::LoadBalancer => "LoadBalancer",
+    };
+    let external = spec.service.type_ != ServiceType::ClusterIP;
+    let cidrs: BTreeSet<String> = bundle.zone_cidrs.values().flatten().cloned().collect();
+    let mut metadata = meta(gw, gw.name_any());
+    if !spec.service.annotations.is_empty() {
+        metadata.annotations = Some(spec.service.annotations.clone());
+    }
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(type_.into()),
+            selector: Some(selector(gw)),
+            ports: Some(ports),
+            // FTPS data connections must reach the pod holding the control connection.
+            session_affinity: Some(
+                if spec.replicas > 1 && has_ftps(gw) {
+                    "ClientIP"
+                } else {
+                    "None"
+                }
+                .into(),
+            ),
+            // The gateway checks zones against the client address, so keep it.
+            external_traffic_policy: external.then(|| "Local".into()),
+            load_balancer_source_ranges: (spec.service.type_ == ServiceType::LoadBalancer)
+                .then(|| cidrs.into_iter().collect()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn tcp(port: i32, end: Option<i32>) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        end_port: end,
+        protocol: Some("TCP".into()),
+    }
+}
+
+fn network_policy(gw: &TransferGateway, bundle: &Bundle) -> NetworkPolicy {
+    let spec = &gw.spec;
+    let mut ingress: Vec<NetworkPolicyIngressRule> = spec
+        .listeners
+        .iter()
+        .map(|l| {
+            let from: BTreeSet<&String> = l
+                .zones
+                .iter()
+                .filter_map(|z| bundle.zone_cidrs.get(z))
+                .flatten()
+                .collect();
+            let mut ports = vec![tcp(l.port, None)];
+            if let Some(r) = &l.passive_ports {
+                ports.push(tcp(r.min, Some(r.max)));
+            }
+            NetworkPolicyIngressRule {
+                from: Some(
+                    from.into_iter()
+                        .map(|c| NetworkPolicyPeer {
+                            ip_block: Some(IPBlock {
+                                cidr: c.clone(),
+                                except: None,
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ports: Some(ports),
+            }
+        })
+        .collect();
+    // Metrics scrapers inside the cluster reach the admin port (kubelet probes are not
+    // subject to NetworkPolicy).
+    ingress.push(NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector::default()),
+            ..Default::default()
+        }]),
+        ports: Some(vec![tcp(spec.admin_port, None)]),
+    });
+    let mut by_port: BTreeMap<i32, BTreeSet<&String>> = BTreeMap::new();
+    for (cidr, port) in &bundle.egress {
+        by_port.entry(*port).or_default().insert(cidr);
+    }
+    let mut egress: Vec<NetworkPolicyEgressRule> = by_port
+        .into_iter()
+        .map(|(port, cidrs)| NetworkPolicyEgressRule {
+            to: Some(
+                cidrs
+                    .into_iter()
+                    .map(|c| NetworkPolicyPeer {
+                        ip_block: Some(IPBlock {
+                            cidr: c.clone(),
+                            except: None,
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ports: Some(vec![tcp(port, None)]),
+        })
+        .collect();
+    egress.push(NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".into(),
+                    "kube-system".into(),
+                )])),
+                ..Default::default()
+            }),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([("k8s-app".into(), "kube-dns".into())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ports: Some(vec![
+            NetworkPolicyPort {
+                port: Some(IntOrString::Int(53)),
+                protocol: Some("UDP".into()),
+                end_port: None,
+            },
+            tcp(53, None),
+        ]),
+    });
+    NetworkPolicy {
+        metadata: meta(gw, gw.name_any()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector(gw)),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(ingress),
+            egress: Some(egress),
+        }),
+    }
+}
+
+fn pdb(gw: &TransferGateway) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(gw, gw.name_any()),
+        spec: Some(PodDisruptionBudgetSpec {
+            // One pod at a time: a single-replica gateway can still be drained.
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(gw)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

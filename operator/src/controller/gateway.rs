@@ -1,0 +1,135 @@
+//! The TransferGateway reconcile, in the named steps: dereference → validate → build → apply →
+//! status.
+
+use std::{sync::Arc, time::Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use portcullis_api::{READY, TransferGateway, TransferGatewayStatus};
+use serde_json::json;
+
+use super::{Context, Error, apply::apply, build, dereference::World, status, validate};
+
+pub async fn reconcile(gw: Arc<TransferGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&gw, &ctx).await;
+    ctx.observe("transfergateway", started);
+    if let Err(e) = &result {
+        ctx.count_error("transfergateway", e.category());
+    }
+    result
+}
+
+async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, Error> {
+    let ns = gw.namespace().unwrap_or_default();
+    if gw.meta().deletion_timestamp.is_some() {
+        // Owner references hand the owned objects to the garbage collector.
+        return Ok(Action::await_change());
+    }
+    // 1. dereference
+    let world = World::load(&ctx.client, &ns).await.map_err(Error::Kube)?;
+    // 2. validate (and compile)
+    let compiled = validate::compile(gw, &world);
+    // 3. build and 4. apply — only a valid bundle replaces the running one: a broken
+    // reference leaves the last good config in force.
+    let (config_hash, not_after) = match &compiled {
+        Ok(bundle) => {
+            let o = build::objects(gw, bundle);
+            apply(ctx, &o.service_account).await?;
+            apply(ctx, &o.secret).await?;
+            apply(ctx, &o.deployment).await?;
+            apply(ctx, &o.service).await?;
+            apply(ctx, &o.network_policy).await?;
+            apply(ctx, &o.pdb).await?;
+            (
+                Some(bundle.hash.clone()),
+                bundle.certificate_not_after.clone(),
+            )
+        }
+        Err(problems) => {
+            for p in problems {
+                ctx.count_error("transfergateway", p.reason.as_str());
+            }
+            let old = gw.status.as_ref();
+            (
+                old.and_then(|s| s.config_hash.clone()),
+                old.and_then(|s| s.certificate_not_after.clone()),
+            )
+        }
+    };
+    // 5. status
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let ready_replicas = deployments
+        .get_opt(&gw.name_any())
+        .await
+        .map_err(Error::Kube)?
+        .and_then(|d| d.status)
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let (ok, reason, message) = match &compiled {
+        Ok(_) => (
+            true,
+            "Reconciled",
+            "the config compiled and every object is applied".to_owned(),
+        ),
+        Err(problems) => (
+            false,
+            problems[0].reason.as_str(),
+            problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    };
+    let old = gw.status.clone().unwrap_or_default();
+    let mut wants = vec![status::Want {
+        type_: READY,
+        status: ok,
+        reason,
+        message: message.clone(),
+    }];
+    wants.push(status::Want {
+        type_: "Available",
+        status: ready_replicas >= 1,
+        reason: if ready_replicas >= 1 {
+            "PodsReady"
+        } else {
+            "NoPodsReady"
+        },
+        message: format!("{ready_replicas} of {} pods ready", gw.spec.replicas),
+    });
+    let new = TransferGatewayStatus {
+        conditions: status::merge(&old.conditions, wants, gw.meta().generation),
+        observed_generation: gw.meta().generation,
+        replicas: Some(format!("{ready_replicas}/{}", gw.spec.replicas)),
+        listeners: Some(
+            gw.spec
+                .listeners
+                .iter()
+                .map(|l| format!("{}:{}", l.name, l.port))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        certificate_not_after: not_after,
+        config_hash,
+    };
+    if new != old {
+        let api: Api<TransferGateway> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch_status(
+            &gw.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": new })),
+        )
+        .await
+        .map_err(Error::Kube)?;
+        if status::ready_changed(&old.conditions, &new.conditions) {
+            ctx.event(gw, !ok, reason, message).await;
+        }
+    }
+    Ok(Action::requeue(std::time::Duration::from_secs(600)))
+}

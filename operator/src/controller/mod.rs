@@ -1,0 +1,323 @@
+//! The controllers: gateways (dereference → validate → build → apply → status), key rings,
+//! and the status of the policy kinds; plus leader election, metrics and shutdown.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Secret, Service, ServiceAccount},
+    networking::v1::NetworkPolicy,
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use portcullis_api::{
+    KeyRing, NetworkZone, TransferEndpoint, TransferGateway, TransferRole, TransferUser,
+};
+
+use crate::{RunArgs, metrics::Metrics};
+
+pub mod apply;
+pub mod build;
+pub mod dereference;
+mod gateway;
+mod policy;
+pub mod status;
+pub mod validate;
+
+/// Resolves once on SIGTERM/SIGINT; every controller holds a clone.
+pub type Stop = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
+
+/// What every reconcile gets.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+}
+
+/// A reconcile failure: the API or our own serialization. Invalid objects are not errors;
+/// their status says why.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("serializing an object: {0}")]
+    Serialize(#[source] serde_json::Error),
+    #[error("key ring: {0}")]
+    KeyRing(#[from] crate::keyring::ca::CaError),
+}
+
+impl Error {
+    /// The metric label.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "Conflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "Forbidden",
+            Error::Kube(_) => "ApiError",
+            Error::Serialize(_) => "Serialize",
+            Error::KeyRing(_) => "KeyRing",
+        }
+    }
+}
+
+impl Context {
+    /// Publishes an Event about `obj`; a failure to record is logged, not fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_owned(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, "could not record an event");
+        }
+    }
+
+    /// Counts a reconcile and its duration.
+    pub fn observe(&self, controller: &'static str, started: std::time::Instant) {
+        let l = vec![("controller", controller.to_owned())];
+        self.metrics.reconciles.get_or_create(&l).inc();
+        self.metrics
+            .duration
+            .get_or_create(&l)
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    pub fn count_error(&self, controller: &'static str, category: &str) {
+        self.metrics
+            .errors
+            .get_or_create(&vec![
+                ("controller", controller.to_owned()),
+                ("category", category.to_owned()),
+            ])
+            .inc();
+    }
+}
+
+/// Requeue with a short backoff after a failure.
+fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, category = err.category(), "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim(),
+            std::process::id()
+        )
+    });
+    let metrics_task = tokio::spawn(crate::metrics::serve(args.metrics_addr, metrics.clone()));
+
+    let stop: Stop = async {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+    }
+    .boxed()
+    .shared();
+    let stopped = {
+        let stop = stop.clone();
+        move || stop.clone()
+    };
+    tokio::spawn(stop.clone());
+
+    let mut leader = None;
+    if args.leader_election {
+        let ns = args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let manager =
+            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+                .with_namespace(&ns)
+                .with_identity(&identity)
+                .with_duration(args.lease_duration_seconds)
+                .with_grace(2)
+                .build()
+                .await?;
+        let (mut rx, task) = manager.watch().await;
+        tracing::info!(
+            identity,
+            lease = args.lease_name,
+            namespace = ns,
+            "waiting for the leader lease"
+        );
+        tokio::select! {
+            r = rx.wait_for(|l| *l) => { r?; }
+            _ = stopped() => return Ok(()),
+        }
+        tracing::info!(identity, "leading");
+        leader = Some((rx, task));
+    }
+    metrics.leader.set(1);
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "portcullis-operator".into(),
+                instance: Some(identity.clone()),
+            },
+        ),
+    });
+    let controllers = run_controllers(client, ctx, stopped.clone());
+    let lost = async {
+        match &mut leader {
+            Some((rx, _)) => {
+                let _ = rx.wait_for(|l| !*l).await;
+            }
+            None => futures::future::pending::<()>().await,
+        }
+    };
+    let result = tokio::select! {
+        () = controllers => Ok(()),
+        () = lost => Err(anyhow::anyhow!("lost the leader lease; exiting so that a restart rejoins the election")),
+    };
+    metrics.leader.set(0);
+    metrics_task.abort();
+    // Dropping the receiver makes the lease manager release the lease for a fast hand-over.
+    if let Some((rx, task)) = leader {
+        drop(rx);
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    result
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Maps any object to every gateway of its namespace.
+fn gateways_of<K: ResourceExt>(
+    store: kube::runtime::reflector::Store<TransferGateway>,
+) -> impl Fn(K) -> Vec<ObjectRef<TransferGateway>> + Send + Sync + 'static {
+    move |obj: K| {
+        let ns = obj.namespace();
+        store
+            .state()
+            .iter()
+            .filter(|g| g.namespace() == ns)
+            .map(|g| ObjectRef::from_obj(g.as_ref()))
+            .collect()
+    }
+}
+
+async fn run_controllers(client: Client, ctx: Arc<Context>, stopped: impl Fn() -> Stop + Clone) {
+    let wc = watcher::Config::default();
+    // Our own Secrets are outputs; watching them would only echo our writes.
+    let foreign_secrets = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by!={}",
+        build::MANAGED_BY
+    ));
+
+    let gateways: Api<TransferGateway> = Api::all(client.clone());
+    let gw_controller = Controller::new(gateways, wc.clone());
+    let store = gw_controller.store();
+    let gw = gw_controller
+        .owns(Api::<Deployment>::all(client.clone()), wc.clone())
+        .owns(Api::<Service>::all(client.clone()), wc.clone())
+        .owns(Api::<Secret>::all(client.clone()), wc.clone())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), wc.clone())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), wc.clone())
+        .owns(Api::<ServiceAccount>::all(client.clone()), wc.clone())
+        .watches(
+            Api::<TransferEndpoint>::all(client.clone()),
+            wc.clone(),
+            gateways_of(store.clone()),
+        )
+        .watches(
+            Api::<NetworkZone>::all(client.clone()),
+            wc.clone(),
+            gateways_of(store.clone()),
+        )
+        .watches(
+            Api::<KeyRing>::all(client.clone()),
+            wc.clone(),
+            gateways_of(store.clone()),
+        )
+        .watches(
+            Api::<TransferUser>::all(client.clone()),
+            wc.clone(),
+            gateways_of(store.clone()),
+        )
+        .watches(
+            Api::<TransferRole>::all(client.clone()),
+            wc.clone(),
+            gateways_of(store.clone()),
+        )
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            foreign_secrets.clone(),
+            gateways_of(store.clone()),
+        )
+        .graceful_shutdown_on(stopped())
+        .run(gateway::reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {})
+        .boxed();
+
+    let kr_controller = Controller::new(Api::<KeyRing>::all(client.clone()), wc.clone());
+    let kr_store = kr_controller.store();
+    let kr = kr_controller
+        .owns(Api::<Secret>::all(client.clone()), wc.clone())
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            foreign_secrets.clone(),
+            move |s: Secret| {
+                // A key ring issued from (or trusting) a Secret follows it.
+                let ns = s.namespace();
+                let name = s.name_any();
+                kr_store
+                    .state()
+                    .iter()
+                    .filter(|k| k.namespace() == ns && crate::keyring::uses_secret(k, &name))
+                    .map(|k| ObjectRef::from_obj(k.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(stopped())
+        .run(crate::keyring::reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {})
+        .boxed();
+
+    futures::join!(
+        gw,
+        kr,
+        policy::run::<TransferEndpoint>(client.clone(), ctx.clone(), stopped.clone()),
+        policy::run::<NetworkZone>(client.clone(), ctx.clone(), stopped.clone()),
+        policy::run::<TransferUser>(client.clone(), ctx.clone(), stopped.clone()),
+        policy::run::<TransferRole>(client.clone(), ctx.clone(), stopped.clone()),
+    );
+}

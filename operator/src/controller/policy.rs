@@ -1,0 +1,190 @@
+//! Status for the policy kinds (endpoints, zones, users, roles): each says whether its own
+//! references resolve, so a broken one is visible on the object itself, not only on gateways.
+
+use std::{sync::Arc, time::Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+};
+use portcullis_api::{
+    CommonStatus, KeyRing, NetworkZone, READY, TransferEndpoint, TransferRole, TransferUser,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+
+use super::{Context, Error, dereference::World, status, validate};
+
+/// A policy kind: its name in metrics and how to find its problems.
+pub trait PolicyKind:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    const CONTROLLER: &'static str;
+    fn problems(&self, world: &World) -> Vec<validate::Problem>;
+    fn common_status(&self) -> Option<&CommonStatus>;
+}
+
+impl PolicyKind for TransferEndpoint {
+    const CONTROLLER: &'static str = "transferendpoint";
+    fn problems(&self, world: &World) -> Vec<validate::Problem> {
+        validate::endpoint_problems(&self.name_any(), self, world)
+    }
+    fn common_status(&self) -> Option<&CommonStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl PolicyKind for NetworkZone {
+    const CONTROLLER: &'static str = "networkzone";
+    fn problems(&self, _world: &World) -> Vec<validate::Problem> {
+        Vec::new() // The apiserver checks the CIDRs; a zone has no references.
+    }
+    fn common_status(&self) -> Option<&CommonStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl PolicyKind for TransferUser {
+    const CONTROLLER: &'static str = "transferuser";
+    fn problems(&self, world: &World) -> Vec<validate::Problem> {
+        validate::user_problems(&self.name_any(), self, world)
+    }
+    fn common_status(&self) -> Option<&CommonStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl PolicyKind for TransferRole {
+    const CONTROLLER: &'static str = "transferrole";
+    fn problems(&self, world: &World) -> Vec<validate::Problem> {
+        validate::role_problems(&self.name_any(), self, world)
+    }
+    fn common_status(&self) -> Option<&CommonStatus> {
+        self.status.as_ref()
+    }
+}
+
+fn same_namespace<K: PolicyKind, O: ResourceExt>(
+    store: kube::runtime::reflector::Store<K>,
+) -> impl Fn(O) -> Vec<ObjectRef<K>> + Send + Sync + 'static {
+    move |o: O| {
+        let ns = o.namespace();
+        store
+            .state()
+            .iter()
+            .filter(|k| k.namespace() == ns)
+            .map(|k| ObjectRef::from_obj(k.as_ref()))
+            .collect()
+    }
+}
+
+pub async fn run<K: PolicyKind>(
+    client: Client,
+    ctx: Arc<Context>,
+    stopped: impl Fn() -> super::Stop,
+) {
+    let wc = watcher::Config::default();
+    let c = Controller::new(Api::<K>::all(client.clone()), wc.clone());
+    let s = c.store();
+    c.watches(
+        Api::<TransferEndpoint>::all(client.clone()),
+        wc.clone(),
+        same_namespace(s.clone()),
+    )
+    .watches(
+        Api::<TransferRole>::all(client.clone()),
+        wc.clone(),
+        same_namespace(s.clone()),
+    )
+    .watches(
+        Api::<NetworkZone>::all(client.clone()),
+        wc.clone(),
+        same_namespace(s.clone()),
+    )
+    .watches(
+        Api::<KeyRing>::all(client.clone()),
+        wc.clone(),
+        same_namespace(s.clone()),
+    )
+    .watches(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default().labels(&format!(
+            "app.kubernetes.io/managed-by!={}",
+            super::build::MANAGED_BY
+        )),
+        same_namespace(s.clone()),
+    )
+    .graceful_shutdown_on(stopped())
+    .run(reconcile::<K>, super::error_policy, ctx)
+    .for_each(|_| async {})
+    .await;
+}
+
+async fn reconcile<K: PolicyKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = obj.namespace().unwrap_or_default();
+    let result: Result<Action, Error> = async {
+        let world = World::load(&ctx.client, &ns).await.map_err(Error::Kube)?;
+        let problems = obj.problems(&world);
+        let (ok, reason, message) = match problems.first() {
+            None => (true, "Valid", "every reference resolves".to_owned()),
+            Some(p) => (
+                false,
+                p.reason.as_str(),
+                problems
+                    .iter()
+                    .map(|p| p.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        };
+        for p in &problems {
+            ctx.count_error(K::CONTROLLER, p.reason.as_str());
+        }
+        let old = obj.common_status().cloned().unwrap_or_default();
+        let generation = obj.meta().generation;
+        let new = CommonStatus {
+            conditions: status::merge(
+                &old.conditions,
+                vec![status::Want {
+                    type_: READY,
+                    status: ok,
+                    reason,
+                    message: message.clone(),
+                }],
+                generation,
+            ),
+            observed_generation: generation,
+        };
+        if new != old {
+            let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+            api.patch_status(
+                &obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": new })),
+            )
+            .await
+            .map_err(Error::Kube)?;
+            if status::ready_changed(&old.conditions, &new.conditions) && !ok {
+                ctx.event(obj.as_ref(), true, reason, message).await;
+            }
+        }
+        Ok(Action::requeue(std::time::Duration::from_secs(600)))
+    }
+    .await;
+    ctx.observe(K::CONTROLLER, started);
+    if let Err(e) = &result {
+        ctx.count_error(K::CONTROLLER, e.category());
+    }
+    result
+}

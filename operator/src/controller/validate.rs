@@ -1,0 +1,605 @@
+//! Step 2 (pure): check a gateway's references and compile its namespace into the config
+//! bundle, or say precisely what is wrong. Nothing here touches the client.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use portcullis_api::{
+    EndpointProtocol, KeyRing, ListenerProtocol, TransferGateway, TransferRole, TransferUser, Verb,
+};
+use portcullis_config as config;
+use sha2::{Digest, Sha256};
+
+use super::dereference::{SecretLookup, World};
+use crate::keyring::keys as kr_keys;
+
+/// Why a gateway (or a policy object) is not usable. The variant name is the status reason,
+/// the Event reason and the metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    ZoneNotFound,
+    EndpointNotFound,
+    RoleNotFound,
+    KeyRingNotFound,
+    KeyRingNotReady,
+    SecretNotFound,
+    SecretKeyMissing,
+    InvalidCredential,
+    InvalidPublicKey,
+    UnsupportedProtocol,
+    InvalidConfig,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ZoneNotFound => "ZoneNotFound",
+            Reason::EndpointNotFound => "EndpointNotFound",
+            Reason::RoleNotFound => "RoleNotFound",
+            Reason::KeyRingNotFound => "KeyRingNotFound",
+            Reason::KeyRingNotReady => "KeyRingNotReady",
+            Reason::SecretNotFound => "SecretNotFound",
+            Reason::SecretKeyMissing => "SecretKeyMissing",
+            Reason::InvalidCredential => "InvalidCredential",
+            Reason::InvalidPublicKey => "InvalidPublicKey",
+            Reason::UnsupportedProtocol => "UnsupportedProtocol",
+            Reason::InvalidConfig => "InvalidConfig",
+        }
+    }
+}
+
+/// One thing wrong, in words a user can act on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(reason: Reason, message: impl Into<String>) -> Problem {
+        Problem {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where the gateway container mounts the bundle Secret.
+pub const CONFIG_MOUNT: &str = "/etc/portcullis/config";
+
+/// A compiled gateway: the config and the files of the bundle Secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bundle {
+    pub config: config::GatewayConfig,
+    /// Secret keys → contents; `config.yaml` among them. Paths in the config are relative.
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// SHA-256 of every file: what the gateway runs.
+    pub hash: String,
+    /// Changes only when a change needs a pod restart (listeners, admin port).
+    pub restart_hash: String,
+    /// Zone name → CIDRs, for the NetworkPolicy and the Service.
+    pub zone_cidrs: BTreeMap<String, Vec<String>>,
+    /// Egress targets: (CIDR, port).
+    pub egress: BTreeSet<(String, i32)>,
+    /// The earliest notAfter of the certificates the gateway presents.
+    pub certificate_not_after: Option<String>,
+}
+
+/// Compiles gateway `gw` from its namespace. Every problem is reported, not just the first.
+pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut files = BTreeMap::new();
+    let spec = &gw.spec;
+
+    // Listeners and the zones they admit.
+    let mut listeners = Vec::new();
+    let mut zone_names = BTreeSet::new();
+    for l in &spec.listeners {
+        if l.protocol != ListenerProtocol::Sftp {
+            problems.push(Problem::new(
+                Reason::UnsupportedProtocol,
+                format!(
+                    "listener {} uses protocol {:?}, which this gateway version ({}) does not serve yet; only sftp is available",
+                    l.name,
+                    l.protocol,
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ));
+        }
+        for z in &l.zones {
+            if world.zones.contains_key(z) {
+                zone_names.insert(z.clone());
+            } else {
+                problems.push(Problem::new(
+                    Reason::ZoneNotFound,
+                    format!("listener {} admits zone {z}, which does not exist", l.name),
+                ));
+            }
+        }
+        if let Some(k) = &l.key_ring {
+            check_key_ring(world, k, &format!("listener {}", l.name), &mut problems);
+        }
+        listeners.push(config::Listener {
+            name: l.name.clone(),
+            protocol: config::Protocol::Sftp,
+            address: format!("0.0.0.0:{}", l.port),
+            zones: l.zones.clone(),
+        });
+    }
+
+    // SSH host keys.
+    let mut host_key_files = Vec::new();
+    let mut key_ring_files = Vec::new();
+    let mut not_after: Option<String> = None;
+    let mut used_rings: BTreeSet<&str> = spec
+        .listeners
+        .iter()
+        .filter_map(|l| l.key_ring.as_deref())
+        .collect();
+    if let Some(k) = &spec.host_key_ring {
+        used_rings.insert(k);
+        if let Some(kr) = check_key_ring(world, k, "hostKeyRing", &mut problems)
+            && !kr.spec.ssh_host_keys
+        {
+            problems.push(Problem::new(
+                Reason::KeyRingNotReady,
+                format!("hostKeyRing {k} has sshHostKeys: false, so it holds no SSH host keys"),
+            ));
+        }
+    }
+    for ring in used_rings {
+        let Some(kr) = world.key_rings.get(ring) else {
+            continue;
+        };
+        let Some(secret) = kr.status.as_ref().and_then(|s| s.secret_name.as_deref()) else {
+            continue;
+        };
+        let mut take = |key: &str, file: String| -> bool {
+            match world.secret_value(secret, key) {
+                Ok(v) => {
+                    files.insert(file, v.to_vec());
+                    true
+                }
+                Err(_) => false,
+            }
+        };
+        if spec.host_key_ring.as_deref() == Some(ring) && kr.spec.ssh_host_keys {
+            for (key, file) in [
+                (kr_keys::SSH_ED25519, "hostkey-ed25519"),
+                (kr_keys::SSH_ECDSA, "hostkey-ecdsa-p256"),
+            ] {
+                if take(key, file.to_owned()) {
+                    host_key_files.push(file.to_owned());
+                } else {
+                    problems.push(Problem::new(
+                        Reason::KeyRingNotReady,
+                        format!("key ring {ring} has no {key} in Secret {secret} yet"),
+                    ));
+                }
+            }
+        }
+        let crt = format!("keyring-{ring}.crt");
+        let key = format!("keyring-{ring}.key");
+        if take("tls.crt", crt.clone()) && take("tls.key", key.clone()) {
+            let client_ca = take(kr_keys::CLIENT_CAS, format!("keyring-{ring}-client-ca.crt"))
+                .then(|| format!("keyring-{ring}-client-ca.crt"));
+            let backend_ca = take(
+                kr_keys::BACKEND_CAS,
+                format!("keyring-{ring}-backend-ca.crt"),
+            )
+            .then(|| format!("keyring-{ring}-backend-ca.crt"));
+            key_ring_files.push(config::KeyRingFiles {
+                name: ring.to_owned(),
+                certificate_file: crt,
+                private_key_file: key,
+                client_ca_file: client_ca,
+                backend_ca_file: backend_ca,
+            });
+            if let Some(t) = kr.status.as_ref().and_then(|s| s.not_after.clone())
+                && not_after.as_ref().is_none_or(|n| t < *n)
+            {
+                not_after = Some(t);
+            }
+        }
+    }
+
+    // Roles (all of the namespace's, so that a broken one is reported even before a user
+    // names it) and the endpoints they mount.
+    let mut roles = Vec::new();
+    let mut endpoint_names = BTreeSet::new();
+    for (name, role) in &world.roles {
+        problems.extend(role_problems(name, role, world));
+        roles.push(config::Role {
+            name: name.clone(),
+            mounts: role
+                .spec
+                .mounts
+                .iter()
+                .map(|m| {
+                    endpoint_names.insert(m.endpoint.clone());
+                    config::Mount {
+                        path: m.path.clone(),
+                        endpoint: m.endpoint.clone(),
+                        backend_path: m.backend_path.clone(),
+                        verbs: m.verbs.iter().map(|v| verb(*v)).collect(),
+                    }
+                })
+                .collect(),
+        });
+    }
+
+    let mut endpoints = Vec::new();
+    let mut egress = BTreeSet::new();
+    for name in &endpoint_names {
+        let Some(ep) = world.endpoints.get(name) else {
+            continue;
+        };
+        let e = &ep.spec;
+        if e.protocol != EndpointProtocol::Sftp {
+            problems.push(Problem::new(
+                Reason::UnsupportedProtocol,
+                format!("endpoint {name} uses protocol ftps, which this gateway version does not reach yet; only sftp is available"),
+            ));
+            continue;
+        }
+        let (private_key_file, password_file) =
+            match endpoint_credential(name, ep, world, &mut files) {
+                Ok(c) => c,
+                Err(p) => {
+                    problems.push(p);
+                    (None, None)
+                }
+            };
+        for a in &e.addresses {
+            for cidr in egress_cidrs(&a.host, &a.egress_cidrs) {
+                egress.insert((cidr, a.port));
+            }
+        }
+        endpoints.push(config::Endpoint {
+            name: name.clone(),
+            backend: config::EndpointBackend::Sftp(config::SftpEndpoint {
+                addresses: e
+                    .addresses
+                    .iter()
+                    .map(|a| host_port(&a.host, a.port))
+                    .collect(),
+                host_keys: e.host_keys.clone(),
+                username: e.username.clone(),
+                private_key_file,
+                password_file,
+                connect_timeout_seconds: u64::from(e.connect_timeout_seconds),
+            }),
+        });
+    }
+
+    // Users.
+    let listener_zones: Vec<String> = zone_names.iter().cloned().collect();
+    let mut users = Vec::new();
+    for (name, user) in &world.users {
+        problems.extend(user_problems(name, user, world));
+        let u = &user.spec;
+        let login = u.username.clone().unwrap_or_else(|| name.clone());
+        let password_hash = u.password_hash.as_ref().and_then(|r| {
+            world
+                .secret_value(&r.name, &r.key)
+                .ok()
+                .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+        });
+        let totp_secret_file = u.totp_secret.as_ref().and_then(|r| {
+            let v = world.secret_value(&r.name, &r.key).ok()?;
+            let file = format!("user-{name}.totp");
+            files.insert(file.clone(), v.to_vec());
+            Some(file)
+        });
+        users.push(config::User {
+            name: login,
+            password_hash,
+            public_keys: u.public_keys.clone(),
+            totp_secret_file,
+            auth_methods: u.auth_methods.clone(),
+            zones: if u.zones.is_empty() {
+                listener_zones.clone()
+            } else {
+                u.zones.clone()
+            },
+            roles: u.roles.clone(),
+            disabled: u.disabled,
+            expires_at: u.expires_at.clone(),
+        });
+    }
+
+    let zones: Vec<config::Zone> = world
+        .zones
+        .iter()
+        .map(|(name, z)| config::Zone {
+            name: name.clone(),
+            cidrs: z.spec.cidrs.clone(),
+        })
+        .collect();
+    let zone_cidrs = zone_names
+        .iter()
+        .filter_map(|z| Some((z.clone(), world.zones.get(z)?.spec.cidrs.clone())))
+        .collect();
+
+    let defaults = config::Limits::default();
+    let lim = &spec.limits;
+    let pick = |v: Option<i32>, d: usize| v.map_or(d, |v| v as usize);
+    let pick64 = |v: Option<i32>, d: u64| v.map_or(d, |v| v as u64);
+    let config = config::GatewayConfig {
+        listeners,
+        zones,
+        endpoints,
+        users,
+        roles,
+        ssh: config::SshSettings {
+            host_key_files,
+            algorithms: config::Algorithms::default(),
+        },
+        key_rings: key_ring_files,
+        limits: config::Limits {
+            max_sessions: pick(lim.max_sessions, defaults.max_sessions),
+            max_sessions_per_ip: pick(lim.max_sessions_per_ip, defaults.max_sessions_per_ip),
+            login_grace_seconds: pick64(lim.login_grace_seconds, defaults.login_grace_seconds),
+            idle_timeout_seconds: pick64(lim.idle_timeout_seconds, defaults.idle_timeout_seconds),
+            max_auth_attempts: pick(lim.max_auth_attempts, defaults.max_auth_attempts),
+            max_in_flight_requests: defaults.max_in_flight_requests,
+        },
+        audit: config::AuditSettings {
+            stdout: true,
+            file: None,
+            data_ops: match spec.audit.data_ops {
+                portcullis_api::DataOpsAudit::Summary => config::DataOpsAudit::Summary,
+                portcullis_api::DataOpsAudit::Each => config::DataOpsAudit::Each,
+            },
+        },
+        admin: Some(config::AdminSettings {
+            address: format!("0.0.0.0:{}", spec.admin_port),
+        }),
+        shutdown_grace_seconds: spec.shutdown_grace_seconds.max(0) as u64,
+    };
+
+    if problems.is_empty() {
+        // The contract's own checks catch what the CRD schema cannot (e.g. auth method chains).
+        if let Err(errs) = config::validate(&config) {
+            problems.extend(
+                errs.into_iter()
+                    .map(|e| Problem::new(Reason::InvalidConfig, format!("compiled config: {e}"))),
+            );
+        }
+    }
+    if !problems.is_empty() {
+        problems.sort();
+        problems.dedup();
+        return Err(problems);
+    }
+
+    let yaml = serde_yaml_ng::to_string(&config).expect("the config serializes");
+    files.insert("config.yaml".to_owned(), yaml.into_bytes());
+    let mut h = Sha256::new();
+    for (k, v) in &files {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v);
+        h.update([0]);
+    }
+    let restart = serde_json::to_vec(&(&config.listeners, &config.admin)).expect("serializes");
+    Ok(Bundle {
+        hash: hex::encode(h.finalize()),
+        restart_hash: hex::encode(&Sha256::digest(&restart)[..8]),
+        config,
+        files,
+        zone_cidrs,
+        egress,
+        certificate_not_after: not_after,
+    })
+}
+
+fn check_key_ring<'w>(
+    world: &'w World,
+    name: &str,
+    who: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<&'w KeyRing> {
+    let Some(kr) = world.key_rings.get(name) else {
+        problems.push(Problem::new(
+            Reason::KeyRingNotFound,
+            format!("{who} names key ring {name}, which does not exist"),
+        ));
+        return None;
+    };
+    if !super::status::is_ready(kr.status.as_ref().map(|s| s.conditions.as_slice())) {
+        let why = super::status::ready_message(kr.status.as_ref().map(|s| s.conditions.as_slice()))
+            .unwrap_or_else(|| "it has not been issued yet".to_owned());
+        problems.push(Problem::new(
+            Reason::KeyRingNotReady,
+            format!("{who} names key ring {name}, which is not ready: {why}"),
+        ));
+        return None;
+    }
+    Some(kr)
+}
+
+/// A role's own broken references.
+pub fn role_problems(name: &str, role: &TransferRole, world: &World) -> Vec<Problem> {
+    role.spec
+        .mounts
+        .iter()
+        .filter(|m| !world.endpoints.contains_key(&m.endpoint))
+        .map(|m| {
+            Problem::new(
+                Reason::EndpointNotFound,
+                format!(
+                    "role {name} names endpoint {}, which does not exist",
+                    m.endpoint
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A user's own broken references and credentials.
+pub fn user_problems(name: &str, user: &TransferUser, world: &World) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let u = &user.spec;
+    for r in &u.roles {
+        if !world.roles.contains_key(r) {
+            out.push(Problem::new(
+                Reason::RoleNotFound,
+                format!("user {name} names role {r}, which does not exist"),
+            ));
+        }
+    }
+    for z in &u.zones {
+        if !world.zones.contains_key(z) {
+            out.push(Problem::new(
+                Reason::ZoneNotFound,
+                format!("user {name} names zone {z}, which does not exist"),
+            ));
+        }
+    }
+    if let Some(r) = &u.password_hash {
+        match world.secret_value(&r.name, &r.key) {
+            Ok(v) => {
+                let v = String::from_utf8_lossy(v);
+                let v = v.trim();
+                if !(v.starts_with("$argon2id$")
+                    || v.starts_with("$2b$")
+                    || v.starts_with("$2y$")
+                    || v.starts_with("$2a$"))
+                {
+                    out.push(Problem::new(
+                        Reason::InvalidCredential,
+                        format!("user {name}: key {} of Secret {} is not an argon2id or bcrypt hash (make one with `portcullis-gateway hash-password`)", r.key, r.name),
+                    ));
+                }
+            }
+            Err(e) => out.push(secret_problem(&format!("user {name}"), &r.name, &r.key, e)),
+        }
+    }
+    if let Some(r) = &u.totp_secret
+        && let Err(e) = world.secret_value(&r.name, &r.key)
+    {
+        out.push(secret_problem(&format!("user {name}"), &r.name, &r.key, e));
+    }
+    for (i, k) in u.public_keys.iter().enumerate() {
+        if let Err(e) = russh::keys::PublicKey::from_openssh(k) {
+            out.push(Problem::new(
+                Reason::InvalidPublicKey,
+                format!("user {name}: publicKeys[{i}] is not an OpenSSH public key: {e}"),
+            ));
+        }
+    }
+    out
+}
+
+/// An endpoint's own problems (its credential Secret and host keys).
+pub fn endpoint_problems(
+    name: &str,
+    ep: &portcullis_api::TransferEndpoint,
+    world: &World,
+) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let Err(p) = endpoint_credential(name, ep, world, &mut BTreeMap::new()) {
+        out.push(p);
+    }
+    for (i, k) in ep.spec.host_keys.iter().enumerate() {
+        if let Err(e) = russh::keys::PublicKey::from_openssh(k) {
+            out.push(Problem::new(
+                Reason::InvalidPublicKey,
+                format!("endpoint {name}: hostKeys[{i}] is not an OpenSSH public key: {e}"),
+            ));
+        }
+    }
+    out
+}
+
+type CredentialFiles = (Option<String>, Option<String>);
+
+fn endpoint_credential(
+    name: &str,
+    ep: &portcullis_api::TransferEndpoint,
+    world: &World,
+    files: &mut BTreeMap<String, Vec<u8>>,
+) -> Result<CredentialFiles, Problem> {
+    let c = &ep.spec.credentials;
+    let who = format!("endpoint {name}");
+    match world.secret_value(&c.secret_name, &c.private_key_key) {
+        Ok(k) => {
+            if russh::keys::decode_secret_key(&String::from_utf8_lossy(k), None).is_err() {
+                return Err(Problem::new(
+                    Reason::InvalidCredential,
+                    format!(
+                        "{who}: key {} of Secret {} is not an unencrypted OpenSSH private key",
+                        c.private_key_key, c.secret_name
+                    ),
+                ));
+            }
+            let file = format!("endpoint-{name}.key");
+            files.insert(file.clone(), k.to_vec());
+            Ok((Some(file), None))
+        }
+        Err(SecretLookup::NoSecret) => Err(secret_problem(
+            &who,
+            &c.secret_name,
+            &c.private_key_key,
+            SecretLookup::NoSecret,
+        )),
+        Err(SecretLookup::NoKey) => match world.secret_value(&c.secret_name, &c.password_key) {
+            Ok(p) => {
+                let file = format!("endpoint-{name}.password");
+                files.insert(file.clone(), p.to_vec());
+                Ok((None, Some(file)))
+            }
+            Err(_) => Err(Problem::new(
+                Reason::SecretKeyMissing,
+                format!(
+                    "{who}: Secret {} has neither {} nor {}",
+                    c.secret_name, c.private_key_key, c.password_key
+                ),
+            )),
+        },
+    }
+}
+
+fn secret_problem(who: &str, secret: &str, key: &str, e: SecretLookup) -> Problem {
+    match e {
+        SecretLookup::NoSecret => Problem::new(
+            Reason::SecretNotFound,
+            format!("{who} names Secret {secret}, which does not exist"),
+        ),
+        SecretLookup::NoKey => Problem::new(
+            Reason::SecretKeyMissing,
+            format!("{who}: Secret {secret} has no key {key}"),
+        ),
+    }
+}
+
+/// The CIDRs a backend address allows egress to: the host itself when it is an IP address,
+/// else the declared `egressCidrs`.
+fn egress_cidrs(host: &str, declared: &[String]) -> Vec<String> {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => vec![format!("{a}/32")],
+        Ok(std::net::IpAddr::V6(a)) => vec![format!("{a}/128")],
+        Err(_) => declared.to_vec(),
+    }
+}
+
+fn host_port(host: &str, port: i32) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn verb(v: Verb) -> config::Verb {
+    match v {
+        Verb::List => config::Verb::List,
+        Verb::Read => config::Verb::Read,
+        Verb::Write => config::Verb::Write,
+        Verb::Delete => config::Verb::Delete,
+        Verb::Mkdir => config::Verb::Mkdir,
+        Verb::Rmdir => config::Verb::Rmdir,
+        Verb::Rename => config::Verb::Rename,
+        Verb::Setattr => config::Verb::Setattr,
+    }
+}

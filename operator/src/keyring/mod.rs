@@ -1,0 +1,437 @@
+//! The KeyRing controller: a small CA per key ring. It issues (or passes on) the certificate,
+//! renews it on time, keeps SSH host keys stable, and gathers trusted CAs, all into the
+//! Secret named in the status.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use portcullis_api::{IssuerType, KeyRing, KeyRingStatus, READY};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::controller::{Context, Error, apply::apply, build::MANAGED_BY, status};
+
+pub mod ca;
+
+/// Keys of the key ring Secret besides `tls.crt`, `tls.key` and `ca.crt`.
+pub mod keys {
+    pub const SSH_ED25519: &str = "ssh_host_ed25519_key";
+    pub const SSH_ECDSA: &str = "ssh_host_ecdsa_key";
+    pub const CLIENT_CAS: &str = "client-cas.crt";
+    pub const BACKEND_CAS: &str = "backend-cas.crt";
+}
+
+/// The annotation recording what the leaf was issued for, so a spec change re-issues.
+const ISSUED_FOR: &str = "portcullis.dev/issued-for";
+
+pub fn secret_name(kr: &KeyRing) -> String {
+    format!("{}-keyring", kr.name_any())
+}
+
+fn ca_secret_name(kr: &KeyRing) -> String {
+    format!("{}-ca", kr.name_any())
+}
+
+/// Whether key ring `kr` reads Secret `name` (its issuer or a trusted CA).
+pub fn uses_secret(kr: &KeyRing, name: &str) -> bool {
+    kr.spec.issuer.secret_name.as_deref() == Some(name)
+        || kr
+            .spec
+            .client_cas
+            .iter()
+            .chain(&kr.spec.backend_cas)
+            .any(|r| r.name == name)
+}
+
+fn owned_meta(kr: &KeyRing, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: kr.namespace(),
+        labels: Some(BTreeMap::from([
+            ("app.kubernetes.io/name".into(), "portcullis-keyring".into()),
+            ("app.kubernetes.io/instance".into(), kr.name_any()),
+            ("app.kubernetes.io/part-of".into(), "portcullis".into()),
+            ("app.kubernetes.io/managed-by".into(), MANAGED_BY.into()),
+        ])),
+        owner_references: kr.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+fn get<'s>(s: Option<&'s Secret>, key: &str) -> Option<&'s [u8]> {
+    s?.data.as_ref()?.get(key).map(|b| b.0.as_slice())
+}
+
+fn text(s: Option<&Secret>, key: &str) -> Option<String> {
+    get(s, key).map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+/// Why a key ring cannot be issued right now.
+struct NotReady {
+    reason: &'static str,
+    message: String,
+}
+
+pub async fn reconcile(kr: Arc<KeyRing>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&kr, &ctx).await;
+    ctx.observe("keyring", started);
+    if let Err(e) = &result {
+        ctx.count_error("keyring", e.category());
+    }
+    result
+}
+
+async fn reconcile_inner(kr: &KeyRing, ctx: &Context) -> Result<Action, Error> {
+    let ns = kr.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let current = secrets
+        .get_opt(&secret_name(kr))
+        .await
+        .map_err(Error::Kube)?;
+    let current = current.as_ref();
+    let now = OffsetDateTime::now_utc();
+    let spec = &kr.spec;
+    let lifetime = spec
+        .duration
+        .as_deref()
+        .and_then(ca::parse_duration)
+        .unwrap_or(ca::DEFAULT_DURATION);
+    let renew_before = spec.renew_before.as_deref().and_then(ca::parse_duration);
+
+    let mut data: BTreeMap<String, ByteString> = BTreeMap::new();
+    let mut issuing = false;
+    let outcome: Result<(), NotReady> = async {
+        // SSH host keys: generated once, then kept.
+        if spec.ssh_host_keys {
+            for (key, ecdsa) in [(keys::SSH_ED25519, false), (keys::SSH_ECDSA, true)] {
+                let pem = match text(current, key).filter(|k| ca::host_key_fingerprint(k).is_some())
+                {
+                    Some(k) => k,
+                    None => ca::new_host_key(ecdsa).map_err(|e| NotReady {
+                        reason: "KeyGenerationFailed",
+                        message: e.to_string(),
+                    })?,
+                };
+                data.insert(key.into(), ByteString(pem.into_bytes()));
+            }
+        }
+        // Trusted CAs.
+        for (list, key) in [
+            (&spec.client_cas, keys::CLIENT_CAS),
+            (&spec.backend_cas, keys::BACKEND_CAS),
+        ] {
+            let mut bundle = String::new();
+            for r in list {
+                let s = secrets.get_opt(&r.name).await.map_err(|e| NotReady {
+                    reason: "ApiError",
+                    message: e.to_string(),
+                })?;
+                let Some(pem) = text(s.as_ref(), &r.key) else {
+                    return Err(NotReady {
+                        reason: "SecretNotFound",
+                        message: format!(
+                            "trusted CA Secret {} (key {}) does not exist",
+                            r.name, r.key
+                        ),
+                    });
+                };
+                ca::facts(&pem).map_err(|e| NotReady {
+                    reason: "InvalidCertificate",
+                    message: format!("Secret {} key {}: {e}", r.name, r.key),
+                })?;
+                bundle.push_str(&pem);
+            }
+            if !bundle.is_empty() {
+                data.insert(key.into(), ByteString(bundle.into_bytes()));
+            }
+        }
+        // The certificate.
+        let issued_for = format!(
+            "{:?}|{:?}|{:?}|{:?}",
+            spec.issuer, spec.dns_names, spec.ip_addresses, spec.duration
+        );
+        let signer = match spec.issuer.type_ {
+            IssuerType::TlsSecret => {
+                let name = spec.issuer.secret_name.clone().unwrap_or_default();
+                let src = secrets.get_opt(&name).await.map_err(|e| NotReady {
+                    reason: "ApiError",
+                    message: e.to_string(),
+                })?;
+                let (Some(crt), Some(key)) =
+                    (text(src.as_ref(), "tls.crt"), text(src.as_ref(), "tls.key"))
+                else {
+                    return Err(NotReady {
+                        reason: "SecretNotFound",
+                        message: format!(
+                            "TLS Secret {name} does not exist or lacks tls.crt/tls.key"
+                        ),
+                    });
+                };
+                let f = ca::facts(&crt).map_err(|e| NotReady {
+                    reason: "InvalidCertificate",
+                    message: format!("Secret {name}: {e}"),
+                })?;
+                if f.not_after <= now.unix_timestamp() {
+                    return Err(NotReady {
+                        reason: "Expired",
+                        message: format!(
+                            "the certificate in Secret {name} expired at {}",
+                            rfc3339(f.not_after)
+                        ),
+                    });
+                }
+                data.insert("tls.crt".into(), ByteString(crt.into_bytes()));
+                data.insert("tls.key".into(), ByteString(key.into_bytes()));
+                if let Some(ca) = text(src.as_ref(), "ca.crt") {
+                    data.insert("ca.crt".into(), ByteString(ca.into_bytes()));
+                }
+                return Ok(());
+            }
+            IssuerType::Ca => {
+                let name = spec.issuer.secret_name.clone().unwrap_or_default();
+                let src = secrets.get_opt(&name).await.map_err(|e| NotReady {
+                    reason: "ApiError",
+                    message: e.to_string(),
+                })?;
+                let (Some(cert_pem), Some(key_pem)) =
+                    (text(src.as_ref(), "tls.crt"), text(src.as_ref(), "tls.key"))
+                else {
+                    return Err(NotReady {
+                        reason: "SecretNotFound",
+                        message: format!(
+                            "CA Secret {name} does not exist or lacks tls.crt/tls.key"
+                        ),
+                    });
+                };
+                ca::Pair { cert_pem, key_pem }
+            }
+            IssuerType::SelfSigned => {
+                let name = ca_secret_name(kr);
+                let existing = secrets.get_opt(&name).await.map_err(|e| NotReady {
+                    reason: "ApiError",
+                    message: e.to_string(),
+                })?;
+                match (
+                    text(existing.as_ref(), "tls.crt"),
+                    text(existing.as_ref(), "tls.key"),
+                ) {
+                    (Some(cert_pem), Some(key_pem)) => ca::Pair { cert_pem, key_pem },
+                    _ => {
+                        let pair =
+                            ca::new_ca(&format!("portcullis {ns}/{} CA", kr.name_any()), now)
+                                .map_err(|e| NotReady {
+                                    reason: "IssueFailed",
+                                    message: e.to_string(),
+                                })?;
+                        let s = Secret {
+                            metadata: owned_meta(kr, name),
+                            type_: Some("kubernetes.io/tls".into()),
+                            data: Some(BTreeMap::from([
+                                (
+                                    "tls.crt".into(),
+                                    ByteString(pair.cert_pem.clone().into_bytes()),
+                                ),
+                                (
+                                    "tls.key".into(),
+                                    ByteString(pair.key_pem.clone().into_bytes()),
+                                ),
+                            ])),
+                            ..Default::default()
+                        };
+                        apply(ctx, &s).await.map_err(|e| NotReady {
+                            reason: "ApiError",
+                            message: e.to_string(),
+                        })?;
+                        pair
+                    }
+                }
+            }
+        };
+        let leaf = text(current, "tls.crt").zip(text(current, "tls.key"));
+        let still_good = leaf
+            .as_ref()
+            .and_then(|(crt, _)| ca::facts(crt).ok())
+            .is_some_and(|f| {
+                now.unix_timestamp() < ca::renewal_time(&f, renew_before)
+                    && current.and_then(|s| s.annotations().get(ISSUED_FOR)) == Some(&issued_for)
+                    && text(current, "ca.crt").as_deref() == Some(signer.cert_pem.as_str())
+            });
+        let (crt, key) = match leaf.filter(|_| still_good) {
+            Some(pair) => pair,
+            None => {
+                issuing = true;
+                set_issuing(ctx, kr).await;
+                let p = ca::issue_leaf(
+                    &signer,
+                    &kr.name_any(),
+                    &spec.dns_names,
+                    &spec.ip_addresses,
+                    now,
+                    lifetime,
+                )
+                .map_err(|e| NotReady {
+                    reason: "IssueFailed",
+                    message: e.to_string(),
+                })?;
+                (p.cert_pem, p.key_pem)
+            }
+        };
+        data.insert("tls.crt".into(), ByteString(crt.into_bytes()));
+        data.insert("tls.key".into(), ByteString(key.into_bytes()));
+        data.insert("ca.crt".into(), ByteString(signer.cert_pem.into_bytes()));
+        Ok(())
+    }
+    .await;
+
+    let old = kr.status.clone().unwrap_or_default();
+    let generation = kr.meta().generation;
+    let mut new = KeyRingStatus {
+        observed_generation: generation,
+        ..old.clone()
+    };
+    let requeue;
+    let (ok, reason, message) = match outcome {
+        Ok(()) => {
+            let mut meta = owned_meta(kr, secret_name(kr));
+            let issued_for = format!(
+                "{:?}|{:?}|{:?}|{:?}",
+                spec.issuer, spec.dns_names, spec.ip_addresses, spec.duration
+            );
+            meta.annotations = Some(BTreeMap::from([(ISSUED_FOR.to_owned(), issued_for)]));
+            let facts = ca::facts(&String::from_utf8_lossy(&data["tls.crt"].0))?;
+            let secret = Secret {
+                metadata: meta,
+                type_: Some("kubernetes.io/tls".into()),
+                data: Some(data.clone()),
+                ..Default::default()
+            };
+            apply(ctx, &secret).await?;
+            let renewal = ca::renewal_time(&facts, renew_before);
+            requeue = Duration::from_secs((renewal - now.unix_timestamp()).clamp(1, 3600) as u64);
+            new.secret_name = Some(secret_name(kr));
+            new.not_after = Some(rfc3339(facts.not_after));
+            new.renewal_time =
+                (spec.issuer.type_ != IssuerType::TlsSecret).then(|| rfc3339(renewal));
+            new.certificate_fingerprint = Some(facts.sha256.clone());
+            new.ca_fingerprint = data
+                .get("ca.crt")
+                .and_then(|c| ca::facts(&String::from_utf8_lossy(&c.0)).ok())
+                .map(|f| f.sha256);
+            new.host_key_fingerprints = [keys::SSH_ED25519, keys::SSH_ECDSA]
+                .iter()
+                .filter_map(|k| {
+                    data.get(*k)
+                        .and_then(|v| ca::host_key_fingerprint(&String::from_utf8_lossy(&v.0)))
+                })
+                .collect();
+            if issuing {
+                ctx.event(
+                    kr,
+                    false,
+                    "Issued",
+                    format!(
+                        "issued certificate {} valid until {}",
+                        facts.sha256,
+                        rfc3339(facts.not_after)
+                    ),
+                )
+                .await;
+            }
+            (
+                true,
+                "Issued",
+                format!(
+                    "certificate valid until {}; renewal at {}",
+                    rfc3339(facts.not_after),
+                    rfc3339(renewal)
+                ),
+            )
+        }
+        Err(nr) => {
+            ctx.count_error("keyring", nr.reason);
+            requeue = Duration::from_secs(30);
+            (false, nr.reason, nr.message)
+        }
+    };
+    new.conditions = status::merge(
+        &old.conditions,
+        vec![
+            status::Want {
+                type_: READY,
+                status: ok,
+                reason,
+                message: message.clone(),
+            },
+            status::Want {
+                type_: "Issuing",
+                status: false,
+                reason: if ok { "Idle" } else { reason },
+                message: String::new(),
+            },
+        ],
+        generation,
+    );
+    if new != old || issuing {
+        let api: Api<KeyRing> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch_status(
+            &kr.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": new })),
+        )
+        .await
+        .map_err(Error::Kube)?;
+        if !ok && status::ready_changed(&old.conditions, &new.conditions) {
+            ctx.event(kr, true, reason, message).await;
+        }
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// Marks the key ring Issuing while a certificate is being made.
+async fn set_issuing(ctx: &Context, kr: &KeyRing) {
+    let old = kr.status.clone().unwrap_or_default();
+    let conditions = status::merge(
+        &old.conditions,
+        vec![status::Want {
+            type_: "Issuing",
+            status: true,
+            reason: "Issuing",
+            message: "issuing a certificate".into(),
+        }],
+        kr.meta().generation,
+    );
+    let api: Api<KeyRing> =
+        Api::namespaced(ctx.client.clone(), &kr.namespace().unwrap_or_default());
+    if let Err(e) = api
+        .patch_status(
+            &kr.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "conditions": conditions } })),
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "could not mark the key ring Issuing");
+    }
+}
+
+pub fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
