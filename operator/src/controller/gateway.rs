@@ -127,6 +127,7 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
         )
         .await
         .map_err(Error::Kube)?;
+        ctx.count_write("TransferGateway/status");
         if status::ready_changed(&old.conditions, &new.conditions) {
             ctx.event(gw, !ok, reason, message).await;
         }

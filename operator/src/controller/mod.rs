@@ -104,6 +104,14 @@ impl Context {
             .observe(started.elapsed().as_secs_f64());
     }
 
+    /// Counts a write that did not go through [`apply::apply`] (status patches).
+    pub fn count_write(&self, kind: &str) {
+        self.metrics
+            .writes
+            .get_or_create(&vec![("kind", kind.to_owned())])
+            .inc();
+    }
+
     pub fn count_error(&self, controller: &'static str, category: &str) {
         self.metrics
             .errors

@@ -175,6 +175,7 @@ async fn reconcile<K: PolicyKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
             )
             .await
             .map_err(Error::Kube)?;
+            ctx.count_write(&format!("{}/status", K::kind(&())));
             if status::ready_changed(&old.conditions, &new.conditions) && !ok {
                 ctx.event(obj.as_ref(), true, reason, message).await;
             }

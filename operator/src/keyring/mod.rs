@@ -423,6 +423,8 @@ async fn set_issuing(ctx: &Context, kr: &KeyRing) {
         .await
     {
         tracing::warn!(error = %e, "could not mark the key ring Issuing");
+    } else {
+        ctx.count_write("KeyRing/status");
     }
 }
 

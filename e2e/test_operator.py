@@ -1,0 +1,538 @@
+"""The operator against a real control plane (etcd, kube-apiserver, kube-controller-manager
+built from pinned Go modules; e2e/cluster.sh): CRD validation by the apiserver, the objects
+the operator builds, idempotence, status and Events, the full path from `kubectl apply` to an
+SFTP transfer through an emulated pod, certificate renewal, restarts and leader election."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import ROOT, SSH_OPTS, free_port, fresh_dir, keygen, pubkey, wait_port
+from kube import Cluster, Operator
+from podemu import PodEmulator
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(fresh_dir("cluster"))
+    yield c
+    c.down()
+
+
+@pytest.fixture(scope="module")
+def operator(cluster):
+    op = Operator(cluster, fresh_dir("operator") / "operator.log")
+    cluster.wait_for("the operator to lead", op.is_leader, timeout=30)
+    yield op
+    op.stop()
+
+
+def credentials_secret(cluster, ns: str, name: str, key_path: Path) -> None:
+    cluster.kubectl("create", "secret", "generic", name, f"--from-file=ssh-privatekey={key_path}",
+                    namespace=ns)
+
+
+# --- CRDs and examples -------------------------------------------------------------------------
+
+def test_examples_apply_and_every_object_becomes_ready(cluster, operator):
+    ns = cluster.namespace("examples")
+    credentials_secret(cluster, ns, "mainframe-sftp-credentials", keygen(fresh_dir("examples") / "id"))
+    cluster.kubectl("apply", "-f", str(ROOT / "examples"), namespace=ns)
+    for kind in ["networkzone", "keyring", "transferendpoint", "transferrole", "transferuser",
+                 "transfergateway"]:
+        for obj in cluster.items(kind, ns):
+            cluster.wait_ready(kind, obj["metadata"]["name"], ns)
+    # `kubectl get` shows the printer columns.
+    out = cluster.kubectl("get", "tgw", namespace=ns).stdout
+    assert out.split("\n")[0].split() == ["NAME", "READY", "REASON", "REPLICAS", "LISTENERS",
+                                          "CERT-EXPIRY", "AGE"]
+    assert "sftp:2222" in out and "True" in out
+    # `kubectl explain` documents fields.
+    explain = cluster.kubectl("explain", "transfergateway.spec.listeners.zones").stdout
+    assert "NetworkZones whose peers may connect" in explain
+
+
+INVALID = {
+    "port out of range": (
+        "TransferGateway", {"hostKeyRing": "k", "listeners": [
+            {"name": "a", "protocol": "sftp", "port": 70000, "zones": ["z"]}]},
+        "should be less than or equal to 65535"),
+    "passive range min > max": (
+        "TransferGateway", {"listeners": [
+            {"name": "a", "protocol": "ftps", "port": 21, "zones": ["z"], "keyRing": "k",
+             "passivePorts": {"min": 30010, "max": 30000}}]},
+        "passivePorts.min must not exceed passivePorts.max"),
+    "malformed CIDR": (
+        "NetworkZone", {"cidrs": ["10.0.0.0/33"]},
+        "every entry must be a CIDR"),
+    "unknown protocol": (
+        "TransferGateway", {"hostKeyRing": "k", "listeners": [
+            {"name": "a", "protocol": "gopher", "port": 70, "zones": ["z"]}]},
+        'Unsupported value: "gopher"'),
+    "FTPS listener without a key ring": (
+        "TransferGateway", {"listeners": [
+            {"name": "a", "protocol": "ftpsImplicit", "port": 990, "zones": ["z"]}]},
+        "an FTPS listener needs keyRing"),
+    "duplicate listener names": (
+        "TransferGateway", {"hostKeyRing": "k", "listeners": [
+            {"name": "a", "protocol": "sftp", "port": 2222, "zones": ["z"]},
+            {"name": "a", "protocol": "sftp", "port": 2223, "zones": ["z"]}]},
+        "listener names must be unique"),
+    "duplicate listener ports": (
+        "TransferGateway", {"hostKeyRing": "k", "listeners": [
+            {"name": "a", "protocol": "sftp", "port": 2222, "zones": ["z"]},
+            {"name": "b", "protocol": "sftp", "port": 2222, "zones": ["z"]}]},
+        "listener ports must be unique"),
+    "SFTP listener without host keys": (
+        "TransferGateway", {"listeners": [
+            {"name": "a", "protocol": "sftp", "port": 2222, "zones": ["z"]}]},
+        "SFTP listeners need hostKeyRing"),
+    "SFTP endpoint without a pinned host key": (
+        "TransferEndpoint", {"protocol": "sftp", "addresses": [{"host": "10.0.0.1", "port": 22}],
+                             "username": "u", "credentials": {"secretName": "s"}},
+        "needs at least one pinned host key"),
+    "renewBefore not shorter than duration": (
+        "KeyRing", {"issuer": {"type": "selfSigned"}, "duration": "1h", "renewBefore": "2h"},
+        "renewBefore must be shorter than duration"),
+    "CA issuer without a Secret": (
+        "KeyRing", {"issuer": {"type": "ca"}},
+        "issuer types tlsSecret and ca need secretName"),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID))
+def test_the_apiserver_refuses_invalid_objects(cluster, case):
+    kind, spec, message = INVALID[case]
+    ns = cluster.namespace("invalid")
+    obj = {"apiVersion": "portcullis.dev/v1alpha1", "kind": kind,
+           "metadata": {"name": "bad"}, "spec": spec}
+    r = cluster.apply(obj, ns, check=False)
+    assert r.returncode != 0, f"{case}: accepted"
+    assert message in r.stderr, r.stderr
+    assert cluster.get(kind.lower(), "bad", ns) is None
+
+
+# --- What the operator builds ------------------------------------------------------------------
+
+def owned_by(obj: dict, gateway: dict) -> bool:
+    refs = obj["metadata"].get("ownerReferences", [])
+    return any(r["uid"] == gateway["metadata"]["uid"] and r.get("controller") for r in refs)
+
+
+def test_built_objects_field_by_field(cluster, operator):
+    ns = "examples"
+    gw = cluster.wait_for("gateway", lambda: cluster.get("transfergateway", "dmz", ns))
+    dep = cluster.get("deployment", "dmz", ns)
+    for kind, name in [("deployment", "dmz"), ("service", "dmz"), ("networkpolicy", "dmz"),
+                       ("poddisruptionbudget", "dmz"), ("serviceaccount", "dmz-gateway"),
+                       ("secret", "dmz-config")]:
+        obj = cluster.get(kind, name, ns)
+        assert obj is not None, f"{kind}/{name} missing"
+        assert owned_by(obj, gw), f"{kind}/{name} is not owned by the gateway"
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "portcullis-operator"
+        assert labels["app.kubernetes.io/instance"] == "dmz"
+        assert labels["app.kubernetes.io/part-of"] == "portcullis"
+        managers = {m["manager"] for m in obj["metadata"].get("managedFields", []) if m["operation"] == "Apply"}
+        assert managers == {"portcullis-operator"}, managers
+
+    spec = dep["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    pod = spec["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == "dmz-gateway"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (c,) = pod["containers"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["command"] == ["portcullis-gateway"]
+    assert c["args"] == ["run", "--config", "/etc/portcullis/config"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9922, "scheme": "HTTP"}
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
+    assert c["resources"]["limits"] == {"memory": "1Gi"}
+    assert {p["containerPort"] for p in c["ports"]} == {2222, 9922}
+    assert c["volumeMounts"] == [{"name": "config", "mountPath": "/etc/portcullis/config", "readOnly": True}]
+    (vol,) = pod["volumes"]
+    assert vol["secret"]["secretName"] == "dmz-config" and vol["secret"]["defaultMode"] == 0o440
+    assert len(spec["template"]["metadata"]["annotations"]["portcullis.dev/restart-hash"]) == 16
+    # Two replicas spread across nodes.
+    assert pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0][
+        "podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+
+    svc = cluster.get("service", "dmz", ns)["spec"]
+    assert svc["type"] == "LoadBalancer"
+    assert [(p["name"], p["port"]) for p in svc["ports"]] == [("sftp", 2222)]
+    assert svc["sessionAffinity"] == "None"  # no FTPS listener
+    assert sorted(svc["loadBalancerSourceRanges"]) == ["10.0.0.0/8", "2001:db8:100::/48", "203.0.113.0/24"]
+    assert svc["externalTrafficPolicy"] == "Local"
+    assert svc["selector"] == {"app.kubernetes.io/name": "portcullis-gateway", "app.kubernetes.io/instance": "dmz"}
+
+    np = cluster.get("networkpolicy", "dmz", ns)["spec"]
+    assert np["policyTypes"] == ["Ingress", "Egress"]
+    listener_rule, admin_rule = np["ingress"]
+    assert sorted(p["ipBlock"]["cidr"] for p in listener_rule["from"]) == [
+        "10.0.0.0/8", "2001:db8:100::/48", "203.0.113.0/24"]
+    assert listener_rule["ports"] == [{"port": 2222, "protocol": "TCP"}]
+    assert admin_rule["ports"] == [{"port": 9922, "protocol": "TCP"}]
+    backend_rule, dns_rule = np["egress"]
+    assert backend_rule == {"to": [{"ipBlock": {"cidr": "10.20.0.5/32"}}], "ports": [{"port": 22, "protocol": "TCP"}]}
+    assert dns_rule["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    assert sorted((p["protocol"], p["port"]) for p in dns_rule["ports"]) == [("TCP", 53), ("UDP", 53)]
+
+    pdb = cluster.get("poddisruptionbudget", "dmz", ns)["spec"]
+    assert pdb["maxUnavailable"] == 1
+    sa = cluster.get("serviceaccount", "dmz-gateway", ns)
+    assert sa["automountServiceAccountToken"] is False
+
+    # The kube-controller-manager turned the Deployment into a ReplicaSet and Pods.
+    cluster.wait_for("a ReplicaSet", lambda: cluster.items("replicaset", ns))
+
+    # The bundle Secret holds a config the gateway binary accepts.
+    data = cluster.secret_data("dmz-config", ns)
+    assert {"config.yaml", "hostkey-ed25519", "hostkey-ecdsa-p256", "endpoint-mainframe.key",
+            "keyring-edge.crt", "keyring-edge.key"} <= set(data)
+    bundle = fresh_dir("bundle-check")
+    for k, v in data.items():
+        (bundle / k).write_bytes(v)
+    r = subprocess.run([str(ROOT / "target" / "release" / "portcullis-gateway"), "check", "--config", str(bundle)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_reconciling_an_unchanged_world_writes_nothing(cluster, operator):
+    ns = "examples"
+    kinds = [("deployment", "dmz"), ("service", "dmz"), ("networkpolicy", "dmz"),
+             ("poddisruptionbudget", "dmz"), ("serviceaccount", "dmz-gateway"), ("secret", "dmz-config"),
+             ("secret", "edge-keyring"), ("transfergateway", "dmz"), ("keyring", "edge")]
+    versions = {k: cluster.get(*k, ns)["metadata"]["resourceVersion"] for k in kinds}
+    writes = operator.metric("portcullis_operator_writes_total")
+    reconciles = operator.metric("portcullis_operator_reconciles_total", controller="transfergateway")
+    # Touch every input kind without changing its meaning: each change triggers a reconcile.
+    for kind, name in [("transfergateway", "dmz"), ("networkzone", "partners"), ("keyring", "edge"),
+                       ("transferrole", "payroll-drop"), ("transferuser", "acme-payroll"),
+                       ("transferendpoint", "mainframe")]:
+        cluster.kubectl("annotate", kind, name, f"test/poke={time.time_ns()}", "--overwrite", namespace=ns)
+    cluster.wait_for("reconciles", lambda: operator.metric(
+        "portcullis_operator_reconciles_total", controller="transfergateway") >= reconciles + 2)
+    time.sleep(2)
+    # Status patches count as writes too (kind="TransferGateway/status" and so on).
+    assert operator.metric("portcullis_operator_writes_total") == writes
+    after = {k: cluster.get(*k, ns)["metadata"]["resourceVersion"] for k in kinds}
+    changed = {k for k in kinds if after[k] != versions[k] and k[0] not in ("transfergateway", "keyring")}
+    assert not changed, f"objects rewritten: {changed}"
+
+
+# --- Status for broken references --------------------------------------------------------------
+
+def test_a_broken_reference_names_itself_and_fixing_it_recovers(cluster, operator):
+    ns = "examples"
+    role = {"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferRole",
+            "metadata": {"name": "ops"},
+            "spec": {"mounts": [{"path": "/ops", "endpoint": "mainframe2", "verbs": ["list"]}]}}
+    cluster.apply(role, ns)
+    c = cluster.wait_ready("transfergateway", "dmz", ns, status="False", reason="EndpointNotFound")
+    assert "role ops names endpoint mainframe2, which does not exist" in c["message"]
+    rc = cluster.wait_ready("transferrole", "ops", ns, status="False", reason="EndpointNotFound")
+    assert "mainframe2" in rc["message"]
+    events = cluster.wait_for("a Warning event", lambda: [
+        e for e in cluster.items("events.events.k8s.io", ns)
+        if e["regarding"]["name"] == "dmz" and e["reason"] == "EndpointNotFound"])
+    assert events[0]["type"] == "Warning"
+    assert "mainframe2" in events[0]["note"]
+    # The running config was kept: the bundle Secret still has the last good config.
+    assert b"/ops" not in cluster.secret_data("dmz-config", ns)["config.yaml"]
+
+    role["spec"]["mounts"][0]["endpoint"] = "mainframe"
+    cluster.apply(role, ns)
+    cluster.wait_ready("transfergateway", "dmz", ns, status="True")
+    cluster.wait_ready("transferrole", "ops", ns, status="True")
+    cluster.wait_for("the new role in the bundle",
+                     lambda: b"/ops" in cluster.secret_data("dmz-config", ns)["config.yaml"])
+
+
+def test_a_missing_key_ring_and_credential_secret_are_named(cluster, operator):
+    ns = cluster.namespace("broken")
+    cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "NetworkZone",
+                   "metadata": {"name": "z"}, "spec": {"cidrs": ["10.0.0.0/8"]}}, ns)
+    cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferGateway",
+                   "metadata": {"name": "gw"},
+                   "spec": {"hostKeyRing": "nope", "listeners": [
+                       {"name": "sftp", "protocol": "sftp", "port": 2222, "zones": ["z"]}]}}, ns)
+    c = cluster.wait_ready("transfergateway", "gw", ns, status="False", reason="KeyRingNotFound")
+    assert "hostKeyRing names key ring nope, which does not exist" in c["message"]
+    assert cluster.get("deployment", "gw", ns) is None  # nothing is deployed from a broken config
+    cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferEndpoint",
+                   "metadata": {"name": "ep"},
+                   "spec": {"protocol": "sftp", "addresses": [{"host": "10.0.0.9", "port": 22}],
+                            "hostKeys": [pubkey(keygen(fresh_dir("broken") / "hk"))],
+                            "username": "u", "credentials": {"secretName": "absent"}}}, ns)
+    c = cluster.wait_ready("transferendpoint", "ep", ns, status="False", reason="SecretNotFound")
+    assert "endpoint ep names Secret absent, which does not exist" in c["message"]
+
+
+# --- Key ring issuers ------------------------------------------------------------------------------
+
+def openssl(*args, input=None) -> str:
+    return subprocess.run(["openssl", *args], input=input, capture_output=True, text=True, check=True).stdout
+
+
+def test_key_ring_issuers_ca_and_tls_secret_and_trust_bundles(cluster, operator):
+    ns = cluster.namespace("issuers")
+    d = fresh_dir("issuers")
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30",
+            "-subj", "/CN=corp-ca", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))
+    cluster.kubectl("create", "secret", "tls", "corp-ca", f"--cert={d / 'ca.crt'}", f"--key={d / 'ca.key'}",
+                    namespace=ns)
+    cluster.kubectl("create", "secret", "generic", "partner-cas", f"--from-file=ca.crt={d / 'ca.crt'}",
+                    namespace=ns)
+    cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "KeyRing", "metadata": {"name": "signed"},
+                   "spec": {"issuer": {"type": "ca", "secretName": "corp-ca"},
+                            "dnsNames": ["ftps.corp.example"], "ipAddresses": ["192.0.2.10"],
+                            "duration": "720h", "sshHostKeys": False,
+                            "clientCas": [{"name": "partner-cas"}]}}, ns)
+    cluster.wait_ready("keyring", "signed", ns)
+    kr = cluster.get("keyring", "signed", ns)
+    st = kr["status"]
+    data = cluster.secret_data(st["secretName"], ns)
+    (d / "leaf.crt").write_bytes(data["tls.crt"])
+    # The leaf chains to the given CA and carries the names.
+    assert "OK" in openssl("verify", "-CAfile", str(d / "ca.crt"), str(d / "leaf.crt"))
+    text = openssl("x509", "-in", str(d / "leaf.crt"), "-noout", "-text")
+    assert "DNS:ftps.corp.example" in text and "IP Address:192.0.2.10" in text
+    fp = openssl("x509", "-in", str(d / "leaf.crt"), "-noout", "-fingerprint", "-sha256")
+    assert fp.split("=")[1].strip().replace(":", "").lower() == st["certificateFingerprint"]
+    # renewBefore defaults to a third of the lifetime.
+    import datetime as dt
+    na = dt.datetime.fromisoformat(st["notAfter"].replace("Z", "+00:00"))
+    rt = dt.datetime.fromisoformat(st["renewalTime"].replace("Z", "+00:00"))
+    lifetime = 720 * 3600 + 30
+    assert abs((na - rt).total_seconds() - lifetime / 3) < 2
+    assert data["client-cas.crt"] == (d / "ca.crt").read_bytes()
+    assert "ssh_host_ed25519_key" not in data
+    conds = {c["type"]: c["status"] for c in st["conditions"]}
+    assert conds == {"Ready": "True", "Issuing": "False"}
+
+    # tlsSecret: an existing kubernetes.io/tls Secret (as cert-manager keeps) is passed on and
+    # followed when it changes.
+    def make_tls(n):
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "5",
+                "-subj", f"/CN=managed-{n}", "-keyout", str(d / f"m{n}.key"), "-out", str(d / f"m{n}.crt"))
+        cluster.kubectl("create", "secret", "tls", "managed", f"--cert={d / f'm{n}.crt'}",
+                        f"--key={d / f'm{n}.key'}", "--dry-run=client", "-o", "yaml", namespace=ns)
+        yaml = cluster.kubectl("create", "secret", "tls", "managed", f"--cert={d / f'm{n}.crt'}",
+                               f"--key={d / f'm{n}.key'}", "--dry-run=client", "-o", "yaml", namespace=ns).stdout
+        cluster.apply(yaml, ns)
+        return (d / f"m{n}.crt").read_bytes()
+
+    first = make_tls(1)
+    cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "KeyRing", "metadata": {"name": "managed"},
+                   "spec": {"issuer": {"type": "tlsSecret", "secretName": "managed"}}}, ns)
+    cluster.wait_ready("keyring", "managed", ns)
+    assert cluster.secret_data("managed-keyring", ns)["tls.crt"] == first
+    second = make_tls(2)
+    cluster.wait_for("the key ring to follow its Secret",
+                     lambda: cluster.secret_data("managed-keyring", ns)["tls.crt"] == second)
+
+
+# --- The full path -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def deployed(cluster, operator, sshd):
+    """A gateway applied with kubectl and running from its emulated pod, in front of a real
+    sshd. Its key ring has a one-minute certificate so that renewal happens during the tests."""
+    ns = cluster.namespace("full")
+    d = fresh_dir("full")
+    client_key = keygen(d / "alice_ed25519")
+    credentials_secret(cluster, ns, "backend-credentials", sshd.client_key)
+    port, admin = free_port(), free_port()
+    docs = [
+        {"kind": "NetworkZone", "metadata": {"name": "loopback"}, "spec": {"cidrs": ["127.0.0.0/8"]}},
+        {"kind": "KeyRing", "metadata": {"name": "gw-keys"},
+         "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["localhost"], "ipAddresses": ["127.0.0.1"],
+                  "duration": "1m", "renewBefore": "35s"}},
+        {"kind": "TransferEndpoint", "metadata": {"name": "backend"},
+         "spec": {"protocol": "sftp", "addresses": [{"host": "127.0.0.1", "port": sshd.port}],
+                  "hostKeys": [pubkey(sshd.host_key)], "username": sshd.user,
+                  "credentials": {"secretName": "backend-credentials"}}},
+        {"kind": "TransferRole", "metadata": {"name": "exchange"},
+         "spec": {"mounts": [{"path": "/exchange", "endpoint": "backend", "backendPath": str(sshd.root),
+                              "verbs": ["list", "read"]}]}},
+        {"kind": "TransferUser", "metadata": {"name": "alice"},
+         "spec": {"publicKeys": [pubkey(client_key)], "roles": ["exchange"]}},
+        {"kind": "TransferGateway", "metadata": {"name": "edge"},
+         "spec": {"hostKeyRing": "gw-keys", "replicas": 1, "adminPort": admin,
+                  "listeners": [{"name": "sftp", "protocol": "sftp", "port": port, "zones": ["loopback"]}]}},
+    ]
+    for doc in docs:
+        cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **doc}, ns)
+    cluster.wait_ready("transfergateway", "edge", ns)
+    pod = PodEmulator(ns, "edge", d / "pod", env=cluster.env, kubectl=str(cluster.bin / "kubectl"))
+    pod.start()
+    wait_port(port)
+
+    class Deployed:
+        pass
+
+    x = Deployed()
+    x.ns, x.dir, x.key, x.port, x.pod, x.sshd = ns, d, client_key, port, pod, sshd
+    yield x
+    pod.stop()
+
+
+def sftp(x, batch: str, check: bool = True, extra: list[str] | None = None) -> subprocess.CompletedProcess:
+    f = x.dir / f"batch-{time.monotonic_ns()}"
+    f.write_text(batch)
+    cmd = ["sftp", "-P", str(x.port), *SSH_OPTS, *(extra or []), "-o", "IdentitiesOnly=yes", "-i", str(x.key),
+           "-b", str(f), "alice@127.0.0.1"]
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    if check and r.returncode != 0:
+        raise AssertionError(f"sftp failed: {r.stdout} {r.stderr}")
+    return r
+
+
+def test_full_path_sftp_through_the_emulated_pod_and_a_live_role_change(cluster, deployed):
+    x = deployed
+    # The pod runs as the template's non-root user.
+    status = Path(f"/proc/{x.pod.proc.pid}/status").read_text()
+    assert "\nUid:\t65532\t" in status, status
+    (x.sshd.root / "report.csv").write_text("id,amount\n1,100\n")
+    up = x.dir / "upload.txt"
+    up.write_text("hello through kubernetes\n")
+    r = sftp(x, "ls /exchange\nget /exchange/report.csv " + str(x.dir / "report.csv") + "\n")
+    assert "report.csv" in r.stdout
+    assert (x.dir / "report.csv").read_text() == "id,amount\n1,100\n"
+    # Writing is not granted yet.
+    r = sftp(x, f"put {up} /exchange/upload.txt\n", check=False)
+    assert r.returncode != 0 and "Permission denied" in r.stderr + r.stdout
+    assert not (x.sshd.root / "upload.txt").exists()
+
+    pid = x.pod.proc.pid
+    role = cluster.get("transferrole", "exchange", x.ns)
+    cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferRole",
+                   "metadata": {"name": "exchange"},
+                   "spec": {"mounts": [{"path": "/exchange", "endpoint": "backend",
+                                        "backendPath": str(x.sshd.root),
+                                        "verbs": ["list", "read", "write"]}]}}, x.ns)
+    assert role is not None
+
+    def uploaded():
+        r = sftp(x, f"put {up} /exchange/upload.txt\n", check=False)
+        return r.returncode == 0
+
+    cluster.wait_for("the new rule in the running gateway", uploaded, timeout=30, interval=0.5)
+    assert (x.sshd.root / "upload.txt").read_text() == up.read_text()
+    assert x.pod.proc.pid == pid and x.pod.proc.poll() is None, "the gateway restarted"
+    assert x.pod.audit("configReloaded"), "no configReloaded audit record"
+
+
+def test_certificate_renewal_reaches_the_running_gateway_without_dropping_sessions(cluster, deployed):
+    import paramiko
+
+    x = deployed
+    kr0 = cluster.get("keyring", "gw-keys", x.ns)["status"]
+    # An SFTP session opened before the renewal.
+    t = paramiko.Transport(("127.0.0.1", x.port))
+    t.connect()
+    t.auth_publickey("alice", paramiko.Ed25519Key.from_private_key_file(str(x.key)))
+    sf = paramiko.SFTPClient.from_transport(t)
+    assert "report.csv" in sf.listdir("/exchange")
+    host_key_before = t.get_remote_server_key().get_base64()
+
+    # renewBefore 35s of a 60s lifetime: renewal is due about 25s after issue.
+    kr1 = cluster.wait_for("a renewed certificate", lambda: (
+        (s := cluster.get("keyring", "gw-keys", x.ns)["status"])["certificateFingerprint"]
+        != kr0["certificateFingerprint"] and s), timeout=90, interval=1)
+    import datetime as dt
+    assert dt.datetime.fromisoformat(kr1["notAfter"].replace("Z", "+00:00")) > \
+        dt.datetime.fromisoformat(kr0["notAfter"].replace("Z", "+00:00"))
+    # Renewed before the old one expired.
+    issued = dt.datetime.now(dt.timezone.utc)
+    assert issued < dt.datetime.fromisoformat(kr0["notAfter"].replace("Z", "+00:00"))
+    # SSH host keys are stable across renewals.
+    assert kr1["hostKeyFingerprints"] == kr0["hostKeyFingerprints"]
+
+    # The running gateway reloaded the new certificate from its mounted Secret.
+    def reloaded():
+        for e in x.pod.audit("configReloaded"):
+            if any(c["sha256"] == kr1["certificateFingerprint"] for c in e["certificates"]):
+                return e
+        return None
+
+    cluster.wait_for("the gateway to load the renewed certificate", reloaded, timeout=30)
+    # The session opened before the renewal goes on working.
+    with sf.open("/exchange/report.csv") as f:
+        assert f.read() == b"id,amount\n1,100\n"
+    sf.close()
+    t.close()
+    # A new connection sees the same host key.
+    t2 = paramiko.Transport(("127.0.0.1", x.port))
+    t2.connect()
+    assert t2.get_remote_server_key().get_base64() == host_key_before
+    t2.close()
+    kr_events = [e for e in cluster.items("events.events.k8s.io", x.ns)
+                 if e["regarding"]["name"] == "gw-keys" and e["reason"] == "Issued"]
+    assert len(kr_events) >= 1
+
+
+# --- Operator lifecycle ------------------------------------------------------------------------------
+
+def test_operator_restart_converges(cluster, operator):
+    ns = "examples"
+    assert operator.stop() == 0  # graceful shutdown on SIGTERM
+    # Change the world while no operator runs.
+    cluster.kubectl("patch", "transfergateway", "dmz", "--type=merge", "-p", '{"spec":{"replicas":3}}',
+                    namespace=ns)
+    restarted = Operator(cluster, operator.log, identity="op-1b")
+    try:
+        cluster.wait_for("the restarted operator to lead", restarted.is_leader, timeout=30)
+        cluster.wait_for("the Deployment to converge",
+                         lambda: cluster.get("deployment", "dmz", ns)["spec"]["replicas"] == 3)
+        cluster.wait_ready("transfergateway", "dmz", ns)
+    finally:
+        # Hand the module's operator fixture a live process again.
+        operator.proc, operator.metrics_port = restarted.proc, restarted.metrics_port
+
+
+def test_leader_election_only_one_operator_reconciles(cluster, operator):
+    ns = "examples"
+    second = Operator(cluster, operator.log, identity="op-2")
+    try:
+        time.sleep(3)
+        assert operator.is_leader() and not second.is_leader()
+        assert second.metric("portcullis_operator_reconciles_total") == 0
+        before = operator.metric("portcullis_operator_reconciles_total", controller="transfergateway")
+        cluster.kubectl("patch", "transfergateway", "dmz", "--type=merge", "-p", '{"spec":{"replicas":2}}',
+                        namespace=ns)
+        cluster.wait_for("the leader to reconcile",
+                         lambda: cluster.get("deployment", "dmz", ns)["spec"]["replicas"] == 2)
+        assert operator.metric("portcullis_operator_reconciles_total", controller="transfergateway") > before
+        assert second.metric("portcullis_operator_reconciles_total") == 0
+        # The leader stops: the standby takes over and reconciles.
+        operator.stop()
+        cluster.wait_for("the standby to lead", second.is_leader, timeout=30)
+        cluster.kubectl("patch", "transfergateway", "dmz", "--type=merge", "-p", '{"spec":{"replicas":1}}',
+                        namespace=ns)
+        cluster.wait_for("the new leader to reconcile",
+                         lambda: cluster.get("deployment", "dmz", ns)["spec"]["replicas"] == 1)
+        assert second.metric("portcullis_operator_reconciles_total", controller="transfergateway") > 0
+    finally:
+        operator.proc, operator.metrics_port = second.proc, second.metrics_port
+
+
+def test_deleting_a_gateway_removes_what_it_owns(cluster, operator):
+    ns = "examples"
+    cluster.kubectl("delete", "transfergateway", "dmz", "--wait=true", namespace=ns)
+    for kind, name in [("deployment", "dmz"), ("service", "dmz"), ("networkpolicy", "dmz"),
+                       ("poddisruptionbudget", "dmz"), ("serviceaccount", "dmz-gateway"),
+                       ("secret", "dmz-config")]:
+        cluster.wait_for(f"{kind}/{name} to be collected", lambda: cluster.get(kind, name, ns) is None,
+                         timeout=60)
+    cluster.wait_for("the ReplicaSet to be collected", lambda: not cluster.items("replicaset", ns), timeout=60)
