@@ -7,6 +7,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import WORK, GATEWAY_BIN, Sshd, fresh_dir, hash_password  # noqa: E402
+from kube import OPERATOR_BIN  # noqa: E402
 
 FIGURES = WORK / "figures.json"
 
@@ -14,6 +15,8 @@ FIGURES = WORK / "figures.json"
 def pytest_sessionstart(session):
     if not GATEWAY_BIN.exists():
         raise pytest.UsageError(f"{GATEWAY_BIN} is missing: build it with `cargo build --release` first")
+    if not OPERATOR_BIN.exists():
+        raise pytest.UsageError(f"{OPERATOR_BIN} is missing: build it with `cargo build --release` first")
     WORK.mkdir(parents=True, exist_ok=True)
     FIGURES.write_text("{}")
 
