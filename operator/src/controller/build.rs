@@ -508,3 +508,89 @@ fn pdb(gw: &TransferGateway) -> PodDisruptionBudget {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::{
+        fixtures::{SFTP_GATEWAY, gateway, world},
+        validate::compile,
+    };
+
+    fn ftps_gateway() -> TransferGateway {
+        gateway(
+            "  hostKeyRing: keys\n  replicas: 2\n  service: {type: LoadBalancer}\n  listeners:\n  - {name: sftp, protocol: sftp, port: 22, zones: [lan]}\n  - {name: ftps, protocol: ftps, port: 2121, zones: [lan], keyRing: keys, passivePorts: {min: 30000, max: 30003}}\n",
+        )
+    }
+
+    #[test]
+    fn ftps_with_replicas_pins_clients_and_exposes_every_passive_port() {
+        // The bundle comes from the SFTP-only gateway (FTPS is not compiled yet); the objects
+        // are built from the FTPS one, which is what this test is about.
+        let bundle = compile(&gateway(SFTP_GATEWAY), &world()).unwrap();
+        let gw = ftps_gateway();
+        let o = objects(&gw, &bundle);
+        let svc = o.service.spec.unwrap();
+        assert_eq!(svc.session_affinity.as_deref(), Some("ClientIP"));
+        let ports: Vec<(String, i32)> = svc
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.port))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("sftp".into(), 22),
+                ("ftps".into(), 2121),
+                ("pasv-30000".into(), 30000),
+                ("pasv-30001".into(), 30001),
+                ("pasv-30002".into(), 30002),
+                ("pasv-30003".into(), 30003),
+            ]
+        );
+        assert_eq!(svc.load_balancer_source_ranges.unwrap(), ["10.1.0.0/16"]);
+        assert_eq!(svc.external_traffic_policy.as_deref(), Some("Local"));
+
+        let np = o.network_policy.spec.unwrap();
+        let ftps_rule = &np.ingress.unwrap()[1];
+        let ports: Vec<(i32, Option<i32>)> = ftps_rule
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let IntOrString::Int(port) = p.port.clone().unwrap() else {
+                    panic!("numeric port")
+                };
+                (port, p.end_port)
+            })
+            .collect();
+        assert_eq!(ports, [(2121, None), (30000, Some(30003))]);
+
+        let pod = o.deployment.spec.unwrap().template.spec.unwrap();
+        // Port 22 without NET_BIND_SERVICE: the namespaced sysctl.
+        let sysctls = pod.security_context.unwrap().sysctls.unwrap();
+        assert_eq!(sysctls[0].name, "net.ipv4.ip_unprivileged_port_start");
+        assert_eq!(pod.containers[0].ports.as_ref().unwrap().len(), 3 + 4);
+    }
+
+    #[test]
+    fn a_single_cluster_ip_gateway_needs_no_affinity_and_no_source_ranges() {
+        let bundle = compile(&gateway(SFTP_GATEWAY), &world()).unwrap();
+        let o = objects(&gateway(SFTP_GATEWAY), &bundle);
+        let svc = o.service.spec.unwrap();
+        assert_eq!(svc.session_affinity.as_deref(), Some("None"));
+        assert!(svc.load_balancer_source_ranges.is_none());
+        assert!(svc.external_traffic_policy.is_none());
+        let pod = o.deployment.spec.unwrap().template.spec.unwrap();
+        assert!(pod.security_context.unwrap().sysctls.is_none());
+        // Owner reference: controller, with deletion blocked until the owned object is gone.
+        let owner = &o.secret.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("TransferGateway", "gw")
+        );
+        assert_eq!(owner.controller, Some(true));
+    }
+}

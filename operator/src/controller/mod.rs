@@ -29,6 +29,8 @@ use crate::{RunArgs, metrics::Metrics};
 pub mod apply;
 pub mod build;
 pub mod dereference;
+#[cfg(test)]
+mod fixtures;
 mod gateway;
 mod policy;
 pub mod status;

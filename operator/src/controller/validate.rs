@@ -603,3 +603,160 @@ fn verb(v: Verb) -> config::Verb {
         Verb::Setattr => config::Verb::Setattr,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures::{SFTP_GATEWAY, gateway, world};
+
+    #[test]
+    fn a_complete_namespace_compiles_into_a_valid_bundle() {
+        let w = world();
+        let b = compile(&gateway(SFTP_GATEWAY), &w).expect("compiles");
+        config::validate(&b.config).expect("the contract's own checks pass");
+        let keys: Vec<&str> = b.files.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "config.yaml",
+                "endpoint-backend.key",
+                "hostkey-ecdsa-p256",
+                "hostkey-ed25519",
+                "keyring-keys.crt",
+                "keyring-keys.key"
+            ]
+        );
+        let c = &b.config;
+        assert_eq!(c.listeners[0].address, "0.0.0.0:2222");
+        assert_eq!(
+            c.ssh.host_key_files,
+            ["hostkey-ed25519", "hostkey-ecdsa-p256"]
+        );
+        let u = &c.users[0];
+        assert_eq!(u.name, "alice");
+        assert!(
+            u.password_hash
+                .as_deref()
+                .unwrap()
+                .starts_with("$argon2id$")
+        );
+        // A user without zones gets the zones the listeners admit.
+        assert_eq!(u.zones, ["lan"]);
+        let config::EndpointBackend::Sftp(e) = &c.endpoints[0].backend else {
+            panic!("an sftp endpoint")
+        };
+        assert_eq!(e.addresses, ["10.9.0.5:22", "sftp.example:2022"]);
+        assert_eq!(e.private_key_file.as_deref(), Some("endpoint-backend.key"));
+        // Egress: the IP itself, and the declared CIDRs for the DNS name.
+        let egress: Vec<_> = b.egress.iter().cloned().collect();
+        assert_eq!(
+            egress,
+            [
+                ("10.8.0.0/24".to_owned(), 2022),
+                ("10.9.0.5/32".to_owned(), 22)
+            ]
+        );
+        assert_eq!(
+            b.certificate_not_after.as_deref(),
+            Some("2030-01-01T00:00:00Z")
+        );
+        // The bundle round-trips through the gateway's parser.
+        let text = String::from_utf8(b.files["config.yaml"].clone()).unwrap();
+        assert_eq!(config::GatewayConfig::parse(&text).unwrap(), b.config);
+    }
+
+    #[test]
+    fn every_broken_reference_is_named() {
+        let mut w = world();
+        w.roles.get_mut("ops").unwrap().spec.mounts[0].endpoint = "mainframe".into();
+        w.users
+            .get_mut("alice")
+            .unwrap()
+            .spec
+            .roles
+            .push("auditors".into());
+        w.secrets.remove("alice-pw");
+        let gw = gateway(
+            "  hostKeyRing: missing\n  listeners: [{name: sftp, protocol: sftp, port: 2222, zones: [lan, dmz]}]\n",
+        );
+        let problems = compile(&gw, &w).unwrap_err();
+        let got: Vec<(Reason, &str)> = problems
+            .iter()
+            .map(|p| (p.reason, p.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    Reason::ZoneNotFound,
+                    "listener sftp admits zone dmz, which does not exist"
+                ),
+                (
+                    Reason::EndpointNotFound,
+                    "role ops names endpoint mainframe, which does not exist"
+                ),
+                (
+                    Reason::RoleNotFound,
+                    "user alice names role auditors, which does not exist"
+                ),
+                (
+                    Reason::KeyRingNotFound,
+                    "hostKeyRing names key ring missing, which does not exist"
+                ),
+                (
+                    Reason::SecretNotFound,
+                    "user alice names Secret alice-pw, which does not exist"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn unusable_key_rings_credentials_and_protocols_are_refused() {
+        let mut w = world();
+        w.key_rings.get_mut("keys").unwrap().status = None;
+        w.secrets.insert(
+            "backend-creds".into(),
+            crate::controller::fixtures::secret("backend-creds", &[("other", b"x")]).1,
+        );
+        w.secrets.insert(
+            "alice-pw".into(),
+            crate::controller::fixtures::secret("alice-pw", &[("hash", b"hunter2")]).1,
+        );
+        let gw = gateway(
+            "  hostKeyRing: keys\n  listeners: [{name: ftps, protocol: ftps, port: 21, zones: [lan], keyRing: keys}]\n",
+        );
+        let reasons: Vec<Reason> = compile(&gw, &w)
+            .unwrap_err()
+            .iter()
+            .map(|p| p.reason)
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                Reason::KeyRingNotReady,
+                Reason::KeyRingNotReady,
+                Reason::SecretKeyMissing,
+                Reason::InvalidCredential,
+                Reason::UnsupportedProtocol,
+            ]
+        );
+    }
+
+    #[test]
+    fn the_restart_hash_moves_only_with_listeners() {
+        let w = world();
+        let base = compile(&gateway(SFTP_GATEWAY), &w).unwrap();
+        let mut w2 = world();
+        w2.roles.get_mut("ops").unwrap().spec.mounts[0]
+            .verbs
+            .push(Verb::Read);
+        let role_change = compile(&gateway(SFTP_GATEWAY), &w2).unwrap();
+        assert_ne!(base.files["config.yaml"], role_change.files["config.yaml"]);
+        assert_ne!(base.hash, role_change.hash);
+        // New random key material in world() changes the hash, but never the restart hash.
+        assert_eq!(base.restart_hash, role_change.restart_hash);
+        let moved = compile(&gateway(&SFTP_GATEWAY.replace("2222", "2223")), &w).unwrap();
+        assert_ne!(base.restart_hash, moved.restart_hash);
+    }
+}
