@@ -103,14 +103,15 @@ class Cluster:
 class Operator:
     """The release operator binary against the test cluster."""
 
-    def __init__(self, cluster: Cluster, log: Path, identity: str = "op-1", lease_seconds: int = 4):
+    def __init__(self, cluster: Cluster, log: Path, identity: str = "op-1", lease_seconds: int = 4,
+                 lease_namespace: str = "kube-system"):
         self.cluster = cluster
         self.metrics_port = free_port()
         self.log = log
         self.identity = identity
         self.proc = subprocess.Popen(
             [str(OPERATOR_BIN), "run", "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
-             "--identity", identity, "--lease-namespace", "kube-system",
+             "--identity", identity, "--lease-namespace", lease_namespace,
              "--lease-duration-seconds", str(lease_seconds)],
             env=dict(cluster.env, RUST_LOG="info,portcullis_operator=debug"),
             stdout=subprocess.DEVNULL, stderr=open(log, "ab"),

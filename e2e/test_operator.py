@@ -162,7 +162,7 @@ def test_built_objects_field_by_field(cluster, operator):
     assert c["volumeMounts"] == [{"name": "config", "mountPath": "/etc/portcullis/config", "readOnly": True}]
     (vol,) = pod["volumes"]
     assert vol["secret"]["secretName"] == "dmz-config" and vol["secret"]["defaultMode"] == 0o440
-    assert len(spec["template"]["metadata"]["annotations"]["portcullis.dev/restart-hash"]) == 16
+    assert len(spec["template"]["metadata"]["annotations"]["portcullis.dev/config-hash"]) == 16
     # Two replicas spread across nodes.
     assert pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0][
         "podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"

@@ -17,10 +17,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Prints the CustomResourceDefinitions as YAML, or writes one file per kind into `--dir`.
+    /// Prints the CustomResourceDefinitions as YAML, or writes one file per kind into each
+    /// `--dir` (the repository keeps `crds/` and `charts/portcullis/crds/`).
     Crd {
         #[arg(long)]
-        dir: Option<PathBuf>,
+        dir: Vec<PathBuf>,
     },
     /// Runs the controllers against the cluster in KUBECONFIG (or the in-cluster config).
     Run(RunArgs),
@@ -80,22 +81,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn write_crds(dir: Option<PathBuf>) -> anyhow::Result<()> {
+fn write_crds(dirs: Vec<PathBuf>) -> anyhow::Result<()> {
     let crds = portcullis_api::crds();
-    match dir {
-        None => {
-            for (_, crd) in &crds {
-                print!("---\n{}", portcullis_api::crd_yaml(crd));
-            }
+    if dirs.is_empty() {
+        for (_, crd) in &crds {
+            print!("---\n{}", portcullis_api::crd_yaml(crd));
         }
-        Some(dir) => {
-            std::fs::create_dir_all(&dir)?;
-            for (stem, crd) in &crds {
-                std::fs::write(
-                    dir.join(format!("{stem}.yaml")),
-                    portcullis_api::crd_yaml(crd),
-                )?;
-            }
+    }
+    for dir in dirs {
+        std::fs::create_dir_all(&dir)?;
+        for (stem, crd) in &crds {
+            std::fs::write(
+                dir.join(format!("{stem}.yaml")),
+                portcullis_api::crd_yaml(crd),
+            )?;
         }
     }
     Ok(())

@@ -4,7 +4,18 @@ use std::path::Path;
 
 #[test]
 fn crds_dir_matches_the_types() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds");
+    check_dir("crds");
+}
+
+#[test]
+fn the_charts_crds_match_the_types() {
+    check_dir("charts/portcullis/crds");
+}
+
+fn check_dir(dir: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(dir);
     let mut stale = Vec::new();
     let crds = portcullis_api::crds();
     for (stem, crd) in &crds {
@@ -17,8 +28,8 @@ fn crds_dir_matches_the_types() {
     let files = std::fs::read_dir(&root).map(|d| d.count()).unwrap_or(0);
     assert!(
         stale.is_empty() && files == crds.len(),
-        "crds/ differs from operator/api ({stale:?}, {files} files for {} kinds); \
-         regenerate with `cargo run -p portcullis-operator -- crd --dir crds`",
+        "{dir}/ differs from operator/api ({stale:?}, {files} files for {} kinds); regenerate with \
+         `cargo run -p portcullis-operator -- crd --dir crds --dir charts/portcullis/crds`",
         crds.len()
     );
 }

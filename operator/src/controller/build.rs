@@ -33,9 +33,9 @@ use super::validate::{Bundle, CONFIG_MOUNT};
 
 /// The annotation whose change restarts the pods: only listener and admin changes need that;
 /// everything else the gateway hot-reloads from the mounted Secret.
-pub const RESTART_ANNOTATION: &str = "portcullis.dev/restart-hash";
-/// The bundle hash, on the Secret, for humans and for the pod emulator.
-pub const CONFIG_HASH_ANNOTATION: &str = "portcullis.dev/config-hash";
+pub const RESTART_ANNOTATION: &str = "portcullis.dev/config-hash";
+/// The hash of every file of the bundle, on its Secret: which bundle a pod should be running.
+pub const BUNDLE_HASH_ANNOTATION: &str = "portcullis.dev/bundle-hash";
 pub const MANAGED_BY: &str = "portcullis-operator";
 /// The non-root user the gateway runs as (distroless `nonroot`).
 pub const RUN_AS: i64 = 65532;
@@ -115,7 +115,7 @@ fn service_account(gw: &TransferGateway) -> ServiceAccount {
 fn secret(gw: &TransferGateway, bundle: &Bundle) -> Secret {
     let mut metadata = meta(gw, config_secret_name(gw));
     metadata.annotations = Some(BTreeMap::from([(
-        CONFIG_HASH_ANNOTATION.to_owned(),
+        BUNDLE_HASH_ANNOTATION.to_owned(),
         bundle.hash.clone(),
     )]));
     Secret {

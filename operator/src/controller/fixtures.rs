@@ -97,6 +97,7 @@ pub fn world() -> World {
                 ("tls.crt", leaf.cert_pem.as_bytes()),
                 ("tls.key", leaf.key_pem.as_bytes()),
                 ("ca.crt", ca.cert_pem.as_bytes()),
+                ("client-cas.crt", ca.cert_pem.as_bytes()),
                 ("ssh_host_ed25519_key", ed.as_bytes()),
                 ("ssh_host_ecdsa_key", ec.as_bytes()),
             ],

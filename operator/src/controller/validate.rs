@@ -622,10 +622,18 @@ mod tests {
                 "endpoint-backend.key",
                 "hostkey-ecdsa-p256",
                 "hostkey-ed25519",
+                "keyring-keys-client-ca.crt",
                 "keyring-keys.crt",
                 "keyring-keys.key"
             ]
         );
+        // Trusted client CAs pass into the bundle with the certificate.
+        let kr = &b.config.key_rings[0];
+        assert_eq!(
+            kr.client_ca_file.as_deref(),
+            Some("keyring-keys-client-ca.crt")
+        );
+        assert_eq!(kr.backend_ca_file, None);
         let c = &b.config;
         assert_eq!(c.listeners[0].address, "0.0.0.0:2222");
         assert_eq!(
