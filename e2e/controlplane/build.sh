@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the pinned control plane (kube-apiserver, kube-controller-manager, kubectl, etcd) from
-# Go modules and prints the directory that holds the binaries.
+# Builds the pinned control plane (kube-apiserver, kube-controller-manager, kubectl, etcd) and
+# helm from Go modules and prints the directory that holds the binaries.
 #
 # The versions are pinned by kubernetes/go.mod + go.sum and etcd/go.mod + go.sum. The binaries
 # are cached outside the checkout, under a key made of those files, this script and the Go
@@ -11,13 +11,14 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 k8s_version="v1.33.13"
+helm_version="v3.22.0"
 cache_root="${PORTCULLIS_CACHE:-$HOME/.cache/portcullis}/controlplane"
 
 key="$( { cat "$here/build.sh" "$here/kubernetes/go.mod" "$here/kubernetes/go.sum" \
             "$here/kubernetes/tools.go" "$here/etcd/go.mod" "$here/etcd/go.sum" \
-            "$here/etcd/main.go"; go version; } | sha256sum | cut -c1-16)"
+            "$here/etcd/main.go"; echo "helm $helm_version"; go version; } | sha256sum | cut -c1-16)"
 out="$cache_root/$key"
-bins=(kube-apiserver kube-controller-manager kubectl etcd)
+bins=(kube-apiserver kube-controller-manager kubectl etcd helm)
 
 complete() {
   [[ -f "$out/.complete" ]] || return 1
@@ -48,6 +49,9 @@ ldflags+=" -X k8s.io/client-go/pkg/version.gitMinor=33"
   k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kubectl)
 (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$out/bin/etcd" .)
+# helm pins itself: `go install module@version` builds with that release's own go.mod/go.sum.
+(cd "$here" && GOBIN="$out/bin" GOFLAGS= go install -trimpath \
+  -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version" "helm.sh/helm/v3/cmd/helm@$helm_version")
 touch "$out/.complete"
 echo "control plane built in $((SECONDS - start)) s" >&2
 echo "$out/bin"

@@ -392,6 +392,16 @@ fn tcp(port: i32, end: Option<i32>) -> NetworkPolicyPort {
     }
 }
 
+fn ip_peer(cidr: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: cidr.to_owned(),
+            except: None,
+        }),
+        ..Default::default()
+    }
+}
+
 fn network_policy(gw: &TransferGateway, bundle: &Bundle) -> NetworkPolicy {
     let spec = &gw.spec;
     let mut ingress: Vec<NetworkPolicyIngressRule> = spec
@@ -409,17 +419,7 @@ fn network_policy(gw: &TransferGateway, bundle: &Bundle) -> NetworkPolicy {
                 ports.push(tcp(r.min, Some(r.max)));
             }
             NetworkPolicyIngressRule {
-                from: Some(
-                    from.into_iter()
-                        .map(|c| NetworkPolicyPeer {
-                            ip_block: Some(IPBlock {
-                                cidr: c.clone(),
-                                except: None,
-                            }),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
+                from: Some(from.into_iter().map(|c| ip_peer(c)).collect()),
                 ports: Some(ports),
             }
         })
@@ -440,18 +440,7 @@ fn network_policy(gw: &TransferGateway, bundle: &Bundle) -> NetworkPolicy {
     let mut egress: Vec<NetworkPolicyEgressRule> = by_port
         .into_iter()
         .map(|(port, cidrs)| NetworkPolicyEgressRule {
-            to: Some(
-                cidrs
-                    .into_iter()
-                    .map(|c| NetworkPolicyPeer {
-                        ip_block: Some(IPBlock {
-                            cidr: c.clone(),
-                            except: None,
-                        }),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
+            to: Some(cidrs.into_iter().map(|c| ip_peer(c)).collect()),
             ports: Some(vec![tcp(port, None)]),
         })
         .collect();

@@ -1,0 +1,100 @@
+"""The Helm chart against the real control plane: it installs, its CRDs are the generated ones,
+its Deployment is hardened, and its RBAC is enough for the operator to do its whole job (the
+operator runs here with the chart's ServiceAccount token, not as cluster admin)."""
+
+import json
+import subprocess
+
+import pytest
+
+from harness import ROOT, fresh_dir, keygen, pubkey
+from kube import Cluster, Operator
+
+CHART = ROOT / "charts" / "portcullis"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(fresh_dir("helm-cluster"))
+    yield c
+    c.down()
+
+
+def helm(cluster, *args) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(cluster.bin / "helm"), *args], capture_output=True, text=True, env=cluster.env)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
+    helm(cluster, "lint", str(CHART))
+    helm(cluster, "install", "portcullis", str(CHART), "--namespace", "portcullis-system",
+         "--create-namespace", "--wait=false")
+    ns = "portcullis-system"
+    dep = cluster.get("deployment", "portcullis-operator", ns)
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["args"][0] == "run"
+    assert dep["spec"]["replicas"] == 2
+    # The chart's CRD copies are what the cluster serves (crds/ is installed by cluster.sh;
+    # a unit test keeps the two directories equal).
+    served = json.loads(cluster.kubectl("get", "crd", "transfergateways.portcullis.dev", "-o", "json").stdout)
+    assert served["spec"]["versions"][0]["name"] == "v1alpha1"
+
+    # Run the operator as the chart's ServiceAccount.
+    token = cluster.kubectl("create", "token", "portcullis-operator", "--duration=1h", namespace=ns).stdout.strip()
+    kc = cluster.dir / "operator-sa.kubeconfig"
+    server = [line.split("server:")[1].strip() for line in (cluster.dir / "kubeconfig").read_text().splitlines()
+              if "server:" in line][0]
+    kc.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": server,
+                                               "certificate-authority": str(cluster.dir / "pki" / "ca.crt")}}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa", "namespace": ns}}],
+        "current-context": "c"}))
+    sa_env = dict(cluster.env, KUBECONFIG=str(kc))
+
+    class SaCluster:
+        env = sa_env
+        wait_for = cluster.wait_for
+
+    op = Operator(SaCluster(), fresh_dir("helm-operator") / "operator.log", identity="chart-sa",
+                  lease_namespace=ns)
+    try:
+        cluster.wait_for("the chart operator to lead", op.is_leader, timeout=30)
+        app = cluster.namespace("chart-app")
+        d = fresh_dir("helm-app")
+        cluster.kubectl("create", "secret", "generic", "creds", f"--from-file=ssh-privatekey={keygen(d / 'id')}",
+                        namespace=app)
+        docs = [
+            {"kind": "NetworkZone", "metadata": {"name": "lan"}, "spec": {"cidrs": ["10.0.0.0/8"]}},
+            {"kind": "KeyRing", "metadata": {"name": "keys"}, "spec": {"issuer": {"type": "selfSigned"}}},
+            {"kind": "TransferEndpoint", "metadata": {"name": "backend"},
+             "spec": {"protocol": "sftp", "addresses": [{"host": "10.1.2.3", "port": 22}],
+                      "hostKeys": [pubkey(keygen(d / "hk"))], "username": "u",
+                      "credentials": {"secretName": "creds"}}},
+            {"kind": "TransferRole", "metadata": {"name": "ops"},
+             "spec": {"mounts": [{"path": "/in", "endpoint": "backend", "verbs": ["list"]}]}},
+            {"kind": "TransferUser", "metadata": {"name": "alice"},
+             "spec": {"publicKeys": [pubkey(keygen(d / "u"))], "roles": ["ops"]}},
+            {"kind": "TransferGateway", "metadata": {"name": "gw"},
+             "spec": {"hostKeyRing": "keys", "listeners": [
+                 {"name": "sftp", "protocol": "sftp", "port": 2222, "zones": ["lan"]}]}},
+        ]
+        for doc in docs:
+            cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **doc}, app)
+        cluster.wait_ready("transfergateway", "gw", app)
+        for kind in ["deployment", "service", "networkpolicy", "poddisruptionbudget"]:
+            assert cluster.get(kind, "gw", app) is not None, kind
+        assert cluster.get("lease", "portcullis-operator", ns) is not None
+        # Forbidden errors would have been counted by category.
+        assert op.metric("portcullis_operator_reconcile_errors_total", category="Forbidden") == 0
+        log = op.log.read_text()
+        assert "forbidden" not in log.lower(), log[-2000:]
+    finally:
+        op.stop()
