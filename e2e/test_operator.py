@@ -39,6 +39,9 @@ def credentials_secret(cluster, ns: str, name: str, key_path: Path) -> None:
 
 def test_examples_apply_and_every_object_becomes_ready(cluster, operator):
     ns = cluster.namespace("examples")
+    # The strictest Pod Security Standard: the gateway pods must be admitted under it.
+    cluster.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted",
+                    "pod-security.kubernetes.io/enforce-version=v1.33")
     credentials_secret(cluster, ns, "mainframe-sftp-credentials", keygen(fresh_dir("examples") / "id"))
     cluster.kubectl("apply", "-f", str(ROOT / "examples"), namespace=ns)
     for kind in ["networkzone", "keyring", "transferendpoint", "transferrole", "transferuser",
@@ -192,8 +195,17 @@ def test_built_objects_field_by_field(cluster, operator):
     sa = cluster.get("serviceaccount", "dmz-gateway", ns)
     assert sa["automountServiceAccountToken"] is False
 
-    # The kube-controller-manager turned the Deployment into a ReplicaSet and Pods.
+    # The kube-controller-manager turned the Deployment into a ReplicaSet and Pods, and Pod
+    # Security admission (enforce=restricted on this namespace) admitted them.
     cluster.wait_for("a ReplicaSet", lambda: cluster.items("replicaset", ns))
+    pods = cluster.wait_for("two gateway pods", lambda: [
+        p for p in cluster.items("pod", ns)
+        if p["metadata"]["labels"].get("app.kubernetes.io/instance") == "dmz"] if len([
+            p for p in cluster.items("pod", ns)
+            if p["metadata"]["labels"].get("app.kubernetes.io/instance") == "dmz"]) == 2 else None)
+    assert all(p["spec"]["securityContext"]["runAsUser"] == 65532 for p in pods)
+    rs_events = [e for e in cluster.items("events.events.k8s.io", ns) if "violates PodSecurity" in (e.get("note") or "")]
+    assert not rs_events, rs_events
 
     # The bundle Secret holds a config the gateway binary accepts.
     data = cluster.secret_data("dmz-config", ns)
