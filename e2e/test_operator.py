@@ -198,11 +198,12 @@ def test_built_objects_field_by_field(cluster, operator):
     # The kube-controller-manager turned the Deployment into a ReplicaSet and Pods, and Pod
     # Security admission (enforce=restricted on this namespace) admitted them.
     cluster.wait_for("a ReplicaSet", lambda: cluster.items("replicaset", ns))
-    pods = cluster.wait_for("two gateway pods", lambda: [
-        p for p in cluster.items("pod", ns)
-        if p["metadata"]["labels"].get("app.kubernetes.io/instance") == "dmz"] if len([
-            p for p in cluster.items("pod", ns)
-            if p["metadata"]["labels"].get("app.kubernetes.io/instance") == "dmz"]) == 2 else None)
+    def gateway_pods():
+        pods = [p for p in cluster.items("pod", ns)
+                if p["metadata"]["labels"].get("app.kubernetes.io/instance") == "dmz"]
+        return pods if len(pods) == 2 else None
+
+    pods = cluster.wait_for("two gateway pods", gateway_pods)
     assert all(p["spec"]["securityContext"]["runAsUser"] == 65532 for p in pods)
     rs_events = [e for e in cluster.items("events.events.k8s.io", ns) if "violates PodSecurity" in (e.get("note") or "")]
     assert not rs_events, rs_events
