@@ -127,6 +127,10 @@ def main() -> int:
         print(f"role change → the gateway's config Secret holds it:  {summary(role_lat)}")
         print(f"operator writes: {op.metric('portcullis_operator_writes_total'):.0f}, "
               f"reconciles: {op.metric('portcullis_operator_reconciles_total'):.0f}")
+        for c in ["transfergateway", "transferrole", "transferuser"]:
+            n = op.metric("portcullis_operator_reconcile_duration_seconds_count", controller=c)
+            total = op.metric("portcullis_operator_reconcile_duration_seconds_sum", controller=c)
+            print(f"  {c}: {n:.0f} reconciles, mean {total / max(n, 1) * 1000:.1f} ms each")
     finally:
         op.stop()
         cluster.down()

@@ -39,12 +39,16 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
     let (config_hash, not_after) = match &compiled {
         Ok(bundle) => {
             let o = build::objects(gw, bundle);
-            apply(ctx, &o.service_account).await?;
-            apply(ctx, &o.secret).await?;
-            apply(ctx, &o.deployment).await?;
-            apply(ctx, &o.service).await?;
-            apply(ctx, &o.network_policy).await?;
-            apply(ctx, &o.pdb).await?;
+            // Independent objects: applied concurrently (a Pod that races ahead of its Secret
+            // or ServiceAccount is retried by the kubelet and the ReplicaSet controller).
+            futures::try_join!(
+                apply(ctx, &o.service_account),
+                apply(ctx, &o.secret),
+                apply(ctx, &o.deployment),
+                apply(ctx, &o.service),
+                apply(ctx, &o.network_policy),
+                apply(ctx, &o.pdb),
+            )?;
             (
                 Some(bundle.hash.clone()),
                 bundle.certificate_not_after.clone(),
