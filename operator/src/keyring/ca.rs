@@ -5,7 +5,7 @@ use std::{net::IpAddr, time::Duration};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType,
 };
 use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKey, ssh_key::LineEnding};
 use sha2::{Digest, Sha256};
@@ -22,6 +22,8 @@ pub enum CaError {
     Rcgen(#[from] rcgen::Error),
     #[error("not a PEM X.509 certificate: {0}")]
     BadCertificate(String),
+    #[error("the private key does not belong to the certificate")]
+    KeyMismatch,
     #[error("SSH key generation failed: {0}")]
     Ssh(String),
 }
@@ -132,6 +134,20 @@ pub fn facts(pem: &str) -> Result<CertFacts, CaError> {
         dns_names,
         ip_addresses,
     })
+}
+
+/// Checks that a PEM certificate and private key parse and belong together.
+pub fn check_pair(pair: &Pair) -> Result<(), CaError> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pair.cert_pem.as_bytes())
+        .map_err(|e| CaError::BadCertificate(e.to_string()))?;
+    let cert = p
+        .parse_x509()
+        .map_err(|e| CaError::BadCertificate(e.to_string()))?;
+    let key = KeyPair::from_pem(&pair.key_pem)?;
+    if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+        return Err(CaError::KeyMismatch);
+    }
+    Ok(())
 }
 
 /// When to renew: `renew_before` ahead of notAfter, or a third of the lifetime by default.
@@ -251,6 +267,19 @@ mod tests {
                 rustls::pki_types::UnixTime::now(),
             )
             .unwrap();
+    }
+
+    #[test]
+    fn a_key_from_another_pair_is_refused() {
+        let now = OffsetDateTime::now_utc();
+        let a = new_ca("a", now).unwrap();
+        let b = new_ca("b", now).unwrap();
+        check_pair(&a).unwrap();
+        let mixed = Pair {
+            cert_pem: a.cert_pem,
+            key_pem: b.key_pem,
+        };
+        assert!(matches!(check_pair(&mixed), Err(CaError::KeyMismatch)));
     }
 
     #[test]

@@ -112,188 +112,17 @@ async fn reconcile_inner(kr: &KeyRing, ctx: &Context) -> Result<Action, Error> {
 
     let mut data: BTreeMap<String, ByteString> = BTreeMap::new();
     let mut issuing = false;
-    let outcome: Result<(), NotReady> = async {
-        // SSH host keys: generated once, then kept.
-        if spec.ssh_host_keys {
-            for (key, ecdsa) in [(keys::SSH_ED25519, false), (keys::SSH_ECDSA, true)] {
-                let pem = match text(current, key).filter(|k| ca::host_key_fingerprint(k).is_some())
-                {
-                    Some(k) => k,
-                    None => ca::new_host_key(ecdsa).map_err(|e| NotReady {
-                        reason: "KeyGenerationFailed",
-                        message: e.to_string(),
-                    })?,
-                };
-                data.insert(key.into(), ByteString(pem.into_bytes()));
-            }
-        }
-        // Trusted CAs.
-        for (list, key) in [
-            (&spec.client_cas, keys::CLIENT_CAS),
-            (&spec.backend_cas, keys::BACKEND_CAS),
-        ] {
-            let mut bundle = String::new();
-            for r in list {
-                let s = secrets.get_opt(&r.name).await.map_err(|e| NotReady {
-                    reason: "ApiError",
-                    message: e.to_string(),
-                })?;
-                let Some(pem) = text(s.as_ref(), &r.key) else {
-                    return Err(NotReady {
-                        reason: "SecretNotFound",
-                        message: format!(
-                            "trusted CA Secret {} (key {}) does not exist",
-                            r.name, r.key
-                        ),
-                    });
-                };
-                ca::facts(&pem).map_err(|e| NotReady {
-                    reason: "InvalidCertificate",
-                    message: format!("Secret {} key {}: {e}", r.name, r.key),
-                })?;
-                bundle.push_str(&pem);
-            }
-            if !bundle.is_empty() {
-                data.insert(key.into(), ByteString(bundle.into_bytes()));
-            }
-        }
-        // The certificate.
-        let issued_for = format!(
-            "{:?}|{:?}|{:?}|{:?}",
-            spec.issuer, spec.dns_names, spec.ip_addresses, spec.duration
-        );
-        let signer = match spec.issuer.type_ {
-            IssuerType::TlsSecret => {
-                let name = spec.issuer.secret_name.clone().unwrap_or_default();
-                let src = secrets.get_opt(&name).await.map_err(|e| NotReady {
-                    reason: "ApiError",
-                    message: e.to_string(),
-                })?;
-                let (Some(crt), Some(key)) =
-                    (text(src.as_ref(), "tls.crt"), text(src.as_ref(), "tls.key"))
-                else {
-                    return Err(NotReady {
-                        reason: "SecretNotFound",
-                        message: format!(
-                            "TLS Secret {name} does not exist or lacks tls.crt/tls.key"
-                        ),
-                    });
-                };
-                let f = ca::facts(&crt).map_err(|e| NotReady {
-                    reason: "InvalidCertificate",
-                    message: format!("Secret {name}: {e}"),
-                })?;
-                if f.not_after <= now.unix_timestamp() {
-                    return Err(NotReady {
-                        reason: "Expired",
-                        message: format!(
-                            "the certificate in Secret {name} expired at {}",
-                            rfc3339(f.not_after)
-                        ),
-                    });
-                }
-                data.insert("tls.crt".into(), ByteString(crt.into_bytes()));
-                data.insert("tls.key".into(), ByteString(key.into_bytes()));
-                if let Some(ca) = text(src.as_ref(), "ca.crt") {
-                    data.insert("ca.crt".into(), ByteString(ca.into_bytes()));
-                }
-                return Ok(());
-            }
-            IssuerType::Ca => {
-                let name = spec.issuer.secret_name.clone().unwrap_or_default();
-                let src = secrets.get_opt(&name).await.map_err(|e| NotReady {
-                    reason: "ApiError",
-                    message: e.to_string(),
-                })?;
-                let (Some(cert_pem), Some(key_pem)) =
-                    (text(src.as_ref(), "tls.crt"), text(src.as_ref(), "tls.key"))
-                else {
-                    return Err(NotReady {
-                        reason: "SecretNotFound",
-                        message: format!(
-                            "CA Secret {name} does not exist or lacks tls.crt/tls.key"
-                        ),
-                    });
-                };
-                ca::Pair { cert_pem, key_pem }
-            }
-            IssuerType::SelfSigned => {
-                let name = ca_secret_name(kr);
-                let existing = secrets.get_opt(&name).await.map_err(|e| NotReady {
-                    reason: "ApiError",
-                    message: e.to_string(),
-                })?;
-                match (
-                    text(existing.as_ref(), "tls.crt"),
-                    text(existing.as_ref(), "tls.key"),
-                ) {
-                    (Some(cert_pem), Some(key_pem)) => ca::Pair { cert_pem, key_pem },
-                    _ => {
-                        let pair =
-                            ca::new_ca(&format!("portcullis {ns}/{} CA", kr.name_any()), now)
-                                .map_err(|e| NotReady {
-                                    reason: "IssueFailed",
-                                    message: e.to_string(),
-                                })?;
-                        let s = Secret {
-                            metadata: owned_meta(kr, name),
-                            type_: Some("kubernetes.io/tls".into()),
-                            data: Some(BTreeMap::from([
-                                (
-                                    "tls.crt".into(),
-                                    ByteString(pair.cert_pem.clone().into_bytes()),
-                                ),
-                                (
-                                    "tls.key".into(),
-                                    ByteString(pair.key_pem.clone().into_bytes()),
-                                ),
-                            ])),
-                            ..Default::default()
-                        };
-                        apply(ctx, &s).await.map_err(|e| NotReady {
-                            reason: "ApiError",
-                            message: e.to_string(),
-                        })?;
-                        pair
-                    }
-                }
-            }
-        };
-        let leaf = text(current, "tls.crt").zip(text(current, "tls.key"));
-        let still_good = leaf
-            .as_ref()
-            .and_then(|(crt, _)| ca::facts(crt).ok())
-            .is_some_and(|f| {
-                now.unix_timestamp() < ca::renewal_time(&f, renew_before)
-                    && current.and_then(|s| s.annotations().get(ISSUED_FOR)) == Some(&issued_for)
-                    && text(current, "ca.crt").as_deref() == Some(signer.cert_pem.as_str())
-            });
-        let (crt, key) = match leaf.filter(|_| still_good) {
-            Some(pair) => pair,
-            None => {
-                issuing = true;
-                set_issuing(ctx, kr).await;
-                let p = ca::issue_leaf(
-                    &signer,
-                    &kr.name_any(),
-                    &spec.dns_names,
-                    &spec.ip_addresses,
-                    now,
-                    lifetime,
-                )
-                .map_err(|e| NotReady {
-                    reason: "IssueFailed",
-                    message: e.to_string(),
-                })?;
-                (p.cert_pem, p.key_pem)
-            }
-        };
-        data.insert("tls.crt".into(), ByteString(crt.into_bytes()));
-        data.insert("tls.key".into(), ByteString(key.into_bytes()));
-        data.insert("ca.crt".into(), ByteString(signer.cert_pem.into_bytes()));
-        Ok(())
-    }
-    .await;
+    let outcome = gather(
+        kr,
+        ctx,
+        &secrets,
+        current,
+        now,
+        (lifetime, renew_before),
+        &mut data,
+        &mut issuing,
+    )
+    .await?;
 
     let old = kr.status.clone().unwrap_or_default();
     let generation = kr.meta().generation;
@@ -305,11 +134,7 @@ async fn reconcile_inner(kr: &KeyRing, ctx: &Context) -> Result<Action, Error> {
     let (ok, reason, message) = match outcome {
         Ok(()) => {
             let mut meta = owned_meta(kr, secret_name(kr));
-            let issued_for = format!(
-                "{:?}|{:?}|{:?}|{:?}",
-                spec.issuer, spec.dns_names, spec.ip_addresses, spec.duration
-            );
-            meta.annotations = Some(BTreeMap::from([(ISSUED_FOR.to_owned(), issued_for)]));
+            meta.annotations = Some(BTreeMap::from([(ISSUED_FOR.to_owned(), issued_for(kr))]));
             let facts = ca::facts(&String::from_utf8_lossy(&data["tls.crt"].0))?;
             let secret = Secret {
                 metadata: meta,
@@ -397,6 +222,195 @@ async fn reconcile_inner(kr: &KeyRing, ctx: &Context) -> Result<Action, Error> {
         }
     }
     Ok(Action::requeue(requeue))
+}
+
+/// What a leaf is issued for: a change re-issues it.
+fn issued_for(kr: &KeyRing) -> String {
+    let s = &kr.spec;
+    format!(
+        "{:?}|{:?}|{:?}|{:?}",
+        s.issuer, s.dns_names, s.ip_addresses, s.duration
+    )
+}
+
+fn not_ready(reason: &'static str, message: String) -> NotReady {
+    NotReady { reason, message }
+}
+
+/// A `tls.crt`/`tls.key` pair from Secret `name`, checked to parse and to belong together.
+async fn tls_pair(secrets: &Api<Secret>, name: &str) -> Result<Result<ca::Pair, NotReady>, Error> {
+    let src = secrets.get_opt(name).await.map_err(Error::Kube)?;
+    let (Some(cert_pem), Some(key_pem)) =
+        (text(src.as_ref(), "tls.crt"), text(src.as_ref(), "tls.key"))
+    else {
+        return Ok(Err(not_ready(
+            "SecretNotFound",
+            format!("Secret {name} does not exist or lacks tls.crt/tls.key"),
+        )));
+    };
+    let pair = ca::Pair { cert_pem, key_pem };
+    Ok(ca::check_pair(&pair)
+        .map(|()| pair)
+        .map_err(|e| not_ready("InvalidCertificate", format!("Secret {name}: {e}"))))
+}
+
+/// Gathers the key ring Secret's contents into `data`: host keys (kept), trusted CAs, and the
+/// certificate (kept, issued or passed on). API failures are errors (retried); everything
+/// else that makes the key ring unusable is a [`NotReady`] for the status.
+#[allow(clippy::too_many_arguments)]
+async fn gather(
+    kr: &KeyRing,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    current: Option<&Secret>,
+    now: OffsetDateTime,
+    (lifetime, renew_before): (Duration, Option<Duration>),
+    data: &mut BTreeMap<String, ByteString>,
+    issuing: &mut bool,
+) -> Result<Result<(), NotReady>, Error> {
+    let spec = &kr.spec;
+    let mut put = |k: &str, v: String| {
+        data.insert(k.to_owned(), ByteString(v.into_bytes()));
+    };
+    // SSH host keys: generated once, then kept.
+    if spec.ssh_host_keys {
+        for (key, ecdsa) in [(keys::SSH_ED25519, false), (keys::SSH_ECDSA, true)] {
+            let pem = match text(current, key).filter(|k| ca::host_key_fingerprint(k).is_some()) {
+                Some(k) => k,
+                None => ca::new_host_key(ecdsa)?,
+            };
+            put(key, pem);
+        }
+    }
+    // Trusted CAs.
+    for (list, key) in [
+        (&spec.client_cas, keys::CLIENT_CAS),
+        (&spec.backend_cas, keys::BACKEND_CAS),
+    ] {
+        let mut bundle = String::new();
+        for r in list {
+            let s = secrets.get_opt(&r.name).await.map_err(Error::Kube)?;
+            let Some(pem) = text(s.as_ref(), &r.key) else {
+                return Ok(Err(not_ready(
+                    "SecretNotFound",
+                    format!(
+                        "trusted CA Secret {} (key {}) does not exist",
+                        r.name, r.key
+                    ),
+                )));
+            };
+            if let Err(e) = ca::facts(&pem) {
+                return Ok(Err(not_ready(
+                    "InvalidCertificate",
+                    format!("Secret {} key {}: {e}", r.name, r.key),
+                )));
+            }
+            bundle.push_str(&pem);
+        }
+        if !bundle.is_empty() {
+            put(key, bundle);
+        }
+    }
+    // The certificate.
+    let source = spec.issuer.secret_name.clone().unwrap_or_default();
+    let signer = match spec.issuer.type_ {
+        IssuerType::TlsSecret => {
+            let pair = match tls_pair(secrets, &source).await? {
+                Ok(p) => p,
+                Err(nr) => return Ok(Err(nr)),
+            };
+            let f = ca::facts(&pair.cert_pem)?;
+            if f.not_after <= now.unix_timestamp() {
+                return Ok(Err(not_ready(
+                    "Expired",
+                    format!(
+                        "the certificate in Secret {source} expired at {}",
+                        rfc3339(f.not_after)
+                    ),
+                )));
+            }
+            let src = secrets.get_opt(&source).await.map_err(Error::Kube)?;
+            if let Some(ca) = text(src.as_ref(), "ca.crt") {
+                put("ca.crt", ca);
+            }
+            put("tls.crt", pair.cert_pem);
+            put("tls.key", pair.key_pem);
+            return Ok(Ok(()));
+        }
+        IssuerType::Ca => match tls_pair(secrets, &source).await? {
+            Ok(p) => p,
+            Err(nr) => return Ok(Err(nr)),
+        },
+        IssuerType::SelfSigned => {
+            let name = ca_secret_name(kr);
+            let existing = secrets.get_opt(&name).await.map_err(Error::Kube)?;
+            match (
+                text(existing.as_ref(), "tls.crt"),
+                text(existing.as_ref(), "tls.key"),
+            ) {
+                (Some(cert_pem), Some(key_pem)) => ca::Pair { cert_pem, key_pem },
+                _ => {
+                    let pair = ca::new_ca(
+                        &format!(
+                            "portcullis {}/{} CA",
+                            kr.namespace().unwrap_or_default(),
+                            kr.name_any()
+                        ),
+                        now,
+                    )?;
+                    let s = Secret {
+                        metadata: owned_meta(kr, name),
+                        type_: Some("kubernetes.io/tls".into()),
+                        data: Some(BTreeMap::from([
+                            (
+                                "tls.crt".into(),
+                                ByteString(pair.cert_pem.clone().into_bytes()),
+                            ),
+                            (
+                                "tls.key".into(),
+                                ByteString(pair.key_pem.clone().into_bytes()),
+                            ),
+                        ])),
+                        ..Default::default()
+                    };
+                    apply(ctx, &s).await?;
+                    pair
+                }
+            }
+        }
+    };
+    let leaf = text(current, "tls.crt").zip(text(current, "tls.key"));
+    let still_good = leaf
+        .as_ref()
+        .and_then(|(crt, _)| ca::facts(crt).ok())
+        .is_some_and(|f| {
+            now.unix_timestamp() < ca::renewal_time(&f, renew_before)
+                && current.and_then(|s| s.annotations().get(ISSUED_FOR)) == Some(&issued_for(kr))
+                && text(current, "ca.crt").as_deref() == Some(signer.cert_pem.as_str())
+        });
+    let (crt, key) = match leaf.filter(|_| still_good) {
+        Some(pair) => pair,
+        None => {
+            *issuing = true;
+            set_issuing(ctx, kr).await;
+            let p = match ca::issue_leaf(
+                &signer,
+                &kr.name_any(),
+                &spec.dns_names,
+                &spec.ip_addresses,
+                now,
+                lifetime,
+            ) {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(not_ready("IssueFailed", e.to_string()))),
+            };
+            (p.cert_pem, p.key_pem)
+        }
+    };
+    put("tls.crt", crt);
+    put("tls.key", key);
+    put("ca.crt", signer.cert_pem);
+    Ok(Ok(()))
 }
 
 /// Marks the key ring Issuing while a certificate is being made.
