@@ -1,0 +1,13 @@
+//! The FTP control protocol without I/O: bytes in, commands out; replies in, bytes out. Tests
+//! and fuzz targets drive it directly (the FTPS front end wraps it around sockets).
+//!
+//! Covers RFC 959 (base), 2228 (`AUTH`/`PBSZ`/`PROT`/`CCC`), 2389 (`FEAT`/`OPTS`), 2428
+//! (`EPRT`/`EPSV`), 3659 (`SIZE`/`MDTM`/`MLST`/`MLSD`) and 4217 (FTP over TLS).
+
+mod command;
+mod line;
+mod reply;
+
+pub use command::{Command, HostPort, ParseError, ProtLevel, parse};
+pub use line::{LineError, LineReader, MAX_LINE};
+pub use reply::Reply;
