@@ -5,9 +5,11 @@
 //! (`EPRT`/`EPSV`), 3659 (`SIZE`/`MDTM`/`MLST`/`MLSD`) and 4217 (FTP over TLS).
 
 mod command;
+mod control;
 mod line;
 mod reply;
 
 pub use command::{Command, HostPort, ParseError, ProtLevel, parse};
+pub use control::{Action, Control, Protection, Start};
 pub use line::{LineError, LineReader, MAX_LINE};
 pub use reply::Reply;

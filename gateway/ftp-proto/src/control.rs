@@ -1,0 +1,442 @@
+//! The control connection as a state machine whose states are types: each holds only what is
+//! valid in it. It decides the protocol's own rules (TLS before login, `PBSZ`/`PROT P` before
+//! data, command order) and hands the rest to the session as [`Action`]s. It never touches a
+//! socket, a file or a password check.
+
+use crate::{Command, LineError, ParseError, ProtLevel, Reply};
+
+/// How the listener started the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Explicit FTPS: a cleartext greeting, then `AUTH TLS` before anything else.
+    Explicit,
+    /// Implicit FTPS: the TLS handshake came first.
+    Implicit,
+}
+
+/// What the session must do after a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send this reply.
+    Reply(Reply),
+    /// Send `234`, then drop every byte already buffered (cleartext pipelined after `AUTH`
+    /// could be a man in the middle's injection) and run the TLS handshake.
+    StartTls(Reply),
+    /// Check these credentials, then call [`Control::login_result`]. The password is only
+    /// ever handed over here, never logged.
+    Authenticate { user: String, password: String },
+    /// A command for a logged-in user with the data channel protected; the session
+    /// authorizes and runs it.
+    Forward(Command),
+    /// Refused before login or TLS, for the audit log: the verb and the reply code sent.
+    Refused { verb: &'static str, code: u16 },
+    /// Send the reply, then close the connection.
+    Close(Reply),
+}
+
+/// The data channel protection negotiated so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Protection {
+    pub pbsz: bool,
+    pub private: bool,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Explicit FTPS before `AUTH TLS`: nothing but `AUTH`, `FEAT`, `SYST`, `NOOP`, `HELP`,
+    /// `QUIT`.
+    Cleartext,
+    /// TLS is up; no user yet.
+    Secured {
+        prot: Protection,
+    },
+    /// `USER` was given.
+    User {
+        prot: Protection,
+        user: String,
+    },
+    /// `PASS` was handed to the session; waiting for [`Control::login_result`].
+    Checking {
+        prot: Protection,
+        user: String,
+    },
+    LoggedIn {
+        prot: Protection,
+        user: String,
+    },
+}
+
+/// One control connection.
+#[derive(Debug)]
+pub struct Control {
+    state: State,
+}
+
+/// Commands that open a data connection or use one.
+fn is_data(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::Pasv
+            | Command::Epsv { .. }
+            | Command::Port(_)
+            | Command::Eprt(_)
+            | Command::List(_)
+            | Command::Nlst(_)
+            | Command::Mlsd(_)
+            | Command::Retr(_)
+            | Command::Stor(_)
+            | Command::Stou
+            | Command::Appe(_)
+    )
+}
+
+fn reply(code: u16, text: &str) -> Action {
+    Action::Reply(Reply::new(code, text))
+}
+
+impl Control {
+    pub fn new(start: Start) -> Control {
+        Control {
+            state: match start {
+                Start::Explicit => State::Cleartext,
+                Start::Implicit => State::Secured {
+                    prot: Protection::default(),
+                },
+            },
+        }
+    }
+
+    /// The greeting for a new connection.
+    pub fn greeting(&self) -> Reply {
+        Reply::new(220, "Portcullis FTPS gateway ready")
+    }
+
+    /// Whether the control connection is under TLS.
+    pub fn secured(&self) -> bool {
+        !matches!(self.state, State::Cleartext)
+    }
+
+    /// The logged-in user.
+    pub fn user(&self) -> Option<&str> {
+        match &self.state {
+            State::LoggedIn { user, .. } => Some(user),
+            _ => None,
+        }
+    }
+
+    /// A line that could not be read: the session stays.
+    pub fn on_line_error(&mut self, e: LineError) -> Vec<Action> {
+        vec![match e {
+            LineError::TooLong => reply(500, "Line too long"),
+            LineError::Nul => reply(501, "NUL in command"),
+        }]
+    }
+
+    /// A line that did not parse: the precise code, and the session stays.
+    pub fn on_parse_error(&mut self, e: &ParseError) -> Vec<Action> {
+        vec![Action::Reply(Reply::new(e.code(), e.message()))]
+    }
+
+    /// The TLS handshake after `AUTH TLS` succeeded.
+    pub fn tls_established(&mut self) {
+        if matches!(self.state, State::Cleartext) {
+            self.state = State::Secured {
+                prot: Protection::default(),
+            };
+        }
+    }
+
+    /// The answer to [`Action::Authenticate`].
+    pub fn login_result(&mut self, ok: bool) -> Vec<Action> {
+        match std::mem::replace(&mut self.state, State::Cleartext) {
+            State::Checking { prot, user } if ok => {
+                self.state = State::LoggedIn { prot, user };
+                vec![reply(230, "Logged in")]
+            }
+            State::Checking { prot, .. } => {
+                self.state = State::Secured { prot };
+                vec![reply(530, "Login incorrect")]
+            }
+            other => {
+                self.state = other;
+                vec![]
+            }
+        }
+    }
+
+    /// One parsed command.
+    pub fn on_command(&mut self, cmd: Command) -> Vec<Action> {
+        use Command::*;
+        // Valid in every state.
+        match &cmd {
+            Quit => return vec![Action::Close(Reply::new(221, "Goodbye"))],
+            Noop => return vec![reply(200, "OK")],
+            Syst => return vec![reply(215, "UNIX Type: L8")],
+            Feat => return vec![Action::Reply(features())],
+            Help(_) => return vec![reply(214, "See RFC 959, 2228, 2428, 3659 and 4217")],
+            Ccc => {
+                // Dropping back to a cleartext control channel is never allowed.
+                return vec![
+                    reply(533, "CCC is refused: the control channel stays encrypted"),
+                    Action::Refused {
+                        verb: "CCC",
+                        code: 533,
+                    },
+                ];
+            }
+            _ => {}
+        }
+        let state = std::mem::replace(&mut self.state, State::Cleartext);
+        let (state, actions) = match state {
+            State::Cleartext => match cmd {
+                Auth(m) if m == "TLS" || m == "TLS-C" || m == "SSL" => (
+                    State::Cleartext,
+                    vec![Action::StartTls(Reply::new(
+                        234,
+                        "Proceed with TLS negotiation",
+                    ))],
+                ),
+                Auth(_) => (
+                    State::Cleartext,
+                    vec![reply(504, "Only AUTH TLS is supported")],
+                ),
+                other => {
+                    let v = other.verb();
+                    (
+                        State::Cleartext,
+                        vec![
+                            reply(530, "Cleartext is not accepted: send AUTH TLS first"),
+                            Action::Refused { verb: v, code: 530 },
+                        ],
+                    )
+                }
+            },
+            State::Secured { prot } => match cmd {
+                User(u) => (
+                    State::User { prot, user: u },
+                    vec![reply(331, "Password required")],
+                ),
+                Pass(_) => (State::Secured { prot }, vec![reply(503, "Send USER first")]),
+                other => {
+                    let (prot, a) = protection(prot, other, false);
+                    (State::Secured { prot }, a)
+                }
+            },
+            State::User { prot, user } => match cmd {
+                Pass(p) => (
+                    State::Checking {
+                        prot,
+                        user: user.clone(),
+                    },
+                    vec![Action::Authenticate { user, password: p }],
+                ),
+                User(u) => (
+                    State::User { prot, user: u },
+                    vec![reply(331, "Password required")],
+                ),
+                other => {
+                    let (prot, a) = protection(prot, other, false);
+                    (State::User { prot, user }, a)
+                }
+            },
+            State::Checking { prot, user } => (
+                State::Checking { prot, user },
+                vec![reply(503, "Login in progress")],
+            ),
+            State::LoggedIn { prot, user } => match cmd {
+                User(_) | Pass(_) => (
+                    State::LoggedIn { prot, user },
+                    vec![reply(503, "Already logged in")],
+                ),
+                other => {
+                    let (prot, a) = protection(prot, other, true);
+                    (State::LoggedIn { prot, user }, a)
+                }
+            },
+        };
+        self.state = state;
+        actions
+    }
+}
+
+/// The rules after TLS: `AUTH` again is out of order, `PBSZ 0` then `PROT P` protect the
+/// data channel, and no data command runs without them.
+fn protection(mut prot: Protection, cmd: Command, logged_in: bool) -> (Protection, Vec<Action>) {
+    use Command::*;
+    let actions = match cmd {
+        Auth(_) => vec![reply(503, "TLS is already established")],
+        Pbsz(_) => {
+            // Under TLS the only buffer size is 0 (RFC 4217 §9).
+            prot.pbsz = true;
+            vec![reply(200, "PBSZ=0")]
+        }
+        Prot(_) if !prot.pbsz => vec![reply(503, "Send PBSZ 0 first")],
+        Prot(ProtLevel::Private) => {
+            prot.private = true;
+            vec![reply(200, "Protection level set to Private")]
+        }
+        Prot(_) => vec![
+            reply(
+                534,
+                "Only PROT P is allowed: data connections are always encrypted",
+            ),
+            Action::Refused {
+                verb: "PROT",
+                code: 534,
+            },
+        ],
+        c if !logged_in => {
+            let v = c.verb();
+            vec![
+                reply(530, "Please log in with USER and PASS"),
+                Action::Refused { verb: v, code: 530 },
+            ]
+        }
+        c if is_data(&c) && !(prot.pbsz && prot.private) => {
+            let v = c.verb();
+            vec![
+                reply(
+                    521,
+                    "Data connections must be protected: send PBSZ 0 and PROT P first",
+                ),
+                Action::Refused { verb: v, code: 521 },
+            ]
+        }
+        c => vec![Action::Forward(c)],
+    };
+    (prot, actions)
+}
+
+fn features() -> Reply {
+    Reply::multi(
+        211,
+        [
+            "Features:",
+            "AUTH TLS",
+            "PBSZ",
+            "PROT",
+            "EPSV",
+            "EPRT",
+            "MDTM",
+            "SIZE",
+            "MLST type*;size*;modify*;",
+            "REST STREAM",
+            "UTF8",
+            "End",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse;
+
+    fn run(c: &mut Control, line: &str) -> Vec<Action> {
+        match parse(line) {
+            Ok(cmd) => c.on_command(cmd),
+            Err(e) => c.on_parse_error(&e),
+        }
+    }
+
+    fn codes(actions: &[Action]) -> Vec<u16> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Reply(r) | Action::StartTls(r) | Action::Close(r) => Some(r.code),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn no_cleartext_login_ever() {
+        let mut c = Control::new(Start::Explicit);
+        for line in [
+            "USER alice",
+            "PASS secret",
+            "LIST",
+            "PBSZ 0",
+            "PROT P",
+            "RETR x",
+        ] {
+            let a = run(&mut c, line);
+            assert_eq!(codes(&a), [530], "{line}");
+            assert!(
+                a.iter()
+                    .any(|a| matches!(a, Action::Refused { code: 530, .. }))
+            );
+            assert!(!a.iter().any(|a| matches!(a, Action::Authenticate { .. })));
+        }
+        assert!(!c.secured());
+    }
+
+    #[test]
+    fn explicit_then_login_then_protected_data() {
+        let mut c = Control::new(Start::Explicit);
+        assert!(matches!(run(&mut c, "AUTH TLS")[..], [Action::StartTls(ref r)] if r.code == 234));
+        c.tls_established();
+        assert!(c.secured());
+        assert_eq!(codes(&run(&mut c, "USER alice")), [331]);
+        let a = run(&mut c, "PASS s3cret");
+        assert_eq!(
+            a,
+            [Action::Authenticate {
+                user: "alice".into(),
+                password: "s3cret".into()
+            }]
+        );
+        assert_eq!(codes(&run(&mut c, "NOOP")), [200]);
+        assert_eq!(codes(&c.login_result(true)), [230]);
+        assert_eq!(c.user(), Some("alice"));
+        // Data before PBSZ/PROT: 521; PROT before PBSZ: 503; PROT C: 534.
+        assert_eq!(codes(&run(&mut c, "PASV")), [521]);
+        assert_eq!(codes(&run(&mut c, "PROT P")), [503]);
+        assert_eq!(codes(&run(&mut c, "PBSZ 0")), [200]);
+        assert_eq!(codes(&run(&mut c, "PROT C")), [534]);
+        assert_eq!(codes(&run(&mut c, "EPSV")), [521]);
+        assert_eq!(codes(&run(&mut c, "PROT P")), [200]);
+        assert_eq!(
+            run(&mut c, "RETR /in/a.txt"),
+            [Action::Forward(Command::Retr("/in/a.txt".into()))]
+        );
+        // Non-data commands never needed protection.
+        assert_eq!(run(&mut c, "PWD"), [Action::Forward(Command::Pwd)]);
+    }
+
+    #[test]
+    fn implicit_starts_secured_and_a_failed_login_can_retry() {
+        let mut c = Control::new(Start::Implicit);
+        assert!(c.secured());
+        assert_eq!(codes(&run(&mut c, "PASS x")), [503]);
+        run(&mut c, "USER bob");
+        run(&mut c, "PASS wrong");
+        assert_eq!(codes(&c.login_result(false)), [530]);
+        assert_eq!(c.user(), None);
+        assert_eq!(codes(&run(&mut c, "LIST")), [530]);
+        run(&mut c, "USER bob");
+        run(&mut c, "PASS right");
+        assert_eq!(codes(&c.login_result(true)), [230]);
+    }
+
+    #[test]
+    fn ccc_is_refused_everywhere_and_the_session_stays() {
+        for start in [Start::Explicit, Start::Implicit] {
+            let mut c = Control::new(start);
+            assert_eq!(codes(&run(&mut c, "CCC")), [533]);
+            assert_eq!(codes(&run(&mut c, "NOOP")), [200]);
+        }
+    }
+
+    #[test]
+    fn malformed_commands_get_a_code_and_the_session_stays() {
+        let mut c = Control::new(Start::Implicit);
+        assert_eq!(codes(&run(&mut c, "FROB")), [500]);
+        assert_eq!(codes(&run(&mut c, "PORT 1,2")), [501]);
+        assert_eq!(codes(&c.on_line_error(LineError::TooLong)), [500]);
+        assert_eq!(codes(&run(&mut c, "QUIT")), [221]);
+    }
+}
