@@ -6,10 +6,14 @@
 
 mod command;
 mod control;
+mod data;
 mod line;
 mod reply;
 
 pub use command::{Command, HostPort, ParseError, ProtLevel, parse};
 pub use control::{Action, Control, Protection, Start};
+pub use data::{
+    ActiveRefusal, PassivePorts, check_active, epsv_reply, passive_peer_ok, pasv_reply,
+};
 pub use line::{LineError, LineReader, MAX_LINE};
 pub use reply::Reply;
