@@ -1,11 +1,13 @@
 //! TLS key material from key rings: the certificate chain and key a TLS front end presents,
 //! checked at load (the key must match the leaf), with the identity used in audit records.
 
-use std::sync::Arc;
+use std::{fmt, sync::Arc};
 
 use portcullis_config::KeyRingFiles;
 use rustls::{
+    ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
 use sha2::{Digest, Sha256};
@@ -50,4 +52,133 @@ fn load_certs(file: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     CertificateDer::pem_file_iter(file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("{file}: {e}"))
+}
+
+/// Picks the certificate for each new TLS handshake from whatever the runtime holds *now*, so
+/// a renewed key ring is served on the next connection while open ones keep theirs.
+pub struct LiveCert {
+    current: Box<dyn Fn() -> Option<Arc<CertifiedKey>> + Send + Sync>,
+}
+
+impl LiveCert {
+    /// `current` looks the key ring up in the runtime in force, e.g.
+    /// `move || shared.runtime.load().certificates.get(&name).map(|c| c.certified.clone())`.
+    pub fn new(current: impl Fn() -> Option<Arc<CertifiedKey>> + Send + Sync + 'static) -> Self {
+        LiveCert {
+            current: Box::new(current),
+        }
+    }
+}
+
+impl fmt::Debug for LiveCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LiveCert")
+    }
+}
+
+impl ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // None fails the handshake: without a usable certificate there is no service.
+        (self.current)()
+    }
+}
+
+/// A TLS server config on aws-lc-rs: TLS 1.3 preferred, TLS 1.2 allowed only when
+/// `allow_tls12`, certificates from `certs`.
+pub fn server_config(
+    certs: LiveCert,
+    allow_tls12: bool,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = if allow_tls12 {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(certs));
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use arc_swap::ArcSwapOption;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConnection};
+
+    use super::*;
+
+    fn issue(
+        ca: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    ) -> (Arc<CertifiedKey>, CertificateDer<'static>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["gw.test".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, ca).unwrap();
+        let der = cert.der().clone();
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let key_der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let ck = CertifiedKey::from_der(vec![der.clone()], key_der, &provider).unwrap();
+        (Arc::new(ck), der)
+    }
+
+    /// A full in-memory handshake; returns the certificate the server presented.
+    fn handshake(
+        server: &Arc<ServerConfig>,
+        client: &Arc<ClientConfig>,
+    ) -> CertificateDer<'static> {
+        let mut c = ClientConnection::new(client.clone(), "gw.test".try_into().unwrap()).unwrap();
+        let mut s = ServerConnection::new(server.clone()).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            s.process_new_packets().unwrap();
+            let mut back = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut back).unwrap();
+            }
+            c.read_tls(&mut back.as_slice()).unwrap();
+            c.process_new_packets().unwrap();
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+        }
+        assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+        c.peer_certificates().unwrap()[0].clone().into_owned()
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_served_on_the_next_handshake() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let ca = rcgen::Issuer::new(ca_params, ca_key);
+        let (first, first_der) = issue(&ca);
+        let (second, second_der) = issue(&ca);
+
+        let live = Arc::new(ArcSwapOption::from(Some(first)));
+        let reader = live.clone();
+        let server = server_config(LiveCert::new(move || reader.load_full()), true).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let mut client = ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        // A new client: a full handshake each time (a resumed session would not be shown a
+        // certificate at all).
+        client.resumption = rustls::client::Resumption::disabled();
+        let client = Arc::new(client);
+
+        assert_eq!(handshake(&server, &client), first_der);
+        live.store(Some(second));
+        assert_eq!(handshake(&server, &client), second_der);
+    }
 }
