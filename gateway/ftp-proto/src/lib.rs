@@ -8,6 +8,7 @@ mod command;
 mod control;
 mod data;
 mod line;
+mod listing;
 mod reply;
 
 pub use command::{Command, HostPort, ParseError, ProtLevel, parse};
@@ -16,4 +17,5 @@ pub use data::{
     ActiveRefusal, PassivePorts, check_active, epsv_reply, passive_peer_ok, pasv_reply,
 };
 pub use line::{LineError, LineReader, MAX_LINE};
+pub use listing::{Entry, list_line, mlsd_line, timeval};
 pub use reply::Reply;
