@@ -13,6 +13,7 @@ Polls the apiserver directly over one keep-alive HTTPS connection every 2 ms.
 """
 
 import argparse
+import base64
 import http.client
 import json
 import ssl
@@ -110,7 +111,6 @@ def main() -> int:
             api.apply(f"{base}/transferroles/ops", {"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferRole",
                                                     "metadata": {"name": "ops"}, "spec": {"mounts": [
                                                         {"path": marker, "endpoint": "backend", "verbs": ["list"]}]}})
-            import base64
             while True:
                 s = api.request("GET", "/api/v1/namespaces/bench/secrets/gw-config")
                 if marker.encode() in base64.b64decode(s["data"]["config.yaml"]):

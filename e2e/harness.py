@@ -87,6 +87,27 @@ def totp(secret_b32: str, at: float | None = None) -> str:
     return "%06d" % ((struct.unpack(">I", mac[o : o + 4])[0] & 0x7FFFFFFF) % 1_000_000)
 
 
+def run_sftp(port: int, dir: Path, user: str, batch: str, key: Path | None = None,
+             password: str | None = None, check: bool = True,
+             timeout: float = 120) -> subprocess.CompletedProcess:
+    """Runs OpenSSH `sftp -b BATCHFILE` against 127.0.0.1:port. (sshpass needs stdin free, so
+    the batch goes through a file in `dir`.)"""
+    batch_file = dir / f"batch-{time.monotonic_ns()}"
+    batch_file.write_text(batch)
+    cmd = ["sftp", "-P", str(port), *SSH_OPTS, "-b", str(batch_file)]
+    if key is not None:
+        cmd = ["sftp", "-P", str(port), *SSH_OPTS, "-o", "IdentitiesOnly=yes", "-i", str(key),
+               "-b", str(batch_file)]
+    if password is not None:
+        cmd = ["sshpass", "-p", password, "sftp", "-P", str(port), *SSH_OPTS,
+               "-o", "BatchMode=no", "-o", "PubkeyAuthentication=no", "-b", str(batch_file)]
+    cmd.append(f"{user}@127.0.0.1")
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"sftp failed ({r.returncode}): {r.stdout.decode()} {r.stderr.decode()}")
+    return r
+
+
 class Sshd:
     """A real OpenSSH sshd serving internal-sftp, with its own host key and config."""
 
@@ -234,22 +255,7 @@ class Gateway:
 
     def sftp(self, user: str, batch: str, key: Path | None = None, password: str | None = None,
              check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        """Runs OpenSSH `sftp -b BATCHFILE` against the gateway. (sshpass needs stdin free, so
-        the batch goes through a file.)"""
-        batch_file = self.dir / f"batch-{time.monotonic_ns()}"
-        batch_file.write_text(batch)
-        cmd = ["sftp", "-P", str(self.port), *SSH_OPTS, "-b", str(batch_file)]
-        if key is not None:
-            cmd = ["sftp", "-P", str(self.port), *SSH_OPTS, "-o", "IdentitiesOnly=yes", "-i", str(key),
-                   "-b", str(batch_file)]
-        if password is not None:
-            cmd = ["sshpass", "-p", password, "sftp", "-P", str(self.port), *SSH_OPTS,
-                   "-o", "BatchMode=no", "-o", "PubkeyAuthentication=no", "-b", str(batch_file)]
-        cmd.append(f"{user}@127.0.0.1")
-        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
-        if check and r.returncode != 0:
-            raise AssertionError(f"sftp failed ({r.returncode}): {r.stdout.decode()} {r.stderr.decode()}")
-        return r
+        return run_sftp(self.port, self.dir, user, batch, key, password, check, timeout)
 
     def paramiko(self, user: str, password: str | None = None, key: Path | None = None):
         """An authenticated paramiko SFTP client (and its transport)."""

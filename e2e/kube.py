@@ -104,7 +104,8 @@ class Operator:
     """The release operator binary against the test cluster."""
 
     def __init__(self, cluster: Cluster, log: Path, identity: str = "op-1", lease_seconds: int = 4,
-                 lease_namespace: str = "kube-system"):
+                 lease_namespace: str = "kube-system", kubeconfig: Path | None = None):
+        """Runs as the cluster admin, or as whoever `kubeconfig` names."""
         self.cluster = cluster
         self.metrics_port = free_port()
         self.log = log
@@ -113,7 +114,8 @@ class Operator:
             [str(OPERATOR_BIN), "run", "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
              "--identity", identity, "--lease-namespace", lease_namespace,
              "--lease-duration-seconds", str(lease_seconds)],
-            env=dict(cluster.env, RUST_LOG="info,portcullis_operator=debug"),
+            env=dict(cluster.env, RUST_LOG="info,portcullis_operator=debug",
+                     **({"KUBECONFIG": str(kubeconfig)} if kubeconfig else {})),
             stdout=subprocess.DEVNULL, stderr=open(log, "ab"),
         )
         cluster.wait_for("operator metrics", lambda: self.metrics_text() is not None, timeout=20)

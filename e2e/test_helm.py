@@ -57,14 +57,8 @@ def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
         "users": [{"name": "sa", "user": {"token": token}}],
         "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa", "namespace": ns}}],
         "current-context": "c"}))
-    sa_env = dict(cluster.env, KUBECONFIG=str(kc))
-
-    class SaCluster:
-        env = sa_env
-        wait_for = cluster.wait_for
-
-    op = Operator(SaCluster(), fresh_dir("helm-operator") / "operator.log", identity="chart-sa",
-                  lease_namespace=ns)
+    op = Operator(cluster, fresh_dir("helm-operator") / "operator.log", identity="chart-sa",
+                  lease_namespace=ns, kubeconfig=kc)
     try:
         cluster.wait_for("the chart operator to lead", op.is_leader, timeout=30)
         app = cluster.namespace("chart-app")

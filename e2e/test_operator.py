@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ROOT, SSH_OPTS, free_port, fresh_dir, keygen, pubkey, wait_port
+from harness import ROOT, free_port, fresh_dir, keygen, pubkey, run_sftp, wait_port
 from kube import Cluster, Operator
 from podemu import PodEmulator
 
@@ -338,8 +338,6 @@ def test_key_ring_issuers_ca_and_tls_secret_and_trust_bundles(cluster, operator)
     def make_tls(n):
         openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "5",
                 "-subj", f"/CN=managed-{n}", "-keyout", str(d / f"m{n}.key"), "-out", str(d / f"m{n}.crt"))
-        cluster.kubectl("create", "secret", "tls", "managed", f"--cert={d / f'm{n}.crt'}",
-                        f"--key={d / f'm{n}.key'}", "--dry-run=client", "-o", "yaml", namespace=ns)
         yaml = cluster.kubectl("create", "secret", "tls", "managed", f"--cert={d / f'm{n}.crt'}",
                                f"--key={d / f'm{n}.key'}", "--dry-run=client", "-o", "yaml", namespace=ns).stdout
         cluster.apply(yaml, ns)
@@ -400,15 +398,9 @@ def deployed(cluster, operator, sshd):
     pod.stop()
 
 
-def sftp(x, batch: str, check: bool = True, extra: list[str] | None = None) -> subprocess.CompletedProcess:
-    f = x.dir / f"batch-{time.monotonic_ns()}"
-    f.write_text(batch)
-    cmd = ["sftp", "-P", str(x.port), *SSH_OPTS, *(extra or []), "-o", "IdentitiesOnly=yes", "-i", str(x.key),
-           "-b", str(f), "alice@127.0.0.1"]
-    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
-    if check and r.returncode != 0:
-        raise AssertionError(f"sftp failed: {r.stdout} {r.stderr}")
-    return r
+def sftp(x, batch: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = run_sftp(x.port, x.dir, "alice", batch, key=x.key, check=check, timeout=60)
+    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(), r.stderr.decode())
 
 
 def test_full_path_sftp_through_the_emulated_pod_and_a_live_role_change(cluster, deployed):
@@ -428,13 +420,11 @@ def test_full_path_sftp_through_the_emulated_pod_and_a_live_role_change(cluster,
     assert not (x.sshd.root / "upload.txt").exists()
 
     pid = x.pod.proc.pid
-    role = cluster.get("transferrole", "exchange", x.ns)
     cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferRole",
                    "metadata": {"name": "exchange"},
                    "spec": {"mounts": [{"path": "/exchange", "endpoint": "backend",
                                         "backendPath": str(x.sshd.root),
                                         "verbs": ["list", "read", "write"]}]}}, x.ns)
-    assert role is not None
 
     def uploaded():
         r = sftp(x, f"put {up} /exchange/upload.txt\n", check=False)

@@ -165,6 +165,9 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
     let mut config = GatewayConfig::parse(text).map_err(|e| e.0)?;
     validate(&config)?;
     resolve_paths(&mut config, base);
+    // Hash before loading: if a file is swapped while we load, the next poll sees a hash that
+    // differs from ours and loads again, instead of taking the new files as already loaded.
+    let hash = material_hash(text, &config);
     let mut errs = Vec::new();
     let mut err = |path: String, msg: String| errs.push(ConfigError::new(path, msg));
 
@@ -422,7 +425,7 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
     };
 
     Ok(Runtime {
-        hash: material_hash(text, &config),
+        hash,
         config,
         zones,
         users,
@@ -435,7 +438,7 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
 
 /// The identity of a config and every file it names: SHA-256 over the text and each file's
 /// path and contents. A rotated key or certificate changes it even when the text does not.
-pub fn material_hash(text: &str, config: &GatewayConfig) -> String {
+fn material_hash(text: &str, config: &GatewayConfig) -> String {
     let mut h = Sha256::new();
     h.update(text.as_bytes());
     let mut files: Vec<&String> = config.ssh.host_key_files.iter().collect();

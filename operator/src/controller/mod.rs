@@ -230,17 +230,22 @@ async fn shutdown_signal() {
     }
 }
 
-/// Maps any object to every gateway of its namespace.
-fn gateways_of<K: ResourceExt>(
-    store: kube::runtime::reflector::Store<TransferGateway>,
-) -> impl Fn(K) -> Vec<ObjectRef<TransferGateway>> + Send + Sync + 'static {
-    move |obj: K| {
+/// Maps any object to every object of `store` in the same namespace (a change to a zone,
+/// role, key ring... concerns every gateway, or every policy object, of its namespace).
+pub fn in_namespace<K, O>(
+    store: kube::runtime::reflector::Store<K>,
+) -> impl Fn(O) -> Vec<ObjectRef<K>> + Send + Sync + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    O: ResourceExt,
+{
+    move |obj: O| {
         let ns = obj.namespace();
         store
             .state()
             .iter()
-            .filter(|g| g.namespace() == ns)
-            .map(|g| ObjectRef::from_obj(g.as_ref()))
+            .filter(|k| k.namespace() == ns)
+            .map(|k| ObjectRef::from_obj(k.as_ref()))
             .collect()
     }
 }
@@ -266,32 +271,32 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, stopped: impl Fn() -
         .watches(
             Api::<TransferEndpoint>::all(client.clone()),
             wc.clone(),
-            gateways_of(store.clone()),
+            in_namespace(store.clone()),
         )
         .watches(
             Api::<NetworkZone>::all(client.clone()),
             wc.clone(),
-            gateways_of(store.clone()),
+            in_namespace(store.clone()),
         )
         .watches(
             Api::<KeyRing>::all(client.clone()),
             wc.clone(),
-            gateways_of(store.clone()),
+            in_namespace(store.clone()),
         )
         .watches(
             Api::<TransferUser>::all(client.clone()),
             wc.clone(),
-            gateways_of(store.clone()),
+            in_namespace(store.clone()),
         )
         .watches(
             Api::<TransferRole>::all(client.clone()),
             wc.clone(),
-            gateways_of(store.clone()),
+            in_namespace(store.clone()),
         )
         .watches(
             Api::<Secret>::all(client.clone()),
             foreign_secrets.clone(),
-            gateways_of(store.clone()),
+            in_namespace(store.clone()),
         )
         .graceful_shutdown_on(stopped())
         .run(gateway::reconcile, error_policy, ctx.clone())

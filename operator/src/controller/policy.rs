@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    runtime::{Controller, controller::Action, watcher},
 };
 use portcullis_api::{
     CommonStatus, KeyRing, NetworkZone, READY, TransferEndpoint, TransferRole, TransferUser,
@@ -74,20 +74,6 @@ impl PolicyKind for TransferRole {
     }
 }
 
-fn same_namespace<K: PolicyKind, O: ResourceExt>(
-    store: kube::runtime::reflector::Store<K>,
-) -> impl Fn(O) -> Vec<ObjectRef<K>> + Send + Sync + 'static {
-    move |o: O| {
-        let ns = o.namespace();
-        store
-            .state()
-            .iter()
-            .filter(|k| k.namespace() == ns)
-            .map(|k| ObjectRef::from_obj(k.as_ref()))
-            .collect()
-    }
-}
-
 pub async fn run<K: PolicyKind>(
     client: Client,
     ctx: Arc<Context>,
@@ -99,22 +85,22 @@ pub async fn run<K: PolicyKind>(
     c.watches(
         Api::<TransferEndpoint>::all(client.clone()),
         wc.clone(),
-        same_namespace(s.clone()),
+        super::in_namespace(s.clone()),
     )
     .watches(
         Api::<TransferRole>::all(client.clone()),
         wc.clone(),
-        same_namespace(s.clone()),
+        super::in_namespace(s.clone()),
     )
     .watches(
         Api::<NetworkZone>::all(client.clone()),
         wc.clone(),
-        same_namespace(s.clone()),
+        super::in_namespace(s.clone()),
     )
     .watches(
         Api::<KeyRing>::all(client.clone()),
         wc.clone(),
-        same_namespace(s.clone()),
+        super::in_namespace(s.clone()),
     )
     .watches(
         Api::<Secret>::all(client.clone()),
@@ -122,7 +108,7 @@ pub async fn run<K: PolicyKind>(
             "app.kubernetes.io/managed-by!={}",
             super::build::MANAGED_BY
         )),
-        same_namespace(s.clone()),
+        super::in_namespace(s.clone()),
     )
     .graceful_shutdown_on(stopped())
     .run(reconcile::<K>, super::error_policy, ctx)

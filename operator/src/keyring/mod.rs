@@ -237,8 +237,12 @@ fn not_ready(reason: &'static str, message: String) -> NotReady {
     NotReady { reason, message }
 }
 
-/// A `tls.crt`/`tls.key` pair from Secret `name`, checked to parse and to belong together.
-async fn tls_pair(secrets: &Api<Secret>, name: &str) -> Result<Result<ca::Pair, NotReady>, Error> {
+/// A `tls.crt`/`tls.key` pair from Secret `name`, checked to parse and to belong together,
+/// with the Secret's `ca.crt` when it has one.
+async fn tls_pair(
+    secrets: &Api<Secret>,
+    name: &str,
+) -> Result<Result<(ca::Pair, Option<String>), NotReady>, Error> {
     let src = secrets.get_opt(name).await.map_err(Error::Kube)?;
     let (Some(cert_pem), Some(key_pem)) =
         (text(src.as_ref(), "tls.crt"), text(src.as_ref(), "tls.key"))
@@ -249,9 +253,13 @@ async fn tls_pair(secrets: &Api<Secret>, name: &str) -> Result<Result<ca::Pair, 
         )));
     };
     let pair = ca::Pair { cert_pem, key_pem };
-    Ok(ca::check_pair(&pair)
-        .map(|()| pair)
-        .map_err(|e| not_ready("InvalidCertificate", format!("Secret {name}: {e}"))))
+    Ok(match ca::check_pair(&pair) {
+        Ok(()) => Ok((pair, text(src.as_ref(), "ca.crt"))),
+        Err(e) => Err(not_ready(
+            "InvalidCertificate",
+            format!("Secret {name}: {e}"),
+        )),
+    })
 }
 
 /// Gathers the key ring Secret's contents into `data`: host keys (kept), trusted CAs, and the
@@ -315,7 +323,7 @@ async fn gather(
     let source = spec.issuer.secret_name.clone().unwrap_or_default();
     let signer = match spec.issuer.type_ {
         IssuerType::TlsSecret => {
-            let pair = match tls_pair(secrets, &source).await? {
+            let (pair, chain_ca) = match tls_pair(secrets, &source).await? {
                 Ok(p) => p,
                 Err(nr) => return Ok(Err(nr)),
             };
@@ -329,8 +337,7 @@ async fn gather(
                     ),
                 )));
             }
-            let src = secrets.get_opt(&source).await.map_err(Error::Kube)?;
-            if let Some(ca) = text(src.as_ref(), "ca.crt") {
+            if let Some(ca) = chain_ca {
                 put("ca.crt", ca);
             }
             put("tls.crt", pair.cert_pem);
@@ -338,7 +345,7 @@ async fn gather(
             return Ok(Ok(()));
         }
         IssuerType::Ca => match tls_pair(secrets, &source).await? {
-            Ok(p) => p,
+            Ok((p, _)) => p,
             Err(nr) => return Ok(Err(nr)),
         },
         IssuerType::SelfSigned => {
