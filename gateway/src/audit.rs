@@ -128,6 +128,8 @@ pub enum Event {
         endpoint: String,
         direction: Direction,
         mode: String,
+        /// The client channel's protection, e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384`.
+        channel: Option<String>,
     },
     TransferEnd {
         session: String,
@@ -140,6 +142,26 @@ pub enum Event {
         sha256: Option<String>,
         confidence: Confidence,
         detail: Option<String>,
+        channel: Option<String>,
+    },
+    /// One FTP command and the reply it got (z/OS `FTCHKCMD` + `FTPOSTPR`). The argument of
+    /// `PASS` is never recorded.
+    FtpCommand {
+        peer: SocketAddr,
+        listener: String,
+        session: Option<String>,
+        user: Option<String>,
+        verb: String,
+        argument: Option<String>,
+        reply: u16,
+        text: String,
+    },
+    /// A data connection refused (foreign peer, TLS not resumed, handshake failure, timeout).
+    DataConnectionRefused {
+        peer: SocketAddr,
+        session: Option<String>,
+        from: Option<SocketAddr>,
+        reason: String,
     },
     BackendHostKeyRejected {
         endpoint: String,

@@ -20,6 +20,8 @@ pub enum Method {
     Password,
     PublicKey,
     KeyboardInteractive,
+    /// A verified TLS client certificate whose identity names the user.
+    Certificate,
 }
 
 impl Method {
@@ -28,6 +30,7 @@ impl Method {
             "password" => Some(Method::Password),
             "publickey" => Some(Method::PublicKey),
             "keyboard-interactive" => Some(Method::KeyboardInteractive),
+            "certificate" => Some(Method::Certificate),
             _ => None,
         }
     }
@@ -37,6 +40,7 @@ impl Method {
             Method::Password => "password",
             Method::PublicKey => "publickey",
             Method::KeyboardInteractive => "keyboard-interactive",
+            Method::Certificate => "certificate",
         }
     }
 }
@@ -65,9 +69,17 @@ pub struct Chains(pub Vec<Vec<Method>>);
 impl Chains {
     /// Chains as configured, or, when none are configured, each single method the user has a
     /// credential for.
-    pub fn new(configured: &[String], has_password: bool, has_keys: bool) -> Chains {
+    pub fn new(
+        configured: &[String],
+        has_password: bool,
+        has_keys: bool,
+        has_certificate: bool,
+    ) -> Chains {
         if configured.is_empty() {
             let mut v = Vec::new();
+            if has_certificate {
+                v.push(vec![Method::Certificate]);
+            }
             if has_keys {
                 v.push(vec![Method::PublicKey]);
             }
@@ -225,6 +237,7 @@ mod tests {
             ],
             true,
             true,
+            false,
         );
         let mut done = vec![];
         assert_eq!(c.advance(&mut done, Method::Password), Progress::NotAllowed);
@@ -240,8 +253,13 @@ mod tests {
 
     #[test]
     fn default_chains_are_single_methods_with_credentials() {
-        let c = Chains::new(&[], true, false);
+        let c = Chains::new(&[], true, false, false);
         assert_eq!(c.0, vec![vec![Method::Password]]);
+        let cert = Chains::new(&[], true, false, true);
+        assert_eq!(
+            cert.0,
+            vec![vec![Method::Certificate], vec![Method::Password]]
+        );
         assert_eq!(
             c.advance(&mut vec![], Method::PublicKey),
             Progress::NotAllowed

@@ -1,6 +1,8 @@
-//! `portcullis-gateway demo`: the embedded default. SFTP on 127.0.0.1:2222, user `demo` with
-//! password `demo`, one mount `/files` on a local directory with every verb, audit as JSON lines
-//! on stdout. The host key is made once and kept in the state directory.
+//! `portcullis-gateway demo`: the embedded default. SFTP on 127.0.0.1:2222, explicit FTPS on
+//! 127.0.0.1:2121 and implicit FTPS on 127.0.0.1:2990 (passive ports 30000-30099), user `demo`
+//! with password `demo`, one mount `/files` on a local directory with every verb, audit as JSON
+//! lines on stdout. The host key and a demo CA with its server certificate are made once and
+//! kept in the state directory.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +13,8 @@ use russh::keys::{Algorithm, HashAlg, PrivateKey, ssh_key::LineEnding};
 use crate::auth;
 
 pub const ADDRESS: &str = "127.0.0.1:2222";
+pub const FTPS: &str = "127.0.0.1:2121";
+pub const FTPS_IMPLICIT: &str = "127.0.0.1:2990";
 pub const ADMIN: &str = "127.0.0.1:9922";
 
 /// Lays out `dir` (a fresh temporary directory when `None`) and returns the config file path.
@@ -42,11 +46,43 @@ pub fn prepare(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
         key
     };
 
+    let tls = state.join("tls");
+    let (ca_pem, cert_pem, key_pem) = (
+        tls.join("ca.pem"),
+        tls.join("server.pem"),
+        tls.join("server-key.pem"),
+    );
+    if !(ca_pem.exists() && cert_pem.exists() && key_pem.exists()) {
+        std::fs::create_dir_all(&tls)?;
+        let (ca, cert, key) = demo_certificates().context("making the demo certificates")?;
+        std::fs::write(&ca_pem, ca)?;
+        std::fs::write(&cert_pem, cert)?;
+        std::fs::write(&key_pem, key)?;
+        std::fs::set_permissions(
+            &key_pem,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+    }
+
     let verbs: Vec<&str> = Verb::ALL.iter().map(|v| v.as_str()).collect();
     let config = format!(
         r#"# Written by `portcullis-gateway demo`; edits are picked up live (hot reload).
 listeners:
   - {{ name: sftp, protocol: sftp, address: "{ADDRESS}", zones: [loopback] }}
+  - name: ftps
+    protocol: ftps
+    address: "{FTPS}"
+    zones: [loopback]
+    tls: {{ keyRing: demo }}
+    passivePorts: {{ min: 30000, max: 30099 }}
+  - name: ftps-implicit
+    protocol: ftpsImplicit
+    address: "{FTPS_IMPLICIT}"
+    zones: [loopback]
+    tls: {{ keyRing: demo }}
+    passivePorts: {{ min: 30000, max: 30099 }}
+keyRings:
+  - {{ name: demo, certificateFile: "{cert}", privateKeyFile: "{key_file}" }}
 zones:
   - {{ name: loopback, cidrs: ["127.0.0.0/8", "::1/128"] }}
 endpoints:
@@ -70,6 +106,8 @@ shutdownGraceSeconds: 10
         hash = auth::hash_password("demo"),
         verbs = verbs.join(", "),
         key = key_path.display(),
+        cert = cert_pem.display(),
+        key_file = key_pem.display(),
     );
     let config_path = state.join("demo-config.yaml");
     std::fs::write(&config_path, config)?;
@@ -80,11 +118,41 @@ shutdownGraceSeconds: 10
          \x20 state (host key, config):  {state}\n\
          \x20 host key: {fp}\n\
          \x20 connect:  sftp -P 2222 demo@127.0.0.1   (password: demo)\n\
+         \x20 FTPS:     curl --ssl-reqd --cacert {ca} ftp://demo:demo@localhost:2121/files/\n\
+         \x20           curl --cacert {ca} ftps://demo:demo@localhost:2990/files/  (implicit)\n\
+         \x20 demo CA:  {ca}\n\
          \x20 admin:    http://{ADMIN}/metrics\n\
          \x20 audit records follow on stdout as JSON lines; Ctrl-C stops.",
         files = files.display(),
         state = state.display(),
         fp = key.public_key().fingerprint(HashAlg::Sha256),
+        ca = ca_pem.display(),
     );
     Ok(config_path)
+}
+
+/// A demo CA and a server certificate it signs for `localhost` and 127.0.0.1: PEM of the CA
+/// certificate, the server certificate, and the server key. The CA key is not kept.
+fn demo_certificates() -> Result<(String, String, String), rcgen::Error> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+        SanType,
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Portcullis demo CA");
+    ca.distinguished_name = dn;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(vec!["localhost".to_owned()])?;
+    leaf.subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "localhost");
+    leaf.distinguished_name = dn;
+    let cert = leaf.signed_by(&key, &issuer)?;
+    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
 }

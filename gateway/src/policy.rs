@@ -96,6 +96,8 @@ pub struct MountGrant {
     pub backend_path: String,
     /// Each allowed verb, with the first role (in the user's role order) that grants it.
     pub verbs: BTreeMap<Verb, String>,
+    /// `SITE` subcommands (upper-cased first words) any role allows here, with the verb `site`.
+    pub site_commands: BTreeSet<String>,
 }
 
 impl MountGrant {
@@ -157,9 +159,15 @@ impl Tree {
                     endpoint: m.endpoint.clone(),
                     backend_path: m.backend_path.clone(),
                     verbs: BTreeMap::new(),
+                    site_commands: BTreeSet::new(),
                 });
                 for v in &m.verbs {
                     grant.verbs.entry(*v).or_insert_with(|| role.name.clone());
+                }
+                if m.verbs.contains(&Verb::Site) {
+                    grant
+                        .site_commands
+                        .extend(m.site_commands.iter().map(|c| c.to_ascii_uppercase()));
                 }
             }
         }
@@ -229,6 +237,25 @@ impl Tree {
             Location::Nowhere => Err(Denied(format!("{path} is outside every mount"))),
         }
     }
+
+    /// May this user send `SITE <command>` from `path`? The verb `site` on the mount, and the
+    /// subcommand's first word on its allow-list.
+    pub fn authorize_site(&self, path: &VPath, command: &str) -> Result<Allowed<'_>, Denied> {
+        let allowed = self.authorize(Verb::Site, path)?;
+        let word = command
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        if allowed.mount.site_commands.contains(&word) {
+            Ok(allowed)
+        } else {
+            Err(Denied(format!(
+                "SITE {word} is not on mount {}'s allow-list",
+                allowed.mount.path
+            )))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -251,6 +278,11 @@ mod tests {
                     endpoint: (*e).to_owned(),
                     backend_path: (*b).to_owned(),
                     verbs: v.iter().copied().collect(),
+                    site_commands: if v.contains(&Verb::Site) {
+                        vec!["FILETYPE=JES".into()]
+                    } else {
+                        vec![]
+                    },
                 })
                 .collect(),
         }
@@ -277,6 +309,25 @@ mod tests {
             role("unrelated", &[("/secret", "mf", "/", &[Verb::Read])]),
         ];
         Tree::build(&["readers".into(), "writers".into()], &roles)
+    }
+
+    #[test]
+    fn site_needs_the_verb_and_the_allow_list() {
+        let roles = vec![
+            role("jes", &[("/mf", "mf", "/", &[Verb::List, Verb::Site])]),
+            role("plain", &[("/other", "mf", "/x", &[Verb::List])]),
+        ];
+        let t = Tree::build(&["jes".into(), "plain".into()], &roles);
+        assert!(t.authorize_site(&vp("/mf"), "filetype=jes").is_ok());
+        assert!(
+            t.authorize_site(&vp("/mf/sub"), "FILETYPE=JES NOWAIT")
+                .is_ok()
+        );
+        let no = t.authorize_site(&vp("/mf"), "CHMOD 777 x").unwrap_err();
+        assert_eq!(no.0, "SITE CHMOD is not on mount /mf's allow-list");
+        let no = t.authorize_site(&vp("/other"), "FILETYPE=JES").unwrap_err();
+        assert_eq!(no.0, "no role grants site on mount /other");
+        assert!(t.authorize_site(&vp("/"), "FILETYPE=JES").is_err());
     }
 
     #[test]
@@ -366,6 +417,7 @@ mod tests {
             endpoint: "e".into(),
             backend_path: b.into(),
             verbs: BTreeMap::new(),
+            site_commands: BTreeSet::new(),
         };
         assert_eq!(m("/").backend_path_of(""), "/");
         assert_eq!(m("/").backend_path_of("a/b"), "/a/b");

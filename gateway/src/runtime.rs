@@ -26,6 +26,7 @@ use crate::{
     audit::AlgorithmInfo,
     auth::{Chains, Totp},
     backends::{
+        ftps::FtpsSpec,
         local::LocalBackend,
         sftp::{Credential, SftpSpec},
     },
@@ -52,6 +53,8 @@ pub struct UserEntry {
     pub public_keys: Vec<PublicKey>,
     pub totp: Option<Totp>,
     pub chains: Chains,
+    /// TLS client certificate identities that stand for this user.
+    pub certificate_names: Vec<String>,
     pub zones: Vec<String>,
     pub tree: Tree,
     pub disabled: bool,
@@ -74,6 +77,7 @@ impl UserEntry {
 pub enum EndpointSpec {
     Local(Arc<LocalBackend>),
     Sftp(Arc<SftpSpec>),
+    Ftps(Arc<FtpsSpec>),
 }
 
 impl Runtime {
@@ -195,6 +199,42 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
                     continue;
                 }
             },
+            EndpointBackend::Ftps(f) => {
+                let password = match std::fs::read_to_string(&f.password_file) {
+                    Ok(p) => p.trim_end_matches(['\r', '\n']).to_owned(),
+                    Err(e) => {
+                        err(
+                            format!("{at}.passwordFile"),
+                            format!("cannot read {}: {e}", f.password_file),
+                        );
+                        continue;
+                    }
+                };
+                let tls = match &f.ca_file {
+                    None => None,
+                    Some(ca) => match tls::backend_client_config(
+                        ca,
+                        f.client_certificate_file.as_deref(),
+                        f.client_key_file.as_deref(),
+                    ) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            err(format!("{at}.caFile"), e);
+                            continue;
+                        }
+                    },
+                };
+                EndpointSpec::Ftps(Arc::new(FtpsSpec {
+                    name: e.name.clone(),
+                    addresses: f.addresses.clone(),
+                    security: f.security,
+                    tls,
+                    server_name: f.server_name.clone(),
+                    username: f.username.clone(),
+                    password,
+                    connect_timeout: Duration::from_secs(f.connect_timeout_seconds),
+                }))
+            }
             EndpointBackend::Sftp(s) => {
                 let mut host_keys = Vec::new();
                 for (j, k) in s.host_keys.iter().enumerate() {
@@ -289,7 +329,9 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
                     &u.auth_methods,
                     u.password_hash.is_some(),
                     !public_keys.is_empty(),
+                    !u.certificate_names.is_empty(),
                 ),
+                certificate_names: u.certificate_names.clone(),
                 public_keys,
                 totp,
                 zones: u.zones.clone(),
@@ -443,8 +485,20 @@ fn material_hash(text: &str, config: &GatewayConfig) -> String {
     h.update(text.as_bytes());
     let mut files: Vec<&String> = config.ssh.host_key_files.iter().collect();
     for e in &config.endpoints {
-        if let EndpointBackend::Sftp(s) = &e.backend {
-            files.extend(s.private_key_file.iter().chain(&s.password_file));
+        match &e.backend {
+            EndpointBackend::Sftp(s) => {
+                files.extend(s.private_key_file.iter().chain(&s.password_file))
+            }
+            EndpointBackend::Ftps(f) => {
+                files.push(&f.password_file);
+                files.extend(
+                    f.ca_file
+                        .iter()
+                        .chain(&f.client_certificate_file)
+                        .chain(&f.client_key_file),
+                );
+            }
+            EndpointBackend::Local(_) => {}
         }
     }
     files.extend(
@@ -488,9 +542,18 @@ fn resolve_paths(config: &mut GatewayConfig, base: &Path) {
     };
     config.ssh.host_key_files.iter_mut().for_each(fix);
     for e in &mut config.endpoints {
-        if let EndpointBackend::Sftp(s) = &mut e.backend {
-            s.private_key_file.as_mut().map(fix);
-            s.password_file.as_mut().map(fix);
+        match &mut e.backend {
+            EndpointBackend::Sftp(s) => {
+                s.private_key_file.as_mut().map(fix);
+                s.password_file.as_mut().map(fix);
+            }
+            EndpointBackend::Ftps(f) => {
+                fix(&mut f.password_file);
+                f.ca_file.as_mut().map(fix);
+                f.client_certificate_file.as_mut().map(fix);
+                f.client_key_file.as_mut().map(fix);
+            }
+            EndpointBackend::Local(_) => {}
         }
     }
     for u in &mut config.users {

@@ -15,6 +15,10 @@ use crate::{
 /// Accepts on one listener until shutdown.
 pub async fn serve(shared: Arc<Shared>, listener: Listener, tcp: TcpListener) {
     let mut shutdown = shared.shutdown.subscribe();
+    let ftps = listener
+        .protocol
+        .is_ftps()
+        .then(|| frontends::ftps::ListenerCtx::new(listener.clone()));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = tcp.accept() => match accepted {
@@ -68,6 +72,12 @@ pub async fn serve(shared: Arc<Shared>, listener: Listener, tcp: TcpListener) {
             Protocol::Sftp => {
                 tokio::spawn(frontends::sftp::serve_connection(
                     shared, stream, peer, name, zone, slot,
+                ));
+            }
+            Protocol::Ftps | Protocol::FtpsImplicit => {
+                let ctx = ftps.clone().expect("made above for FTPS listeners");
+                tokio::spawn(frontends::ftps::serve_connection(
+                    shared, stream, peer, ctx, zone, slot,
                 ));
             }
         }

@@ -23,7 +23,10 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     audit::{Confidence, Direction, Event},
-    backends::{Backend, BackendFile, DirEntry, FileAttrs, FsError, OpenMode, sftp::SftpBackend},
+    backends::{
+        Backend, BackendFile, DirEntry, FileAttrs, FsError, OpenMode, ftps::FtpsBackend,
+        sftp::SftpBackend,
+    },
     policy::{Location, VPath},
     runtime::{EndpointSpec, UserEntry},
     state::Shared,
@@ -311,6 +314,8 @@ pub struct Login<'a> {
     pub listener: &'a str,
     pub protocol: &'static str,
     pub methods: Vec<String>,
+    /// The client channel's protection, for transfer records.
+    pub channel: Option<String>,
 }
 
 pub struct Session {
@@ -318,6 +323,7 @@ pub struct Session {
     pub user: String,
     pub peer: SocketAddr,
     protocol: &'static str,
+    channel: Option<String>,
     shared: Arc<Shared>,
     started: Instant,
     backends: tokio::sync::Mutex<HashMap<String, CachedBackend>>,
@@ -338,6 +344,7 @@ impl Session {
             user: login.user.to_owned(),
             peer: login.peer,
             protocol: login.protocol,
+            channel: login.channel.clone(),
             shared,
             started: Instant::now(),
             backends: tokio::sync::Mutex::new(HashMap::new()),
@@ -641,6 +648,7 @@ impl Session {
                 endpoint: t.endpoint,
                 direction,
                 mode: mode_str(mode),
+                channel: self.channel.clone(),
             })
             .await;
         Ok(OpOutput::Handle(id))
@@ -749,9 +757,71 @@ impl Session {
                 sha256,
                 confidence,
                 detail,
+                channel: self.channel.clone(),
             })
             .await;
         closed
+    }
+
+    /// Closes a file the client gave up on (an FTP `ABOR`, a broken data connection): the
+    /// transfer is audited as NoEOF with `reason`.
+    pub async fn abandon(&self, handle: u64, reason: &str) {
+        let h = self
+            .handles
+            .lock()
+            .expect("handle lock poisoned")
+            .remove(&handle);
+        if let Some(Handle::File(f)) = h {
+            let _ = self.close_file(&f, Some(reason)).await;
+        }
+    }
+
+    /// `SITE <command>` from the directory `cwd`: the verb `site` on its mount and the
+    /// subcommand on the mount's allow-list, then the endpoint's own answer.
+    pub async fn site(&self, cwd: &str, command: &str) -> Result<String, FsError> {
+        let mut rule = None;
+        let result = async {
+            let vpath = parse(cwd)?;
+            let user = self.user()?;
+            let t = match user.tree.authorize_site(&vpath, command) {
+                Ok(a) => Target {
+                    endpoint: a.mount.endpoint.clone(),
+                    backend_path: a.backend_path,
+                    rule: a.rule,
+                },
+                Err(denied) => {
+                    self.deny(Verb::Site, &vpath, &denied.0);
+                    return Err(FsError::Denied(denied.0));
+                }
+            };
+            rule = Some(t.rule.clone());
+            self.backend(&t.endpoint).await?.site(command).await
+        }
+        .await;
+        self.shared.metrics.op(
+            "site",
+            match &result {
+                Ok(_) => "ok",
+                Err(FsError::Denied(_)) => "denied",
+                Err(_) => "error",
+            },
+        );
+        self.shared
+            .audit
+            .emit(Event::Request {
+                session: self.id.clone(),
+                user: self.user.clone(),
+                op: "site",
+                path: Some(cwd.to_owned()),
+                target: Some(command.to_owned()),
+                result: match &result {
+                    Ok(_) => "ok".to_owned(),
+                    Err(e) => e.to_string(),
+                },
+                rule,
+            })
+            .await;
+        result
     }
 
     /// Ends the session: open files are closed and audited as abandoned (NoEOF).
@@ -886,6 +956,7 @@ impl Session {
             EndpointSpec::Sftp(s) => {
                 Arc::new(SftpBackend::new(s.clone(), self.shared.audit.clone()))
             }
+            EndpointSpec::Ftps(s) => Arc::new(FtpsBackend::new(s.clone())),
         };
         cache.insert(endpoint.to_owned(), (spec, backend.clone()));
         Ok(backend)

@@ -102,6 +102,65 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The identities a client certificate asserts: subject CNs, DNS and e-mail SANs. Only called
+/// on certificates the verifier accepted.
+pub fn certificate_names(der: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) | GeneralName::RFC822Name(d) => names.push((*d).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    names
+}
+
+/// A TLS client config toward a backend: only `ca_file`'s certificates are trusted (a CA, or
+/// the server's own self-signed certificate), with an optional client certificate.
+pub fn backend_client_config(
+    ca_file: &str,
+    client_cert: Option<&str>,
+    client_key: Option<&str>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let cas = load_certs(ca_file)?;
+    if cas.is_empty() {
+        return Err(format!("{ca_file}: no certificate"));
+    }
+    for c in cas {
+        roots
+            .add(c)
+            .map_err(|e| format!("{ca_file}: unusable CA: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match (client_cert, client_key) {
+        (Some(c), Some(k)) => {
+            let chain = load_certs(c)?;
+            let key = PrivateKeyDer::from_pem_file(k)
+                .map_err(|e| format!("{k}: no usable private key: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("{c}: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests {
     use arc_swap::ArcSwapOption;

@@ -63,20 +63,124 @@ pub struct Listener {
     pub address: String,
     /// Zones whose peers may connect; anyone else is closed before the banner.
     pub zones: Vec<String>,
+    /// FTPS listeners: the TLS policy (required for FTPS, refused for SFTP).
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// FTPS listeners: the ports passive data connections are offered on (required for FTPS).
+    #[serde(default)]
+    pub passive_ports: Option<PortRange>,
+    /// FTPS listeners: the IPv4 address `PASV` advertises (for NAT and load balancers);
+    /// the control connection's local address when absent.
+    #[serde(default)]
+    pub advertised_address: Option<String>,
+    /// FTPS listeners: active mode (`PORT`/`EPRT`); off unless enabled.
+    #[serde(default)]
+    pub active_mode: ActiveMode,
+    /// FTPS listeners: seconds to wait for a data connection and its TLS handshake.
+    #[serde(default = "defaults::data_timeout_seconds")]
+    pub data_timeout_seconds: u64,
 }
 
 /// The wire protocols the gateway terminates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    #[serde(rename = "sftp")]
     Sftp,
+    /// Explicit FTPS: cleartext greeting, then `AUTH TLS` before anything else.
+    #[serde(rename = "ftps")]
+    Ftps,
+    /// Implicit FTPS: TLS from the first byte.
+    #[serde(rename = "ftpsImplicit")]
+    FtpsImplicit,
+}
+
+impl Protocol {
+    pub fn is_ftps(self) -> bool {
+        matches!(self, Protocol::Ftps | Protocol::FtpsImplicit)
+    }
 }
 
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Protocol::Sftp => "sftp",
+            Protocol::Ftps => "ftps",
+            Protocol::FtpsImplicit => "ftpsImplicit",
         })
+    }
+}
+
+/// A TLS front end's policy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerTls {
+    /// The key ring whose certificate the listener presents (hot-swapped on renewal) and whose
+    /// client CAs verify client certificates.
+    pub key_ring: String,
+    /// The lowest TLS version accepted; TLS 1.3 is always preferred.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// Cipher suites allowed, by IANA name (e.g. `TLS13_AES_256_GCM_SHA384`); empty means the
+    /// provider's modern default set.
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+    /// Whether clients present a certificate.
+    #[serde(default)]
+    pub client_certificates: ClientCertificates,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// Client certificates on a TLS listener, verified against the key ring's client CAs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertificates {
+    /// Not asked for.
+    #[default]
+    None,
+    /// Asked for; a presented certificate must verify.
+    Optional,
+    /// The handshake fails without a verified certificate.
+    Required,
+}
+
+/// An inclusive port range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+/// Active-mode FTP, with z/OS `FTP.DATA` semantics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ActiveMode {
+    /// Accept `PORT`/`EPRT` at all.
+    #[serde(default)]
+    pub enabled: bool,
+    /// `NOLOWPORTS`: refuse targets below port 1024.
+    #[serde(default = "defaults::yes")]
+    pub no_low_ports: bool,
+    /// `NOREDIRECT`: refuse targets other than the client's own address.
+    #[serde(default = "defaults::yes")]
+    pub no_redirect: bool,
+}
+
+impl Default for ActiveMode {
+    fn default() -> Self {
+        ActiveMode {
+            enabled: false,
+            no_low_ports: true,
+            no_redirect: true,
+        }
     }
 }
 
@@ -105,8 +209,58 @@ pub struct Endpoint {
 pub enum EndpointBackend {
     /// A backend SFTP server, reached over SSH with a pinned host key.
     Sftp(SftpEndpoint),
+    /// A backend FTP server over TLS, with a pinned CA.
+    Ftps(FtpsEndpoint),
     /// A directory on the gateway's own file system. For demos and tests: not for a DMZ.
     Local(LocalEndpoint),
+}
+
+/// How the gateway protects its connection to an FTP backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FtpSecurity {
+    /// `AUTH TLS` on the control connection, `PBSZ 0`/`PROT P` for data.
+    #[default]
+    #[serde(rename = "explicit")]
+    Explicit,
+    /// TLS from the first byte.
+    #[serde(rename = "implicit")]
+    Implicit,
+    /// No TLS at all. Refused unless `allowPlaintext` is set, and audited at start.
+    #[serde(rename = "plaintext")]
+    Plaintext,
+}
+
+/// How to reach and log in to a backend FTP server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FtpsEndpoint {
+    /// `host:port` addresses, tried in order (failover).
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub security: FtpSecurity,
+    /// PEM file of the CA (or the server's own certificate) that the backend's certificate
+    /// must chain to. Required unless `security` is `plaintext`.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// The name checked against the backend's certificate; the address's host when absent.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// A client certificate chain (PEM) to present to the backend.
+    #[serde(default)]
+    pub client_certificate_file: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub client_key_file: Option<String>,
+    /// The account on the backend.
+    pub username: String,
+    /// Path of a file holding the backend account's password (never inline).
+    pub password_file: String,
+    /// Explicit consent to a cleartext backend (`security: plaintext`).
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// Seconds to wait for TCP connect, TLS and login, per address.
+    #[serde(default = "defaults::connect_timeout_seconds")]
+    pub connect_timeout_seconds: u64,
 }
 
 /// How to reach and log in to a backend SFTP server.
@@ -154,6 +308,10 @@ pub struct User {
     /// Path of a file holding the base32 TOTP secret, for keyboard-interactive.
     #[serde(default)]
     pub totp_secret_file: Option<String>,
+    /// TLS client certificate identities that stand for this user (method `certificate`):
+    /// matched against the verified certificate's subject CN, DNS and e-mail SANs.
+    #[serde(default)]
+    pub certificate_names: Vec<String>,
     /// Accepted method chains, as in OpenSSH's `AuthenticationMethods`: each entry is a
     /// comma-separated list that must all succeed, e.g. `publickey,password`. When empty, each
     /// single method the user has a credential for is accepted on its own.
@@ -192,6 +350,10 @@ pub struct Mount {
     pub backend_path: String,
     /// What the mount allows. Anything not listed is denied.
     pub verbs: BTreeSet<Verb>,
+    /// With the verb `site`: the `SITE` subcommands (first word, case-insensitive, e.g.
+    /// `FILETYPE=JES`) that may be sent to the endpoint from inside the mount.
+    #[serde(default)]
+    pub site_commands: Vec<String>,
 }
 
 /// An operation class that a mount can allow.
@@ -214,10 +376,12 @@ pub enum Verb {
     Rename,
     /// Change attributes (mode, times).
     Setattr,
+    /// Send allow-listed FTP `SITE` subcommands to the endpoint.
+    Site,
 }
 
 impl Verb {
-    pub const ALL: [Verb; 8] = [
+    pub const ALL: [Verb; 9] = [
         Verb::List,
         Verb::Read,
         Verb::Write,
@@ -226,6 +390,7 @@ impl Verb {
         Verb::Rmdir,
         Verb::Rename,
         Verb::Setattr,
+        Verb::Site,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -238,6 +403,7 @@ impl Verb {
             Verb::Rmdir => "rmdir",
             Verb::Rename => "rename",
             Verb::Setattr => "setattr",
+            Verb::Site => "site",
         }
     }
 }
@@ -375,6 +541,9 @@ mod defaults {
     }
     pub fn connect_timeout_seconds() -> u64 {
         10
+    }
+    pub fn data_timeout_seconds() -> u64 {
+        30
     }
     pub fn backend_path() -> String {
         "/".to_owned()

@@ -8,10 +8,15 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::{ConfigError, EndpointBackend, GatewayConfig};
+use crate::{ConfigError, EndpointBackend, FtpSecurity, GatewayConfig, Verb};
 
 /// The authentication method names a chain may use.
-pub const AUTH_METHODS: [&str; 3] = ["password", "publickey", "keyboard-interactive"];
+pub const AUTH_METHODS: [&str; 4] = [
+    "password",
+    "publickey",
+    "keyboard-interactive",
+    "certificate",
+];
 
 /// Checks a parsed config and returns every error found, in document order.
 pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
@@ -24,7 +29,7 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
         config.endpoints.iter().map(|e| &e.name),
     );
     let roles = unique_names(&mut errs, "roles", config.roles.iter().map(|r| &r.name));
-    unique_names(
+    let key_rings = unique_names(
         &mut errs,
         "keyRings",
         config.key_rings.iter().map(|k| &k.name),
@@ -62,6 +67,7 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
             );
         }
         check_refs(&mut errs, &format!("{at}.zones"), &l.zones, &zones, "zone");
+        check_ftps_listener(&mut errs, &at, l, &key_rings);
     }
 
     for (i, z) in config.zones.iter().enumerate() {
@@ -119,6 +125,43 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
                     errs.push(format!("{at}.connectTimeoutSeconds"), "must be at least 1");
                 }
             }
+            EndpointBackend::Ftps(f) => {
+                if f.addresses.is_empty() {
+                    errs.push(
+                        format!("{at}.addresses"),
+                        "at least one address is required",
+                    );
+                }
+                for (j, a) in f.addresses.iter().enumerate() {
+                    if !is_host_port(a) {
+                        errs.push(
+                            format!("{at}.addresses[{j}]"),
+                            format!("{a:?} is not host:port"),
+                        );
+                    }
+                }
+                match f.security {
+                    FtpSecurity::Plaintext if !f.allow_plaintext => errs.push(
+                        format!("{at}.security"),
+                        "a plaintext FTP backend needs allowPlaintext: true",
+                    ),
+                    FtpSecurity::Plaintext => {}
+                    _ if f.ca_file.is_none() => errs.push(
+                        format!("{at}.caFile"),
+                        "a CA (or the pinned server certificate) is required for a TLS backend",
+                    ),
+                    _ => {}
+                }
+                if f.client_certificate_file.is_some() != f.client_key_file.is_some() {
+                    errs.push(&at, "clientCertificateFile and clientKeyFile go together");
+                }
+                if f.username.is_empty() {
+                    errs.push(format!("{at}.username"), "must not be empty");
+                }
+                if f.connect_timeout_seconds == 0 {
+                    errs.push(format!("{at}.connectTimeoutSeconds"), "must be at least 1");
+                }
+            }
             EndpointBackend::Local(l) => {
                 if !l.root.starts_with('/') {
                     errs.push(format!("{at}.root"), "must be an absolute path");
@@ -157,6 +200,20 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
                     "a mount must allow at least one verb",
                 );
             }
+            if !m.site_commands.is_empty() && !m.verbs.contains(&Verb::Site) {
+                errs.push(
+                    format!("{at}.siteCommands"),
+                    "siteCommands need the verb site",
+                );
+            }
+            for (k, c) in m.site_commands.iter().enumerate() {
+                if c.is_empty() || c.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    errs.push(
+                        format!("{at}.siteCommands[{k}]"),
+                        "one subcommand word, without spaces",
+                    );
+                }
+            }
         }
     }
 
@@ -189,12 +246,14 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
             "password" => u.password_hash.is_some(),
             "publickey" => !u.public_keys.is_empty(),
             "keyboard-interactive" => u.totp_secret_file.is_some(),
+            "certificate" => !u.certificate_names.is_empty(),
             _ => false,
         };
-        if u.auth_methods.is_empty() && !has("password") && !has("publickey") {
+        if u.auth_methods.is_empty() && !has("password") && !has("publickey") && !has("certificate")
+        {
             errs.push(
                 &at,
-                "the user has no credential: set passwordHash or publicKeys",
+                "the user has no credential: set passwordHash, publicKeys or certificateNames",
             );
         }
         for (j, chain) in u.auth_methods.iter().enumerate() {
@@ -295,6 +354,57 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
     }
 
     errs.finish()
+}
+
+/// The FTPS-only listener fields: required for FTPS, refused elsewhere.
+fn check_ftps_listener(
+    errs: &mut Errors,
+    at: &str,
+    l: &crate::Listener,
+    key_rings: &HashSet<&str>,
+) {
+    if !l.protocol.is_ftps() {
+        if l.tls.is_some() || l.passive_ports.is_some() || l.advertised_address.is_some() {
+            errs.push(
+                at,
+                "tls, passivePorts and advertisedAddress apply to FTPS listeners only",
+            );
+        }
+        return;
+    }
+    match &l.tls {
+        None => errs.push(format!("{at}.tls"), "an FTPS listener needs tls.keyRing"),
+        Some(t) => {
+            if !key_rings.contains(t.key_ring.as_str()) {
+                errs.push(
+                    format!("{at}.tls.keyRing"),
+                    format!("key ring {} does not exist", t.key_ring),
+                );
+            }
+        }
+    }
+    match l.passive_ports {
+        None => errs.push(
+            format!("{at}.passivePorts"),
+            "an FTPS listener needs a passive port range",
+        ),
+        Some(r) if r.min > r.max || r.min < 1024 => errs.push(
+            format!("{at}.passivePorts"),
+            "min must be at least 1024 and at most max",
+        ),
+        Some(_) => {}
+    }
+    if let Some(a) = &l.advertised_address
+        && a.parse::<std::net::Ipv4Addr>().is_err()
+    {
+        errs.push(
+            format!("{at}.advertisedAddress"),
+            format!("{a:?} is not an IPv4 address (PASV can only carry IPv4)"),
+        );
+    }
+    if l.data_timeout_seconds == 0 {
+        errs.push(format!("{at}.dataTimeoutSeconds"), "must be at least 1");
+    }
 }
 
 /// Parses `10.0.0.0/8` or a bare address (a single host).

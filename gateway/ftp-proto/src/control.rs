@@ -22,6 +22,9 @@ pub enum Action {
     /// Send `234`, then drop every byte already buffered (cleartext pipelined after `AUTH`
     /// could be a man in the middle's injection) and run the TLS handshake.
     StartTls(Reply),
+    /// `USER` named this account: decide whether the TLS client certificate already logs it
+    /// in or a password must follow, then call [`Control::identified`].
+    Identify { user: String },
     /// Check these credentials, then call [`Control::login_result`]. The password is only
     /// ever handed over here, never logged.
     Authenticate { user: String, password: String },
@@ -32,6 +35,15 @@ pub enum Action {
     Refused { verb: &'static str, code: u16 },
     /// Send the reply, then close the connection.
     Close(Reply),
+}
+
+/// Whether `USER` alone logged the account in (by its TLS client certificate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identified {
+    /// `232`: the certificate is the whole login.
+    Complete,
+    /// `331`: a password must follow.
+    NeedPassword,
 }
 
 /// The data channel protection negotiated so far.
@@ -50,7 +62,12 @@ enum State {
     Secured {
         prot: Protection,
     },
-    /// `USER` was given.
+    /// `USER` was handed to the session; waiting for [`Control::identified`].
+    Identifying {
+        prot: Protection,
+        user: String,
+    },
+    /// `USER` was given; a password must follow.
     User {
         prot: Protection,
         user: String,
@@ -146,6 +163,29 @@ impl Control {
         }
     }
 
+    /// The answer to [`Action::Identify`].
+    pub fn identified(&mut self, outcome: Identified) -> Vec<Action> {
+        match std::mem::replace(&mut self.state, State::Cleartext) {
+            State::Identifying { prot, user } => match outcome {
+                Identified::Complete => {
+                    self.state = State::LoggedIn { prot, user };
+                    vec![reply(
+                        232,
+                        "Logged in, authorized by the client certificate",
+                    )]
+                }
+                Identified::NeedPassword => {
+                    self.state = State::User { prot, user };
+                    vec![reply(331, "Password required")]
+                }
+            },
+            other => {
+                self.state = other;
+                vec![]
+            }
+        }
+    }
+
     /// The answer to [`Action::Authenticate`].
     pub fn login_result(&mut self, ok: bool) -> Vec<Action> {
         match std::mem::replace(&mut self.state, State::Cleartext) {
@@ -213,8 +253,11 @@ impl Control {
             },
             State::Secured { prot } => match cmd {
                 User(u) => (
-                    State::User { prot, user: u },
-                    vec![reply(331, "Password required")],
+                    State::Identifying {
+                        prot,
+                        user: u.clone(),
+                    },
+                    vec![Action::Identify { user: u }],
                 ),
                 Pass(_) => (State::Secured { prot }, vec![reply(503, "Send USER first")]),
                 other => {
@@ -231,8 +274,11 @@ impl Control {
                     vec![Action::Authenticate { user, password: p }],
                 ),
                 User(u) => (
-                    State::User { prot, user: u },
-                    vec![reply(331, "Password required")],
+                    State::Identifying {
+                        prot,
+                        user: u.clone(),
+                    },
+                    vec![Action::Identify { user: u }],
                 ),
                 other => {
                     let (prot, a) = protection(prot, other, false);
@@ -241,6 +287,10 @@ impl Control {
             },
             State::Checking { prot, user } => (
                 State::Checking { prot, user },
+                vec![reply(503, "Login in progress")],
+            ),
+            State::Identifying { prot, user } => (
+                State::Identifying { prot, user },
                 vec![reply(503, "Login in progress")],
             ),
             State::LoggedIn { prot, user } => match cmd {
@@ -380,7 +430,14 @@ mod tests {
         assert!(matches!(run(&mut c, "AUTH TLS")[..], [Action::StartTls(ref r)] if r.code == 234));
         c.tls_established();
         assert!(c.secured());
-        assert_eq!(codes(&run(&mut c, "USER alice")), [331]);
+        assert_eq!(
+            run(&mut c, "USER alice"),
+            [Action::Identify {
+                user: "alice".into()
+            }]
+        );
+        assert_eq!(codes(&run(&mut c, "PASS early")), [503]);
+        assert_eq!(codes(&c.identified(Identified::NeedPassword)), [331]);
         let a = run(&mut c, "PASS s3cret");
         assert_eq!(
             a,
@@ -413,13 +470,24 @@ mod tests {
         assert!(c.secured());
         assert_eq!(codes(&run(&mut c, "PASS x")), [503]);
         run(&mut c, "USER bob");
+        c.identified(Identified::NeedPassword);
         run(&mut c, "PASS wrong");
         assert_eq!(codes(&c.login_result(false)), [530]);
         assert_eq!(c.user(), None);
         assert_eq!(codes(&run(&mut c, "LIST")), [530]);
         run(&mut c, "USER bob");
+        c.identified(Identified::NeedPassword);
         run(&mut c, "PASS right");
         assert_eq!(codes(&c.login_result(true)), [230]);
+    }
+
+    #[test]
+    fn a_certificate_alone_can_log_in() {
+        let mut c = Control::new(Start::Implicit);
+        run(&mut c, "USER carol");
+        assert_eq!(codes(&c.identified(Identified::Complete)), [232]);
+        assert_eq!(c.user(), Some("carol"));
+        assert_eq!(codes(&run(&mut c, "PASS x")), [503]);
     }
 
     #[test]

@@ -33,15 +33,39 @@ impl ActiveRefusal {
     }
 }
 
+/// What a listener allows of active mode, with z/OS `FTP.DATA` semantics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActivePolicy {
+    /// `PORT`/`EPRT` are accepted at all.
+    pub enabled: bool,
+    /// `NOLOWPORTS`: targets below port 1024 are refused.
+    pub no_low_ports: bool,
+    /// `NOREDIRECT`: targets other than the client's own address are refused.
+    pub no_redirect: bool,
+}
+
+impl ActivePolicy {
+    /// Off: the default.
+    pub const DISABLED: ActivePolicy = ActivePolicy {
+        enabled: false,
+        no_low_ports: true,
+        no_redirect: true,
+    };
+}
+
 /// Checks a `PORT`/`EPRT` target against the control connection's peer.
-pub fn check_active(peer: IpAddr, target: HostPort, enabled: bool) -> Result<(), ActiveRefusal> {
-    if !enabled {
+pub fn check_active(
+    peer: IpAddr,
+    target: HostPort,
+    policy: ActivePolicy,
+) -> Result<(), ActiveRefusal> {
+    if !policy.enabled {
         return Err(ActiveRefusal::Disabled);
     }
-    if canonical(target.ip) != canonical(peer) {
+    if policy.no_redirect && canonical(target.ip) != canonical(peer) {
         return Err(ActiveRefusal::ThirdParty);
     }
-    if target.port < 1024 {
+    if policy.no_low_ports && target.port < 1024 {
         return Err(ActiveRefusal::PrivilegedPort);
     }
     Ok(())
@@ -129,25 +153,48 @@ mod tests {
         }
     }
 
+    const STRICT: ActivePolicy = ActivePolicy {
+        enabled: true,
+        no_low_ports: true,
+        no_redirect: true,
+    };
+
     #[test]
     fn bounce_targets_are_refused() {
         let peer: IpAddr = "203.0.113.9".parse().unwrap();
-        assert_eq!(check_active(peer, hp("203.0.113.9", 40000), true), Ok(()));
+        assert_eq!(check_active(peer, hp("203.0.113.9", 40000), STRICT), Ok(()));
         assert_eq!(
-            check_active(peer, hp("10.0.0.5", 40000), true),
+            check_active(peer, hp("10.0.0.5", 40000), STRICT),
             Err(ActiveRefusal::ThirdParty)
         );
         assert_eq!(
-            check_active(peer, hp("203.0.113.9", 25), true),
+            check_active(peer, hp("203.0.113.9", 25), STRICT),
             Err(ActiveRefusal::PrivilegedPort)
         );
         assert_eq!(
-            check_active(peer, hp("203.0.113.9", 40000), false),
+            check_active(peer, hp("203.0.113.9", 40000), ActivePolicy::DISABLED),
             Err(ActiveRefusal::Disabled)
         );
+        // Each z/OS option on its own.
+        let redirect_ok = ActivePolicy {
+            no_redirect: false,
+            ..STRICT
+        };
+        assert_eq!(
+            check_active(peer, hp("10.0.0.5", 40000), redirect_ok),
+            Ok(())
+        );
+        let low_ok = ActivePolicy {
+            no_low_ports: false,
+            ..STRICT
+        };
+        assert_eq!(check_active(peer, hp("203.0.113.9", 22), low_ok), Ok(()));
         // Dual-stack sockets see IPv4 peers as mapped IPv6.
         let mapped: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
-        assert_eq!(check_active(mapped, hp("203.0.113.9", 40000), true), Ok(()));
+        assert_eq!(
+            check_active(mapped, hp("203.0.113.9", 40000), STRICT),
+            Ok(())
+        );
         assert!(passive_peer_ok(mapped, peer));
         assert!(!passive_peer_ok(peer, "203.0.113.10".parse().unwrap()));
     }

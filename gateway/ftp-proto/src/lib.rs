@@ -12,9 +12,10 @@ mod listing;
 mod reply;
 
 pub use command::{Command, HostPort, ParseError, ProtLevel, parse};
-pub use control::{Action, Control, Protection, Start};
+pub use control::{Action, Control, Identified, Protection, Start};
 pub use data::{
-    ActiveRefusal, PassivePorts, check_active, epsv_reply, passive_peer_ok, pasv_reply,
+    ActivePolicy, ActiveRefusal, PassivePorts, check_active, epsv_reply, passive_peer_ok,
+    pasv_reply,
 };
 pub use line::{LineError, LineReader, MAX_LINE};
 pub use listing::{Entry, list_line, mlsd_line, timeval};
@@ -56,6 +57,15 @@ pub fn fuzz_control(data: &[u8]) {
                         let _ = r.encode();
                         reader.discard();
                         control.tls_established();
+                    }
+                    Action::Identify { .. } => {
+                        assert!(control.secured(), "USER is never taken in cleartext");
+                        let outcome = if logins % 3 == 2 {
+                            Identified::Complete
+                        } else {
+                            Identified::NeedPassword
+                        };
+                        let _ = control.identified(outcome);
                     }
                     Action::Authenticate { .. } => {
                         logins += 1;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod ftps;
 pub mod local;
 pub mod sftp;
 
@@ -125,6 +126,12 @@ pub trait Backend: Send + Sync {
     async fn mkdir(&self, path: &str, attrs: FileAttrs) -> Result<(), FsError>;
     async fn rmdir(&self, path: &str) -> Result<(), FsError>;
     async fn rename(&self, from: &str, to: &str) -> Result<(), FsError>;
+    /// Sends an FTP `SITE` command (already authorized) and returns the server's answer.
+    async fn site(&self, _command: &str) -> Result<String, FsError> {
+        Err(FsError::Unsupported(
+            "SITE commands need an FTP endpoint".into(),
+        ))
+    }
     /// Whether the connection is gone (an SFTP backend reconnects on next use).
     fn is_closed(&self) -> bool {
         false

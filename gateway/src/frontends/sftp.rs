@@ -157,12 +157,14 @@ struct SshHandler {
 }
 
 fn method_set(methods: &[Method]) -> MethodSet {
+    // A TLS client certificate cannot be offered over SSH; chains needing one never complete.
     let kinds: Vec<MethodKind> = methods
         .iter()
-        .map(|m| match m {
-            Method::Password => MethodKind::Password,
-            Method::PublicKey => MethodKind::PublicKey,
-            Method::KeyboardInteractive => MethodKind::KeyboardInteractive,
+        .filter_map(|m| match m {
+            Method::Password => Some(MethodKind::Password),
+            Method::PublicKey => Some(MethodKind::PublicKey),
+            Method::KeyboardInteractive => Some(MethodKind::KeyboardInteractive),
+            Method::Certificate => None,
         })
         .collect();
     MethodSet::from(&kinds[..])
@@ -234,6 +236,7 @@ impl SshHandler {
                         listener: &self.listener,
                         protocol: "sftp",
                         methods: self.done.iter().map(|m| m.to_string()).collect(),
+                        channel: None,
                     },
                 )
                 .await;

@@ -123,6 +123,11 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
             protocol: config::Protocol::Sftp,
             address: format!("0.0.0.0:{}", l.port),
             zones: l.zones.clone(),
+            tls: None,
+            passive_ports: None,
+            advertised_address: None,
+            active_mode: config::ActiveMode::default(),
+            data_timeout_seconds: 30,
         });
     }
 
@@ -221,6 +226,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
                         endpoint: m.endpoint.clone(),
                         backend_path: m.backend_path.clone(),
                         verbs: m.verbs.iter().map(|v| verb(*v)).collect(),
+                        site_commands: Vec::new(),
                     }
                 })
                 .collect(),
@@ -295,6 +301,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
             password_hash,
             public_keys: u.public_keys.clone(),
             totp_secret_file,
+            certificate_names: Vec::new(),
             auth_methods: u.auth_methods.clone(),
             zones: if u.zones.is_empty() {
                 listener_zones.clone()

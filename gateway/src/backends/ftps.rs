@@ -1,0 +1,541 @@
+//! The FTPS backend: suppaftp over tokio-rustls (aws-lc-rs), with the backend's CA pinned from
+//! config, `PBSZ 0`/`PROT P`, EPSV and binary mode.
+//!
+//! FTP allows one transfer per control connection, so metadata operations share one
+//! connection per session and each open file gets a connection of its own. Transfers stream:
+//! reads are served from the `RETR` stream in order (any read order within a window), writes
+//! are reordered into one `STOR` stream, and the first byte's offset becomes `REST` (resume).
+//! A file is only reported closed once the data connection was drained, TLS `close_notify`
+//! sent, and the backend's `226` read.
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use portcullis_config::FtpSecurity;
+use rustls::ClientConfig;
+use suppaftp::{
+    FtpError, Mode,
+    list::{File, ListParser},
+    tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream, TransferStream},
+    types::FileType,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::Mutex,
+};
+use tokio_rustls::TlsConnector;
+
+use super::{Backend, BackendFile, DirEntry, FileAttrs, FsError, OpenMode};
+
+/// How to reach one FTPS endpoint, compiled from config.
+pub struct FtpsSpec {
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub security: FtpSecurity,
+    /// Trusts only the configured CA; `None` for a plaintext endpoint.
+    pub tls: Option<Arc<ClientConfig>>,
+    pub server_name: Option<String>,
+    pub username: String,
+    pub password: String,
+    pub connect_timeout: Duration,
+}
+
+/// Bytes buffered ahead of (reads) or behind (writes) the stream position, at most.
+const WINDOW: usize = 64 * 1024 * 1024;
+/// Bytes read from a `RETR` stream per socket read.
+const READ_CHUNK: usize = 256 * 1024;
+
+type Ftp = AsyncRustlsFtpStream;
+type Transfer = TransferStream<suppaftp::tokio::AsyncRustlsStream>;
+
+pub struct FtpsBackend {
+    spec: Arc<FtpsSpec>,
+    /// The session's metadata connection, made on first use and remade after a failure.
+    control: Mutex<Option<Ftp>>,
+}
+
+impl FtpsBackend {
+    pub fn new(spec: Arc<FtpsSpec>) -> FtpsBackend {
+        FtpsBackend {
+            spec,
+            control: Mutex::new(None),
+        }
+    }
+
+    /// Runs `f` on the metadata connection; a connection-level failure drops it so the next
+    /// call reconnects.
+    async fn with_control<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Ftp) -> Result<T, FtpError>,
+    ) -> Result<T, FsError> {
+        let mut guard = self.control.lock().await;
+        if guard.is_none() {
+            *guard = Some(connect(&self.spec).await?);
+        }
+        let ftp = guard.as_mut().expect("connected above");
+        match f(ftp).await {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                if !matches!(e, FtpError::UnexpectedResponse(_)) {
+                    *guard = None;
+                }
+                Err(map_err(e))
+            }
+        }
+    }
+}
+
+/// Connects to the first address that answers, secures the connection as configured and logs
+/// in; binary mode, extended passive.
+async fn connect(spec: &FtpsSpec) -> Result<Ftp, FsError> {
+    let mut last = String::from("no address configured");
+    for addr in &spec.addresses {
+        match tokio::time::timeout(spec.connect_timeout, connect_one(spec, addr)).await {
+            Ok(Ok(ftp)) => return Ok(ftp),
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: timed out"),
+        }
+    }
+    Err(FsError::Unavailable(format!(
+        "endpoint {}: {last}",
+        spec.name
+    )))
+}
+
+async fn connect_one(spec: &FtpsSpec, addr: &str) -> Result<Ftp, FtpError> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let domain = spec.server_name.as_deref().unwrap_or(host);
+    let connector = || {
+        spec.tls
+            .clone()
+            .map(|c| AsyncRustlsConnector::from(TlsConnector::from(c)))
+    };
+    let mut ftp = match (spec.security, connector()) {
+        (FtpSecurity::Implicit, Some(c)) => {
+            Ftp::connect_secure_implicit(resolve(addr).await?, c, domain).await?
+        }
+        (FtpSecurity::Explicit, Some(c)) => {
+            Ftp::connect(resolve(addr).await?)
+                .await?
+                .into_secure(c, domain)
+                .await?
+        }
+        (FtpSecurity::Plaintext, _) => Ftp::connect(resolve(addr).await?).await?,
+        (_, None) => {
+            return Err(FtpError::SecureError(
+                "a TLS endpoint without a TLS configuration".into(),
+            ));
+        }
+    };
+    ftp.login(spec.username.as_str(), spec.password.as_str())
+        .await?;
+    ftp.transfer_type(FileType::Binary).await?;
+    ftp.set_mode(Mode::ExtendedPassive);
+    Ok(ftp)
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr, FtpError> {
+    tokio::net::lookup_host(addr)
+        .await
+        .map_err(FtpError::ConnectionError)?
+        .next()
+        .ok_or_else(|| {
+            FtpError::ConnectionError(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{addr} does not resolve"),
+            ))
+        })
+}
+
+fn map_err(e: FtpError) -> FsError {
+    match e {
+        FtpError::UnexpectedResponse(r) => {
+            let text = String::from_utf8_lossy(&r.body).trim().to_owned();
+            match r.status.code() {
+                550 => FsError::NotFound,
+                553 | 532 | 530 => FsError::Denied(format!("by the backend: {text}")),
+                _ => FsError::Failure(format!("backend replied {text}")),
+            }
+        }
+        FtpError::ConnectionError(e) => FsError::Unavailable(e.to_string()),
+        FtpError::SecureError(e) => FsError::Unavailable(format!("TLS: {e}")),
+        other => FsError::Failure(other.to_string()),
+    }
+}
+
+fn attrs_of(f: &File) -> FileAttrs {
+    let mtime = f
+        .modified()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .ok();
+    let kind = if f.is_directory() {
+        FileAttrs::S_IFDIR | 0o755
+    } else if f.is_symlink() {
+        FileAttrs::S_IFLNK | 0o777
+    } else {
+        0o100000 | 0o644
+    };
+    FileAttrs {
+        size: Some(f.size() as u64),
+        mode: Some(kind),
+        mtime,
+        atime: mtime,
+        ..Default::default()
+    }
+}
+
+fn file_attrs(size: u64, mtime: Option<u32>) -> FileAttrs {
+    FileAttrs {
+        size: Some(size),
+        mode: Some(0o100000 | 0o644),
+        mtime,
+        atime: mtime,
+        ..Default::default()
+    }
+}
+
+#[async_trait]
+impl Backend for FtpsBackend {
+    async fn open(&self, path: &str, mode: OpenMode) -> Result<Arc<dyn BackendFile>, FsError> {
+        if mode.read && mode.writes() {
+            return Err(FsError::Unsupported(
+                "an FTP endpoint cannot open a file for reading and writing at once".into(),
+            ));
+        }
+        if mode.exclusive && self.stat(path, true).await.is_ok() {
+            return Err(FsError::AlreadyExists);
+        }
+        // A read of a missing file fails at open, as on every other backend.
+        if !mode.writes() {
+            self.stat(path, true).await?;
+        }
+        let ftp = connect(&self.spec).await?;
+        Ok(Arc::new(FtpsFile {
+            path: path.to_owned(),
+            mode,
+            spec: self.spec.clone(),
+            state: Mutex::new(FileState {
+                ftp: Some(ftp),
+                transfer: None,
+                pos: 0,
+                buf: BytesMut::new(),
+                buf_start: 0,
+                served: BTreeMap::new(),
+                pending: BTreeMap::new(),
+                pending_bytes: 0,
+                eof: false,
+                started: false,
+            }),
+        }))
+    }
+
+    async fn list(&self, path: &str) -> Result<Vec<DirEntry>, FsError> {
+        let path = path.to_owned();
+        let lines = self
+            .with_control(async |ftp| match ftp.mlsd(Some(&path)).await {
+                Ok(lines) => Ok((true, lines)),
+                Err(FtpError::UnexpectedResponse(r)) if r.status.code() == 500 => {
+                    // No MLSD (vsftpd): parse LIST.
+                    ftp.list(Some(&path)).await.map(|l| (false, l))
+                }
+                Err(e) => Err(e),
+            })
+            .await?;
+        let (mlsd, lines) = lines;
+        Ok(lines
+            .iter()
+            .filter_map(|l| {
+                if mlsd {
+                    ListParser::parse_mlsd(l).ok()
+                } else {
+                    ListParser::parse_posix(l)
+                        .or_else(|_| ListParser::parse_dos(l))
+                        .ok()
+                }
+            })
+            .filter(|f| f.name() != "." && f.name() != "..")
+            .map(|f| DirEntry {
+                name: f.name().to_owned(),
+                attrs: attrs_of(&f),
+            })
+            .collect())
+    }
+
+    async fn stat(&self, path: &str, _follow: bool) -> Result<FileAttrs, FsError> {
+        if path == "/" {
+            return Ok(FileAttrs::virtual_dir());
+        }
+        let path = path.to_owned();
+        self.with_control(async |ftp| match ftp.size(&path).await {
+            Ok(size) => {
+                let mtime = ftp
+                    .mdtm(&path)
+                    .await
+                    .ok()
+                    .map(|t| t.and_utc().timestamp() as u32);
+                Ok(Some(file_attrs(size as u64, mtime)))
+            }
+            Err(FtpError::UnexpectedResponse(_)) => {
+                // Not a file: a directory if we can change into it.
+                match ftp.cwd(&path).await {
+                    Ok(()) => {
+                        ftp.cwd("/").await?;
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        })
+        .await
+        .map(|a| {
+            a.unwrap_or(FileAttrs {
+                mode: Some(FileAttrs::S_IFDIR | 0o755),
+                size: Some(0),
+                ..Default::default()
+            })
+        })
+    }
+
+    async fn set_stat(&self, _path: &str, attrs: FileAttrs) -> Result<(), FsError> {
+        if attrs == FileAttrs::default() {
+            return Ok(());
+        }
+        Err(FsError::Unsupported(
+            "an FTP endpoint cannot change attributes".into(),
+        ))
+    }
+
+    async fn remove(&self, path: &str) -> Result<(), FsError> {
+        let path = path.to_owned();
+        self.with_control(async |ftp| ftp.rm(&path).await).await
+    }
+
+    async fn mkdir(&self, path: &str, _attrs: FileAttrs) -> Result<(), FsError> {
+        let path = path.to_owned();
+        self.with_control(async |ftp| ftp.mkdir(&path).await).await
+    }
+
+    async fn rmdir(&self, path: &str) -> Result<(), FsError> {
+        let path = path.to_owned();
+        self.with_control(async |ftp| ftp.rmdir(&path).await).await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<(), FsError> {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.with_control(async |ftp| ftp.rename(&from, &to).await)
+            .await
+    }
+
+    async fn site(&self, command: &str) -> Result<String, FsError> {
+        let command = command.to_owned();
+        let r = self
+            .with_control(async |ftp| ftp.site(&command).await)
+            .await?;
+        Ok(format!(
+            "{} {}",
+            r.status.code(),
+            String::from_utf8_lossy(&r.body).trim()
+        ))
+    }
+}
+
+struct FileState {
+    ftp: Option<Ftp>,
+    transfer: Option<Transfer>,
+    /// Stream position: the offset of the next byte the transfer carries.
+    pos: u64,
+    /// Reads: bytes from `buf_start` read off the stream and not yet released.
+    buf: BytesMut,
+    buf_start: u64,
+    /// Reads: ranges served above `buf_start` (offset → end), to release the buffer in order.
+    served: BTreeMap<u64, u64>,
+    /// Writes: data that arrived ahead of `pos`.
+    pending: BTreeMap<u64, Bytes>,
+    pending_bytes: usize,
+    eof: bool,
+    started: bool,
+}
+
+pub struct FtpsFile {
+    path: String,
+    mode: OpenMode,
+    spec: Arc<FtpsSpec>,
+    state: Mutex<FileState>,
+}
+
+impl FtpsFile {
+    /// Opens the transfer at `offset` (`REST` when non-zero).
+    async fn start(&self, st: &mut FileState, offset: u64) -> Result<(), FsError> {
+        let ftp = st
+            .ftp
+            .as_mut()
+            .ok_or_else(|| FsError::Failure("the file's connection is gone".into()))?;
+        if offset > 0 {
+            ftp.resume_transfer(offset as usize)
+                .await
+                .map_err(map_err)?;
+        }
+        let t = if self.mode.writes() {
+            if self.mode.append && offset == 0 && !self.mode.truncate {
+                ftp.append_with_stream(&self.path).await
+            } else {
+                ftp.put_with_stream(&self.path).await
+            }
+        } else {
+            ftp.retr_as_stream(&self.path).await
+        }
+        .map_err(map_err)?;
+        st.transfer = Some(t);
+        st.pos = offset;
+        st.buf_start = offset;
+        st.started = true;
+        Ok(())
+    }
+
+    async fn write_in_order(st: &mut FileState, data: &[u8]) -> Result<(), FsError> {
+        let t = st.transfer.as_mut().expect("started");
+        t.write_all(data)
+            .await
+            .map_err(|e| FsError::Unavailable(format!("data connection: {e}")))?;
+        st.pos += data.len() as u64;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BackendFile for FtpsFile {
+    async fn read_at(&self, offset: u64, len: u32) -> Result<Option<Bytes>, FsError> {
+        let mut st = self.state.lock().await;
+        if !st.started {
+            self.start(&mut st, offset).await?;
+        }
+        if offset < st.buf_start {
+            return Err(FsError::Unsupported(
+                "an FTP endpoint reads forward only; this range was already passed".into(),
+            ));
+        }
+        let want_end = offset + u64::from(len);
+        while !st.eof && st.buf_start + (st.buf.len() as u64) < want_end {
+            if st.buf.len() > WINDOW {
+                return Err(FsError::Failure(
+                    "reads too far ahead of the stream for an FTP endpoint".into(),
+                ));
+            }
+            let mut chunk = vec![0u8; READ_CHUNK];
+            let t = st.transfer.as_mut().expect("started");
+            let n = t
+                .read(&mut chunk)
+                .await
+                .map_err(|e| FsError::Unavailable(format!("data connection: {e}")))?;
+            if n == 0 {
+                st.eof = true;
+            } else {
+                st.buf.extend_from_slice(&chunk[..n]);
+                st.pos += n as u64;
+            }
+        }
+        let have_end = st.buf_start + st.buf.len() as u64;
+        if offset >= have_end {
+            return Ok(None);
+        }
+        let end = want_end.min(have_end);
+        let from = (offset - st.buf_start) as usize;
+        let to = (end - st.buf_start) as usize;
+        let out = Bytes::copy_from_slice(&st.buf[from..to]);
+        st.served.insert(offset, end);
+        // Release what has been served contiguously from the start of the buffer.
+        loop {
+            let start = st.buf_start;
+            let Some(done) = st.served.remove(&start) else {
+                break;
+            };
+            let n = (done - start) as usize;
+            let _ = st.buf.split_to(n);
+            st.buf_start = done;
+        }
+        Ok(Some(out))
+    }
+
+    async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
+        let mut st = self.state.lock().await;
+        if !st.started {
+            self.start(&mut st, offset).await?;
+        }
+        if offset < st.pos {
+            return Err(FsError::Unsupported(
+                "an FTP endpoint writes forward only; this range was already written".into(),
+            ));
+        }
+        if offset > st.pos {
+            st.pending_bytes += data.len();
+            if st.pending_bytes > WINDOW {
+                return Err(FsError::Failure(
+                    "writes too far ahead of the stream for an FTP endpoint".into(),
+                ));
+            }
+            st.pending.insert(offset, data);
+            return Ok(());
+        }
+        Self::write_in_order(&mut st, &data).await?;
+        loop {
+            let pos = st.pos;
+            let Some(next) = st.pending.remove(&pos) else {
+                break;
+            };
+            st.pending_bytes -= next.len();
+            Self::write_in_order(&mut st, &next).await?;
+        }
+        Ok(())
+    }
+
+    async fn stat(&self) -> Result<FileAttrs, FsError> {
+        let st = self.state.lock().await;
+        if self.mode.writes() {
+            return Ok(file_attrs(st.pos, None));
+        }
+        drop(st);
+        FtpsBackend::new(self.spec.clone())
+            .stat(&self.path, true)
+            .await
+    }
+
+    async fn set_stat(&self, attrs: FileAttrs) -> Result<(), FsError> {
+        if attrs == FileAttrs::default() {
+            return Ok(());
+        }
+        Err(FsError::Unsupported(
+            "an FTP endpoint cannot change attributes".into(),
+        ))
+    }
+
+    async fn close(&self) -> Result<(), FsError> {
+        let mut st = self.state.lock().await;
+        if self.mode.writes() && !st.started {
+            // An empty file: the transfer still has to happen.
+            self.start(&mut st, 0).await?;
+        }
+        if !st.pending.is_empty() {
+            return Err(FsError::Failure(format!(
+                "gap in the written data at offset {}",
+                st.pos
+            )));
+        }
+        let result = match st.transfer.take() {
+            None => Ok(()),
+            Some(t) if self.mode.writes() || st.eof => t.finish().await.map_err(map_err),
+            Some(t) => {
+                // A download the client stopped early: abort it at the backend.
+                let ftp = st.ftp.as_mut().expect("connection kept while transferring");
+                ftp.abort(t).await.map_err(map_err)
+            }
+        };
+        if let Some(mut ftp) = st.ftp.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), ftp.quit()).await;
+        }
+        result
+    }
+}

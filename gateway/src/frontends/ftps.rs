@@ -1,0 +1,1527 @@
+//! The FTPS front end: sockets and TLS around the sans-IO control machine of
+//! `portcullis-ftp-proto`. Explicit (`AUTH TLS`) and implicit listeners; every file operation
+//! goes through [`Session::execute`], the one enforcement point.
+//!
+//! Data connections are always TLS, must come from the control connection's address, and must
+//! resume *this* control connection's TLS session: each connection gets a session store of its
+//! own, so a resumed data handshake proves which control session it belongs to (vsftpd's
+//! `require_ssl_reuse`, checked on the handshake kind).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures::{StreamExt, stream::FuturesOrdered, stream::FuturesUnordered};
+use portcullis_config::{ClientCertificates, Listener, Protocol, TlsVersion};
+use portcullis_ftp_proto::{
+    Action, ActivePolicy, Command, Control, Entry, HostPort, Identified, LineError, LineReader,
+    PassivePorts, Reply, Start, check_active, epsv_reply, list_line, mlsd_line, parse,
+    passive_peer_ok, pasv_reply, timeval,
+};
+use rustls::{
+    HandshakeKind, ServerConfig,
+    server::{StoresServerSessions, WebPkiClientVerifier},
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+
+use crate::{
+    audit::Event,
+    auth::{self, Method, Progress},
+    backends::{FileAttrs, FsError, OpenMode},
+    runtime::{Runtime, UserEntry},
+    session::{FileOp, Login, OpOutput, Session},
+    state::{Shared, Slot},
+    tls::{self, LiveCert},
+};
+
+/// Per-listener state that outlives connections: the passive port pool.
+pub struct ListenerCtx {
+    pub config: Listener,
+    passive: Mutex<PassivePorts>,
+}
+
+impl ListenerCtx {
+    pub fn new(config: Listener) -> Arc<ListenerCtx> {
+        let range = config
+            .passive_ports
+            .expect("validated: FTPS listeners have a range");
+        Arc::new(ListenerCtx {
+            passive: Mutex::new(PassivePorts::new(range.min, range.max)),
+            config,
+        })
+    }
+}
+
+/// Bytes per backend read or write on the data path.
+const CHUNK: usize = 128 * 1024;
+/// Backend operations a transfer keeps in flight.
+const DEPTH: usize = 16;
+
+/// TLS sessions of one control connection only. Tickets stay valid for the connection's life
+/// (clients resume the same control session for every data connection), and nothing outside
+/// this connection can resume from them.
+#[derive(Debug, Default)]
+struct ConnectionSessions(Mutex<HashMap<Vec<u8>, Vec<u8>>>);
+
+impl StoresServerSessions for ConnectionSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        let mut m = self.0.lock().expect("session store poisoned");
+        if m.len() >= 64 {
+            return false;
+        }
+        m.insert(key, value);
+        true
+    }
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0
+            .lock()
+            .expect("session store poisoned")
+            .get(key)
+            .cloned()
+    }
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.get(key)
+    }
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
+/// The TLS config for one connection, from the config in force: the key ring's certificate
+/// (resolved per handshake, so renewals reach new handshakes), version floor, cipher suites,
+/// client certificate policy, and a session store of the connection's own.
+fn connection_tls(shared: &Arc<Shared>, listener: &str) -> Result<Arc<ServerConfig>, String> {
+    let rt = shared.runtime.load();
+    let l = rt
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.name == listener)
+        .ok_or_else(|| format!("listener {listener} is no longer configured"))?;
+    let t = l.tls.as_ref().ok_or("no TLS settings")?;
+    let ring = rt
+        .certificates
+        .get(&t.key_ring)
+        .ok_or_else(|| format!("key ring {} is not loaded", t.key_ring))?
+        .clone();
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !t.cipher_suites.is_empty() {
+        provider.cipher_suites.retain(|s| {
+            let name = format!("{:?}", s.suite());
+            t.cipher_suites
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(&name))
+        });
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?;
+    let builder = match t.client_certificates {
+        ClientCertificates::None => builder.with_no_client_auth(),
+        mode => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in &ring.client_cas {
+                roots.add(c.clone()).map_err(|e| e.to_string())?;
+            }
+            let v = WebPkiClientVerifier::builder(Arc::new(roots));
+            let v = if mode == ClientCertificates::Optional {
+                v.allow_unauthenticated()
+            } else {
+                v
+            };
+            builder.with_client_cert_verifier(
+                v.build()
+                    .map_err(|e| format!("key ring {}: client CAs: {e}", t.key_ring))?,
+            )
+        }
+    };
+    let name = t.key_ring.clone();
+    let s = shared.clone();
+    let mut config = builder.with_cert_resolver(Arc::new(LiveCert::new(move || {
+        s.runtime
+            .load()
+            .certificates
+            .get(&name)
+            .map(|c| c.certified.clone())
+    })));
+    config.session_storage = Arc::new(ConnectionSessions::default());
+    config.send_tls13_tickets = 4;
+    Ok(Arc::new(config))
+}
+
+/// The control connection's stream with a line reader and pushed-back lines.
+struct Wire<S> {
+    io: S,
+    reader: LineReader,
+    backlog: VecDeque<Result<String, LineError>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    fn new(io: S) -> Wire<S> {
+        Wire {
+            io,
+            reader: LineReader::new(),
+            backlog: VecDeque::new(),
+        }
+    }
+
+    /// The next line; `None` when the peer closed. Cancel-safe: the only await is one read,
+    /// whose bytes are buffered before anything else happens.
+    async fn next_line(&mut self) -> std::io::Result<Option<Result<String, LineError>>> {
+        if let Some(l) = self.backlog.pop_front() {
+            return Ok(Some(l));
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(l) = self.reader.next_line() {
+                return Ok(Some(l));
+            }
+            let n = self.io.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.reader.push(&buf[..n]);
+        }
+    }
+
+    async fn send(&mut self, r: &Reply) -> std::io::Result<()> {
+        self.io.write_all(&r.encode()).await?;
+        self.io.flush().await
+    }
+}
+
+/// Telnet IP/DM bytes some clients put before `ABOR` show up as replacement characters.
+fn clean(line: &str) -> &str {
+    line.trim_start_matches(|c: char| !c.is_ascii_alphabetic())
+}
+
+/// `verb` and argument as the audit records them: never the argument of `PASS`.
+fn audit_parts(line: &str) -> (String, Option<String>) {
+    let (verb, arg) = match line.split_once(' ') {
+        Some((v, a)) => (v, Some(a)),
+        None => (line, None),
+    };
+    let verb: String = verb
+        .chars()
+        .take(16)
+        .collect::<String>()
+        .to_ascii_uppercase();
+    let arg = match verb.as_str() {
+        "PASS" => arg.map(|_| "********".to_owned()),
+        _ => arg.map(|a| a.chars().take(512).collect()),
+    };
+    (verb, arg)
+}
+
+/// What a step of the loop tells the caller.
+enum Flow {
+    Continue,
+    /// Switch the control connection to TLS (explicit FTPS after `234`).
+    StartTls,
+    /// Close the connection, for this reason.
+    End(&'static str),
+}
+
+enum DataPlan {
+    Passive { tcp: TcpListener, _port: PortGuard },
+    Active(SocketAddr),
+}
+
+struct PortGuard {
+    ctx: Arc<ListenerCtx>,
+    port: u16,
+}
+
+impl Drop for PortGuard {
+    fn drop(&mut self) {
+        self.ctx
+            .passive
+            .lock()
+            .expect("passive pool poisoned")
+            .release(self.port);
+    }
+}
+
+/// One control connection.
+struct Conn {
+    shared: Arc<Shared>,
+    ctx: Arc<ListenerCtx>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    zone: String,
+    tls: Arc<ServerConfig>,
+    control: Control,
+    session: Option<Arc<Session>>,
+    /// Identities of the verified client certificate, if one was presented.
+    cert_names: Vec<String>,
+    /// e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384`.
+    channel: Option<String>,
+    user: String,
+    done: Vec<Method>,
+    failures: usize,
+    cwd: String,
+    binary: bool,
+    rest: u64,
+    rnfr: Option<String>,
+    data: Option<DataPlan>,
+    epsv_all: bool,
+    last_reply: (u16, String),
+    accepted: Instant,
+}
+
+/// Serves one accepted FTPS connection until it ends.
+pub async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ListenerCtx>,
+    zone: String,
+    slot: Slot,
+) {
+    let _slot = slot;
+    let tls = match connection_tls(&shared, &ctx.config.name) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(listener = %ctx.config.name, error = %e, "no TLS config; closing");
+            return;
+        }
+    };
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let implicit = ctx.config.protocol == Protocol::FtpsImplicit;
+    let mut conn = Conn {
+        shared: shared.clone(),
+        ctx,
+        peer,
+        local,
+        zone,
+        tls,
+        control: Control::new(if implicit {
+            Start::Implicit
+        } else {
+            Start::Explicit
+        }),
+        session: None,
+        cert_names: Vec::new(),
+        channel: None,
+        user: String::new(),
+        done: Vec::new(),
+        failures: 0,
+        cwd: "/".into(),
+        binary: true,
+        rest: 0,
+        rnfr: None,
+        data: None,
+        epsv_all: false,
+        last_reply: (0, String::new()),
+        accepted: Instant::now(),
+    };
+    let reason = conn.serve(stream, implicit).await;
+    if let Some(s) = conn.session.take() {
+        s.finish(reason).await;
+    }
+}
+
+impl Conn {
+    async fn serve(&mut self, stream: TcpStream, implicit: bool) -> &'static str {
+        let tcp = if implicit {
+            stream
+        } else {
+            let mut wire = Wire::new(stream);
+            let greeting = self.control.greeting();
+            if wire.send(&greeting).await.is_err() {
+                return "client closed";
+            }
+            match self.run(&mut wire).await {
+                Flow::StartTls => {
+                    if !wire.backlog.is_empty() || wire.reader.pending() > 0 {
+                        tracing::info!(peer = %self.peer, "discarded cleartext sent after AUTH TLS");
+                    }
+                    wire.reader.discard();
+                    wire.io
+                }
+                Flow::End(why) => return why,
+                Flow::Continue => unreachable!("run returns only to switch or end"),
+            }
+        };
+        let grace = self.grace_left();
+        let accepted =
+            tokio::time::timeout(grace, TlsAcceptor::from(self.tls.clone()).accept(tcp)).await;
+        let stream = match accepted {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::info!(peer = %self.peer, error = %e, "control TLS handshake failed");
+                return "TLS handshake failed";
+            }
+            Err(_) => return "login grace time exceeded",
+        };
+        self.secured(&stream);
+        let mut wire = Wire::new(stream);
+        if implicit {
+            let greeting = self.control.greeting();
+            if wire.send(&greeting).await.is_err() {
+                return "client closed";
+            }
+        }
+        match self.run(&mut wire).await {
+            Flow::End(why) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), wire.io.shutdown()).await;
+                why
+            }
+            _ => "protocol error",
+        }
+    }
+
+    /// Records what the control handshake established: channel, client certificate names.
+    fn secured(&mut self, s: &TlsStream<TcpStream>) {
+        self.control.tls_established();
+        let c = s.get_ref().1;
+        self.channel = Some(format!(
+            "{} {}",
+            c.protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("TLS"),
+            c.negotiated_cipher_suite()
+                .and_then(|s| s.suite().as_str())
+                .unwrap_or("?")
+        ));
+        if let Some(leaf) = c.peer_certificates().and_then(|c| c.first()) {
+            self.cert_names = tls::certificate_names(leaf);
+        }
+    }
+
+    fn grace_left(&self) -> Duration {
+        let grace =
+            Duration::from_secs(self.shared.runtime.load().config.limits.login_grace_seconds);
+        grace.saturating_sub(self.accepted.elapsed())
+    }
+
+    /// The command loop, until the connection ends or (in cleartext) switches to TLS.
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, wire: &mut Wire<S>) -> Flow {
+        let mut shutdown = self.shared.shutdown.subscribe();
+        loop {
+            let wait = if self.session.is_some() {
+                Duration::from_secs(
+                    self.shared
+                        .runtime
+                        .load()
+                        .config
+                        .limits
+                        .idle_timeout_seconds,
+                )
+            } else {
+                self.grace_left()
+            };
+            let line = tokio::select! {
+                l = tokio::time::timeout(wait, wire.next_line()) => l,
+                _ = async { shutdown.wait_for(|v| *v).await.map(drop) } => {
+                    let _ = wire.send(&Reply::new(421, "Service shutting down")).await;
+                    return Flow::End("gateway shutting down");
+                }
+            };
+            let line = match line {
+                Err(_) => {
+                    let (why, text) = if self.session.is_some() {
+                        ("idle timeout", "Idle timeout: closing control connection")
+                    } else {
+                        ("login grace time exceeded", "Login grace time exceeded")
+                    };
+                    let _ = wire.send(&Reply::new(421, text)).await;
+                    return Flow::End(why);
+                }
+                Ok(Err(_)) | Ok(Ok(None)) => return Flow::End("client closed"),
+                Ok(Ok(Some(l))) => l,
+            };
+            let (verb, argument, actions) = match &line {
+                Ok(text) => {
+                    let text = clean(text);
+                    let (verb, argument) = audit_parts(text);
+                    let actions = match parse(text) {
+                        Ok(cmd) => self.control.on_command(cmd),
+                        Err(e) => self.control.on_parse_error(&e),
+                    };
+                    (verb, argument, actions)
+                }
+                Err(e) => ("?".to_owned(), None, self.control.on_line_error(*e)),
+            };
+            let flow = self.perform(actions, wire).await;
+            self.audit_command(verb, argument).await;
+            match flow {
+                Flow::Continue => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn audit_command(&self, verb: String, argument: Option<String>) {
+        self.shared
+            .audit
+            .emit(Event::FtpCommand {
+                peer: self.peer,
+                listener: self.ctx.config.name.clone(),
+                session: self.session.as_ref().map(|s| s.id.clone()),
+                user: (!self.user.is_empty()).then(|| self.user.clone()),
+                verb,
+                argument,
+                reply: self.last_reply.0,
+                text: self.last_reply.1.clone(),
+            })
+            .await;
+    }
+
+    async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        wire: &mut Wire<S>,
+        r: Reply,
+    ) -> Result<(), ()> {
+        self.last_reply = (r.code, r.lines.last().cloned().unwrap_or_default());
+        wire.send(&r).await.map_err(drop)
+    }
+
+    async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        actions: Vec<Action>,
+        wire: &mut Wire<S>,
+    ) -> Flow {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            let sent = match a {
+                Action::Reply(r) => self.reply(wire, r).await,
+                Action::Close(r) => {
+                    let _ = self.reply(wire, r).await;
+                    return Flow::End("client quit");
+                }
+                Action::StartTls(r) => {
+                    if self.reply(wire, r).await.is_err() {
+                        return Flow::End("client closed");
+                    }
+                    return Flow::StartTls;
+                }
+                Action::Identify { user } => {
+                    let outcome = self.identify(&user).await;
+                    queue.extend(self.control.identified(outcome));
+                    Ok(())
+                }
+                Action::Authenticate { user, password } => {
+                    let ok = self.authenticate(&user, password).await;
+                    queue.extend(self.control.login_result(ok));
+                    if !ok && self.failures >= self.max_attempts() {
+                        while let Some(Action::Reply(r)) = queue.pop_front() {
+                            let _ = self.reply(wire, r).await;
+                        }
+                        let _ = self
+                            .reply(wire, Reply::new(421, "Too many failed logins"))
+                            .await;
+                        return Flow::End("too many failed logins");
+                    }
+                    Ok(())
+                }
+                Action::Refused { verb, code } => {
+                    tracing::info!(peer = %self.peer, verb, code, "command refused");
+                    self.shared
+                        .metrics
+                        .op("ftp_refused", if code == 530 { "denied" } else { "error" });
+                    Ok(())
+                }
+                Action::Forward(cmd) => match self.forward(cmd, wire).await {
+                    Flow::Continue => Ok(()),
+                    other => return other,
+                },
+            };
+            if sent.is_err() {
+                return Flow::End("client closed");
+            }
+        }
+        Flow::Continue
+    }
+
+    fn max_attempts(&self) -> usize {
+        self.shared.runtime.load().config.limits.max_auth_attempts
+    }
+
+    /// The user, if it exists and may log in from here now with `method` next.
+    fn admissible(
+        &self,
+        rt: &Runtime,
+        user: &str,
+        method: Method,
+    ) -> Result<Arc<UserEntry>, &'static str> {
+        let u = rt.users.get(user).ok_or("unknown user")?;
+        if rt.zone_of(self.peer.ip(), &u.zones).is_none() {
+            return Err("source address outside the user's zones");
+        }
+        if let Some(why) = u.refusal(chrono::Utc::now()) {
+            return Err(why);
+        }
+        if !u.chains.next(&self.done).contains(&method) {
+            return Err("method not allowed at this step");
+        }
+        Ok(u.clone())
+    }
+
+    /// `USER`: a verified client certificate naming the user counts as the method
+    /// `certificate`; it completes the login or a password must follow.
+    async fn identify(&mut self, user: &str) -> Identified {
+        self.user = user.to_owned();
+        self.done.clear();
+        if self.cert_names.is_empty() {
+            return Identified::NeedPassword;
+        }
+        let rt = self.shared.runtime.load_full();
+        let u = match self.admissible(&rt, user, Method::Certificate) {
+            Ok(u) => u,
+            Err(_) => return Identified::NeedPassword,
+        };
+        if !u
+            .certificate_names
+            .iter()
+            .any(|n| self.cert_names.iter().any(|c| c == n))
+        {
+            self.fail(
+                Method::Certificate,
+                "client certificate does not name the user",
+            )
+            .await;
+            return Identified::NeedPassword;
+        }
+        match u.chains.advance(&mut self.done, Method::Certificate) {
+            Progress::Complete => {
+                self.start_session(&u).await;
+                Identified::Complete
+            }
+            _ => Identified::NeedPassword,
+        }
+    }
+
+    async fn authenticate(&mut self, user: &str, password: String) -> bool {
+        if user != self.user {
+            self.user = user.to_owned();
+            self.done.clear();
+        }
+        let rt = self.shared.runtime.load_full();
+        let admitted = self.admissible(&rt, user, Method::Password);
+        let hash = match &admitted {
+            Ok(u) => u.password_hash.clone(),
+            Err(_) => None,
+        }
+        .unwrap_or_else(|| auth::DUMMY_HASH.clone());
+        let ok = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
+            .await
+            .unwrap_or(false);
+        let u = match admitted {
+            Err(why) => {
+                self.fail(Method::Password, why).await;
+                return false;
+            }
+            Ok(_) if !ok => {
+                self.fail(Method::Password, "wrong password").await;
+                return false;
+            }
+            Ok(u) => u,
+        };
+        match u.chains.advance(&mut self.done, Method::Password) {
+            Progress::Complete => {
+                self.start_session(&u).await;
+                true
+            }
+            Progress::Partial(_) => {
+                self.fail(
+                    Method::Password,
+                    "the user's method chain needs a method FTP cannot offer",
+                )
+                .await;
+                false
+            }
+            Progress::NotAllowed => {
+                self.fail(Method::Password, "method not allowed at this step")
+                    .await;
+                false
+            }
+        }
+    }
+
+    async fn fail(&mut self, method: Method, reason: &str) {
+        self.failures += 1;
+        self.done.clear();
+        self.shared.metrics.auth_failure(reason);
+        self.shared
+            .audit
+            .emit(Event::LogonFailure {
+                user: self.user.clone(),
+                peer: self.peer,
+                zone: Some(self.zone.clone()),
+                method: method.to_string(),
+                reason: reason.to_owned(),
+            })
+            .await;
+    }
+
+    async fn start_session(&mut self, u: &UserEntry) {
+        let session = Session::start(
+            self.shared.clone(),
+            Login {
+                user: &u.name,
+                peer: self.peer,
+                zone: &self.zone,
+                listener: &self.ctx.config.name,
+                protocol: "ftps",
+                methods: self.done.iter().map(|m| m.to_string()).collect(),
+                channel: self.channel.clone(),
+            },
+        )
+        .await;
+        self.session = Some(session);
+    }
+
+    /// A directory's entries as listing facts.
+    async fn list(&self, path: &str) -> Result<Vec<Entry>, FsError> {
+        let session = self.session();
+        let handle = match session
+            .execute(FileOp::OpenDir {
+                path: path.to_owned(),
+            })
+            .await?
+        {
+            OpOutput::Handle(h) => h,
+            _ => return Err(FsError::Failure("unexpected answer".into())),
+        };
+        let mut out = Vec::new();
+        loop {
+            match session.execute(FileOp::ReadDir { handle }).await {
+                Ok(OpOutput::Entries(es)) => out.extend(es.iter().map(|e| {
+                    let mut en = entry(&e.name, &e.attrs);
+                    en.name = e.name.clone();
+                    en
+                })),
+                Ok(_) => break,
+                Err(e) => {
+                    let _ = session.execute(FileOp::Close { handle }).await;
+                    return Err(e);
+                }
+            }
+        }
+        let _ = session.execute(FileOp::Close { handle }).await;
+        Ok(out)
+    }
+
+    fn session(&self) -> Arc<Session> {
+        self.session
+            .clone()
+            .expect("the control machine forwards only after login")
+    }
+
+    /// A path from the client, absolute, with `.` and `..` resolved against the cwd.
+    fn resolve(&self, arg: &str) -> String {
+        let mut parts: Vec<&str> = if arg.starts_with('/') {
+            Vec::new()
+        } else {
+            self.cwd.split('/').filter(|s| !s.is_empty()).collect()
+        };
+        for seg in arg.split('/') {
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                s => parts.push(s),
+            }
+        }
+        format!("/{}", parts.join("/"))
+    }
+
+    async fn stat(&self, path: &str) -> Result<FileAttrs, FsError> {
+        match self
+            .session()
+            .execute(FileOp::Stat {
+                path: path.to_owned(),
+                follow: true,
+            })
+            .await?
+        {
+            OpOutput::Attrs(a) => Ok(a),
+            _ => Err(FsError::Failure("unexpected answer".into())),
+        }
+    }
+
+    /// A logged-in, protected command: everything that touches files goes to the session.
+    async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        cmd: Command,
+        wire: &mut Wire<S>,
+    ) -> Flow {
+        use Command::*;
+        let r = match cmd {
+            Pwd => Reply::new(
+                257,
+                format!("{} is the current directory", quote(&self.cwd)),
+            ),
+            Cwd(p) => self.cwd_to(&p).await,
+            Cdup => self.cwd_to("..").await,
+            Type { binary } => {
+                self.binary = binary;
+                Reply::new(
+                    200,
+                    if binary {
+                        "Type set to I"
+                    } else {
+                        "Type set to A"
+                    },
+                )
+            }
+            Mode(c) if c.eq_ignore_ascii_case(&'S') => Reply::new(200, "Mode set to S"),
+            Mode(_) => Reply::new(504, "Only MODE S is supported"),
+            Stru(c) if c.eq_ignore_ascii_case(&'F') => Reply::new(200, "Structure set to F"),
+            Stru(_) => Reply::new(504, "Only STRU F is supported"),
+            Allo => Reply::new(202, "No storage allocation necessary"),
+            Acct(_) => Reply::new(202, "No account necessary"),
+            Rein => Reply::new(502, "REIN is not implemented"),
+            Stou => Reply::new(502, "STOU is not implemented: name the file with STOR"),
+            Opts(o) if o.to_ascii_uppercase().starts_with("UTF8") => {
+                Reply::new(200, "UTF-8 is always on")
+            }
+            Opts(_) => Reply::new(501, "Unknown option"),
+            Rest(n) => {
+                self.rest = n;
+                Reply::new(350, format!("Restarting at {n}; send RETR or STOR"))
+            }
+            Pasv => self.passive(false),
+            Epsv { all: true, .. } => {
+                self.epsv_all = true;
+                Reply::new(200, "EPSV ALL accepted")
+            }
+            Epsv {
+                protocol: Some(p), ..
+            } if p != 1 && p != 2 => Reply::new(522, "Network protocol not supported, use (1,2)"),
+            Epsv { .. } => self.passive(true),
+            Port(hp) | Eprt(hp) => self.active(hp).await,
+            Size(p) => match self.stat(&self.resolve(&p)).await {
+                Ok(a) if a.is_dir() => Reply::new(550, "Not a plain file"),
+                Ok(a) => Reply::new(213, a.size.unwrap_or(0).to_string()),
+                Err(e) => fs_reply(&e),
+            },
+            Mdtm(p) => match self.stat(&self.resolve(&p)).await {
+                Ok(a) => Reply::new(213, timeval(i64::from(a.mtime.unwrap_or(0)))),
+                Err(e) => fs_reply(&e),
+            },
+            Mlst(p) => {
+                let path = self.resolve(p.as_deref().unwrap_or(""));
+                match self.stat(&path).await {
+                    Ok(a) => {
+                        let mut e = entry(&path, &a);
+                        e.name = path.clone();
+                        match mlsd_line(&e) {
+                            Some(facts) => Reply::multi(
+                                250,
+                                vec![format!("Listing {path}"), facts, "End".into()],
+                            ),
+                            None => Reply::new(550, "Name not representable"),
+                        }
+                    }
+                    Err(e) => fs_reply(&e),
+                }
+            }
+            Dele(p) => {
+                self.simple(
+                    FileOp::Remove {
+                        path: self.resolve(&p),
+                    },
+                    250,
+                    "File deleted",
+                )
+                .await
+            }
+            Mkd(p) => {
+                let path = self.resolve(&p);
+                let r = self
+                    .simple(
+                        FileOp::Mkdir {
+                            path: path.clone(),
+                            attrs: FileAttrs::default(),
+                        },
+                        257,
+                        "",
+                    )
+                    .await;
+                if r.code == 257 {
+                    Reply::new(257, format!("{} created", quote(&path)))
+                } else {
+                    r
+                }
+            }
+            Rmd(p) => {
+                self.simple(
+                    FileOp::Rmdir {
+                        path: self.resolve(&p),
+                    },
+                    250,
+                    "Directory removed",
+                )
+                .await
+            }
+            Rnfr(p) => {
+                let path = self.resolve(&p);
+                match self.stat(&path).await {
+                    Ok(_) => {
+                        self.rnfr = Some(path);
+                        Reply::new(350, "Ready for RNTO")
+                    }
+                    Err(e) => fs_reply(&e),
+                }
+            }
+            Rnto(p) => match self.rnfr.take() {
+                None => Reply::new(503, "Send RNFR first"),
+                Some(from) => {
+                    self.simple(
+                        FileOp::Rename {
+                            from,
+                            to: self.resolve(&p),
+                        },
+                        250,
+                        "Renamed",
+                    )
+                    .await
+                }
+            },
+            Site(s) if s.trim().eq_ignore_ascii_case("HELP") => Reply::new(
+                214,
+                "SITE subcommands are passed to the endpoint where a role allows them",
+            ),
+            Site(s) => match self.session().site(&self.cwd, s.trim()).await {
+                Ok(answer) => Reply::new(200, answer),
+                Err(FsError::Denied(why)) => Reply::new(550, format!("SITE refused: {why}")),
+                Err(FsError::Unsupported(why)) => Reply::new(504, why),
+                Err(e) => fs_reply(&e),
+            },
+            Stat(None) => Reply::multi(
+                211,
+                vec![
+                    "Portcullis FTPS gateway status:".into(),
+                    format!("Connected from {}", self.peer.ip()),
+                    format!("Logged in as {}", self.user),
+                    format!("TYPE: {}", if self.binary { "BINARY" } else { "ASCII" }),
+                    format!(
+                        "Control and data protected by {}",
+                        self.channel.as_deref().unwrap_or("TLS")
+                    ),
+                    "End of status".into(),
+                ],
+            ),
+            Stat(Some(_)) => Reply::new(502, "STAT with a path is not implemented: use MLST"),
+            Abor => Reply::new(226, "No transfer to abort"),
+            cmd @ (List(_) | Nlst(_) | Mlsd(_) | Retr(_) | Stor(_) | Appe(_)) => {
+                return self.transfer(cmd, wire).await;
+            }
+            other => Reply::new(502, format!("{} is not implemented", other.verb())),
+        };
+        match self.reply(wire, r).await {
+            Ok(()) => Flow::Continue,
+            Err(()) => Flow::End("client closed"),
+        }
+    }
+
+    async fn simple(&self, op: FileOp, code: u16, text: &str) -> Reply {
+        match self.session().execute(op).await {
+            Ok(_) => Reply::new(code, text),
+            Err(e) => fs_reply(&e),
+        }
+    }
+
+    async fn cwd_to(&mut self, arg: &str) -> Reply {
+        let path = self.resolve(arg);
+        match self.stat(&path).await {
+            Ok(a) if a.is_dir() => {
+                self.cwd = path;
+                Reply::new(250, format!("Directory changed to {}", self.cwd))
+            }
+            Ok(_) => Reply::new(550, "Not a directory"),
+            Err(e) => fs_reply(&e),
+        }
+    }
+
+    /// `PASV`/`EPSV`: a port from the listener's range, bound on the control connection's
+    /// local address; the old offer, if any, is withdrawn.
+    fn passive(&mut self, extended: bool) -> Reply {
+        self.data = None;
+        let span = {
+            let r = self.ctx.config.passive_ports.expect("validated");
+            usize::from(r.max - r.min) + 1
+        };
+        for _ in 0..span.min(64) {
+            let Some(port) = self
+                .ctx
+                .passive
+                .lock()
+                .expect("passive pool poisoned")
+                .allocate()
+            else {
+                break;
+            };
+            let guard = PortGuard {
+                ctx: self.ctx.clone(),
+                port,
+            };
+            let bound = std::net::TcpListener::bind(SocketAddr::new(self.local.ip(), port))
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    TcpListener::from_std(l)
+                });
+            let Ok(tcp) = bound else {
+                continue; // in use by something else; the guard returns it to the pool
+            };
+            self.data = Some(DataPlan::Passive { tcp, _port: guard });
+            if extended {
+                return epsv_reply(port);
+            }
+            let advertised = self
+                .ctx
+                .config
+                .advertised_address
+                .as_deref()
+                .and_then(|a| a.parse().ok())
+                .or(match self.local.ip() {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+                });
+            return match advertised {
+                Some(a) => pasv_reply(a, port),
+                None => {
+                    self.data = None;
+                    Reply::new(522, "PASV carries IPv4 only; use EPSV")
+                }
+            };
+        }
+        Reply::new(425, "No passive port available; try again")
+    }
+
+    async fn active(&mut self, hp: HostPort) -> Reply {
+        self.data = None;
+        if self.epsv_all {
+            return Reply::new(503, "EPSV ALL was sent: only EPSV is accepted");
+        }
+        let a = self.ctx.config.active_mode;
+        let policy = ActivePolicy {
+            enabled: a.enabled,
+            no_low_ports: a.no_low_ports,
+            no_redirect: a.no_redirect,
+        };
+        match check_active(self.peer.ip(), hp, policy) {
+            Ok(()) => {
+                self.data = Some(DataPlan::Active(SocketAddr::new(hp.ip, hp.port)));
+                Reply::new(200, "Active data connection target accepted")
+            }
+            Err(refusal) => {
+                self.refuse_data(
+                    None,
+                    &format!("active mode target {}:{}: {refusal:?}", hp.ip, hp.port),
+                )
+                .await;
+                refusal.reply()
+            }
+        }
+    }
+
+    async fn refuse_data(&self, from: Option<SocketAddr>, reason: &str) {
+        tracing::info!(peer = %self.peer, ?from, reason, "data connection refused");
+        self.shared
+            .audit
+            .emit(Event::DataConnectionRefused {
+                peer: self.peer,
+                session: self.session.as_ref().map(|s| s.id.clone()),
+                from,
+                reason: reason.to_owned(),
+            })
+            .await;
+    }
+
+    fn data_timeout(&self) -> Duration {
+        Duration::from_secs(self.ctx.config.data_timeout_seconds)
+    }
+
+    /// The TCP data connection: the passive port's first connection from the client's own
+    /// address (others are refused and audited), or the active target.
+    async fn open_data(&mut self) -> Result<TcpStream, Reply> {
+        let deadline = tokio::time::Instant::now() + self.data_timeout();
+        match self.data.take() {
+            None => Err(Reply::new(425, "Use PASV or EPSV first")),
+            Some(DataPlan::Active(addr)) => {
+                match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+                    Ok(Ok(s)) => Ok(s),
+                    _ => Err(Reply::new(425, "Cannot open the active data connection")),
+                }
+            }
+            Some(DataPlan::Passive { tcp, _port }) => loop {
+                match tokio::time::timeout_at(deadline, tcp.accept()).await {
+                    Err(_) => return Err(Reply::new(425, "No data connection arrived in time")),
+                    Ok(Err(_)) => continue,
+                    Ok(Ok((s, from))) if passive_peer_ok(self.peer.ip(), from.ip()) => {
+                        s.set_nodelay(true).ok();
+                        return Ok(s);
+                    }
+                    Ok(Ok((s, from))) => {
+                        drop(s);
+                        self.refuse_data(
+                            Some(from),
+                            "data connection from an address other than the control connection's",
+                        )
+                        .await;
+                    }
+                }
+            },
+        }
+    }
+
+    /// TLS on the data connection, which must resume this control connection's session.
+    async fn secure_data(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, String> {
+        let from = tcp.peer_addr().ok();
+        let accepted = tokio::time::timeout(
+            self.data_timeout(),
+            TlsAcceptor::from(self.tls.clone()).accept(tcp),
+        )
+        .await;
+        let why = match accepted {
+            Ok(Ok(s)) if s.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) => {
+                return Ok(s);
+            }
+            Ok(Ok(_)) => {
+                "data connection TLS did not resume the control connection's TLS session".to_owned()
+            }
+            Ok(Err(e)) => format!("data connection TLS handshake failed: {e}"),
+            Err(_) => "data connection TLS handshake timed out".to_owned(),
+        };
+        self.refuse_data(from, &why).await;
+        Err(why)
+    }
+
+    /// A data command: authorize and open first (no data connection for a refusal), then the
+    /// data connection, `150`, TLS, the copy (watching the control connection for `ABOR`), and
+    /// `226` only once the backend has confirmed the file.
+    async fn transfer<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        cmd: Command,
+        wire: &mut Wire<S>,
+    ) -> Flow {
+        let session = self.session();
+        let rest = std::mem::take(&mut self.rest);
+        let (job, what) = match self.prepare(cmd, rest).await {
+            Ok(j) => j,
+            Err(r) => {
+                self.data = None;
+                return self.reply_flow(wire, r).await;
+            }
+        };
+        let tcp = match self.open_data().await {
+            Ok(t) => t,
+            Err(r) => {
+                job.abandon(&session, "no data connection").await;
+                return self.reply_flow(wire, r).await;
+            }
+        };
+        let mode = if self.binary { "BINARY" } else { "ASCII" };
+        if self
+            .reply(
+                wire,
+                Reply::new(
+                    150,
+                    format!("Opening {mode} mode data connection for {what}"),
+                ),
+            )
+            .await
+            .is_err()
+        {
+            job.abandon(&session, "control connection lost").await;
+            return Flow::End("client closed");
+        }
+        let data = match self.secure_data(tcp).await {
+            Ok(d) => d,
+            Err(why) => {
+                job.abandon(&session, &why).await;
+                return self.reply_flow(wire, Reply::new(425, why)).await;
+            }
+        };
+        let binary = self.binary;
+        let work = job.clone().run(session.clone(), data, binary);
+        tokio::pin!(work);
+        let outcome = loop {
+            tokio::select! {
+                r = &mut work => break Some(r),
+                line = wire.next_line() => match line {
+                    Ok(Some(Ok(l))) if clean(&l).eq_ignore_ascii_case("ABOR") => break None,
+                    Ok(Some(l)) => wire.backlog.push_back(l),
+                    Ok(None) | Err(_) => {
+                        job.abandon(&session, "control connection lost during the transfer").await;
+                        return Flow::End("client closed");
+                    }
+                },
+            }
+        };
+        let r = match outcome {
+            None => {
+                job.abandon(&session, "aborted by the client (ABOR)").await;
+                if self
+                    .reply(
+                        wire,
+                        Reply::new(426, "Transfer aborted; data connection closed"),
+                    )
+                    .await
+                    .is_err()
+                {
+                    return Flow::End("client closed");
+                }
+                self.audit_command("ABOR".into(), None).await;
+                Reply::new(226, "ABOR successful")
+            }
+            Some(Err(why)) => {
+                job.abandon(&session, &why).await;
+                Reply::new(426, format!("Transfer failed: {why}"))
+            }
+            Some(Ok(())) => match job.finish(&session).await {
+                Ok(()) => Reply::new(226, "Transfer complete"),
+                Err(e) => Reply::new(451, format!("The endpoint did not confirm the file: {e}")),
+            },
+        };
+        self.reply_flow(wire, r).await
+    }
+
+    async fn reply_flow<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        wire: &mut Wire<S>,
+        r: Reply,
+    ) -> Flow {
+        match self.reply(wire, r).await {
+            Ok(()) => Flow::Continue,
+            Err(()) => Flow::End("client closed"),
+        }
+    }
+
+    /// Authorizes and opens what a data command needs, before any data connection.
+    async fn prepare(&self, cmd: Command, rest: u64) -> Result<(Job, String), Reply> {
+        let session = self.session();
+        let cmd_kind = match &cmd {
+            Command::Appe(_) => Kind::Appe,
+            Command::Mlsd(_) => Kind::Mlsd,
+            Command::List(_) => Kind::List,
+            _ => Kind::Other,
+        };
+        let open = |path: String, mode: OpenMode| {
+            let session = session.clone();
+            async move {
+                match session.execute(FileOp::Open { path, mode }).await {
+                    Ok(OpOutput::Handle(h)) => Ok(h),
+                    Ok(_) => Err(Reply::new(451, "unexpected answer")),
+                    Err(e) => Err(fs_reply(&e)),
+                }
+            }
+        };
+        match cmd {
+            Command::Retr(p) => {
+                let path = self.resolve(&p);
+                let mode = OpenMode {
+                    read: true,
+                    ..Default::default()
+                };
+                let handle = open(path.clone(), mode).await?;
+                Ok((
+                    Job::Retr {
+                        handle,
+                        offset: rest,
+                    },
+                    path,
+                ))
+            }
+            Command::Stor(p) | Command::Appe(p) => {
+                let append = matches!(cmd_kind, Kind::Appe);
+                let path = self.resolve(&p);
+                let mode = OpenMode {
+                    write: true,
+                    create: true,
+                    truncate: !append && rest == 0,
+                    append,
+                    ..Default::default()
+                };
+                let handle = open(path.clone(), mode).await?;
+                let offset = if append { 0 } else { rest };
+                Ok((Job::Stor { handle, offset }, path))
+            }
+            Command::List(p) | Command::Nlst(p) | Command::Mlsd(p) => {
+                // `LIST -la dir`: options are accepted and ignored.
+                let arg = p.unwrap_or_default();
+                let arg: Vec<&str> = arg.split(' ').filter(|a| !a.starts_with('-')).collect();
+                let path = self.resolve(&arg.join(" "));
+                let entries = self.list(&path).await.map_err(|e| fs_reply(&e))?;
+                let mut out = String::new();
+                for e in &entries {
+                    let line = match cmd_kind {
+                        Kind::Mlsd => mlsd_line(e),
+                        Kind::List => list_line(e),
+                        _ => (!e.name.contains(['\r', '\n'])).then(|| e.name.clone()),
+                    };
+                    if let Some(l) = line {
+                        out.push_str(&l);
+                        out.push_str("\r\n");
+                    }
+                }
+                Ok((Job::Listing(Bytes::from(out)), path))
+            }
+            _ => Err(Reply::new(502, "not a data command")),
+        }
+    }
+}
+
+enum Kind {
+    Appe,
+    Mlsd,
+    List,
+    Other,
+}
+
+/// What a data command does once the data connection is up.
+#[derive(Clone)]
+enum Job {
+    Retr { handle: u64, offset: u64 },
+    Stor { handle: u64, offset: u64 },
+    Listing(Bytes),
+}
+
+impl Job {
+    /// Moves the bytes over the (TLS) data connection.
+    async fn run(
+        self,
+        session: Arc<Session>,
+        mut data: TlsStream<TcpStream>,
+        binary: bool,
+    ) -> Result<(), String> {
+        let io = |e: std::io::Error| format!("data connection: {e}");
+        match self {
+            Job::Listing(bytes) => {
+                data.write_all(&bytes).await.map_err(io)?;
+            }
+            Job::Retr { handle, offset } => {
+                send_file(&session, handle, offset, binary, &mut data).await?;
+            }
+            Job::Stor { handle, offset } => {
+                receive_file(&session, handle, offset, binary, &mut data).await?;
+                // The client closed first, with close_notify; ours is a courtesy it may no
+                // longer read.
+                let _ = data.shutdown().await;
+                return Ok(());
+            }
+        }
+        // close_notify, then FIN: the client knows the data is complete.
+        data.shutdown().await.map_err(io)
+    }
+
+    async fn abandon(&self, session: &Session, why: &str) {
+        if let Job::Retr { handle, .. } | Job::Stor { handle, .. } = self {
+            session.abandon(*handle, why).await;
+        }
+    }
+
+    /// Closes the file at the backend: only a confirmed close earns the client a `226`.
+    async fn finish(&self, session: &Session) -> Result<(), FsError> {
+        match self {
+            Job::Retr { handle, .. } | Job::Stor { handle, .. } => session
+                .execute(FileOp::Close { handle: *handle })
+                .await
+                .map(drop),
+            Job::Listing(_) => Ok(()),
+        }
+    }
+}
+
+/// Reads the file from the backend with `DEPTH` reads in flight, in order, onto the data
+/// connection (bare LF as CRLF in `TYPE A`).
+async fn send_file(
+    session: &Session,
+    handle: u64,
+    offset: u64,
+    binary: bool,
+    out: &mut TlsStream<TcpStream>,
+) -> Result<(), String> {
+    let mut next = offset;
+    let mut inflight = FuturesOrdered::new();
+    let mut eof = false;
+    let mut last = 0u8;
+    loop {
+        while !eof && inflight.len() < DEPTH {
+            let off = next;
+            next += CHUNK as u64;
+            inflight.push_back(async move {
+                let r = session
+                    .execute(FileOp::Read {
+                        handle,
+                        offset: off,
+                        len: CHUNK as u32,
+                    })
+                    .await;
+                (off, r)
+            });
+        }
+        let Some((off, r)) = inflight.next().await else {
+            return Ok(());
+        };
+        match r {
+            Ok(OpOutput::Data(d)) => {
+                let n = d.len();
+                if binary {
+                    out.write_all(&d).await
+                } else {
+                    out.write_all(&to_crlf(&d, &mut last)).await
+                }
+                .map_err(|e| format!("data connection: {e}"))?;
+                if n < CHUNK {
+                    // A short read: reads issued past it are at the wrong offsets.
+                    inflight = FuturesOrdered::new();
+                    next = off + n as u64;
+                }
+            }
+            Ok(OpOutput::Eof) => {
+                eof = true;
+                inflight = FuturesOrdered::new();
+            }
+            Ok(_) => return Err("unexpected answer from the session".into()),
+            Err(e) => return Err(format!("endpoint: {e}")),
+        }
+    }
+}
+
+/// Reads the data connection to its TLS close and writes the file at the backend with
+/// `DEPTH` writes in flight (CRLF as LF in `TYPE A`). A connection closed without TLS
+/// `close_notify` may have been cut short, so it fails the upload.
+async fn receive_file(
+    session: &Session,
+    handle: u64,
+    offset: u64,
+    binary: bool,
+    input: &mut TlsStream<TcpStream>,
+) -> Result<(), String> {
+    let mut off = offset;
+    let mut writes = FuturesUnordered::new();
+    let mut held_cr = false;
+    loop {
+        let mut buf = vec![0u8; CHUNK];
+        let mut filled = 0;
+        let mut eof = false;
+        while filled < CHUNK {
+            match input.read(&mut buf[filled..]).await {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(
+                        "data connection closed without TLS close_notify; the upload may be truncated"
+                            .into(),
+                    );
+                }
+                Err(e) => return Err(format!("data connection: {e}")),
+            }
+        }
+        buf.truncate(filled);
+        let chunk = if binary {
+            buf
+        } else {
+            from_crlf(&buf, &mut held_cr, eof)
+        };
+        if !chunk.is_empty() {
+            let len = chunk.len() as u64;
+            let at = off;
+            off += len;
+            writes.push(async move {
+                session
+                    .execute(FileOp::Write {
+                        handle,
+                        offset: at,
+                        data: Bytes::from(chunk),
+                    })
+                    .await
+            });
+        }
+        while writes.len() >= DEPTH || (eof && !writes.is_empty()) {
+            if let Some(Err(e)) = writes.next().await {
+                return Err(format!("endpoint: {e}"));
+            }
+        }
+        if eof {
+            return Ok(());
+        }
+    }
+}
+
+/// Bare LF as CRLF; `last` carries the previous chunk's last byte.
+fn to_crlf(data: &[u8], last: &mut u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 32);
+    for &b in data {
+        if b == b'\n' && *last != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        *last = b;
+    }
+    out
+}
+
+/// CRLF as LF; a CR at a chunk's end waits for the next chunk (`held`).
+fn from_crlf(data: &[u8], held: &mut bool, eof: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 1);
+    let mut bytes = data.iter().copied().peekable();
+    if std::mem::take(held) && data.first() != Some(&b'\n') {
+        out.push(b'\r');
+    }
+    while let Some(b) = bytes.next() {
+        if b == b'\r' {
+            match bytes.peek() {
+                Some(b'\n') => continue,
+                None if !eof => {
+                    *held = true;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.push(b);
+    }
+    out
+}
+
+fn quote(path: &str) -> String {
+    format!("\"{}\"", path.replace('"', "\"\""))
+}
+
+fn entry(name: &str, a: &FileAttrs) -> Entry {
+    Entry {
+        name: name.rsplit('/').next().unwrap_or(name).to_owned(),
+        dir: a.is_dir(),
+        size: a.size.unwrap_or(0),
+        mtime: i64::from(a.mtime.unwrap_or(0)),
+        perms: a.mode.map(|m| m & 0o777),
+    }
+}
+
+/// A backend error as an FTP reply.
+fn fs_reply(e: &FsError) -> Reply {
+    match e {
+        FsError::NotFound => Reply::new(550, "No such file or directory"),
+        FsError::Denied(why) => Reply::new(550, format!("Permission denied: {why}")),
+        FsError::AlreadyExists => Reply::new(553, "File exists"),
+        FsError::BadPath(why) => Reply::new(553, format!("File name not allowed: {why}")),
+        FsError::Unsupported(why) => Reply::new(504, why.clone()),
+        FsError::Unavailable(why) => Reply::new(451, format!("Endpoint unavailable: {why}")),
+        FsError::BadHandle | FsError::Failure(_) => {
+            Reply::new(451, format!("Local error in processing: {e}"))
+        }
+    }
+}
