@@ -763,6 +763,17 @@ impl Session {
         closed
     }
 
+    /// Says that a transfer on `handle` starts at `offset` (an FTP `REST`): the in-flight
+    /// digest then covers the bytes from there.
+    pub fn resume_at(&self, handle: u64, offset: u64) {
+        if let Ok(f) = self.file(handle) {
+            let mut t = f.transfer.lock().expect("transfer lock poisoned");
+            if t.bytes == 0 {
+                t.digest.next = offset;
+            }
+        }
+    }
+
     /// Closes a file the client gave up on (an FTP `ABOR`, a broken data connection): the
     /// transfer is audited as NoEOF with `reason`.
     pub async fn abandon(&self, handle: u64, reason: &str) {
@@ -778,7 +789,7 @@ impl Session {
 
     /// `SITE <command>` from the directory `cwd`: the verb `site` on its mount and the
     /// subcommand on the mount's allow-list, then the endpoint's own answer.
-    pub async fn site(&self, cwd: &str, command: &str) -> Result<String, FsError> {
+    pub async fn site(&self, cwd: &str, command: &str) -> Result<(u16, String), FsError> {
         let mut rule = None;
         let result = async {
             let vpath = parse(cwd)?;

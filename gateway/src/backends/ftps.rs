@@ -330,16 +330,18 @@ impl Backend for FtpsBackend {
             .await
     }
 
-    async fn site(&self, command: &str) -> Result<String, FsError> {
+    async fn site(&self, command: &str) -> Result<(u16, String), FsError> {
         let command = command.to_owned();
         let r = self
-            .with_control(async |ftp| ftp.site(&command).await)
+            .with_control(async |ftp| match ftp.site(&command).await {
+                Ok(r) | Err(FtpError::UnexpectedResponse(r)) => Ok(r),
+                Err(e) => Err(e),
+            })
             .await?;
-        Ok(format!(
-            "{} {}",
-            r.status.code(),
-            String::from_utf8_lossy(&r.body).trim()
-        ))
+        let text = String::from_utf8_lossy(&r.body);
+        // The body repeats the code: `200 SITE CHMOD command ok.`
+        let text = text.trim().get(4..).unwrap_or("").to_owned();
+        Ok((r.status.code() as u16, text))
     }
 }
 

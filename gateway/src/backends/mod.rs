@@ -126,8 +126,9 @@ pub trait Backend: Send + Sync {
     async fn mkdir(&self, path: &str, attrs: FileAttrs) -> Result<(), FsError>;
     async fn rmdir(&self, path: &str) -> Result<(), FsError>;
     async fn rename(&self, from: &str, to: &str) -> Result<(), FsError>;
-    /// Sends an FTP `SITE` command (already authorized) and returns the server's answer.
-    async fn site(&self, _command: &str) -> Result<String, FsError> {
+    /// Sends an FTP `SITE` command (already authorized) and returns the server's reply code
+    /// and text, whatever the code.
+    async fn site(&self, _command: &str) -> Result<(u16, String), FsError> {
         Err(FsError::Unsupported(
             "SITE commands need an FTP endpoint".into(),
         ))

@@ -900,7 +900,8 @@ impl Conn {
                 "SITE subcommands are passed to the endpoint where a role allows them",
             ),
             Site(s) => match self.session().site(&self.cwd, s.trim()).await {
-                Ok(answer) => Reply::new(200, answer),
+                Ok((code, text)) if (200..600).contains(&code) => Reply::new(code, text),
+                Ok((code, _)) => Reply::new(451, format!("The endpoint answered {code}")),
                 Err(FsError::Denied(why)) => Reply::new(550, format!("SITE refused: {why}")),
                 Err(FsError::Unsupported(why)) => Reply::new(504, why),
                 Err(e) => fs_reply(&e),
@@ -1233,6 +1234,7 @@ impl Conn {
                     ..Default::default()
                 };
                 let handle = open(path.clone(), mode).await?;
+                session.resume_at(handle, rest);
                 Ok((
                     Job::Retr {
                         handle,
@@ -1253,6 +1255,7 @@ impl Conn {
                 };
                 let handle = open(path.clone(), mode).await?;
                 let offset = if append { 0 } else { rest };
+                session.resume_at(handle, offset);
                 Ok((Job::Stor { handle, offset }, path))
             }
             Command::List(p) | Command::Nlst(p) | Command::Mlsd(p) => {

@@ -1,0 +1,554 @@
+"""FTPS end to end: the real gateway binary with explicit and implicit FTPS listeners, real
+clients (curl, lftp, Python ftplib, OpenSSH sftp), a real vsftpd (TLS, require_ssl_reuse) and
+the real sshd as backends."""
+
+import ftplib
+import hashlib
+import io
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ftps import (
+    Pki,
+    LineConn,
+    ReusingFTP_TLS,
+    Vsftpd,
+    free_port_range,
+    ftps_login,
+    raw_control,
+    tls_context,
+)
+from harness import Gateway, free_port, fresh_dir, make_file, sha256_file
+
+GIB = 1 << 30
+ALL_VERBS = ["list", "read", "write", "delete", "mkdir", "rmdir", "rename", "setattr", "site"]
+
+
+@pytest.fixture(scope="module")
+def pki():
+    return Pki(fresh_dir("ftps-pki"))
+
+
+@pytest.fixture(scope="module")
+def vsftpd(pki):
+    v = Vsftpd(fresh_dir("vsftpd"), pki)
+    yield v
+    v.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(pki, vsftpd, sshd, passwords):
+    d = fresh_dir("ftps-gateway")
+    cert, key = pki.issue("gateway", "localhost")
+    # The key ring files the gateway reads; rotation overwrites them in place.
+    (d / "tls").mkdir()
+    shutil.copy(cert, d / "tls" / "server.pem")
+    shutil.copy(key, d / "tls" / "server.key")
+    shutil.copy(pki.ca, d / "tls" / "clients-ca.pem")
+    carol = pki.issue("carol", "carol", server=False)
+    dave = pki.issue("dave", "dave", server=False)
+    local = d / "local"
+    local.mkdir()
+    g = Gateway(d, {}, start=False)
+    g.ftps_port, g.implicit_port, g.active_port = free_port(), free_port(), free_port()
+    g.pki, g.carol, g.dave, g.local = pki, carol, dave, local
+    tls = {"keyRing": "gw", "clientCertificates": "optional"}
+    g.config.update({
+        "listeners": [
+            {"name": "sftp", "protocol": "sftp", "address": f"127.0.0.1:{g.port}", "zones": ["loopback"]},
+            {"name": "ftps", "protocol": "ftps", "address": f"127.0.0.1:{g.ftps_port}",
+             "zones": ["loopback"], "tls": tls,
+             "passivePorts": {"min": (p := free_port_range(32)), "max": p + 31}},
+            {"name": "ftps-implicit", "protocol": "ftpsImplicit", "address": f"127.0.0.1:{g.implicit_port}",
+             "zones": ["loopback"], "tls": tls,
+             "passivePorts": {"min": (p := free_port_range(32)), "max": p + 31}},
+            {"name": "ftps-active", "protocol": "ftps", "address": f"127.0.0.1:{g.active_port}",
+             "zones": ["loopback"], "tls": tls, "dataTimeoutSeconds": 5,
+             "activeMode": {"enabled": True, "noLowPorts": True, "noRedirect": True},
+             "passivePorts": {"min": (p := free_port_range(8)), "max": p + 7}},
+        ],
+        "keyRings": [{"name": "gw", "certificateFile": "tls/server.pem", "privateKeyFile": "tls/server.key",
+                      "clientCaFile": "tls/clients-ca.pem"}],
+        "endpoints": [
+            sshd.endpoint("sshd"),
+            vsftpd.endpoint("vsftpd"),
+            {"name": "local", "type": "local", "root": str(local)},
+        ],
+        "roles": [{"name": "all", "mounts": [
+            {"path": "/sftp", "endpoint": "sshd", "verbs": ALL_VERBS[:-1]},
+            {"path": "/vs", "endpoint": "vsftpd", "verbs": ALL_VERBS, "siteCommands": ["HELP", "CHMOD"]},
+            {"path": "/local", "endpoint": "local", "verbs": ALL_VERBS[:-1]},
+        ]}],
+        "users": [
+            {"name": "alice", "passwordHash": passwords["alice-pw"], "zones": ["loopback"], "roles": ["all"]},
+            {"name": "carol", "certificateNames": ["carol"], "zones": ["loopback"], "roles": ["all"]},
+            {"name": "dave", "certificateNames": ["dave"], "passwordHash": passwords["bob-pw"],
+             "authMethods": ["certificate,password"], "zones": ["loopback"], "roles": ["all"]},
+        ],
+        "limits": {"maxAuthAttempts": 3},
+    })
+    g.write_config(g.config)
+    g.start()
+    yield g
+    g.stop()
+
+
+def curl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(["curl", "-sS", "--max-time", "300", *args], capture_output=True)
+    if check and r.returncode != 0:
+        raise AssertionError(f"curl {args} failed ({r.returncode}): {r.stderr.decode()}")
+    return r
+
+
+def explicit_url(gw, path: str, user: str = "alice", pw: str = "alice-pw") -> str:
+    return f"ftp://{user}:{pw}@localhost:{gw.ftps_port}{path}"
+
+
+def implicit_url(gw, path: str, user: str = "alice", pw: str = "alice-pw") -> str:
+    return f"ftps://{user}:{pw}@localhost:{gw.implicit_port}{path}"
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    d = fresh_dir("ftps-big")
+    p = d / "big.bin"
+    return p, make_file(p, GIB)
+
+
+def lftp(gw, script: str, user: str = "alice", pw: str = "alice-pw") -> subprocess.CompletedProcess:
+    prelude = (
+        "set ftp:ssl-force true; set ftp:ssl-protect-data true; set ssl:verify-certificate true; "
+        f"set ssl:ca-file {gw.pki.ca}; set net:max-retries 1; set net:timeout 30; "
+        f"open -u {user},{pw} ftp://localhost:{gw.ftps_port}; "
+    )
+    r = subprocess.run(["lftp", "-c", prelude + script], capture_output=True, timeout=600)
+    if r.returncode != 0:
+        raise AssertionError(f"lftp failed ({r.returncode}): {r.stdout.decode()} {r.stderr.decode()}")
+    return r
+
+
+# --- Round trips: every front end to every backend -------------------------------------------
+
+
+@pytest.mark.parametrize("mount", ["/sftp", "/vs"])
+def test_curl_explicit_and_implicit_round_trip_1gib(gw, big, mount, figure):
+    """FTPS in (curl explicit up, curl implicit down) to SFTP and to FTPS backends."""
+    src, digest = big
+    t0 = time.monotonic()
+    curl("--ssl-reqd", "--cacert", str(gw.pki.ca), "-T", str(src), explicit_url(gw, f"{mount}/big-curl.bin"))
+    up = time.monotonic() - t0
+    back = src.with_name(f"back-{mount[1:]}.bin")
+    t0 = time.monotonic()
+    curl("--cacert", str(gw.pki.ca), "-o", str(back), implicit_url(gw, f"{mount}/big-curl.bin"))
+    down = time.monotonic() - t0
+    assert sha256_file(back) == digest
+    back.unlink()
+    figure(f"ftps_1gib_upload_seconds_{mount[1:]}", round(up, 2))
+    figure(f"ftps_1gib_download_seconds_{mount[1:]}", round(down, 2))
+    ends = [e for e in gw.events("transferEnd") if e["path"] == f"{mount}/big-curl.bin"]
+    assert [e["direction"] for e in ends[-2:]] == ["upload", "download"]
+    for e in ends[-2:]:
+        assert e["confidence"] == "High", e
+        assert e["sha256"] == digest
+        assert e["bytes"] == GIB
+        assert e["channel"].startswith("TLSv1_3 "), e
+
+
+def test_sftp_client_to_ftps_backend_1gib(gw, big, vsftpd):
+    """SFTP in, FTPS (vsftpd) out: the bridge the other way, listing translated."""
+    src, digest = big
+    back = src.with_name("back-sftp.bin")
+    r = gw.sftp("alice", f"put {src} /vs/big-sftp.bin\nls -l /vs\nget /vs/big-sftp.bin {back}\n",
+                password="alice-pw", timeout=600)
+    assert "big-sftp.bin" in r.stdout.decode()
+    assert sha256_file(back) == digest
+    assert sha256_file(vsftpd.root / "big-sftp.bin") == digest
+    back.unlink()
+    ends = [e for e in gw.events("transferEnd") if e["path"] == "/vs/big-sftp.bin"]
+    assert [(e["direction"], e["confidence"], e["sha256"]) for e in ends[-2:]] == [
+        ("upload", "High", digest), ("download", "High", digest)]
+
+
+def test_lftp_round_trip_and_listing(gw, tmp_path):
+    src = tmp_path / "l.bin"
+    digest = make_file(src, 3_000_001)
+    r = lftp(gw, f"put {src} -o /vs/lftp.bin; cls -l /vs; get /vs/lftp.bin -o {tmp_path}/l.back; "
+                 f"put {src} -o /sftp/lftp.bin; cls -l /sftp; get /sftp/lftp.bin -o {tmp_path}/l2.back")
+    out = r.stdout.decode()
+    assert "lftp.bin" in out
+    assert sha256_file(tmp_path / "l.back") == digest
+    assert sha256_file(tmp_path / "l2.back") == digest
+
+
+def test_ftplib_mlsd_list_nlst_and_file_commands(gw, tmp_path):
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    try:
+        assert f.pwd() == "/"
+        assert sorted(n for n, _ in f.mlsd("/")) == ["local", "sftp", "vs"]
+        f.cwd("/vs")
+        f.storbinary("STOR m.txt", open(__file__, "rb"))
+        facts = dict(f.mlsd())["m.txt"]
+        assert facts["type"] == "file" and int(facts["size"]) == Path(__file__).stat().st_size
+        assert "m.txt" in f.nlst()
+        lines = []
+        f.retrlines("LIST", lines.append)
+        assert any(l.startswith("-") and l.endswith(" m.txt") for l in lines), lines
+        assert f.size("m.txt") == Path(__file__).stat().st_size
+        assert f.sendcmd("MDTM m.txt").startswith("213 2")
+        assert f.sendcmd("MLST m.txt").startswith("250-")
+        f.mkd("sub")
+        f.rename("m.txt", "sub/n.txt")
+        assert f.nlst("sub") == ["n.txt"]
+        f.delete("sub/n.txt")
+        f.rmd("sub")
+        with pytest.raises(ftplib.error_perm):
+            f.size("sub/n.txt")
+        # TYPE A converts line ends both ways; TYPE I does not.
+        f.storlines("STOR text.txt", open_bytes(b"one\r\ntwo\r\n"))
+        got = []
+        f.retrbinary("RETR text.txt", got.append)
+        assert b"".join(got) == b"one\ntwo\n"
+        f.cwd("..")
+        assert f.pwd() == "/"
+    finally:
+        f.quit()
+
+
+def test_resumed_download_and_upload(gw, tmp_path):
+    """REST before RETR and before STOR, through to both backends."""
+    src = tmp_path / "r.bin"
+    data_digest = make_file(src, 5_000_000)
+    data = src.read_bytes()
+    for mount in ["/vs", "/sftp", "/local"]:
+        f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+        try:
+            # Upload the first 2 MB, then resume from there.
+            f.storbinary(f"STOR {mount}/r.bin", open_bytes(data[:2_000_000]))
+            f.storbinary(f"STOR {mount}/r.bin", open_bytes(data[2_000_000:]), rest=2_000_000)
+            assert f.size(f"{mount}/r.bin") == len(data)
+            whole = []
+            f.retrbinary(f"RETR {mount}/r.bin", whole.append)
+            assert hashlib.sha256(b"".join(whole)).hexdigest() == data_digest
+            tail = []
+            f.retrbinary(f"RETR {mount}/r.bin", tail.append, rest=3_000_000)
+            assert b"".join(tail) == data[3_000_000:]
+        finally:
+            f.quit()
+    # curl resumes a download with REST too.
+    part = tmp_path / "part.bin"
+    part.write_bytes(data[:1_234_567])
+    curl("--ssl-reqd", "--cacert", str(gw.pki.ca), "-C", "-", "-o", str(part), explicit_url(gw, "/vs/r.bin"))
+    assert sha256_file(part) == data_digest
+
+
+# --- The rules of the control channel ------------------------------------------------------------
+
+
+def test_no_cleartext_login_and_starttls_injection_discarded(gw):
+    s, c = raw_control(gw.ftps_port)
+    try:
+        assert c.reply()[0] == 220
+        code, text = c.cmd("USER alice")
+        assert code == 530 and "AUTH TLS" in text
+        assert c.cmd("PASS alice-pw")[0] == 530
+        assert c.cmd("FEAT")[0] == 211
+        # AUTH TLS with a pipelined cleartext command behind it: the command is discarded.
+        s.sendall(b"AUTH TLS\r\nUSER injected\r\n")
+        assert c.reply()[0] == 234
+        tls = tls_context(gw.pki.ca).wrap_socket(s, server_hostname="localhost")
+        t = LineConn(tls)
+        assert t.cmd("NOOP")[0] == 200  # the injected USER never produced a reply
+        assert t.cmd("USER alice")[0] == 331
+        assert t.cmd("PASS alice-pw")[0] == 230
+        assert t.cmd("CCC")[0] == 533
+        assert t.cmd("QUIT")[0] == 221
+    finally:
+        s.close()
+    refused = [e for e in gw.events("ftpCommand") if e["verb"] in ("USER", "PASS") and e["reply"] == 530]
+    assert refused and all(e["argument"] in ("alice", "********") for e in refused)
+    assert not any("alice-pw" in l for l in gw.audit_path.read_text().splitlines())
+
+
+@pytest.mark.parametrize("passive", ["PASV", "EPSV"])
+def test_prot_c_and_unprotected_data_commands_refused(gw, passive):
+    f = ReusingFTP_TLS(context=tls_context(gw.pki.ca), timeout=10)
+    f.connect("localhost", gw.ftps_port)
+    f.auth()
+    f.login("alice", "alice-pw")
+    try:
+        assert f.sendcmd("PBSZ 0").startswith("200")
+        with pytest.raises(ftplib.error_perm, match="^534"):
+            f.sendcmd("PROT C")
+        with pytest.raises(ftplib.error_perm, match="^521"):
+            f.sendcmd(passive)
+        with pytest.raises(ftplib.error_perm, match="^521"):
+            f.sendcmd("LIST")
+        assert f.sendcmd("PROT P").startswith("200")
+        assert f.sendcmd(passive)[:3] in ("227", "229")
+    finally:
+        f.quit()
+
+
+def test_malformed_overlong_and_unknown_commands_keep_the_session(gw):
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    try:
+        with pytest.raises(ftplib.error_perm, match="^501"):
+            f.sendcmd("PORT 1,2")
+        with pytest.raises(ftplib.error_perm, match="^500"):
+            f.sendcmd("FROBNICATE")
+        with pytest.raises(ftplib.error_perm, match="^500"):
+            f.sendcmd("NOOP " + "x" * 5000)
+        with pytest.raises(ftplib.error_perm, match="^501"):
+            f.sendcmd("TYPE Q")
+        assert f.sendcmd("NOOP").startswith("200")
+        assert f.nlst("/local") is not None  # data still works
+    finally:
+        f.quit()
+
+
+# --- Data connection rules -----------------------------------------------------------------------
+
+
+def test_data_connection_from_another_ip_is_refused(gw, tmp_path):
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    try:
+        f.storbinary("STOR /local/steal.txt", open_bytes(b"secret payload"))
+        _, port = parse_pasv(f.sendcmd("PASV"))
+        # A thief on 127.0.0.2 reaches the port first, then the client.
+        thief = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0), timeout=5)
+        data = socket.create_connection(("127.0.0.1", port), timeout=5)
+        f.putcmd("RETR /local/steal.txt")
+        assert f.getresp().startswith("150")
+        # The thief is dropped without a byte; the client's own connection gets the file.
+        assert thief.recv(100) == b""
+        thief.close()
+        tls = f.context.wrap_socket(data, server_hostname="localhost", session=f.sock.session)
+        got = b""
+        while chunk := tls.recv(65536):
+            got += chunk
+        tls.close()
+        assert got == b"secret payload"
+        assert f.voidresp().startswith("226")
+    finally:
+        f.quit()
+    e = gw.wait_event("dataConnectionRefused")
+    assert e["from"].startswith("127.0.0.2:"), e
+
+
+def test_data_connection_without_tls_session_reuse_is_refused(gw):
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw", reuse=False)
+    try:
+        with pytest.raises((ftplib.error_temp, ftplib.error_perm, ssl.SSLError, OSError)):
+            f.nlst("/local")
+            f.voidresp()
+    finally:
+        f.close()
+    assert any("did not resume" in e["reason"] for e in gw.events("dataConnectionRefused"))
+    # The same client resuming the session works.
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    assert "steal.txt" in " ".join(f.nlst("/local")) or f.nlst("/local") is not None
+    f.quit()
+
+
+def test_active_mode_rules(gw):
+    # Default listener: active mode is off.
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    with pytest.raises(ftplib.error_perm, match="^502"):
+        f.sendcmd("PORT 127,0,0,1,0,22")
+    f.quit()
+    # Active listener with NOLOWPORTS and NOREDIRECT.
+    f = ftps_login(gw.active_port, gw.pki.ca, "alice", "alice-pw")
+    try:
+        with pytest.raises(ftplib.error_perm, match="^504.*below 1024"):
+            f.sendcmd("PORT 127,0,0,1,0,22")
+        with pytest.raises(ftplib.error_perm, match="^504.*address"):
+            f.sendcmd("EPRT |1|127.0.0.2|40000|")
+        # A legitimate active transfer works (the gateway connects back; TLS on top).
+        f.set_pasv(False)
+        f.storbinary("STOR /local/active.txt", open_bytes(b"active mode"))
+        got = []
+        f.retrbinary("RETR /local/active.txt", got.append)
+        assert b"".join(got) == b"active mode"
+    finally:
+        f.quit()
+    refusals = [e["reason"] for e in gw.events("dataConnectionRefused")]
+    assert any("127.0.0.1:22" in r and "PrivilegedPort" in r for r in refusals)
+    assert any("127.0.0.2:40000" in r and "ThirdParty" in r for r in refusals)
+
+
+def test_abor_mid_transfer_426_then_226_and_noeof(gw, big):
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    try:
+        shutil.copy(big[0], gw.local / "abort.bin")
+        conn = f.transfercmd("RETR /local/abort.bin")
+        assert len(conn.recv(65536)) > 0
+        f.putcmd("ABOR")
+        assert f.getline().startswith("426")
+        conn.close()
+        assert f.getline().startswith("226")
+        assert f.sendcmd("NOOP").startswith("200")
+    finally:
+        f.close()
+    e = gw.wait_event("transferEnd", path="/local/abort.bin")
+    assert e["confidence"] == "NoEOF" and "ABOR" in e["detail"], e
+
+
+# --- Authentication ------------------------------------------------------------------------------
+
+
+def test_certificate_only_and_certificate_plus_password(gw):
+    carol_cert, carol_key = gw.carol
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "carol", None, cert=carol_cert, key=carol_key)
+    assert f.nlst("/") is not None
+    f.quit()
+    gw.wait_event("logonSuccess", user="carol", methods=["certificate"])
+    dave_cert, dave_key = gw.dave
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "dave", "bob-pw", cert=dave_cert, key=dave_key)
+    f.quit()
+    gw.wait_event("logonSuccess", user="dave", methods=["certificate", "password"])
+    # Dave's password without his certificate is not enough; carol's certificate is not dave's.
+    for cert in [None, carol_cert]:
+        f = ReusingFTP_TLS(context=tls_context(gw.pki.ca, cert, carol_key if cert else None), timeout=10)
+        f.connect("localhost", gw.ftps_port)
+        f.auth()
+        with pytest.raises(ftplib.error_perm, match="^530"):
+            f.login("dave", "bob-pw")
+        f.close()
+    # Carol without a certificate is asked for a password and refused.
+    f = ReusingFTP_TLS(context=tls_context(gw.pki.ca), timeout=10)
+    f.connect("localhost", gw.ftps_port)
+    f.auth()
+    assert f.sendcmd("USER carol").startswith("331")
+    with pytest.raises(ftplib.error_perm, match="^530"):
+        f.sendcmd("PASS whatever")
+    f.close()
+
+
+def test_too_many_failed_logins_close_the_connection(gw):
+    f = ReusingFTP_TLS(context=tls_context(gw.pki.ca), timeout=10)
+    f.connect("localhost", gw.ftps_port)
+    f.auth()
+    for _ in range(2):
+        with pytest.raises(ftplib.error_perm, match="^530"):
+            f.login("alice", "wrong")
+    with pytest.raises((ftplib.error_temp, ftplib.error_perm, EOFError)):
+        f.login("alice", "wrong")
+        f.sendcmd("NOOP")
+    f.close()
+
+
+def test_site_goes_through_policy(gw):
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    try:
+        f.cwd("/vs")
+        f.storbinary("STOR site.txt", open_bytes(b"x"))
+        # Allowed: forwarded, and vsftpd's own answer comes back (its code included).
+        assert f.sendcmd("SITE CHMOD 600 site.txt").startswith("200")
+        with pytest.raises(ftplib.error_perm, match="^550"):
+            f.sendcmd("SITE CHMOD 600 no-such-file")
+        with pytest.raises(ftplib.error_perm, match="^550.*allow-list"):
+            f.sendcmd("SITE FILETYPE=JES")
+        f.cwd("/local")
+        with pytest.raises(ftplib.error_perm, match="^550"):
+            f.sendcmd("SITE CHMOD 644 x")
+    finally:
+        f.quit()
+    denied = gw.events("policyDenied")
+    assert any(e["op"] == "site" for e in denied)
+
+
+# --- Backend behaviour ---------------------------------------------------------------------------
+
+
+def test_twenty_uploads_to_vsftpd_over_tls13_none_truncated(gw, vsftpd, tmp_path):
+    # The backend leg negotiates TLS 1.3 (vsftpd on OpenSSL 3).
+    r = subprocess.run(["openssl", "s_client", "-starttls", "ftp", "-connect", f"127.0.0.1:{vsftpd.port}",
+                        "-CAfile", str(vsftpd.ca), "-brief"], input=b"", capture_output=True, timeout=20)
+    assert b"Protocol version: TLSv1.3" in r.stdout + r.stderr, r.stderr
+    src = tmp_path / "u.bin"
+    digest = make_file(src, 24 * 1024 * 1024 + 123)
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    try:
+        for i in range(20):
+            with open(src, "rb") as fh:
+                assert f.storbinary(f"STOR /vs/u{i}.bin", fh).startswith("226")
+    finally:
+        f.quit()
+    for i in range(20):
+        assert sha256_file(vsftpd.root / f"u{i}.bin") == digest, i
+
+
+def test_unreachable_backend_is_a_clear_error(gw):
+    endpoint = gw.config["endpoints"][1]
+    good = endpoint["addresses"]
+    reloads = len(gw.events("configReloaded"))
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    try:
+        endpoint["addresses"] = ["127.0.0.1:1"]
+        gw.write_config(gw.config)
+        wait_reloads(gw, reloads + 1)
+        with pytest.raises(ftplib.error_temp, match="^451.*unavailable"):
+            f.size("/vs/u0.bin")
+        assert f.sendcmd("NOOP").startswith("200")
+    finally:
+        f.quit()
+        endpoint["addresses"] = good
+        gw.write_config(gw.config)
+        wait_reloads(gw, reloads + 2)
+
+
+def wait_reloads(gw, n: int) -> None:
+    deadline = time.monotonic() + 15
+    while len(gw.events("configReloaded")) < n:
+        assert time.monotonic() < deadline, "the gateway did not reload"
+        time.sleep(0.05)
+
+
+# --- Rotation ------------------------------------------------------------------------------------
+
+
+def test_certificate_rotation_with_a_session_open(gw, pki):
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    old = f.sock.getpeercert(binary_form=True)
+    try:
+        cert, key = pki.issue("gateway-2", "localhost")
+        # Key first, then certificate: the reload that sees a mismatched pair is rejected and
+        # the one after it loads.
+        shutil.copy(key, gw.dir / "tls" / "server.key")
+        shutil.copy(cert, gw.dir / "tls" / "server.pem")
+        new_sha = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if any(c["sha256"] == new_sha for e in gw.events("configReloaded") for c in e["certificates"]):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the gateway never loaded the new certificate")
+        # The live session continues, data connections included (they resume its session).
+        assert f.nlst("/local") is not None
+        assert f.sendcmd("NOOP").startswith("200")
+        # A new login sees the new certificate.
+        g = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+        assert g.sock.getpeercert(binary_form=True) != old
+        assert hashlib.sha256(g.sock.getpeercert(binary_form=True)).hexdigest() == new_sha
+        g.quit()
+    finally:
+        f.quit()
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def open_bytes(b: bytes):
+    return io.BytesIO(b)
+
+
+def parse_pasv(resp: str) -> tuple[str, int]:
+    nums = resp[resp.index("(") + 1 : resp.index(")")].split(",")
+    return ".".join(nums[:4]), int(nums[4]) * 256 + int(nums[5])
