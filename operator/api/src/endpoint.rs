@@ -36,9 +36,11 @@ use crate::CommonStatus;
     )
 )]
 #[x_kube(validation = Rule::new("self.protocol != 'sftp' || size(self.hostKeys) > 0").message("an SFTP endpoint needs at least one pinned host key in hostKeys"))]
+#[x_kube(validation = Rule::new("self.protocol != 'ftps' || has(self.ftps)").message("an FTPS endpoint needs ftps (the key ring trusting its certificate)"))]
+#[x_kube(validation = Rule::new("self.protocol != 'sftp' || !has(self.ftps)").message("ftps applies to FTPS endpoints only"))]
 #[serde(rename_all = "camelCase")]
 pub struct TransferEndpointSpec {
-    /// The protocol spoken to the backend: `sftp`, or `ftps` (explicit FTPS, TLS required).
+    /// The protocol spoken to the backend: `sftp`, or `ftps` (see `ftps`).
     pub protocol: EndpointProtocol,
     /// Where the backend listens, tried in order: the first that answers and proves its
     /// identity wins (failover).
@@ -55,6 +57,9 @@ pub struct TransferEndpointSpec {
     /// The Secret holding the backend credential (a private key or a password). The operator
     /// copies it into the gateway's config Secret; it never appears in a custom resource.
     pub credentials: CredentialsRef,
+    /// FTPS settings: how TLS is started and which key ring's CAs the backend must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ftps: Option<FtpsEndpointSpec>,
     /// Seconds to wait for each address to connect and finish the handshake.
     #[serde(default = "default_connect_timeout")]
     #[schemars(range(min = 1, max = 300))]
@@ -71,8 +76,51 @@ fn default_connect_timeout() -> u32 {
 pub enum EndpointProtocol {
     /// SFTP over SSH.
     Sftp,
-    /// Explicit FTPS (`AUTH TLS`), with TLS on the control and data channels.
+    /// FTP with TLS on the control and data channels (`ftps.security`).
     Ftps,
+}
+
+/// How the gateway reaches an FTPS backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("self.security == 'plaintext' ? self.allowPlaintext : has(self.keyRing)").message("a TLS backend needs keyRing (its backendCas are trusted); plaintext needs allowPlaintext: true"))]
+#[serde(rename_all = "camelCase")]
+pub struct FtpsEndpointSpec {
+    /// `explicit` (`AUTH TLS`, the default), `implicit` (TLS from the first byte) or
+    /// `plaintext` (refused unless `allowPlaintext`; audited at start).
+    #[serde(default)]
+    pub security: FtpSecurity,
+    /// The KeyRing whose `backendCas` the backend's certificate must chain to. Its own
+    /// certificate is presented as the client certificate when `clientCertificate` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key_ring: Option<String>,
+    /// Present the key ring's certificate to the backend.
+    #[serde(default)]
+    pub client_certificate: bool,
+    /// The name checked against the backend's certificate; the address's host by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
+    /// Explicit consent to a cleartext FTP backend.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// The backend's passive data ports, for the NetworkPolicy egress rule; without it the
+    /// gateway may reach the backend on any port from 1024 up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_ports: Option<crate::PassivePorts>,
+}
+
+/// How TLS starts toward an FTP backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FtpSecurity {
+    /// `AUTH TLS` on the control connection.
+    #[default]
+    Explicit,
+    /// TLS from the first byte.
+    Implicit,
+    /// No TLS: refused unless `allowPlaintext`.
+    Plaintext,
 }
 
 /// One backend address.

@@ -116,6 +116,8 @@ fn default_grace() -> i32 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[x_kube(validation = Rule::new("self.protocol == 'sftp' || has(self.keyRing)").message("an FTPS listener needs keyRing, the KeyRing holding its certificate"))]
 #[x_kube(validation = Rule::new("self.protocol != 'sftp' || !has(self.passivePorts)").message("passivePorts applies to FTPS listeners only"))]
+#[x_kube(validation = Rule::new("self.protocol == 'sftp' || has(self.passivePorts)").message("an FTPS listener needs passivePorts"))]
+#[x_kube(validation = Rule::new("self.protocol != 'sftp' || (!has(self.tls) && !has(self.activeMode))").message("tls and activeMode apply to FTPS listeners only"))]
 #[serde(rename_all = "camelCase")]
 pub struct ListenerSpec {
     /// A unique name (a DNS label), used for the Service port, audit records and metrics.
@@ -141,11 +143,63 @@ pub struct ListenerSpec {
     /// FTPS passive data ports; the Service exposes every port of the range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passive_ports: Option<PassivePorts>,
-    /// The address advertised in passive replies (for NAT and LoadBalancer setups).
+    /// The IPv4 address advertised in passive replies (for NAT and LoadBalancer setups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("isIP(self)").message("advertisedAddress must be an IP address"))]
+    #[x_kube(validation = Rule::new("isIP(self) && ip(self).family() == 4").message("advertisedAddress must be an IPv4 address (PASV carries IPv4 only)"))]
     pub advertised_address: Option<String>,
+    /// FTPS TLS policy: minimum version, cipher suites, client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTlsSpec>,
+    /// FTPS active mode (`PORT`/`EPRT`); off unless enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_mode: Option<ActiveModeSpec>,
+}
+
+/// A TLS listener's policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTlsSpec {
+    /// The lowest TLS version accepted, `1.2` (the default) or `1.3`; 1.3 is always preferred.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^1\.[23]$"))]
+    pub min_version: Option<String>,
+    /// Cipher suites allowed, by IANA name (e.g. `TLS13_AES_256_GCM_SHA384`); empty means the
+    /// modern default set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 64)))]
+    pub cipher_suites: Vec<String>,
+    /// `none` (the default), `optional` or `required`: client certificates, verified against
+    /// the key ring's `clientCas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificates: Option<ClientCertificateMode>,
+}
+
+/// Whether clients present a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertificateMode {
+    /// Not asked for.
+    None,
+    /// Asked for; a presented certificate must verify.
+    Optional,
+    /// The handshake fails without a verified certificate.
+    Required,
+}
+
+/// Active-mode FTP with z/OS `FTP.DATA` semantics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveModeSpec {
+    /// Accept `PORT`/`EPRT` at all.
+    #[serde(default)]
+    pub enabled: bool,
+    /// `NOLOWPORTS`: refuse targets below port 1024 (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_low_ports: Option<bool>,
+    /// `NOREDIRECT`: refuse targets other than the client's own address (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_redirect: Option<bool>,
 }
 
 /// The protocols a listener speaks.

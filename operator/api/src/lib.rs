@@ -15,11 +15,13 @@ mod rbac;
 mod zone;
 
 pub use endpoint::{
-    CredentialsRef, EndpointAddress, EndpointProtocol, TransferEndpoint, TransferEndpointSpec,
+    CredentialsRef, EndpointAddress, EndpointProtocol, FtpSecurity, FtpsEndpointSpec,
+    TransferEndpoint, TransferEndpointSpec,
 };
 pub use gateway::{
-    AuditSpec, DataOpsAudit, GatewayLimits, ListenerProtocol, ListenerSpec, PassivePorts,
-    ServiceSpec, ServiceType, TransferGateway, TransferGatewaySpec, TransferGatewayStatus,
+    ActiveModeSpec, AuditSpec, ClientCertificateMode, DataOpsAudit, GatewayLimits,
+    ListenerProtocol, ListenerSpec, ListenerTlsSpec, PassivePorts, ServiceSpec, ServiceType,
+    TransferGateway, TransferGatewaySpec, TransferGatewayStatus,
 };
 pub use keyring::{Issuer, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus, SecretKeyRef};
 pub use rbac::{MountSpec, TransferRole, TransferRoleSpec, TransferUser, TransferUserSpec, Verb};

@@ -37,7 +37,7 @@ use crate::{CommonStatus, SecretKeyRef};
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("has(self.passwordHash) || size(self.publicKeys) > 0").message("a user needs a passwordHash Secret or at least one public key"))]
+#[x_kube(validation = Rule::new("has(self.passwordHash) || size(self.publicKeys) > 0 || size(self.certificateNames) > 0").message("a user needs a passwordHash Secret, a public key or a certificate name"))]
 #[serde(rename_all = "camelCase")]
 pub struct TransferUserSpec {
     /// The login name. Defaults to the object's name.
@@ -55,8 +55,14 @@ pub struct TransferUserSpec {
     /// The Secret key holding a base32 TOTP seed for the `keyboard-interactive` second factor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totp_secret: Option<SecretKeyRef>,
+    /// FTPS client certificate identities that stand for this user (method `certificate`):
+    /// matched against the verified certificate's subject CN, DNS and e-mail SANs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    pub certificate_names: Vec<String>,
     /// OpenSSH-style method chains, any one of which admits the user, e.g.
-    /// `["publickey", "password,keyboard-interactive"]`. Defaults to each configured method alone.
+    /// `["publickey", "password,keyboard-interactive"]` or, for FTPS, `["certificate,password"]`.
+    /// Defaults to each configured method alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8), inner(length(max = 128)))]
     pub auth_methods: Vec<String>,
@@ -115,8 +121,9 @@ pub struct TransferRoleSpec {
 }
 
 /// A virtual path that maps onto a directory of an endpoint.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("size(self.siteCommands) == 0 || self.verbs.exists(v, v == 'site')").message("siteCommands need the verb site"))]
 pub struct MountSpec {
     /// The absolute virtual path users see, such as `/inbound`.
     #[schemars(length(min = 1, max = 512), regex(pattern = r"^/"))]
@@ -129,8 +136,16 @@ pub struct MountSpec {
     #[schemars(length(min = 1, max = 512))]
     pub backend_path: String,
     /// The operations allowed under `path`.
-    #[schemars(length(min = 1, max = 8))]
+    #[schemars(length(min = 1, max = 9))]
     pub verbs: Vec<Verb>,
+    /// With the verb `site`: the FTP `SITE` subcommands (first word, such as `FILETYPE=JES`)
+    /// that may be sent to an FTPS endpoint from inside the mount.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 64), regex(pattern = r"^\S+$"))
+    )]
+    pub site_commands: Vec<String>,
 }
 
 fn root() -> String {
@@ -159,4 +174,6 @@ pub enum Verb {
     Rename,
     /// Change attributes (mode, times).
     Setattr,
+    /// Send the allow-listed FTP `SITE` subcommands (`siteCommands`) to an FTPS endpoint.
+    Site,
 }

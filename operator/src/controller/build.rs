@@ -433,15 +433,15 @@ fn network_policy(gw: &TransferGateway, bundle: &Bundle) -> NetworkPolicy {
         }]),
         ports: Some(vec![tcp(spec.admin_port, None)]),
     });
-    let mut by_port: BTreeMap<i32, BTreeSet<&String>> = BTreeMap::new();
-    for (cidr, port) in &bundle.egress {
-        by_port.entry(*port).or_default().insert(cidr);
+    let mut by_port: BTreeMap<(i32, i32), BTreeSet<&String>> = BTreeMap::new();
+    for (cidr, first, last) in &bundle.egress {
+        by_port.entry((*first, *last)).or_default().insert(cidr);
     }
     let mut egress: Vec<NetworkPolicyEgressRule> = by_port
         .into_iter()
-        .map(|(port, cidrs)| NetworkPolicyEgressRule {
+        .map(|((first, last), cidrs)| NetworkPolicyEgressRule {
             to: Some(cidrs.into_iter().map(|c| ip_peer(c)).collect()),
-            ports: Some(vec![tcp(port, None)]),
+            ports: Some(vec![tcp(first, (last != first).then_some(last))]),
         })
         .collect();
     egress.push(NetworkPolicyEgressRule {

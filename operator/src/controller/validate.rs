@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use portcullis_api::{
-    EndpointProtocol, KeyRing, ListenerProtocol, TransferGateway, TransferRole, TransferUser, Verb,
+    ClientCertificateMode, EndpointProtocol, FtpSecurity, KeyRing, ListenerProtocol,
+    TransferGateway, TransferRole, TransferUser, Verb,
 };
 use portcullis_config as config;
 use sha2::{Digest, Sha256};
@@ -25,7 +26,6 @@ pub enum Reason {
     SecretKeyMissing,
     InvalidCredential,
     InvalidPublicKey,
-    UnsupportedProtocol,
     InvalidConfig,
 }
 
@@ -41,7 +41,6 @@ impl Reason {
             Reason::SecretKeyMissing => "SecretKeyMissing",
             Reason::InvalidCredential => "InvalidCredential",
             Reason::InvalidPublicKey => "InvalidPublicKey",
-            Reason::UnsupportedProtocol => "UnsupportedProtocol",
             Reason::InvalidConfig => "InvalidConfig",
         }
     }
@@ -78,8 +77,8 @@ pub struct Bundle {
     pub restart_hash: String,
     /// Zone name → CIDRs, for the NetworkPolicy and the Service.
     pub zone_cidrs: BTreeMap<String, Vec<String>>,
-    /// Egress targets: (CIDR, port).
-    pub egress: BTreeSet<(String, i32)>,
+    /// Egress targets: (CIDR, first port, last port).
+    pub egress: BTreeSet<(String, i32, i32)>,
     /// The earliest notAfter of the certificates the gateway presents.
     pub certificate_not_after: Option<String>,
 }
@@ -94,17 +93,6 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
     let mut listeners = Vec::new();
     let mut zone_names = BTreeSet::new();
     for l in &spec.listeners {
-        if l.protocol != ListenerProtocol::Sftp {
-            problems.push(Problem::new(
-                Reason::UnsupportedProtocol,
-                format!(
-                    "listener {} uses protocol {:?}, which this gateway version ({}) does not serve yet; only sftp is available",
-                    l.name,
-                    l.protocol,
-                    env!("CARGO_PKG_VERSION")
-                ),
-            ));
-        }
         for z in &l.zones {
             if world.zones.contains_key(z) {
                 zone_names.insert(z.clone());
@@ -120,14 +108,9 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
         }
         listeners.push(config::Listener {
             name: l.name.clone(),
-            protocol: config::Protocol::Sftp,
             address: format!("0.0.0.0:{}", l.port),
             zones: l.zones.clone(),
-            tls: None,
-            passive_ports: None,
-            advertised_address: None,
-            active_mode: config::ActiveMode::default(),
-            data_timeout_seconds: 30,
+            ..listener_ftps(l)
         });
     }
 
@@ -140,6 +123,21 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
         .iter()
         .filter_map(|l| l.key_ring.as_deref())
         .collect();
+    // Key rings that FTPS endpoints trust (any role of the namespace may mount them).
+    let mut endpoint_rings = BTreeMap::new();
+    for role in world.roles.values() {
+        for m in &role.spec.mounts {
+            if let Some(ring) = world
+                .endpoints
+                .get(&m.endpoint)
+                .and_then(|e| e.spec.ftps.as_ref())
+                .and_then(|f| f.key_ring.as_deref())
+            {
+                endpoint_rings.insert(m.endpoint.as_str(), ring);
+                used_rings.insert(ring);
+            }
+        }
+    }
     if let Some(k) = &spec.host_key_ring {
         used_rings.insert(k);
         if let Some(kr) = check_key_ring(world, k, "hostKeyRing", &mut problems)
@@ -226,7 +224,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
                         endpoint: m.endpoint.clone(),
                         backend_path: m.backend_path.clone(),
                         verbs: m.verbs.iter().map(|v| verb(*v)).collect(),
-                        site_commands: Vec::new(),
+                        site_commands: m.site_commands.clone(),
                     }
                 })
                 .collect(),
@@ -240,11 +238,30 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
             continue;
         };
         let e = &ep.spec;
-        if e.protocol != EndpointProtocol::Sftp {
-            problems.push(Problem::new(
-                Reason::UnsupportedProtocol,
-                format!("endpoint {name} uses protocol ftps, which this gateway version does not reach yet; only sftp is available"),
-            ));
+        if let Some(f) = e
+            .ftps
+            .as_ref()
+            .filter(|_| e.protocol == EndpointProtocol::Ftps)
+        {
+            match ftps_endpoint(name, ep, f, world, &key_ring_files, &mut files) {
+                Ok(backend) => {
+                    for a in &e.addresses {
+                        let (min, max) = f
+                            .data_ports
+                            .as_ref()
+                            .map_or((1024, 65535), |p| (p.min, p.max));
+                        for cidr in egress_cidrs(&a.host, &a.egress_cidrs) {
+                            egress.insert((cidr.clone(), a.port, a.port));
+                            egress.insert((cidr, min, max));
+                        }
+                    }
+                    endpoints.push(config::Endpoint {
+                        name: name.clone(),
+                        backend,
+                    });
+                }
+                Err(p) => problems.extend(p),
+            }
             continue;
         }
         let (private_key_file, password_file) =
@@ -257,7 +274,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
             };
         for a in &e.addresses {
             for cidr in egress_cidrs(&a.host, &a.egress_cidrs) {
-                egress.insert((cidr, a.port));
+                egress.insert((cidr, a.port, a.port));
             }
         }
         endpoints.push(config::Endpoint {
@@ -301,7 +318,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
             password_hash,
             public_keys: u.public_keys.clone(),
             totp_secret_file,
-            certificate_names: Vec::new(),
+            certificate_names: u.certificate_names.clone(),
             auth_methods: u.auth_methods.clone(),
             zones: if u.zones.is_empty() {
                 listener_zones.clone()
@@ -580,6 +597,125 @@ fn secret_problem(who: &str, secret: &str, key: &str, e: SecretLookup) -> Proble
     }
 }
 
+/// The FTPS fields of a listener (none for SFTP).
+fn listener_ftps(l: &portcullis_api::ListenerSpec) -> config::Listener {
+    let ftps = l.protocol != ListenerProtocol::Sftp;
+    let t = l.tls.clone().unwrap_or_default();
+    let a = l.active_mode.clone().unwrap_or_default();
+    config::Listener {
+        name: String::new(),
+        protocol: match l.protocol {
+            ListenerProtocol::Sftp => config::Protocol::Sftp,
+            ListenerProtocol::Ftps => config::Protocol::Ftps,
+            ListenerProtocol::FtpsImplicit => config::Protocol::FtpsImplicit,
+        },
+        address: String::new(),
+        zones: Vec::new(),
+        tls: ftps.then(|| config::ListenerTls {
+            key_ring: l.key_ring.clone().unwrap_or_default(),
+            min_version: match t.min_version.as_deref() {
+                Some("1.3") => config::TlsVersion::Tls13,
+                _ => config::TlsVersion::Tls12,
+            },
+            cipher_suites: t.cipher_suites.clone(),
+            client_certificates: match t.client_certificates {
+                None | Some(ClientCertificateMode::None) => config::ClientCertificates::None,
+                Some(ClientCertificateMode::Optional) => config::ClientCertificates::Optional,
+                Some(ClientCertificateMode::Required) => config::ClientCertificates::Required,
+            },
+        }),
+        passive_ports: l
+            .passive_ports
+            .as_ref()
+            .filter(|_| ftps)
+            .map(|p| config::PortRange {
+                min: p.min as u16,
+                max: p.max as u16,
+            }),
+        advertised_address: l.advertised_address.clone().filter(|_| ftps),
+        active_mode: config::ActiveMode {
+            enabled: a.enabled,
+            no_low_ports: a.no_low_ports.unwrap_or(true),
+            no_redirect: a.no_redirect.unwrap_or(true),
+        },
+        data_timeout_seconds: 30,
+    }
+}
+
+/// An FTPS endpoint: its password into the bundle, and its key ring's backend CAs (and,
+/// when asked, its certificate as the client certificate).
+fn ftps_endpoint(
+    name: &str,
+    ep: &portcullis_api::TransferEndpoint,
+    f: &portcullis_api::FtpsEndpointSpec,
+    world: &World,
+    key_rings: &[config::KeyRingFiles],
+    files: &mut BTreeMap<String, Vec<u8>>,
+) -> Result<config::EndpointBackend, Vec<Problem>> {
+    let e = &ep.spec;
+    let who = format!("endpoint {name}");
+    let mut problems = Vec::new();
+    let c = &e.credentials;
+    let password_file = match world.secret_value(&c.secret_name, &c.password_key) {
+        Ok(p) => {
+            let file = format!("endpoint-{name}.password");
+            files.insert(file.clone(), p.to_vec());
+            Some(file)
+        }
+        Err(why) => {
+            problems.push(secret_problem(&who, &c.secret_name, &c.password_key, why));
+            None
+        }
+    };
+    let mut ca_file = None;
+    let (mut cert, mut key) = (None, None);
+    if let Some(ring) = &f.key_ring {
+        let at = format!("{who} (ftps.keyRing)");
+        if check_key_ring(world, ring, &at, &mut problems).is_some() {
+            match key_rings.iter().find(|k| &k.name == ring) {
+                Some(k) if k.backend_ca_file.is_some() => {
+                    ca_file = k.backend_ca_file.clone();
+                    if f.client_certificate {
+                        cert = Some(k.certificate_file.clone());
+                        key = Some(k.private_key_file.clone());
+                    }
+                }
+                Some(_) => problems.push(Problem::new(
+                    Reason::KeyRingNotReady,
+                    format!("{at}: key ring {ring} lists no backendCas to trust the backend with"),
+                )),
+                None => problems.push(Problem::new(
+                    Reason::KeyRingNotReady,
+                    format!("{at}: key ring {ring} holds no certificate yet"),
+                )),
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(config::EndpointBackend::Ftps(config::FtpsEndpoint {
+        addresses: e
+            .addresses
+            .iter()
+            .map(|a| host_port(&a.host, a.port))
+            .collect(),
+        security: match f.security {
+            FtpSecurity::Explicit => config::FtpSecurity::Explicit,
+            FtpSecurity::Implicit => config::FtpSecurity::Implicit,
+            FtpSecurity::Plaintext => config::FtpSecurity::Plaintext,
+        },
+        ca_file,
+        server_name: f.server_name.clone(),
+        client_certificate_file: cert,
+        client_key_file: key,
+        username: e.username.clone(),
+        password_file: password_file.unwrap_or_default(),
+        allow_plaintext: f.allow_plaintext,
+        connect_timeout_seconds: u64::from(e.connect_timeout_seconds),
+    }))
+}
+
 /// The CIDRs a backend address allows egress to: the host itself when it is an IP address,
 /// else the declared `egressCidrs`.
 fn egress_cidrs(host: &str, declared: &[String]) -> Vec<String> {
@@ -608,13 +744,103 @@ fn verb(v: Verb) -> config::Verb {
         Verb::Rmdir => config::Verb::Rmdir,
         Verb::Rename => config::Verb::Rename,
         Verb::Setattr => config::Verb::Setattr,
+        Verb::Site => config::Verb::Site,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::fixtures::{SFTP_GATEWAY, gateway, world};
+    use crate::controller::fixtures::{SFTP_GATEWAY, gateway, secret, world};
+
+    #[test]
+    fn ftps_listeners_and_endpoints_compile_into_the_bundle() {
+        let mut w = world();
+        // The key ring also trusts backends; a vsftpd-style endpoint mounted with SITE.
+        let keys = w.secrets.get_mut("keys-keyring").unwrap();
+        let ca = keys.data.as_ref().unwrap()["ca.crt"].clone();
+        keys.data
+            .as_mut()
+            .unwrap()
+            .insert("backend-cas.crt".into(), ca);
+        w.endpoints.insert("mf".into(), serde_yaml_ng::from_str(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: TransferEndpoint\nmetadata: {name: mf}\nspec: {protocol: ftps, addresses: [{host: 10.7.0.9, port: 21}], username: batch, credentials: {secretName: mf-creds}, ftps: {keyRing: keys, clientCertificate: true, dataPorts: {min: 40000, max: 40099}}}",
+        ).unwrap());
+        w.secrets
+            .extend([secret("mf-creds", &[("password", b"s3cret")])]);
+        w.roles.insert("jes".into(), serde_yaml_ng::from_str(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: TransferRole\nmetadata: {name: jes}\nspec: {mounts: [{path: /mf, endpoint: mf, verbs: [list, read, site], siteCommands: [FILETYPE=JES]}]}",
+        ).unwrap());
+        let gw = gateway(
+            "  hostKeyRing: keys\n  listeners:\n  - {name: ftps, protocol: ftps, port: 2121, zones: [lan], keyRing: keys, passivePorts: {min: 30000, max: 30009}, advertisedAddress: 203.0.113.7, tls: {minVersion: '1.3', clientCertificates: optional}, activeMode: {enabled: true, noRedirect: false}}\n  - {name: implicit, protocol: ftpsImplicit, port: 990, zones: [lan], keyRing: keys, passivePorts: {min: 30010, max: 30019}}\n",
+        );
+        let b = compile(&gw, &w).unwrap();
+        let l = &b.config.listeners[0];
+        assert_eq!(l.protocol, config::Protocol::Ftps);
+        let tls = l.tls.as_ref().unwrap();
+        assert_eq!(tls.key_ring, "keys");
+        assert_eq!(tls.min_version, config::TlsVersion::Tls13);
+        assert_eq!(
+            tls.client_certificates,
+            config::ClientCertificates::Optional
+        );
+        assert_eq!(
+            l.passive_ports,
+            Some(config::PortRange {
+                min: 30000,
+                max: 30009
+            })
+        );
+        assert_eq!(l.advertised_address.as_deref(), Some("203.0.113.7"));
+        assert!(l.active_mode.enabled && l.active_mode.no_low_ports && !l.active_mode.no_redirect);
+        assert_eq!(
+            b.config.listeners[1].protocol,
+            config::Protocol::FtpsImplicit
+        );
+        let mf = b.config.endpoints.iter().find(|e| e.name == "mf").unwrap();
+        let config::EndpointBackend::Ftps(f) = &mf.backend else {
+            panic!("mf is not an FTPS endpoint: {mf:?}");
+        };
+        assert_eq!(f.addresses, ["10.7.0.9:21"]);
+        assert_eq!(f.security, config::FtpSecurity::Explicit);
+        assert_eq!(f.ca_file.as_deref(), Some("keyring-keys-backend-ca.crt"));
+        assert_eq!(
+            f.client_certificate_file.as_deref(),
+            Some("keyring-keys.crt")
+        );
+        assert_eq!(b.files[&f.password_file], b"s3cret");
+        let jes = b.config.roles.iter().find(|r| r.name == "jes").unwrap();
+        assert_eq!(jes.mounts[0].site_commands, ["FILETYPE=JES"]);
+        // Egress: the control port and the backend's data ports.
+        assert!(b.egress.contains(&("10.7.0.9/32".to_owned(), 21, 21)));
+        assert!(b.egress.contains(&("10.7.0.9/32".to_owned(), 40000, 40099)));
+        // The gateway's own checks accept what the operator made.
+        assert_eq!(config::validate(&b.config), Ok(()));
+    }
+
+    #[test]
+    fn an_ftps_endpoint_without_backend_cas_is_refused_with_the_reason() {
+        let mut w = world();
+        w.endpoints.insert("mf".into(), serde_yaml_ng::from_str(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: TransferEndpoint\nmetadata: {name: mf}\nspec: {protocol: ftps, addresses: [{host: 10.7.0.9, port: 21}], username: batch, credentials: {secretName: nope}, ftps: {keyRing: keys}}",
+        ).unwrap());
+        w.roles.insert("jes".into(), serde_yaml_ng::from_str(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: TransferRole\nmetadata: {name: jes}\nspec: {mounts: [{path: /mf, endpoint: mf, verbs: [read]}]}",
+        ).unwrap());
+        let messages: Vec<String> = compile(&gateway(SFTP_GATEWAY), &w)
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.message)
+            .collect();
+        assert!(
+            messages.iter().any(|m| m.contains("Secret nope")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m == "endpoint mf (ftps.keyRing): key ring keys lists no backendCas to trust the backend with"),
+            "{messages:?}"
+        );
+    }
 
     #[test]
     fn a_complete_namespace_compiles_into_a_valid_bundle() {
@@ -667,8 +893,8 @@ mod tests {
         assert_eq!(
             egress,
             [
-                ("10.8.0.0/24".to_owned(), 2022),
-                ("10.9.0.5/32".to_owned(), 22)
+                ("10.8.0.0/24".to_owned(), 2022, 2022),
+                ("10.9.0.5/32".to_owned(), 22, 22)
             ]
         );
         assert_eq!(
@@ -753,7 +979,6 @@ mod tests {
                 Reason::KeyRingNotReady,
                 Reason::SecretKeyMissing,
                 Reason::InvalidCredential,
-                Reason::UnsupportedProtocol,
             ]
         );
     }
