@@ -100,6 +100,23 @@ INVALID = {
     "renewBefore not shorter than duration": (
         "KeyRing", {"issuer": {"type": "selfSigned"}, "duration": "1h", "renewBefore": "2h"},
         "renewBefore must be shorter than duration"),
+    "FTPS listener without passive ports": (
+        "TransferGateway", {"listeners": [
+            {"name": "a", "protocol": "ftps", "port": 21, "zones": ["z"], "keyRing": "k"}]},
+        "an FTPS listener needs passivePorts"),
+    "FTPS endpoint without its TLS trust": (
+        "TransferEndpoint", {"protocol": "ftps", "addresses": [{"host": "10.0.0.1", "port": 21}],
+                             "username": "u", "credentials": {"secretName": "s"}},
+        "an FTPS endpoint needs ftps"),
+    "plaintext FTP backend without consent": (
+        "TransferEndpoint", {"protocol": "ftps", "addresses": [{"host": "10.0.0.1", "port": 21}],
+                             "username": "u", "credentials": {"secretName": "s"},
+                             "ftps": {"security": "plaintext"}},
+        "plaintext needs allowPlaintext: true"),
+    "SITE subcommands without the verb site": (
+        "TransferRole", {"mounts": [{"path": "/mf", "endpoint": "mf", "verbs": ["read"],
+                                     "siteCommands": ["FILETYPE=JES"]}]},
+        "siteCommands need the verb site"),
     "CA issuer without a Secret": (
         "KeyRing", {"issuer": {"type": "ca"}},
         "issuer types tlsSecret and ca need secretName"),

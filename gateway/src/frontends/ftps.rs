@@ -1528,3 +1528,43 @@ fn fs_reply(e: &FsError) -> Reply {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_a_line_ends_survive_chunk_boundaries() {
+        let mut last = 0;
+        let mut out = to_crlf(b"a\nb\r", &mut last);
+        out.extend(to_crlf(b"\nc\n", &mut last));
+        assert_eq!(out, b"a\r\nb\r\nc\r\n");
+
+        let mut held = false;
+        let mut back = from_crlf(b"a\r\nb\r", &mut held, false);
+        assert!(held);
+        back.extend(from_crlf(b"\nc\rd", &mut held, false));
+        back.extend(from_crlf(b"\r", &mut held, true));
+        assert_eq!(back, b"a\nb\nc\rd\r");
+    }
+
+    #[test]
+    fn audit_never_records_a_password() {
+        assert_eq!(
+            audit_parts("pass hunter2"),
+            ("PASS".to_owned(), Some("********".to_owned()))
+        );
+        assert_eq!(
+            audit_parts("RETR /in/a b.txt"),
+            ("RETR".to_owned(), Some("/in/a b.txt".to_owned()))
+        );
+        assert_eq!(audit_parts("PWD"), ("PWD".to_owned(), None));
+        // Telnet IP/DM before ABOR (as replacement characters).
+        assert_eq!(clean("\u{fffd}\u{fffd}ABOR"), "ABOR");
+    }
+
+    #[test]
+    fn pwd_quotes_are_doubled() {
+        assert_eq!(quote("/a\"b"), "\"/a\"\"b\"");
+    }
+}

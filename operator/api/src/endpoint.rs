@@ -82,7 +82,7 @@ pub enum EndpointProtocol {
 
 /// How the gateway reaches an FTPS backend.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(validation = Rule::new("self.security == 'plaintext' ? self.allowPlaintext : has(self.keyRing)").message("a TLS backend needs keyRing (its backendCas are trusted); plaintext needs allowPlaintext: true"))]
+#[x_kube(validation = Rule::new("has(self.security) && self.security == 'plaintext' ? (has(self.allowPlaintext) && self.allowPlaintext) : has(self.keyRing)").message("a TLS backend needs keyRing (its backendCas are trusted); plaintext needs allowPlaintext: true"))]
 #[serde(rename_all = "camelCase")]
 pub struct FtpsEndpointSpec {
     /// `explicit` (`AUTH TLS`, the default), `implicit` (TLS from the first byte) or

@@ -37,7 +37,7 @@ use crate::{CommonStatus, SecretKeyRef};
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("has(self.passwordHash) || size(self.publicKeys) > 0 || size(self.certificateNames) > 0").message("a user needs a passwordHash Secret, a public key or a certificate name"))]
+#[x_kube(validation = Rule::new("has(self.passwordHash) || (has(self.publicKeys) && size(self.publicKeys) > 0) || (has(self.certificateNames) && size(self.certificateNames) > 0)").message("a user needs a passwordHash Secret, a public key or a certificate name"))]
 #[serde(rename_all = "camelCase")]
 pub struct TransferUserSpec {
     /// The login name. Defaults to the object's name.
@@ -123,7 +123,7 @@ pub struct TransferRoleSpec {
 /// A virtual path that maps onto a directory of an endpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("size(self.siteCommands) == 0 || self.verbs.exists(v, v == 'site')").message("siteCommands need the verb site"))]
+#[x_kube(validation = Rule::new("!has(self.siteCommands) || size(self.siteCommands) == 0 || self.verbs.exists(v, v == 'site')").message("siteCommands need the verb site"))]
 pub struct MountSpec {
     /// The absolute virtual path users see, such as `/inbound`.
     #[schemars(length(min = 1, max = 512), regex(pattern = r"^/"))]

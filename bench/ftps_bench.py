@@ -1,0 +1,192 @@
+"""FTPS benchmark (not a test): curl uploads and downloads to one vsftpd (TLS 1.3,
+require_ssl_reuse), measured in one run three ways:
+
+  direct    curl -> vsftpd
+  gateway   curl -> Portcullis (explicit FTPS) -> vsftpd
+  mod_proxy curl -> ProFTPD mod_proxy (reverse proxy, TLS both legs) -> vsftpd
+
+    python3 bench/ftps_bench.py [--size-mib 1024] [--runs 3] [--proftpd-root DIR]
+
+Files live on tmpfs so that the disk is not what is measured. ProFTPD conflicts with vsftpd as
+a Debian package, so it is unpacked into a private folder (`apt-get download` + `dpkg -x`,
+done here when --proftpd-root is missing). Prints MB/s per path and direction, and the
+gateway's ratios to direct and to mod_proxy.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
+
+from ftps import BACKEND_PASSWORD, BACKEND_USER, Pki, Vsftpd, free_port_range  # noqa: E402
+from harness import Gateway, free_port, make_file, sha256_file, wait_port  # noqa: E402
+
+PROFTPD_PACKAGES = ["proftpd-core", "proftpd-mod-crypto", "proftpd-mod-proxy"]
+# Libraries the unpacked ProFTPD needs that the machine may lack (no conflict with vsftpd).
+PROFTPD_LIBS = ["libhiredis0.14", "libmemcached11", "libmemcachedutil2", "libpcre2-posix3"]
+
+
+def unpack_proftpd(root: Path) -> Path:
+    if (root / "usr/sbin/proftpd").exists():
+        return root
+    subprocess.run(["apt-get", "install", "-y", "-qq", *PROFTPD_LIBS], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, capture_output=True)
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run(["apt-get", "download", *PROFTPD_PACKAGES], cwd=d, check=True, capture_output=True)
+        for deb in Path(d).glob("*.deb"):
+            subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+    return root
+
+
+class ModProxy:
+    """ProFTPD as a TLS reverse proxy in front of vsftpd: TLS required from clients, TLS to
+    the backend, passive data on both legs."""
+
+    def __init__(self, dir: Path, root: Path, pki: Pki, backend_port: int):
+        dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        pasv = free_port_range(32)
+        cert, key = pki.issue("proftpd", "localhost")
+        (dir / "tables").mkdir(exist_ok=True)
+        conf = dir / "proftpd.conf"
+        conf.write_text(f"""ServerType standalone
+ServerName "mod_proxy bench"
+DefaultServer on
+Port {self.port}
+DefaultAddress 127.0.0.1
+UseIPv6 off
+User nobody
+Group nogroup
+PidFile {dir}/proftpd.pid
+ScoreboardFile {dir}/scoreboard
+DelayTable none
+WtmpLog off
+UseReverseDNS off
+IdentLookups off
+PassivePorts {pasv} {pasv + 31}
+ModulePath {root}/usr/lib/proftpd
+LoadModule mod_tls.c
+LoadModule mod_proxy.c
+<IfModule mod_tls.c>
+  TLSEngine on
+  TLSRequired on
+  TLSProtocol TLSv1.2 TLSv1.3
+  TLSECCertificateFile {cert}
+  TLSECCertificateKeyFile {key}
+  TLSLog {dir}/tls.log
+</IfModule>
+<IfModule mod_proxy.c>
+  ProxyEngine on
+  ProxyLog {dir}/proxy.log
+  ProxyTables {dir}/tables
+  ProxyRole reverse
+  ProxyReverseConnectPolicy Shuffle
+  ProxyReverseServers ftp://127.0.0.1:{backend_port}
+  ProxyDataTransferPolicy PASV
+  ProxyTLSEngine on
+  ProxyTLSCACertificateFile {pki.ca}
+  ProxyTLSVerifyServer on
+  ProxyTLSProtocol TLSv1.2 TLSv1.3
+</IfModule>
+""")
+        self.proc = subprocess.Popen([str(root / "usr/sbin/proftpd"), "-n", "-q", "-c", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=open(dir / "stderr.log", "wb"))
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def curl(args: list[str]) -> float:
+    t0 = time.monotonic()
+    subprocess.run(["curl", "-sS", "--ssl-reqd", "--max-time", "600", *args], check=True)
+    return time.monotonic() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--proftpd-root", type=Path, default=Path.home() / ".cache/portcullis/proftpd")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="portcullis-ftps-bench-", dir="/dev/shm"))
+    pki = Pki(work / "pki")
+    vs = Vsftpd(work / "vsftpd", pki)
+    proftpd_root = unpack_proftpd(args.proftpd_root)
+    proxy = ModProxy(work / "proftpd", proftpd_root, pki, vs.port)
+    gcert, gkey = pki.issue("gateway", "localhost")
+    gw = Gateway(work / "gateway", {}, start=False)
+    ftps_port = free_port()
+    gw.config.update({
+        "listeners": [{"name": "ftps", "protocol": "ftps", "address": f"127.0.0.1:{ftps_port}",
+                       "zones": ["loopback"], "tls": {"keyRing": "gw"},
+                       "passivePorts": {"min": (p := free_port_range(32)), "max": p + 31}}],
+        "keyRings": [{"name": "gw", "certificateFile": str(gcert), "privateKeyFile": str(gkey)}],
+        "endpoints": [vs.endpoint("vsftpd")],
+        "roles": [{"name": "r", "mounts": [{"path": "/", "endpoint": "vsftpd",
+                                               "verbs": ["list", "read", "write", "delete"]}]}],
+        "users": [{"name": BACKEND_USER, "passwordHash": gw_hash(BACKEND_PASSWORD),
+                   "zones": ["loopback"], "roles": ["r"]}],
+    })
+    gw.write_config(gw.config)
+    gw.start()
+
+    size = args.size_mib << 20
+    src = work / "src.bin"
+    digest = make_file(src, size)
+    paths = {
+        "direct": vs.port,
+        "gateway": ftps_port,
+        "mod_proxy": proxy.port,
+    }
+    results: dict[str, dict[str, list[float]]] = {k: {"upload": [], "download": []} for k in paths}
+    try:
+        for run in range(args.runs):
+            for name, port in paths.items():
+                url = f"ftp://{BACKEND_USER}:{BACKEND_PASSWORD}@localhost:{port}/bench-{name}.bin"
+                up = curl(["--cacert", str(pki.ca), "-T", str(src), url])
+                dst = work / "dst.bin"
+                down = curl(["--cacert", str(pki.ca), "-o", str(dst), url])
+                if sha256_file(dst) != digest or sha256_file(vs.root / f"bench-{name}.bin") != digest:
+                    raise SystemExit(f"{name}: checksum mismatch")
+                dst.unlink()
+                (vs.root / f"bench-{name}.bin").unlink()
+                results[name]["upload"].append(size / up / 1e6)
+                results[name]["download"].append(size / down / 1e6)
+                print(f"run {run + 1} {name:9} upload {size / up / 1e6:7.1f} MB/s  "
+                      f"download {size / down / 1e6:7.1f} MB/s", flush=True)
+    finally:
+        gw.stop()
+        proxy.stop()
+        vs.stop()
+    med = {k: {d: statistics.median(v) for d, v in dirs.items()} for k, dirs in results.items()}
+    figures = {"size_mib": args.size_mib, "runs": args.runs, "median_mb_s": med, "ratios": {}}
+    print(f"\nmedian of {args.runs} runs, {args.size_mib} MiB, MB/s:")
+    for d in ["download", "upload"]:
+        g, direct, proxy_ = med["gateway"][d], med["direct"][d], med["mod_proxy"][d]
+        figures["ratios"][d] = {"gateway_vs_direct": round(g / direct, 2),
+                                "gateway_vs_mod_proxy": round(g / proxy_, 2)}
+        print(f"  {d:8}  direct {direct:7.1f}  gateway {g:7.1f}  mod_proxy {proxy_:7.1f}  "
+              f"gateway/direct {g / direct:.2f}  gateway/mod_proxy {g / proxy_:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+def gw_hash(pw: str) -> str:
+    from harness import hash_password
+
+    return hash_password(pw)
+
+
+if __name__ == "__main__":
+    main()
