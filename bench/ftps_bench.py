@@ -16,6 +16,7 @@ gateway's ratios to direct and to mod_proxy.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,7 +70,6 @@ ScoreboardFile {dir}/scoreboard
 DelayTable none
 WtmpLog off
 UseReverseDNS off
-IdentLookups off
 PassivePorts {pasv} {pasv + 31}
 ModulePath {root}/usr/lib/proftpd
 LoadModule mod_tls.c
@@ -105,10 +105,11 @@ LoadModule mod_proxy.c
         self.proc.wait(10)
 
 
-def curl(args: list[str]) -> float:
+def curl(args: list[str]) -> float | None:
+    """Seconds taken, or None when curl reports a failed transfer."""
     t0 = time.monotonic()
-    subprocess.run(["curl", "-sS", "--ssl-reqd", "--max-time", "600", *args], check=True)
-    return time.monotonic() - t0
+    r = subprocess.run(["curl", "-sS", "--ssl-reqd", "--max-time", "600", *args])
+    return time.monotonic() - t0 if r.returncode == 0 else None
 
 
 def main() -> None:
@@ -120,10 +121,22 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="portcullis-ftps-bench-", dir="/dev/shm"))
+    work.chmod(0o755)  # vsftpd's login user must reach its root below it
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work: Path) -> None:
+    proftpd_root = unpack_proftpd(args.proftpd_root)
     pki = Pki(work / "pki")
     vs = Vsftpd(work / "vsftpd", pki)
-    proftpd_root = unpack_proftpd(args.proftpd_root)
-    proxy = ModProxy(work / "proftpd", proftpd_root, pki, vs.port)
+    try:
+        proxy = ModProxy(work / "proftpd", proftpd_root, pki, vs.port)
+    except Exception:
+        vs.stop()
+        raise
     gcert, gkey = pki.issue("gateway", "localhost")
     gw = Gateway(work / "gateway", {}, start=False)
     ftps_port = free_port()
@@ -133,44 +146,65 @@ def main() -> None:
                        "passivePorts": {"min": (p := free_port_range(32)), "max": p + 31}}],
         "keyRings": [{"name": "gw", "certificateFile": str(gcert), "privateKeyFile": str(gkey)}],
         "endpoints": [vs.endpoint("vsftpd")],
-        "roles": [{"name": "r", "mounts": [{"path": "/", "endpoint": "vsftpd",
+        "roles": [{"name": "r", "mounts": [{"path": "/vs", "endpoint": "vsftpd",
                                                "verbs": ["list", "read", "write", "delete"]}]}],
         "users": [{"name": BACKEND_USER, "passwordHash": gw_hash(BACKEND_PASSWORD),
                    "zones": ["loopback"], "roles": ["r"]}],
     })
     gw.write_config(gw.config)
-    gw.start()
+    try:
+        gw.start()
+    except Exception:
+        proxy.stop()
+        vs.stop()
+        raise
 
     size = args.size_mib << 20
     src = work / "src.bin"
     digest = make_file(src, size)
     paths = {
-        "direct": vs.port,
-        "gateway": ftps_port,
-        "mod_proxy": proxy.port,
+        "direct": (vs.port, ""),
+        "gateway": (ftps_port, "/vs"),
+        "mod_proxy": (proxy.port, ""),
     }
     results: dict[str, dict[str, list[float]]] = {k: {"upload": [], "download": []} for k in paths}
+    failures = {k: {"upload": 0, "download": 0} for k in paths}
     try:
         for run in range(args.runs):
-            for name, port in paths.items():
-                url = f"ftp://{BACKEND_USER}:{BACKEND_PASSWORD}@localhost:{port}/bench-{name}.bin"
+            for name, (port, prefix) in paths.items():
+                url = f"ftp://{BACKEND_USER}:{BACKEND_PASSWORD}@localhost:{port}{prefix}/bench-{name}.bin"
                 up = curl(["--cacert", str(pki.ca), "-T", str(src), url])
+                stored = vs.root / f"bench-{name}.bin"
+                up_mb_s = down_mb_s = None
+                if up is None or not stored.exists() or sha256_file(stored) != digest:
+                    # A failed or truncated upload counts as a failure, not as a speed.
+                    failures[name]["upload"] += 1
+                    print(f"run {run + 1} {name:9} upload FAILED "
+                          f"({stored.stat().st_size if stored.exists() else 0} of {size} bytes stored)")
+                    shutil.copy(src, stored)
+                else:
+                    up_mb_s = size / up / 1e6
+                    results[name]["upload"].append(up_mb_s)
                 dst = work / "dst.bin"
                 down = curl(["--cacert", str(pki.ca), "-o", str(dst), url])
-                if sha256_file(dst) != digest or sha256_file(vs.root / f"bench-{name}.bin") != digest:
-                    raise SystemExit(f"{name}: checksum mismatch")
-                dst.unlink()
-                (vs.root / f"bench-{name}.bin").unlink()
-                results[name]["upload"].append(size / up / 1e6)
-                results[name]["download"].append(size / down / 1e6)
-                print(f"run {run + 1} {name:9} upload {size / up / 1e6:7.1f} MB/s  "
-                      f"download {size / down / 1e6:7.1f} MB/s", flush=True)
+                if down is None or sha256_file(dst) != digest:
+                    failures[name]["download"] += 1
+                    print(f"run {run + 1} {name:9} download FAILED")
+                else:
+                    down_mb_s = size / down / 1e6
+                    results[name]["download"].append(down_mb_s)
+                dst.unlink(missing_ok=True)
+                stored.unlink()
+                print(f"run {run + 1} {name:9} upload {fmt(up_mb_s)}  download {fmt(down_mb_s)}",
+                      flush=True)
     finally:
         gw.stop()
         proxy.stop()
         vs.stop()
-    med = {k: {d: statistics.median(v) for d, v in dirs.items()} for k, dirs in results.items()}
-    figures = {"size_mib": args.size_mib, "runs": args.runs, "median_mb_s": med, "ratios": {}}
+    med = {k: {d: statistics.median(v) if v else float("nan") for d, v in dirs.items()}
+           for k, dirs in results.items()}
+    figures = {"size_mib": args.size_mib, "runs": args.runs, "median_mb_s": med, "ratios": {},
+               "all_mb_s": results, "failed_transfers": failures}
     print(f"\nmedian of {args.runs} runs, {args.size_mib} MiB, MB/s:")
     for d in ["download", "upload"]:
         g, direct, proxy_ = med["gateway"][d], med["direct"][d], med["mod_proxy"][d]
@@ -178,8 +212,16 @@ def main() -> None:
                                 "gateway_vs_mod_proxy": round(g / proxy_, 2)}
         print(f"  {d:8}  direct {direct:7.1f}  gateway {g:7.1f}  mod_proxy {proxy_:7.1f}  "
               f"gateway/direct {g / direct:.2f}  gateway/mod_proxy {g / proxy_:.2f}")
+    for name, f in failures.items():
+        if f["upload"] or f["download"]:
+            print(f"  {name}: {f['upload']} of {args.runs} uploads and {f['download']} of "
+                  f"{args.runs} downloads failed or arrived corrupt")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
+
+
+def fmt(mb_s: float | None) -> str:
+    return "   failed" if mb_s is None else f"{mb_s:7.1f} MB/s"
 
 
 def gw_hash(pw: str) -> str:

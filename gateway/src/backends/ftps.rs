@@ -220,6 +220,7 @@ impl Backend for FtpsBackend {
             state: Mutex::new(FileState {
                 ftp: Some(ftp),
                 transfer: None,
+                pump: None,
                 pos: 0,
                 buf: BytesMut::new(),
                 buf_start: 0,
@@ -345,9 +346,51 @@ impl Backend for FtpsBackend {
     }
 }
 
+/// Reads a `RETR` stream ahead of the requests, on a task of its own, so that the backend
+/// leg never waits for the client side to ask.
+struct Pump {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+    /// The stream comes back when the pump stops, for `finish` or `abort`; with whether it
+    /// reached the end.
+    task: tokio::task::JoinHandle<(Transfer, bool)>,
+}
+
+/// Chunks the pump keeps ready: `PUMP_DEPTH × READ_CHUNK` bytes ahead at most.
+const PUMP_DEPTH: usize = 32;
+
+async fn pump(
+    mut t: Transfer,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, String>>,
+) -> (Transfer, bool) {
+    loop {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut eof = false;
+        while buf.len() < READ_CHUNK {
+            match t.read_buf(&mut buf).await {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(format!("data connection: {e}"))).await;
+                    return (t, false);
+                }
+            }
+        }
+        if !buf.is_empty() && tx.send(Ok(buf.freeze())).await.is_err() {
+            return (t, false); // the file was closed early
+        }
+        if eof {
+            return (t, true);
+        }
+    }
+}
+
 struct FileState {
     ftp: Option<Ftp>,
     transfer: Option<Transfer>,
+    pump: Option<Pump>,
     /// Stream position: the offset of the next byte the transfer carries.
     pos: u64,
     /// Reads: bytes from `buf_start` read off the stream and not yet released.
@@ -370,6 +413,18 @@ pub struct FtpsFile {
 }
 
 impl FtpsFile {
+    /// Drops what has been served contiguously from the start of the read buffer.
+    fn release(&self, st: &mut FileState) {
+        loop {
+            let start = st.buf_start;
+            let Some(done) = st.served.remove(&start) else {
+                break;
+            };
+            let _ = st.buf.split_to((done - start) as usize);
+            st.buf_start = done;
+        }
+    }
+
     /// Opens the transfer at `offset` (`REST` when non-zero).
     async fn start(&self, st: &mut FileState, offset: u64) -> Result<(), FsError> {
         let ftp = st
@@ -391,7 +446,15 @@ impl FtpsFile {
             ftp.retr_as_stream(&self.path).await
         }
         .map_err(map_err)?;
-        st.transfer = Some(t);
+        if self.mode.writes() {
+            st.transfer = Some(t);
+        } else {
+            let (tx, rx) = tokio::sync::mpsc::channel(PUMP_DEPTH);
+            st.pump = Some(Pump {
+                rx,
+                task: tokio::spawn(pump(t, tx)),
+            });
+        }
         st.pos = offset;
         st.buf_start = offset;
         st.started = true;
@@ -427,17 +490,14 @@ impl BackendFile for FtpsFile {
                     "reads too far ahead of the stream for an FTP endpoint".into(),
                 ));
             }
-            let mut chunk = vec![0u8; READ_CHUNK];
-            let t = st.transfer.as_mut().expect("started");
-            let n = t
-                .read(&mut chunk)
-                .await
-                .map_err(|e| FsError::Unavailable(format!("data connection: {e}")))?;
-            if n == 0 {
-                st.eof = true;
-            } else {
-                st.buf.extend_from_slice(&chunk[..n]);
-                st.pos += n as u64;
+            let pump = st.pump.as_mut().expect("started");
+            match pump.rx.recv().await {
+                Some(Ok(chunk)) => {
+                    st.pos += chunk.len() as u64;
+                    st.buf.extend_from_slice(&chunk);
+                }
+                Some(Err(e)) => return Err(FsError::Unavailable(e)),
+                None => st.eof = true,
             }
         }
         let have_end = st.buf_start + st.buf.len() as u64;
@@ -445,20 +505,18 @@ impl BackendFile for FtpsFile {
             return Ok(None);
         }
         let end = want_end.min(have_end);
+        if offset == st.buf_start {
+            // In order (the usual case): hand the bytes over without a copy.
+            let out = st.buf.split_to((end - offset) as usize).freeze();
+            st.buf_start = end;
+            self.release(&mut st);
+            return Ok(Some(out));
+        }
         let from = (offset - st.buf_start) as usize;
         let to = (end - st.buf_start) as usize;
         let out = Bytes::copy_from_slice(&st.buf[from..to]);
         st.served.insert(offset, end);
-        // Release what has been served contiguously from the start of the buffer.
-        loop {
-            let start = st.buf_start;
-            let Some(done) = st.served.remove(&start) else {
-                break;
-            };
-            let n = (done - start) as usize;
-            let _ = st.buf.split_to(n);
-            st.buf_start = done;
-        }
+        self.release(&mut st);
         Ok(Some(out))
     }
 
@@ -526,10 +584,21 @@ impl BackendFile for FtpsFile {
                 st.pos
             )));
         }
-        let result = match st.transfer.take() {
+        let transfer = match st.pump.take() {
+            // Stopping the pump hands the stream back, and says whether it reached the end.
+            Some(Pump { rx, task }) => {
+                drop(rx);
+                match task.await {
+                    Ok((t, eof)) => Some((t, eof)),
+                    Err(e) => return Err(FsError::Failure(format!("read task: {e}"))),
+                }
+            }
+            None => st.transfer.take().map(|t| (t, true)),
+        };
+        let result = match transfer {
             None => Ok(()),
-            Some(t) if self.mode.writes() || st.eof => t.finish().await.map_err(map_err),
-            Some(t) => {
+            Some((t, true)) => t.finish().await.map_err(map_err),
+            Some((t, false)) => {
                 // A download the client stopped early: abort it at the backend.
                 let ftp = st.ftp.as_mut().expect("connection kept while transferring");
                 ftp.abort(t).await.map_err(map_err)

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, stream::FuturesOrdered, stream::FuturesUnordered};
 use portcullis_config::{ClientCertificates, Listener, Protocol, TlsVersion};
 use portcullis_ftp_proto::{
@@ -1312,10 +1312,10 @@ impl Job {
                 data.write_all(&bytes).await.map_err(io)?;
             }
             Job::Retr { handle, offset } => {
-                send_file(&session, handle, offset, binary, &mut data).await?;
+                send_file(session, handle, offset, binary, &mut data).await?;
             }
             Job::Stor { handle, offset } => {
-                receive_file(&session, handle, offset, binary, &mut data).await?;
+                receive_file(session, handle, offset, binary, &mut data).await?;
                 // The client closed first, with close_notify; ours is a courtesy it may no
                 // longer read.
                 let _ = data.shutdown().await;
@@ -1344,19 +1344,51 @@ impl Job {
     }
 }
 
-/// Reads the file from the backend with `DEPTH` reads in flight, in order, onto the data
-/// connection (bare LF as CRLF in `TYPE A`).
+/// Aborts a spawned task when dropped (an `ABOR` drops the transfer future).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends the file onto the data connection (bare LF as CRLF in `TYPE A`) while a task of its
+/// own reads ahead from the backend, so that the two legs overlap.
 async fn send_file(
-    session: &Session,
+    session: Arc<Session>,
     handle: u64,
     offset: u64,
     binary: bool,
     out: &mut TlsStream<TcpStream>,
 ) -> Result<(), String> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(DEPTH);
+    let _reader = AbortOnDrop(tokio::spawn(read_ahead(session, handle, offset, tx)));
+    let mut last = 0u8;
+    while let Some(chunk) = rx.recv().await {
+        let d: Bytes = chunk?;
+        if binary {
+            out.write_all(&d).await
+        } else {
+            out.write_all(&to_crlf(&d, &mut last)).await
+        }
+        .map_err(|e| format!("data connection: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Reads the file from the backend with `DEPTH` reads in flight, in order, into `tx`; the
+/// channel closes at end of file (or after an error, which it carries).
+async fn read_ahead(
+    session: Arc<Session>,
+    handle: u64,
+    offset: u64,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, String>>,
+) {
+    let session = &session;
     let mut next = offset;
     let mut inflight = FuturesOrdered::new();
     let mut eof = false;
-    let mut last = 0u8;
     loop {
         while !eof && inflight.len() < DEPTH {
             let off = next;
@@ -1373,95 +1405,113 @@ async fn send_file(
             });
         }
         let Some((off, r)) = inflight.next().await else {
-            return Ok(());
+            return;
         };
-        match r {
+        let chunk = match r {
             Ok(OpOutput::Data(d)) => {
-                let n = d.len();
-                if binary {
-                    out.write_all(&d).await
-                } else {
-                    out.write_all(&to_crlf(&d, &mut last)).await
-                }
-                .map_err(|e| format!("data connection: {e}"))?;
-                if n < CHUNK {
+                if d.len() < CHUNK {
                     // A short read: reads issued past it are at the wrong offsets.
                     inflight = FuturesOrdered::new();
-                    next = off + n as u64;
+                    next = off + d.len() as u64;
                 }
+                Ok(d)
             }
             Ok(OpOutput::Eof) => {
                 eof = true;
                 inflight = FuturesOrdered::new();
+                continue;
             }
-            Ok(_) => return Err("unexpected answer from the session".into()),
-            Err(e) => return Err(format!("endpoint: {e}")),
+            Ok(_) => Err("unexpected answer from the session".to_owned()),
+            Err(e) => Err(format!("endpoint: {e}")),
+        };
+        let failed = chunk.is_err();
+        if tx.send(chunk).await.is_err() || failed {
+            return;
         }
     }
 }
 
-/// Reads the data connection to its TLS close and writes the file at the backend with
-/// `DEPTH` writes in flight (CRLF as LF in `TYPE A`). A connection closed without TLS
-/// `close_notify` may have been cut short, so it fails the upload.
+/// Reads the data connection to its TLS close (CRLF as LF in `TYPE A`) while a task of its own
+/// writes behind to the backend. A connection closed without TLS `close_notify` may have been
+/// cut short, so it fails the upload.
 async fn receive_file(
-    session: &Session,
+    session: Arc<Session>,
     handle: u64,
     offset: u64,
     binary: bool,
     input: &mut TlsStream<TcpStream>,
 ) -> Result<(), String> {
+    let (tx, rx) = tokio::sync::mpsc::channel(DEPTH);
+    let mut writer = AbortOnDrop(tokio::spawn(write_behind(session, handle, rx)));
     let mut off = offset;
-    let mut writes = FuturesUnordered::new();
     let mut held_cr = false;
-    loop {
-        let mut buf = vec![0u8; CHUNK];
-        let mut filled = 0;
-        let mut eof = false;
-        while filled < CHUNK {
-            match input.read(&mut buf[filled..]).await {
-                Ok(0) => {
-                    eof = true;
-                    break;
+    let read = async {
+        loop {
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            let mut eof = false;
+            while buf.len() < CHUNK {
+                match input.read_buf(&mut buf).await {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        return Err("data connection closed without TLS close_notify; the upload may be truncated".to_owned());
+                    }
+                    Err(e) => return Err(format!("data connection: {e}")),
                 }
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Err(
-                        "data connection closed without TLS close_notify; the upload may be truncated"
-                            .into(),
-                    );
+            }
+            let chunk = if binary {
+                buf.freeze()
+            } else {
+                Bytes::from(from_crlf(&buf, &mut held_cr, eof))
+            };
+            if !chunk.is_empty() {
+                let len = chunk.len() as u64;
+                if tx.send((off, chunk)).await.is_err() {
+                    return Ok(()); // the writer failed; its error is the one to report
                 }
-                Err(e) => return Err(format!("data connection: {e}")),
+                off += len;
+            }
+            if eof {
+                return Ok(());
             }
         }
-        buf.truncate(filled);
-        let chunk = if binary {
-            buf
-        } else {
-            from_crlf(&buf, &mut held_cr, eof)
-        };
-        if !chunk.is_empty() {
-            let len = chunk.len() as u64;
-            let at = off;
-            off += len;
-            writes.push(async move {
-                session
-                    .execute(FileOp::Write {
-                        handle,
-                        offset: at,
-                        data: Bytes::from(chunk),
-                    })
-                    .await
-            });
-        }
-        while writes.len() >= DEPTH || (eof && !writes.is_empty()) {
-            if let Some(Err(e)) = writes.next().await {
-                return Err(format!("endpoint: {e}"));
+    };
+    let read = read.await;
+    drop(tx);
+    let written = (&mut writer.0)
+        .await
+        .unwrap_or_else(|e| Err(format!("writer task: {e}")));
+    read.and(written)
+}
+
+/// Writes chunks to the backend in order of arrival with up to `DEPTH` writes in flight.
+async fn write_behind(
+    session: Arc<Session>,
+    handle: u64,
+    mut rx: tokio::sync::mpsc::Receiver<(u64, Bytes)>,
+) -> Result<(), String> {
+    let session = &session;
+    let mut writes = FuturesUnordered::new();
+    let mut open = true;
+    while open || !writes.is_empty() {
+        tokio::select! {
+            chunk = rx.recv(), if open && writes.len() < DEPTH => match chunk {
+                Some((offset, data)) => writes.push(async move {
+                    session.execute(FileOp::Write { handle, offset, data }).await
+                }),
+                None => open = false,
+            },
+            Some(r) = writes.next(), if !writes.is_empty() => {
+                if let Err(e) = r {
+                    return Err(format!("endpoint: {e}"));
+                }
             }
-        }
-        if eof {
-            return Ok(());
         }
     }
+    Ok(())
 }
 
 /// Bare LF as CRLF; `last` carries the previous chunk's last byte.
