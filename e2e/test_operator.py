@@ -3,6 +3,7 @@ built from pinned Go modules; e2e/cluster.sh): CRD validation by the apiserver, 
 the operator builds, idempotence, status and Events, the full path from `kubectl apply` to an
 SFTP transfer through an emulated pod, certificate renewal, restarts and leader election."""
 
+import ftplib
 import json
 import subprocess
 import time
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import ROOT, free_port, fresh_dir, keygen, pubkey, run_sftp, wait_port
+from ftps import BACKEND_PASSWORD, BACKEND_USER, Pki, Vsftpd, free_port_range, ftps_login
+from harness import ROOT, free_port, fresh_dir, keygen, make_file, pubkey, run_sftp, sha256_file, wait_port
 from kube import Cluster, Operator
 from podemu import PodEmulator
 
@@ -373,14 +375,23 @@ def test_key_ring_issuers_ca_and_tls_secret_and_trust_bundles(cluster, operator)
 # --- The full path -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def deployed(cluster, operator, sshd):
+def deployed(cluster, operator, sshd, passwords):
     """A gateway applied with kubectl and running from its emulated pod, in front of a real
-    sshd. Its key ring has a one-minute certificate so that renewal happens during the tests."""
+    sshd and a real vsftpd, with an SFTP and an explicit FTPS listener. Its key ring has a
+    one-minute certificate so that renewal happens during the tests."""
     ns = cluster.namespace("full")
     d = fresh_dir("full")
     client_key = keygen(d / "alice_ed25519")
     credentials_secret(cluster, ns, "backend-credentials", sshd.client_key)
-    port, admin = free_port(), free_port()
+    pki = Pki(d / "pki")
+    vs = Vsftpd(d / "vsftpd", pki)
+    cluster.kubectl("create", "secret", "generic", "vsftpd-credentials",
+                    f"--from-literal=password={BACKEND_PASSWORD}", namespace=ns)
+    cluster.kubectl("create", "secret", "generic", "vsftpd-ca", f"--from-file=ca.crt={pki.ca}", namespace=ns)
+    cluster.kubectl("create", "secret", "generic", "alice-password",
+                    f"--from-literal=hash={passwords['alice-pw']}", namespace=ns)
+    port, admin, ftps_port = free_port(), free_port(), free_port()
+    pasv = free_port_range(8)
     docs = [
         {"kind": "NetworkZone", "metadata": {"name": "loopback"}, "spec": {"cidrs": ["127.0.0.0/8"]}},
         {"kind": "KeyRing", "metadata": {"name": "gw-keys"},
@@ -390,14 +401,29 @@ def deployed(cluster, operator, sshd):
          "spec": {"protocol": "sftp", "addresses": [{"host": "127.0.0.1", "port": sshd.port}],
                   "hostKeys": [pubkey(sshd.host_key)], "username": sshd.user,
                   "credentials": {"secretName": "backend-credentials"}}},
+        {"kind": "KeyRing", "metadata": {"name": "backend-trust"},
+         "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["gateway.local"],
+                  "backendCas": [{"name": "vsftpd-ca", "key": "ca.crt"}]}},
+        {"kind": "TransferEndpoint", "metadata": {"name": "mainframe"},
+         "spec": {"protocol": "ftps", "addresses": [{"host": "127.0.0.1", "port": vs.port}],
+                  "username": BACKEND_USER, "credentials": {"secretName": "vsftpd-credentials"},
+                  "ftps": {"keyRing": "backend-trust", "serverName": "localhost"}}},
         {"kind": "TransferRole", "metadata": {"name": "exchange"},
          "spec": {"mounts": [{"path": "/exchange", "endpoint": "backend", "backendPath": str(sshd.root),
                               "verbs": ["list", "read"]}]}},
+        {"kind": "TransferRole", "metadata": {"name": "batch"},
+         "spec": {"mounts": [{"path": "/mf", "endpoint": "mainframe",
+                              "verbs": ["list", "read", "write", "site"], "siteCommands": ["CHMOD"]}]}},
         {"kind": "TransferUser", "metadata": {"name": "alice"},
-         "spec": {"publicKeys": [pubkey(client_key)], "roles": ["exchange"]}},
+         "spec": {"publicKeys": [pubkey(client_key)], "passwordHash": {"name": "alice-password", "key": "hash"},
+                  "roles": ["exchange", "batch"]}},
         {"kind": "TransferGateway", "metadata": {"name": "edge"},
          "spec": {"hostKeyRing": "gw-keys", "replicas": 1, "adminPort": admin,
-                  "listeners": [{"name": "sftp", "protocol": "sftp", "port": port, "zones": ["loopback"]}]}},
+                  "listeners": [
+                      {"name": "sftp", "protocol": "sftp", "port": port, "zones": ["loopback"]},
+                      {"name": "ftps", "protocol": "ftps", "port": ftps_port, "zones": ["loopback"],
+                       "keyRing": "gw-keys", "passivePorts": {"min": pasv, "max": pasv + 7},
+                       "tls": {"minVersion": "1.3"}}]}},
     ]
     for doc in docs:
         cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **doc}, ns)
@@ -405,14 +431,17 @@ def deployed(cluster, operator, sshd):
     pod = PodEmulator(ns, "edge", d / "pod", env=cluster.env, kubectl=str(cluster.bin / "kubectl"))
     pod.start()
     wait_port(port)
+    wait_port(ftps_port)
 
     class Deployed:
         pass
 
     x = Deployed()
     x.ns, x.dir, x.key, x.port, x.pod, x.sshd = ns, d, client_key, port, pod, sshd
+    x.ftps_port, x.vsftpd = ftps_port, vs
     yield x
     pod.stop()
+    vs.stop()
 
 
 def sftp(x, batch: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -451,6 +480,45 @@ def test_full_path_sftp_through_the_emulated_pod_and_a_live_role_change(cluster,
     assert (x.sshd.root / "upload.txt").read_text() == up.read_text()
     assert x.pod.proc.pid == pid and x.pod.proc.poll() is None, "the gateway restarted"
     assert x.pod.audit("configReloaded"), "no configReloaded audit record"
+
+
+def test_full_path_ftps_through_the_emulated_pod_to_vsftpd_and_sshd(cluster, deployed):
+    """FTPS as the operator configures it: TLS 1.3 with the key ring's certificate (verified
+    against the operator's CA), FTPS to vsftpd with the trusted CA from another key ring, FTPS
+    to the SFTP backend, and SITE through the role's allow-list."""
+    x = deployed
+    kr = cluster.get("keyring", "gw-keys", x.ns)["status"]
+    ca = x.dir / "gw-ca.pem"
+    ca.write_bytes(cluster.secret_data(kr["secretName"], x.ns)["ca.crt"])
+    (x.sshd.root / "ledger.csv").write_text("id\n7\n")
+    src = x.dir / "batch.bin"
+    digest = make_file(src, 5_000_000)
+    base = f"ftp://alice:alice-pw@localhost:{x.ftps_port}"
+    tls13 = ["--ssl-reqd", "--cacert", str(ca), "--tlsv1.3"]
+    subprocess.run(["curl", "-sS", *tls13, "-T", str(src), f"{base}/mf/batch.bin"], check=True, timeout=60)
+    assert sha256_file(x.vsftpd.root / "batch.bin") == digest
+    back = x.dir / "batch.back"
+    subprocess.run(["curl", "-sS", *tls13, "-o", str(back), f"{base}/mf/batch.bin"], check=True, timeout=60)
+    assert sha256_file(back) == digest
+    r = subprocess.run(["curl", "-sS", *tls13, f"{base}/exchange/ledger.csv"], check=True, timeout=60,
+                       capture_output=True)
+    assert r.stdout == b"id\n7\n"
+    # TLS 1.2 is below this listener's floor.
+    r = subprocess.run(["curl", "-sS", "--ssl-reqd", "--cacert", str(ca), "--tls-max", "1.2",
+                        f"{base}/mf/"], capture_output=True, timeout=60)
+    assert r.returncode != 0
+    f = ftps_login(x.ftps_port, ca, "alice", "alice-pw")
+    try:
+        f.cwd("/mf")
+        assert f.sendcmd("SITE CHMOD 600 batch.bin").startswith("200")
+        with pytest.raises(ftplib.error_perm, match="^550"):
+            f.sendcmd("SITE EXEC rm -rf /")
+    finally:
+        f.quit()
+    ends = [e for e in x.pod.audit("transferEnd") if e["path"] == "/mf/batch.bin"]
+    assert [(e["direction"], e["confidence"], e["sha256"]) for e in ends] == [
+        ("upload", "High", digest), ("download", "High", digest)]
+    assert all(e["channel"].startswith("TLSv1_3") for e in ends)
 
 
 def test_certificate_renewal_reaches_the_running_gateway_without_dropping_sessions(cluster, deployed):
