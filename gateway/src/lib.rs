@@ -11,6 +11,7 @@ pub mod backends;
 pub mod demo;
 pub mod frontends;
 pub mod gateway;
+pub mod login;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

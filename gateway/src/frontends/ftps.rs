@@ -34,10 +34,11 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use crate::{
     audit::Event,
-    auth::{self, Method, Progress},
+    auth::{Method, Progress},
     backends::{FileAttrs, FsError, OpenMode},
-    runtime::{Runtime, UserEntry},
-    session::{FileOp, Login, OpOutput, Session},
+    login::Attempt,
+    runtime::UserEntry,
+    session::{FileOp, OpOutput, Session},
     state::{Shared, Slot},
     tls::{self, LiveCert},
 };
@@ -260,7 +261,7 @@ struct Conn {
     ctx: Arc<ListenerCtx>,
     peer: SocketAddr,
     local: SocketAddr,
-    zone: String,
+    attempt: Attempt,
     tls: Arc<ServerConfig>,
     control: Control,
     session: Option<Arc<Session>>,
@@ -268,8 +269,6 @@ struct Conn {
     cert_names: Vec<String>,
     /// e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384`.
     channel: Option<String>,
-    user: String,
-    done: Vec<Method>,
     failures: usize,
     cwd: String,
     binary: bool,
@@ -302,12 +301,13 @@ pub async fn serve_connection(
         return;
     };
     let implicit = ctx.config.protocol == Protocol::FtpsImplicit;
+    let attempt = Attempt::new(shared.clone(), peer, zone, ctx.config.name.clone(), "ftps");
     let mut conn = Conn {
         shared: shared.clone(),
         ctx,
         peer,
         local,
-        zone,
+        attempt,
         tls,
         control: Control::new(if implicit {
             Start::Implicit
@@ -317,8 +317,6 @@ pub async fn serve_connection(
         session: None,
         cert_names: Vec::new(),
         channel: None,
-        user: String::new(),
-        done: Vec::new(),
         failures: 0,
         cwd: "/".into(),
         binary: true,
@@ -473,7 +471,7 @@ impl Conn {
                 peer: self.peer,
                 listener: self.ctx.config.name.clone(),
                 session: self.session.as_ref().map(|s| s.id.clone()),
-                user: (!self.user.is_empty()).then(|| self.user.clone()),
+                user: (!self.attempt.user.is_empty()).then(|| self.attempt.user.clone()),
                 verb,
                 argument,
                 reply: self.last_reply.0,
@@ -552,36 +550,16 @@ impl Conn {
         self.shared.runtime.load().config.limits.max_auth_attempts
     }
 
-    /// The user, if it exists and may log in from here now with `method` next.
-    fn admissible(
-        &self,
-        rt: &Runtime,
-        user: &str,
-        method: Method,
-    ) -> Result<Arc<UserEntry>, &'static str> {
-        let u = rt.users.get(user).ok_or("unknown user")?;
-        if rt.zone_of(self.peer.ip(), &u.zones).is_none() {
-            return Err("source address outside the user's zones");
-        }
-        if let Some(why) = u.refusal(chrono::Utc::now()) {
-            return Err(why);
-        }
-        if !u.chains.next(&self.done).contains(&method) {
-            return Err("method not allowed at this step");
-        }
-        Ok(u.clone())
-    }
-
     /// `USER`: a verified client certificate naming the user counts as the method
     /// `certificate`; it completes the login or a password must follow.
     async fn identify(&mut self, user: &str) -> Identified {
-        self.user = user.to_owned();
-        self.done.clear();
+        self.attempt.user = user.to_owned();
+        self.attempt.done.clear();
         if self.cert_names.is_empty() {
             return Identified::NeedPassword;
         }
         let rt = self.shared.runtime.load_full();
-        let u = match self.admissible(&rt, user, Method::Certificate) {
+        let u = match self.attempt.admissible(&rt, user, Method::Certificate) {
             Ok(u) => u,
             Err(_) => return Identified::NeedPassword,
         };
@@ -597,7 +575,10 @@ impl Conn {
             .await;
             return Identified::NeedPassword;
         }
-        match u.chains.advance(&mut self.done, Method::Certificate) {
+        match u
+            .chains
+            .advance(&mut self.attempt.done, Method::Certificate)
+        {
             Progress::Complete => {
                 self.start_session(&u).await;
                 Identified::Complete
@@ -607,32 +588,14 @@ impl Conn {
     }
 
     async fn authenticate(&mut self, user: &str, password: String) -> bool {
-        if user != self.user {
-            self.user = user.to_owned();
-            self.done.clear();
-        }
-        let rt = self.shared.runtime.load_full();
-        let admitted = self.admissible(&rt, user, Method::Password);
-        let hash = match &admitted {
-            Ok(u) => u.password_hash.clone(),
-            Err(_) => None,
-        }
-        .unwrap_or_else(|| auth::DUMMY_HASH.clone());
-        let ok = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
-            .await
-            .unwrap_or(false);
-        let u = match admitted {
+        let u = match self.attempt.check_password(user, password).await {
+            Ok(u) => u,
             Err(why) => {
                 self.fail(Method::Password, why).await;
                 return false;
             }
-            Ok(_) if !ok => {
-                self.fail(Method::Password, "wrong password").await;
-                return false;
-            }
-            Ok(u) => u,
         };
-        match u.chains.advance(&mut self.done, Method::Password) {
+        match u.chains.advance(&mut self.attempt.done, Method::Password) {
             Progress::Complete => {
                 self.start_session(&u).await;
                 true
@@ -653,36 +616,15 @@ impl Conn {
         }
     }
 
+    /// A failed method: audited, counted against the attempt limit, and the chain restarts.
     async fn fail(&mut self, method: Method, reason: &str) {
         self.failures += 1;
-        self.done.clear();
-        self.shared.metrics.auth_failure(reason);
-        self.shared
-            .audit
-            .emit(Event::LogonFailure {
-                user: self.user.clone(),
-                peer: self.peer,
-                zone: Some(self.zone.clone()),
-                method: method.to_string(),
-                reason: reason.to_owned(),
-            })
-            .await;
+        self.attempt.fail(method, reason).await;
+        self.attempt.done.clear();
     }
 
     async fn start_session(&mut self, u: &UserEntry) {
-        let session = Session::start(
-            self.shared.clone(),
-            Login {
-                user: &u.name,
-                peer: self.peer,
-                zone: &self.zone,
-                listener: &self.ctx.config.name,
-                protocol: "ftps",
-                methods: self.done.iter().map(|m| m.to_string()).collect(),
-                channel: self.channel.clone(),
-            },
-        )
-        .await;
+        let session = self.attempt.start_session(u, self.channel.clone()).await;
         self.session = Some(session);
     }
 
@@ -911,7 +853,7 @@ impl Conn {
                 vec![
                     "Portcullis FTPS gateway status:".into(),
                     format!("Connected from {}", self.peer.ip()),
-                    format!("Logged in as {}", self.user),
+                    format!("Logged in as {}", self.attempt.user),
                     format!("TYPE: {}", if self.binary { "BINARY" } else { "ASCII" }),
                     format!(
                         "Control and data protected by {}",

@@ -40,8 +40,9 @@ use crate::{
     audit::Event,
     auth::{self, Method, Progress, TotpOutcome},
     backends::{FsError, OpenMode},
-    runtime::{Runtime, UserEntry},
-    session::{FileOp, Login, OpOutput, Session},
+    login::Attempt,
+    runtime::UserEntry,
+    session::{FileOp, OpOutput, Session},
     sftp_wire::{from_wire, to_wire},
     state::{Shared, Slot},
 };
@@ -68,12 +69,8 @@ pub async fn serve_connection(
     let conn = Arc::new(ConnState::default());
     let handler = SshHandler {
         shared: shared.clone(),
-        peer,
-        listener,
-        zone,
+        attempt: Attempt::new(shared.clone(), peer, zone, listener, "sftp"),
         conn: conn.clone(),
-        user: String::new(),
-        done: Vec::new(),
         channels: HashMap::new(),
     };
     // A second handle on the socket lets the watchdog close it from outside the SSH session.
@@ -146,13 +143,8 @@ struct ConnState {
 
 struct SshHandler {
     shared: Arc<Shared>,
-    peer: SocketAddr,
-    listener: String,
-    zone: String,
+    attempt: Attempt,
     conn: Arc<ConnState>,
-    /// The user the methods in `done` were passed for.
-    user: String,
-    done: Vec<Method>,
     channels: HashMap<ChannelId, Channel<Msg>>,
 }
 
@@ -171,47 +163,8 @@ fn method_set(methods: &[Method]) -> MethodSet {
 }
 
 impl SshHandler {
-    /// Starts over when the client switches user names between attempts.
-    fn begin(&mut self, user: &str) {
-        if self.user != user {
-            self.user = user.to_owned();
-            self.done.clear();
-        }
-    }
-
-    /// The user, if it exists and may log in from here now with `method` next; otherwise the
-    /// refusal reason.
-    fn admissible(
-        &self,
-        rt: &Runtime,
-        user: &str,
-        method: Method,
-    ) -> Result<Arc<UserEntry>, &'static str> {
-        let u = rt.users.get(user).ok_or("unknown user")?;
-        if rt.zone_of(self.peer.ip(), &u.zones).is_none() {
-            return Err("source address outside the user's zones");
-        }
-        if let Some(why) = u.refusal(chrono::Utc::now()) {
-            return Err(why);
-        }
-        if !u.chains.next(&self.done).contains(&method) {
-            return Err("method not allowed at this step");
-        }
-        Ok(u.clone())
-    }
-
     async fn fail(&mut self, method: Method, reason: &str) -> Result<Auth, anyhow::Error> {
-        self.shared.metrics.auth_failure(reason);
-        self.shared
-            .audit
-            .emit(Event::LogonFailure {
-                user: self.user.clone(),
-                peer: self.peer,
-                zone: Some(self.zone.clone()),
-                method: method.to_string(),
-                reason: reason.to_owned(),
-            })
-            .await;
+        self.attempt.fail(method, reason).await;
         Ok(Auth::Reject {
             proceed_with_methods: None,
             partial_success: false,
@@ -220,26 +173,14 @@ impl SshHandler {
 
     /// A method succeeded: complete the login, or ask for the next method of the chain.
     async fn passed(&mut self, u: &UserEntry, method: Method) -> Result<Auth, anyhow::Error> {
-        match u.chains.advance(&mut self.done, method) {
+        match u.chains.advance(&mut self.attempt.done, method) {
             Progress::NotAllowed => self.fail(method, "method not allowed at this step").await,
             Progress::Partial(next) => Ok(Auth::Reject {
                 proceed_with_methods: Some(method_set(&next)),
                 partial_success: true,
             }),
             Progress::Complete => {
-                let session = Session::start(
-                    self.shared.clone(),
-                    Login {
-                        user: &u.name,
-                        peer: self.peer,
-                        zone: &self.zone,
-                        listener: &self.listener,
-                        protocol: "sftp",
-                        methods: self.done.iter().map(|m| m.to_string()).collect(),
-                        channel: None,
-                    },
-                )
-                .await;
+                let session = self.attempt.start_session(u, None).await;
                 *self.conn.session.lock().expect("conn lock poisoned") = Some(session);
                 self.conn.authenticated.store(true, Ordering::SeqCst);
                 Ok(Auth::Accept)
@@ -260,25 +201,13 @@ impl Handler for SshHandler {
     type Error = anyhow::Error;
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
-        self.begin(user);
+        self.attempt.begin(user);
         Ok(Auth::reject())
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        self.begin(user);
-        let rt = self.shared.runtime.load_full();
-        let admitted = self.admissible(&rt, user, Method::Password);
-        let hash = match &admitted {
-            Ok(u) => u.password_hash.clone(),
-            Err(_) => None,
-        }
-        .unwrap_or_else(|| auth::DUMMY_HASH.clone());
-        let password = password.to_owned();
-        let ok =
-            tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password)).await?;
-        match admitted {
+        match self.attempt.check_password(user, password.to_owned()).await {
             Err(why) => self.fail(Method::Password, why).await,
-            Ok(_) if !ok => self.fail(Method::Password, "wrong password").await,
             Ok(u) => self.passed(&u, Method::Password).await,
         }
     }
@@ -288,10 +217,10 @@ impl Handler for SshHandler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        self.begin(user);
+        self.attempt.begin(user);
         let rt = self.shared.runtime.load_full();
         let sha1 = matches!(offer.algorithm, Algorithm::Rsa { hash: None });
-        match self.admissible(&rt, user, Method::PublicKey) {
+        match self.attempt.admissible(&rt, user, Method::PublicKey) {
             Ok(u) if !sha1 && auth::key_matches(&u.public_keys, offer.public_key) => {
                 Ok(Auth::Accept)
             }
@@ -304,14 +233,14 @@ impl Handler for SshHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        self.begin(user);
+        self.attempt.begin(user);
         let rt = self.shared.runtime.load_full();
         if matches!(key.algorithm, Algorithm::Rsa { hash: None }) {
             return self
                 .fail(Method::PublicKey, "ssh-rsa (SHA-1) signatures are refused")
                 .await;
         }
-        match self.admissible(&rt, user, Method::PublicKey) {
+        match self.attempt.admissible(&rt, user, Method::PublicKey) {
             Err(why) => self.fail(Method::PublicKey, why).await,
             Ok(u) if !auth::key_matches(&u.public_keys, key.public_key) => {
                 self.fail(Method::PublicKey, "key not authorized").await
@@ -326,12 +255,13 @@ impl Handler for SshHandler {
         _submethods: &str,
         response: Option<Response<'a>>,
     ) -> Result<Auth, Self::Error> {
-        self.begin(user);
+        self.attempt.begin(user);
         let rt = self.shared.runtime.load_full();
         let Some(mut response) = response else {
             // Only prompt where a one-time code can be the next step; clients then fall
             // through to the password method without a prompt they cannot answer.
             if self
+                .attempt
                 .admissible(&rt, user, Method::KeyboardInteractive)
                 .is_err()
             {
@@ -347,7 +277,10 @@ impl Handler for SshHandler {
             .next()
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
-        let u = match self.admissible(&rt, user, Method::KeyboardInteractive) {
+        let u = match self
+            .attempt
+            .admissible(&rt, user, Method::KeyboardInteractive)
+        {
             Ok(u) => u,
             Err(why) => return self.fail(Method::KeyboardInteractive, why).await,
         };

@@ -1,0 +1,131 @@
+//! A connection's way through a user's method chain, shared by every front end: who may try
+//! which method from where, the audit record of each failure, and the session a completed
+//! chain starts. The protocols differ only in how they ask for the next method.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use crate::{
+    audit::Event,
+    auth::{self, Method},
+    runtime::{Runtime, UserEntry},
+    session::{Login, Session},
+    state::Shared,
+};
+
+pub struct Attempt {
+    pub shared: Arc<Shared>,
+    pub peer: SocketAddr,
+    /// The listener's zone the peer was admitted by.
+    pub zone: String,
+    pub listener: String,
+    pub protocol: &'static str,
+    /// The user the methods in `done` were passed for.
+    pub user: String,
+    pub done: Vec<Method>,
+}
+
+impl Attempt {
+    pub fn new(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        zone: String,
+        listener: String,
+        protocol: &'static str,
+    ) -> Attempt {
+        Attempt {
+            shared,
+            peer,
+            zone,
+            listener,
+            protocol,
+            user: String::new(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Starts over when the client switches user names between attempts.
+    pub fn begin(&mut self, user: &str) {
+        if self.user != user {
+            self.user = user.to_owned();
+            self.done.clear();
+        }
+    }
+
+    /// The user, if it exists and may log in from here now with `method` next; otherwise the
+    /// refusal reason.
+    pub fn admissible(
+        &self,
+        rt: &Runtime,
+        user: &str,
+        method: Method,
+    ) -> Result<Arc<UserEntry>, &'static str> {
+        let u = rt.users.get(user).ok_or("unknown user")?;
+        if rt.zone_of(self.peer.ip(), &u.zones).is_none() {
+            return Err("source address outside the user's zones");
+        }
+        if let Some(why) = u.refusal(chrono::Utc::now()) {
+            return Err(why);
+        }
+        if !u.chains.next(&self.done).contains(&method) {
+            return Err("method not allowed at this step");
+        }
+        Ok(u.clone())
+    }
+
+    /// Checks a password for `user`: the user as it stands if it may use a password now and
+    /// the password is right, else why not. Unknown and refused users cost the same time as
+    /// known ones (a hash is checked either way).
+    pub async fn check_password(
+        &mut self,
+        user: &str,
+        password: String,
+    ) -> Result<Arc<UserEntry>, &'static str> {
+        self.begin(user);
+        let rt = self.shared.runtime.load_full();
+        let admitted = self.admissible(&rt, user, Method::Password);
+        let hash = match &admitted {
+            Ok(u) => u.password_hash.clone(),
+            Err(_) => None,
+        }
+        .unwrap_or_else(|| auth::DUMMY_HASH.clone());
+        let ok = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
+            .await
+            .unwrap_or(false);
+        match admitted {
+            Ok(_) if !ok => Err("wrong password"),
+            other => other,
+        }
+    }
+
+    /// Counts and audits a failed method.
+    pub async fn fail(&self, method: Method, reason: &str) {
+        self.shared.metrics.auth_failure(reason);
+        self.shared
+            .audit
+            .emit(Event::LogonFailure {
+                user: self.user.clone(),
+                peer: self.peer,
+                zone: Some(self.zone.clone()),
+                method: method.to_string(),
+                reason: reason.to_owned(),
+            })
+            .await;
+    }
+
+    /// The chain is complete: the session starts (audited as logon and session start).
+    pub async fn start_session(&self, u: &UserEntry, channel: Option<String>) -> Arc<Session> {
+        Session::start(
+            self.shared.clone(),
+            Login {
+                user: &u.name,
+                peer: self.peer,
+                zone: &self.zone,
+                listener: &self.listener,
+                protocol: self.protocol,
+                methods: self.done.iter().map(|m| m.to_string()).collect(),
+                channel,
+            },
+        )
+        .await
+    }
+}
