@@ -89,20 +89,7 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
         let at = format!("endpoints[{i}]");
         match &e.backend {
             EndpointBackend::Sftp(s) => {
-                if s.addresses.is_empty() {
-                    errs.push(
-                        format!("{at}.addresses"),
-                        "at least one address is required",
-                    );
-                }
-                for (j, a) in s.addresses.iter().enumerate() {
-                    if !is_host_port(a) {
-                        errs.push(
-                            format!("{at}.addresses[{j}]"),
-                            format!("{a:?} is not host:port"),
-                        );
-                    }
-                }
+                check_addresses(&mut errs, &at, &s.addresses);
                 if s.host_keys.is_empty() {
                     errs.push(
                         format!("{at}.hostKeys"),
@@ -126,20 +113,7 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
                 }
             }
             EndpointBackend::Ftps(f) => {
-                if f.addresses.is_empty() {
-                    errs.push(
-                        format!("{at}.addresses"),
-                        "at least one address is required",
-                    );
-                }
-                for (j, a) in f.addresses.iter().enumerate() {
-                    if !is_host_port(a) {
-                        errs.push(
-                            format!("{at}.addresses[{j}]"),
-                            format!("{a:?} is not host:port"),
-                        );
-                    }
-                }
+                check_addresses(&mut errs, &at, &f.addresses);
                 match f.security {
                     FtpSecurity::Plaintext if !f.allow_plaintext => errs.push(
                         format!("{at}.security"),
@@ -356,6 +330,24 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
     errs.finish()
 }
 
+/// A backend's `host:port` list: at least one, each well-formed.
+fn check_addresses(errs: &mut Errors, at: &str, addresses: &[String]) {
+    if addresses.is_empty() {
+        errs.push(
+            format!("{at}.addresses"),
+            "at least one address is required",
+        );
+    }
+    for (j, a) in addresses.iter().enumerate() {
+        if !is_host_port(a) {
+            errs.push(
+                format!("{at}.addresses[{j}]"),
+                format!("{a:?} is not host:port"),
+            );
+        }
+    }
+}
+
 /// The FTPS-only listener fields: required for FTPS, refused elsewhere.
 fn check_ftps_listener(
     errs: &mut Errors,
@@ -517,6 +509,47 @@ roles:
             Ok(()) => vec![],
             Err(errs) => errs.into_iter().map(|e| e.path).collect(),
         }
+    }
+
+    #[test]
+    fn ftps_settings_are_checked_with_their_paths() {
+        let text = r#"
+listeners:
+  - { name: a, protocol: ftps, address: "0.0.0.0:21", zones: [z] }
+  - name: b
+    protocol: ftpsImplicit
+    address: "0.0.0.0:990"
+    zones: [z]
+    tls: { keyRing: nope, minVersion: "1.3", clientCertificates: required }
+    passivePorts: { min: 900, max: 950 }
+    advertisedAddress: "2001:db8::1"
+  - { name: c, protocol: sftp, address: "0.0.0.0:22", zones: [z], passivePorts: { min: 30000, max: 30001 } }
+zones: [{ name: z, cidrs: [10.0.0.0/8] }]
+endpoints:
+  - { name: plain, type: ftps, addresses: ["mf:21"], security: plaintext, username: u, passwordFile: p }
+  - { name: tls, type: ftps, addresses: [], username: u, passwordFile: p, clientKeyFile: k }
+roles:
+  - name: r
+    mounts: [{ path: /m, endpoint: tls, verbs: [read], siteCommands: [CHMOD] }]
+users:
+  - { name: carol, certificateNames: [carol], authMethods: [certificate], zones: [z], roles: [r] }
+"#;
+        assert_eq!(
+            paths(text),
+            [
+                "listeners[0].tls",
+                "listeners[0].passivePorts",
+                "listeners[1].tls.keyRing",
+                "listeners[1].passivePorts",
+                "listeners[1].advertisedAddress",
+                "listeners[2]",
+                "endpoints[0].security",
+                "endpoints[1].addresses",
+                "endpoints[1].caFile",
+                "endpoints[1]",
+                "roles[0].mounts[0].siteCommands",
+            ]
+        );
     }
 
     #[test]
