@@ -60,7 +60,7 @@ def ensure_backend_user(home: Path) -> None:
 class Vsftpd:
     """Debian's vsftpd with TLS required on control and data, `require_ssl_reuse=YES`."""
 
-    def __init__(self, dir: Path, pki: Pki):
+    def __init__(self, dir: Path, pki: Pki, implicit: bool = False):
         self.dir = dir
         dir.mkdir(parents=True, exist_ok=True)
         self.root = dir / "root"
@@ -100,8 +100,10 @@ seccomp_sandbox=NO
 xferlog_enable=YES
 vsftpd_log_file={dir}/vsftpd.log
 secure_chroot_dir=/var/run/vsftpd/empty
+implicit_ssl={"YES" if implicit else "NO"}
 """)
         os.chmod(self.config, 0o600)
+        self.implicit = implicit
         self.proc = subprocess.Popen(["/usr/sbin/vsftpd", str(self.config)],
                                      stdout=subprocess.DEVNULL, stderr=open(dir / "stderr.log", "wb"))
         wait_port(self.port)
@@ -118,6 +120,7 @@ secure_chroot_dir=/var/run/vsftpd/empty
             "serverName": "localhost",
             "username": BACKEND_USER,
             "passwordFile": str(self.password_file),
+            "security": "implicit" if self.implicit else "explicit",
         }
         e.update(extra)
         return e

@@ -24,7 +24,7 @@ from ftps import (
     raw_control,
     tls_context,
 )
-from harness import Gateway, free_port, fresh_dir, make_file, sha256_file
+from harness import GATEWAY_BIN, Gateway, free_port, fresh_dir, make_file, sha256_file
 
 GIB = 1 << 30
 ALL_VERBS = ["list", "read", "write", "delete", "mkdir", "rmdir", "rename", "setattr", "site"]
@@ -43,7 +43,14 @@ def vsftpd(pki):
 
 
 @pytest.fixture(scope="module")
-def gw(pki, vsftpd, sshd, passwords):
+def vsftpd_implicit(pki):
+    v = Vsftpd(fresh_dir("vsftpd-implicit"), pki, implicit=True)
+    yield v
+    v.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(pki, vsftpd, vsftpd_implicit, sshd, passwords):
     d = fresh_dir("ftps-gateway")
     cert, key = pki.issue("gateway", "localhost")
     # The key ring files the gateway reads; rotation overwrites them in place.
@@ -79,11 +86,13 @@ def gw(pki, vsftpd, sshd, passwords):
             sshd.endpoint("sshd"),
             vsftpd.endpoint("vsftpd"),
             {"name": "local", "type": "local", "root": str(local)},
+            vsftpd_implicit.endpoint("vsftpd-implicit"),
         ],
         "roles": [{"name": "all", "mounts": [
             {"path": "/sftp", "endpoint": "sshd", "verbs": ALL_VERBS[:-1]},
             {"path": "/vs", "endpoint": "vsftpd", "verbs": ALL_VERBS, "siteCommands": ["HELP", "CHMOD"]},
             {"path": "/local", "endpoint": "local", "verbs": ALL_VERBS[:-1]},
+            {"path": "/vsi", "endpoint": "vsftpd-implicit", "verbs": ALL_VERBS[:-1]},
         ]}],
         "users": [
             {"name": "alice", "passwordHash": passwords["alice-pw"], "zones": ["loopback"], "roles": ["all"]},
@@ -484,23 +493,60 @@ def test_twenty_uploads_to_vsftpd_over_tls13_none_truncated(gw, vsftpd, tmp_path
         assert sha256_file(vsftpd.root / f"u{i}.bin") == digest, i
 
 
+def test_implicit_ftps_backend(gw, vsftpd_implicit, tmp_path):
+    src = tmp_path / "i.bin"
+    digest = make_file(src, 2_000_000)
+    curl("--ssl-reqd", "--cacert", str(gw.pki.ca), "-T", str(src), explicit_url(gw, "/vsi/i.bin"))
+    assert sha256_file(vsftpd_implicit.root / "i.bin") == digest
+    back = tmp_path / "i.back"
+    curl("--cacert", str(gw.pki.ca), "-o", str(back), implicit_url(gw, "/vsi/i.bin"))
+    assert sha256_file(back) == digest
+
+
+def test_plaintext_backend_needs_consent_and_is_audited_at_start(tmp_path):
+    base = {
+        "listeners": [{"name": "s", "protocol": "sftp", "address": f"127.0.0.1:{free_port()}", "zones": ["z"]}],
+        "zones": [{"name": "z", "cidrs": ["127.0.0.0/8"]}],
+        "endpoints": [{"name": "legacy", "type": "ftps", "addresses": ["127.0.0.1:21"], "security": "plaintext",
+                       "username": "u", "passwordFile": str(tmp_path / "pw")}],
+    }
+    (tmp_path / "pw").write_text("x\n")
+    g = Gateway(fresh_dir("ftps-plaintext"), base, start=False)
+    r = subprocess.run([str(GATEWAY_BIN), "check", "--config", str(g.config_path)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "endpoints[0].security: a plaintext FTP backend needs allowPlaintext: true" in r.stdout + r.stderr
+    g.config["endpoints"][0]["allowPlaintext"] = True
+    g.write_config(g.config)
+    g.start()
+    try:
+        assert g.wait_event("daemonStart")["plaintextEndpoints"] == ["legacy"]
+    finally:
+        g.stop()
+
+
 def test_unreachable_backend_is_a_clear_error(gw):
     endpoint = gw.config["endpoints"][1]
     good = endpoint["addresses"]
     reloads = len(gw.events("configReloaded"))
     f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    f.storbinary("STOR /vs/reach.txt", open_bytes(b"reachable"))
     try:
         endpoint["addresses"] = ["127.0.0.1:1"]
         gw.write_config(gw.config)
         wait_reloads(gw, reloads + 1)
         with pytest.raises(ftplib.error_temp, match="^451.*unavailable"):
-            f.size("/vs/u0.bin")
+            f.size("/vs/reach.txt")
         assert f.sendcmd("NOOP").startswith("200")
+        # Failover: a dead first address, a live second one.
+        endpoint["addresses"] = ["127.0.0.1:1", *good]
+        gw.write_config(gw.config)
+        wait_reloads(gw, reloads + 2)
+        assert f.size("/vs/reach.txt") == len(b"reachable")
     finally:
         f.quit()
         endpoint["addresses"] = good
         gw.write_config(gw.config)
-        wait_reloads(gw, reloads + 2)
+        wait_reloads(gw, reloads + 3)
 
 
 def wait_reloads(gw, n: int) -> None:

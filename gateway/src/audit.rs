@@ -62,12 +62,15 @@ pub enum Event {
         listeners: Vec<ListenerInfo>,
         algorithms: AlgorithmInfo,
         certificates: Vec<CertificateInfo>,
+        /// Endpoints reached without TLS, by their explicit `allowPlaintext` consent.
+        plaintext_endpoints: Vec<String>,
     },
     ConfigReloaded {
         config_hash: String,
         previous_hash: String,
         algorithms: AlgorithmInfo,
         certificates: Vec<CertificateInfo>,
+        plaintext_endpoints: Vec<String>,
     },
     ConfigRejected {
         kept_hash: String,

@@ -73,6 +73,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
                 .collect(),
             algorithms: rt.algorithms.clone(),
             certificates: rt.certificate_info(),
+            plaintext_endpoints: rt.plaintext_endpoints(),
         })
         .await;
     let shared = Shared::new(rt, audit.clone(), metrics);

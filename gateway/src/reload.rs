@@ -81,6 +81,7 @@ pub async fn reload(shared: &Shared, path: &Path, last_rejected: &mut String) ->
                 previous_hash: current.hash.clone(),
                 algorithms: rt.algorithms.clone(),
                 certificates: rt.certificate_info(),
+                plaintext_endpoints: rt.plaintext_endpoints(),
             };
             shared.runtime.store(Arc::new(rt));
             shared

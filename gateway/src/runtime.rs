@@ -96,6 +96,19 @@ impl Runtime {
         out
     }
 
+    /// Endpoints configured without TLS (each with its explicit `allowPlaintext`), for the
+    /// audit records of a start or reload.
+    pub fn plaintext_endpoints(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| matches!(e.as_ref(), EndpointSpec::Ftps(f) if f.tls.is_none()))
+            .map(|(name, _)| name.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The first of `names` (in order) whose CIDRs contain `ip`.
     pub fn zone_of<'a>(&self, ip: IpAddr, names: &'a [String]) -> Option<&'a str> {
         let ip = match ip {

@@ -114,7 +114,13 @@ async fn connect_one(spec: &FtpsSpec, addr: &str) -> Result<Ftp, FtpError> {
     };
     let mut ftp = match (spec.security, connector()) {
         (FtpSecurity::Implicit, Some(c)) => {
-            Ftp::connect_secure_implicit(resolve(addr).await?, c, domain).await?
+            let mut ftp = Ftp::connect_secure_implicit(resolve(addr).await?, c, domain).await?;
+            // suppaftp protects the data channel on its own only after `AUTH TLS`.
+            ftp.custom_command("PBSZ 0", &[suppaftp::Status::CommandOk])
+                .await?;
+            ftp.custom_command("PROT P", &[suppaftp::Status::CommandOk])
+                .await?;
+            ftp
         }
         (FtpSecurity::Explicit, Some(c)) => {
             Ftp::connect(resolve(addr).await?)
