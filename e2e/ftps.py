@@ -60,7 +60,7 @@ def ensure_backend_user(home: Path) -> None:
 class Vsftpd:
     """Debian's vsftpd with TLS required on control and data, `require_ssl_reuse=YES`."""
 
-    def __init__(self, dir: Path, pki: Pki, implicit: bool = False):
+    def __init__(self, dir: Path, pki: Pki, implicit: bool = False, client_ca: Path | None = None):
         self.dir = dir
         dir.mkdir(parents=True, exist_ok=True)
         self.root = dir / "root"
@@ -101,7 +101,7 @@ xferlog_enable=YES
 vsftpd_log_file={dir}/vsftpd.log
 secure_chroot_dir=/var/run/vsftpd/empty
 implicit_ssl={"YES" if implicit else "NO"}
-""")
+""" + (f"require_cert=YES\nvalidate_cert=YES\nca_certs_file={client_ca}\n" if client_ca else ""))
         os.chmod(self.config, 0o600)
         self.implicit = implicit
         self.proc = subprocess.Popen(["/usr/sbin/vsftpd", str(self.config)],

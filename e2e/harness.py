@@ -231,7 +231,7 @@ class Gateway:
         if not self.audit_path.exists():
             return []
         out = []
-        for line in self.audit_path.read_text().splitlines():
+        for line in complete_lines(self.audit_path.read_text()):
             if line.strip():
                 rec = json.loads(line)
                 if kind is None or rec["event"] == kind:
@@ -278,6 +278,13 @@ class Gateway:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode if self.proc else 0
+
+
+def complete_lines(text: str) -> list[str]:
+    """The lines of a file another process appends to, without a last line still being
+    written (a record may reach the file in more than one write)."""
+    lines = text.split("\n")
+    return lines[:-1]
 
 
 def hash_password(pw: str) -> str:

@@ -184,7 +184,8 @@ class PodEmulator:
 
     def audit(self, kind: str | None = None) -> list[dict]:
         out = []
-        for line in (self.dir / "stdout.log").read_text().splitlines():
+        # The last line may still be being written: only complete lines count.
+        for line in (self.dir / "stdout.log").read_text().split("\n")[:-1]:
             if line.startswith("{"):
                 rec = json.loads(line)
                 if kind is None or rec.get("event") == kind:

@@ -199,7 +199,7 @@ def test_ftplib_mlsd_list_nlst_and_file_commands(gw, tmp_path):
     f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
     try:
         assert f.pwd() == "/"
-        assert sorted(n for n, _ in f.mlsd("/")) == ["local", "sftp", "vs"]
+        assert sorted(n for n, _ in f.mlsd("/")) == ["local", "sftp", "vs", "vsi"]
         f.cwd("/vs")
         f.storbinary("STOR m.txt", open(__file__, "rb"))
         facts = dict(f.mlsd())["m.txt"]
@@ -522,6 +522,61 @@ def test_plaintext_backend_needs_consent_and_is_audited_at_start(tmp_path):
         assert g.wait_event("daemonStart")["plaintextEndpoints"] == ["legacy"]
     finally:
         g.stop()
+
+
+def test_tls_policy_required_client_certificates_and_advertised_address(gw, tmp_path):
+    """A listener that requires a client certificate, allows one TLS 1.3 cipher suite, and
+    advertises a NAT address in PASV; and an endpoint that presents a client certificate to a
+    vsftpd that requires one."""
+    pki = gw.pki
+    mtls_vs = Vsftpd(fresh_dir("vsftpd-mtls"), pki, client_ca=pki.ca)
+    gcert, gkey = pki.issue("gateway-client", "portcullis-gateway", server=False)
+    d = fresh_dir("ftps-policy")
+    g = Gateway(d, {}, start=False)
+    port = free_port()
+    pasv = free_port_range(4)
+    g.config.update({
+        "listeners": [{"name": "strict", "protocol": "ftpsImplicit", "address": f"127.0.0.1:{port}",
+                       "zones": ["loopback"], "advertisedAddress": "192.0.2.10",
+                       "passivePorts": {"min": pasv, "max": pasv + 3},
+                       "tls": {"keyRing": "gw", "minVersion": "1.3", "clientCertificates": "required",
+                               "cipherSuites": ["TLS13_CHACHA20_POLY1305_SHA256"]}}],
+        "keyRings": [{"name": "gw", "certificateFile": str(gw.dir / "tls" / "server.pem"),
+                      "privateKeyFile": str(gw.dir / "tls" / "server.key"), "clientCaFile": str(pki.ca)}],
+        "endpoints": [mtls_vs.endpoint("mtls", clientCertificateFile=str(gcert), clientKeyFile=str(gkey))],
+        "roles": [{"name": "r", "mounts": [{"path": "/m", "endpoint": "mtls", "verbs": ["list", "read", "write"]}]}],
+        "users": [{"name": "carol", "certificateNames": ["carol"], "zones": ["loopback"], "roles": ["r"]}],
+    })
+    g.write_config(g.config)
+    g.start()
+    try:
+        carol_cert, carol_key = gw.carol
+        # No certificate: the handshake fails.
+        with pytest.raises((ssl.SSLError, ConnectionError, EOFError)):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            t = tls_context(pki.ca).wrap_socket(s, server_hostname="localhost")
+            LineConn(t).reply()
+        # With carol's certificate: TLS 1.3 with the one allowed suite, and USER logs in.
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        t = tls_context(pki.ca, carol_cert, carol_key).wrap_socket(s, server_hostname="localhost")
+        c = LineConn(t)
+        assert c.reply()[0] == 220
+        assert t.version() == "TLSv1.3" and t.cipher()[0] == "TLS_CHACHA20_POLY1305_SHA256"
+        assert c.cmd("USER carol")[0] == 232
+        assert c.cmd("PBSZ 0")[0] == 200 and c.cmd("PROT P")[0] == 200
+        code, text = c.cmd("PASV")
+        assert code == 227 and "(192,0,2,10," in text, text
+        c.cmd("QUIT")
+        t.close()
+        # Through to the vsftpd that requires the gateway's client certificate.
+        src = tmp_path / "m.bin"
+        digest = make_file(src, 1_000_000)
+        ftps_url = f"ftps://carol:@localhost:{port}/m/m.bin"
+        curl("--cacert", str(pki.ca), "--cert", str(carol_cert), "--key", str(carol_key), "-T", str(src), ftps_url)
+        assert sha256_file(mtls_vs.root / "m.bin") == digest
+    finally:
+        g.stop()
+        mtls_vs.stop()
 
 
 def test_unreachable_backend_is_a_clear_error(gw):
