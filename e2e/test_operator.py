@@ -180,7 +180,8 @@ def test_built_objects_field_by_field(cluster, operator):
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
     assert c["resources"]["limits"] == {"memory": "1Gi"}
-    assert {p["containerPort"] for p in c["ports"]} == {2222, 9922}
+    passive = set(range(30000, 30010))
+    assert {p["containerPort"] for p in c["ports"]} == {2222, 2121, 9922} | passive
     assert c["volumeMounts"] == [{"name": "config", "mountPath": "/etc/portcullis/config", "readOnly": True}]
     (vol,) = pod["volumes"]
     assert vol["secret"]["secretName"] == "dmz-config" and vol["secret"]["defaultMode"] == 0o440
@@ -191,18 +192,24 @@ def test_built_objects_field_by_field(cluster, operator):
 
     svc = cluster.get("service", "dmz", ns)["spec"]
     assert svc["type"] == "LoadBalancer"
-    assert [(p["name"], p["port"]) for p in svc["ports"]] == [("sftp", 2222)]
-    assert svc["sessionAffinity"] == "None"  # no FTPS listener
+    assert [(p["name"], p["port"]) for p in svc["ports"]] == [("sftp", 2222), ("ftps", 2121)] + [
+        (f"pasv-{p}", p) for p in sorted(passive)]
+    # Two replicas and FTPS: a client's data connections must reach its control connection's pod.
+    assert svc["sessionAffinity"] == "ClientIP"
     assert sorted(svc["loadBalancerSourceRanges"]) == ["10.0.0.0/8", "2001:db8:100::/48", "203.0.113.0/24"]
     assert svc["externalTrafficPolicy"] == "Local"
     assert svc["selector"] == {"app.kubernetes.io/name": "portcullis-gateway", "app.kubernetes.io/instance": "dmz"}
 
     np = cluster.get("networkpolicy", "dmz", ns)["spec"]
     assert np["policyTypes"] == ["Ingress", "Egress"]
-    listener_rule, admin_rule = np["ingress"]
-    assert sorted(p["ipBlock"]["cidr"] for p in listener_rule["from"]) == [
+    sftp_rule, ftps_rule, admin_rule = np["ingress"]
+    assert sorted(p["ipBlock"]["cidr"] for p in sftp_rule["from"]) == [
         "10.0.0.0/8", "2001:db8:100::/48", "203.0.113.0/24"]
-    assert listener_rule["ports"] == [{"port": 2222, "protocol": "TCP"}]
+    assert sftp_rule["ports"] == [{"port": 2222, "protocol": "TCP"}]
+    # FTPS admits only the partners zone, on its control port and its passive range.
+    assert sorted(p["ipBlock"]["cidr"] for p in ftps_rule["from"]) == ["2001:db8:100::/48", "203.0.113.0/24"]
+    assert ftps_rule["ports"] == [{"port": 2121, "protocol": "TCP"},
+                                  {"port": 30000, "endPort": 30009, "protocol": "TCP"}]
     assert admin_rule["ports"] == [{"port": 9922, "protocol": "TCP"}]
     backend_rule, dns_rule = np["egress"]
     assert backend_rule == {"to": [{"ipBlock": {"cidr": "10.20.0.5/32"}}], "ports": [{"port": 22, "protocol": "TCP"}]}
