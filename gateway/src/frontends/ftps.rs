@@ -263,6 +263,11 @@ struct Conn {
     local: SocketAddr,
     attempt: Attempt,
     tls: Arc<ServerConfig>,
+    /// The same, for data connections: the same session store (they resume the control
+    /// session) but no new session tickets. A client that uploads never reads its data
+    /// connection; tickets left unread there make its close a TCP reset, which can overtake
+    /// the last data and its close_notify and fail the upload.
+    data_tls: Arc<ServerConfig>,
     control: Control,
     session: Option<Arc<Session>>,
     /// Identities of the verified client certificate, if one was presented.
@@ -308,6 +313,11 @@ pub async fn serve_connection(
         peer,
         local,
         attempt,
+        data_tls: {
+            let mut data = (*tls).clone();
+            data.send_tls13_tickets = 0;
+            Arc::new(data)
+        },
         tls,
         control: Control::new(if implicit {
             Start::Implicit
@@ -1031,7 +1041,7 @@ impl Conn {
         let from = tcp.peer_addr().ok();
         let accepted = tokio::time::timeout(
             self.data_timeout(),
-            TlsAcceptor::from(self.tls.clone()).accept(tcp),
+            TlsAcceptor::from(self.data_tls.clone()).accept(tcp),
         )
         .await;
         let why = match accepted {
