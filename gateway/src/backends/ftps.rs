@@ -214,15 +214,17 @@ impl Backend for FtpsBackend {
         if mode.exclusive && self.stat(path, true).await.is_ok() {
             return Err(FsError::AlreadyExists);
         }
-        // A read of a missing file fails at open, as on every other backend.
-        if !mode.writes() {
-            self.stat(path, true).await?;
-        }
+        // A read of a missing file fails at open, as on every other backend; its attributes
+        // answer `fstat` without another round trip.
+        let opened = match mode.writes() {
+            false => Some(self.stat(path, true).await?),
+            true => None,
+        };
         let ftp = connect(&self.spec).await?;
         Ok(Arc::new(FtpsFile {
             path: path.to_owned(),
             mode,
-            spec: self.spec.clone(),
+            opened,
             state: Mutex::new(FileState {
                 ftp: Some(ftp),
                 transfer: None,
@@ -414,7 +416,8 @@ struct FileState {
 pub struct FtpsFile {
     path: String,
     mode: OpenMode,
-    spec: Arc<FtpsSpec>,
+    /// A read's attributes at open.
+    opened: Option<FileAttrs>,
     state: Mutex<FileState>,
 }
 
@@ -559,14 +562,10 @@ impl BackendFile for FtpsFile {
     }
 
     async fn stat(&self) -> Result<FileAttrs, FsError> {
-        let st = self.state.lock().await;
-        if self.mode.writes() {
-            return Ok(file_attrs(st.pos, None));
+        match &self.opened {
+            Some(a) => Ok(a.clone()),
+            None => Ok(file_attrs(self.state.lock().await.pos, None)),
         }
-        drop(st);
-        FtpsBackend::new(self.spec.clone())
-            .stat(&self.path, true)
-            .await
     }
 
     async fn set_stat(&self, attrs: FileAttrs) -> Result<(), FsError> {

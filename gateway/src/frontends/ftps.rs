@@ -653,11 +653,9 @@ impl Conn {
         let mut out = Vec::new();
         loop {
             match session.execute(FileOp::ReadDir { handle }).await {
-                Ok(OpOutput::Entries(es)) => out.extend(es.iter().map(|e| {
-                    let mut en = entry(&e.name, &e.attrs);
-                    en.name = e.name.clone();
-                    en
-                })),
+                Ok(OpOutput::Entries(es)) => {
+                    out.extend(es.iter().map(|e| entry(&e.name, &e.attrs)))
+                }
                 Ok(_) => break,
                 Err(e) => {
                     let _ = session.execute(FileOp::Close { handle }).await;
@@ -771,17 +769,12 @@ impl Conn {
             Mlst(p) => {
                 let path = self.resolve(p.as_deref().unwrap_or(""));
                 match self.stat(&path).await {
-                    Ok(a) => {
-                        let mut e = entry(&path, &a);
-                        e.name = path.clone();
-                        match mlsd_line(&e) {
-                            Some(facts) => Reply::multi(
-                                250,
-                                vec![format!("Listing {path}"), facts, "End".into()],
-                            ),
-                            None => Reply::new(550, "Name not representable"),
+                    Ok(a) => match mlsd_line(&entry(&path, &a)) {
+                        Some(facts) => {
+                            Reply::multi(250, vec![format!("Listing {path}"), facts, "End".into()])
                         }
-                    }
+                        None => Reply::new(550, "Name not representable"),
+                    },
                     Err(e) => fs_reply(&e),
                 }
             }
@@ -1506,9 +1499,10 @@ fn quote(path: &str) -> String {
     format!("\"{}\"", path.replace('"', "\"\""))
 }
 
+/// Listing facts for `name` (an entry's name, or the full path for `MLST`).
 fn entry(name: &str, a: &FileAttrs) -> Entry {
     Entry {
-        name: name.rsplit('/').next().unwrap_or(name).to_owned(),
+        name: name.to_owned(),
         dir: a.is_dir(),
         size: a.size.unwrap_or(0),
         mtime: i64::from(a.mtime.unwrap_or(0)),
