@@ -62,7 +62,11 @@ def gw(pki, vsftpd, vsftpd_implicit, sshd, passwords):
     dave = pki.issue("dave", "dave", server=False)
     local = d / "local"
     local.mkdir()
+    sftp_data = sshd.root / "ftps-gateway"
+    shutil.rmtree(sftp_data, ignore_errors=True)
+    sftp_data.mkdir()
     g = Gateway(d, {}, start=False)
+    g.sftp_data = sftp_data
     g.ftps_port, g.implicit_port, g.active_port = free_port(), free_port(), free_port()
     g.pki, g.carol, g.dave, g.local = pki, carol, dave, local
     tls = {"keyRing": "gw", "clientCertificates": "optional"}
@@ -89,7 +93,7 @@ def gw(pki, vsftpd, vsftpd_implicit, sshd, passwords):
             vsftpd_implicit.endpoint("vsftpd-implicit"),
         ],
         "roles": [{"name": "all", "mounts": [
-            {"path": "/sftp", "endpoint": "sshd", "verbs": ALL_VERBS[:-1]},
+            {"path": "/sftp", "endpoint": "sshd", "backendPath": str(sftp_data), "verbs": ALL_VERBS[:-1]},
             {"path": "/vs", "endpoint": "vsftpd", "verbs": ALL_VERBS, "siteCommands": ["HELP", "CHMOD"]},
             {"path": "/local", "endpoint": "local", "verbs": ALL_VERBS[:-1]},
             {"path": "/vsi", "endpoint": "vsftpd-implicit", "verbs": ALL_VERBS[:-1]},

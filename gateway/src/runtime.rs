@@ -13,7 +13,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
-use portcullis_config::{ConfigError, EndpointBackend, GatewayConfig, validate};
+use portcullis_config::{ConfigError, EndpointBackend, GatewayConfig, UploadMode, validate};
 use russh::{
     MethodKind, MethodSet, SshId, cipher, kex,
     keys::{Algorithm, PrivateKey, PublicKey},
@@ -74,7 +74,12 @@ impl UserEntry {
     }
 }
 
-pub enum EndpointSpec {
+pub struct EndpointSpec {
+    pub backend: BackendSpec,
+    pub upload_mode: UploadMode,
+}
+
+pub enum BackendSpec {
     Local(Arc<LocalBackend>),
     Sftp(Arc<SftpSpec>),
     Ftps(Arc<FtpsSpec>),
@@ -102,7 +107,7 @@ impl Runtime {
         let mut out: Vec<String> = self
             .endpoints
             .iter()
-            .filter(|(_, e)| matches!(e.as_ref(), EndpointSpec::Ftps(f) if f.tls.is_none()))
+            .filter(|(_, e)| matches!(&e.backend, BackendSpec::Ftps(f) if f.tls.is_none()))
             .map(|(name, _)| name.clone())
             .collect();
         out.sort();
@@ -206,7 +211,7 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
         let at = format!("endpoints[{i}]");
         let spec = match &e.backend {
             EndpointBackend::Local(l) => match LocalBackend::new(Path::new(&l.root)) {
-                Ok(b) => EndpointSpec::Local(Arc::new(b)),
+                Ok(b) => BackendSpec::Local(Arc::new(b)),
                 Err(e) => {
                     err(format!("{at}.root"), e.to_string());
                     continue;
@@ -237,7 +242,7 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
                         }
                     },
                 };
-                EndpointSpec::Ftps(Arc::new(FtpsSpec {
+                BackendSpec::Ftps(Arc::new(FtpsSpec {
                     name: e.name.clone(),
                     addresses: f.addresses.clone(),
                     security: f.security,
@@ -284,7 +289,7 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
                 } else {
                     continue;
                 };
-                EndpointSpec::Sftp(Arc::new(SftpSpec {
+                BackendSpec::Sftp(Arc::new(SftpSpec {
                     name: e.name.clone(),
                     addresses: s.addresses.clone(),
                     host_keys,
@@ -294,7 +299,13 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
                 }))
             }
         };
-        endpoints.insert(e.name.clone(), Arc::new(spec));
+        endpoints.insert(
+            e.name.clone(),
+            Arc::new(EndpointSpec {
+                backend: spec,
+                upload_mode: e.upload_mode,
+            }),
+        );
     }
 
     let mut users = HashMap::new();

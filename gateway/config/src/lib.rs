@@ -199,8 +199,26 @@ pub struct Zone {
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     pub name: String,
+    /// How uploads land on this endpoint; `atomic` unless set.
+    #[serde(default)]
+    pub upload_mode: UploadMode,
     #[serde(flatten)]
     pub backend: EndpointBackend,
+}
+
+/// How an upload that replaces a file's content lands on the endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UploadMode {
+    /// Written under a temporary name beside the target and renamed over it only when the
+    /// transfer closed cleanly; a failed or abandoned upload removes the temporary file, so
+    /// readers never see a partial file under the real name. Resumed and appending uploads
+    /// (`REST`+`STOR`, `APPE`, SFTP opens without `TRUNCATE`) write in place, since they
+    /// build on what is there.
+    #[default]
+    Atomic,
+    /// Written in place under the real name from the first byte.
+    Direct,
 }
 
 /// The kind of backend, tagged by `type`.

@@ -68,6 +68,9 @@ pub enum Command {
     Mlst(Option<String>),
     Size(String),
     Mdtm(String),
+    /// `MFMT YYYYMMDDHHMMSS path` (draft-somers-ftp-mfxx): set the modification time, in
+    /// seconds since the epoch (UTC).
+    Mfmt(i64, String),
     Site(String),
     Syst,
     Stat(Option<String>),
@@ -119,6 +122,7 @@ impl Command {
             Mlst(_) => "MLST",
             Size(_) => "SIZE",
             Mdtm(_) => "MDTM",
+            Mfmt(..) => "MFMT",
             Site(_) => "SITE",
             Syst => "SYST",
             Stat(_) => "STAT",
@@ -285,6 +289,18 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
         "MLST" => Mlst(opt()),
         "SIZE" => Size(need()?),
         "MDTM" => Mdtm(need()?),
+        "MFMT" => {
+            let arg = need()?;
+            let (time, path) = arg
+                .split_once(' ')
+                .ok_or_else(|| bad("MFMT needs a time and a path"))?;
+            let t =
+                parse_timeval(time).ok_or_else(|| bad("the time must be YYYYMMDDHHMMSS (UTC)"))?;
+            if path.is_empty() {
+                return Err(bad("MFMT needs a path"));
+            }
+            Mfmt(t, path.to_owned())
+        }
         "SITE" => Site(need()?),
         "SYST" => none().map(|()| Syst)?,
         "STAT" => Stat(opt()),
@@ -301,8 +317,52 @@ const VERBS: &[&str] = &[
     "XPWD", "QUIT", "REIN", "PORT", "EPRT", "PASV", "EPSV", "TYPE", "STRU", "MODE", "RETR", "STOR",
     "STOU", "APPE", "ALLO", "REST", "RNFR", "RNTO", "ABOR", "DELE", "RMD", "XRMD", "MKD", "XMKD",
     "LIST", "NLST", "MLSD", "MLST", "SIZE", "MDTM", "SITE", "SYST", "STAT", "HELP", "NOOP", "FEAT",
-    "OPTS",
+    "OPTS", "MFMT",
 ];
+
+/// `YYYYMMDDHHMMSS` (UTC; a fraction after a dot is accepted and dropped) as Unix seconds.
+pub fn parse_timeval(s: &str) -> Option<i64> {
+    let whole = s.split_once('.').map_or(s, |(w, _)| w);
+    if whole.len() != 14 || !whole.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| whole[r].parse::<i64>().ok();
+    let (y, mo, d) = (n(0..4)?, n(4..6)?, n(6..8)?);
+    let (h, mi, se) = (n(8..10)?, n(10..12)?, n(12..14)?);
+    if !(1..=12).contains(&mo) || d < 1 || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days_in = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if d > days_in[(mo - 1) as usize] {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y2, m2) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days * 86400 + h * 3600 + mi * 60 + se)
+}
 
 /// `h1,h2,h3,h4,p1,p2` (RFC 959).
 fn parse_port(a: &str) -> Option<HostPort> {
@@ -346,6 +406,32 @@ fn parse_eprt(a: &str) -> Option<HostPort> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mfmt_takes_a_utc_time_and_a_path_with_spaces() {
+        assert_eq!(
+            parse("MFMT 20240229123456 /in/a b.txt"),
+            Ok(Command::Mfmt(1_709_210_096, "/in/a b.txt".into()))
+        );
+        assert_eq!(
+            parse("MFMT 19700101000000.123 x"),
+            Ok(Command::Mfmt(0, "x".into()))
+        );
+        for bad in [
+            "MFMT",
+            "MFMT 20240229123456",
+            "MFMT 20230229123456 x",
+            "MFMT 2024022912345 x",
+            "MFMT 20241301000000 x",
+            "MFMT 2024022912345a x",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} parsed");
+        }
+        // The inverse of the listing's time format, across the range.
+        for t in [0i64, 951_782_400, 1_709_210_096, 4_102_444_799] {
+            assert_eq!(parse_timeval(&crate::listing::timeval(t)), Some(t));
+        }
+    }
 
     #[test]
     fn commands_parse_with_their_arguments() {

@@ -368,6 +368,7 @@ fn features() -> Reply {
             "EPSV",
             "EPRT",
             "MDTM",
+            "MFMT",
             "SIZE",
             "MLST type*;size*;modify*;",
             "REST STREAM",

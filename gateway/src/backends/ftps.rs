@@ -107,12 +107,11 @@ async fn connect_one(spec: &FtpsSpec, addr: &str) -> Result<Ftp, FtpError> {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let domain = spec.server_name.as_deref().unwrap_or(host);
-    let connector = || {
-        spec.tls
-            .clone()
-            .map(|c| AsyncRustlsConnector::from(TlsConnector::from(c)))
-    };
-    let mut ftp = match (spec.security, connector()) {
+    let connector = spec
+        .tls
+        .as_deref()
+        .map(|c| AsyncRustlsConnector::from(TlsConnector::from(own_session_store(c))));
+    let mut ftp = match (spec.security, connector) {
         (FtpSecurity::Implicit, Some(c)) => {
             let mut ftp = Ftp::connect_secure_implicit(resolve(addr).await?, c, domain).await?;
             // suppaftp protects the data channel on its own only after `AUTH TLS`.
@@ -140,6 +139,19 @@ async fn connect_one(spec: &FtpsSpec, addr: &str) -> Result<Ftp, FtpError> {
     ftp.transfer_type(FileType::Binary).await?;
     ftp.set_mode(Mode::ExtendedPassive);
     Ok(ftp)
+}
+
+/// The endpoint's TLS config with a session store of this control connection's own.
+///
+/// suppaftp opens the data connections with the control connection's connector, and a
+/// server with `require_ssl_reuse` (vsftpd) accepts a data connection only if it resumes a
+/// session. Shared by every connection, one store would hand a data connection a ticket of
+/// *another* control connection, or lose this one's to a concurrent handshake; under load
+/// that failed uploads with `522 session reuse required`.
+fn own_session_store(shared: &ClientConfig) -> Arc<ClientConfig> {
+    let mut own = shared.clone();
+    own.resumption = rustls::client::Resumption::in_memory_sessions(8);
+    Arc::new(own)
 }
 
 async fn resolve(addr: &str) -> Result<SocketAddr, FtpError> {
@@ -193,6 +205,80 @@ fn attrs_of(f: &File) -> FileAttrs {
     }
 }
 
+/// A Unix `ls -l` style `LIST` line (vsftpd, ProFTPD, Pure-FTPd), with the name exactly as
+/// sent: everything after the single space that follows the time or year, leading and
+/// trailing spaces included (suppaftp's parser trims them, so such a name could be listed but
+/// not reached). A symlink's ` -> target` is cut off.
+fn parse_list_line(line: &str, now: chrono::DateTime<chrono::Utc>) -> Option<DirEntry> {
+    use chrono::{Datelike, NaiveDate, TimeZone};
+    let mut rest = line;
+    let mut fields = [""; 8];
+    for f in fields.iter_mut() {
+        rest = rest.trim_start_matches(' ');
+        let end = rest.find(' ')?;
+        *f = &rest[..end];
+        rest = &rest[end..];
+    }
+    let name = rest.strip_prefix(' ')?;
+    let [perms, _links, _owner, _group, size, month, day, when] = fields;
+    let kind = match perms.as_bytes().first()? {
+        b'd' => FileAttrs::S_IFDIR,
+        b'l' => FileAttrs::S_IFLNK,
+        b'-' => 0o100000,
+        _ => return None,
+    };
+    let bits = perms.get(1..10)?;
+    let mut mode = 0u32;
+    for (i, c) in bits.bytes().enumerate() {
+        if c != b'-' {
+            mode |= 1 << (8 - i);
+        }
+    }
+    let name = match kind {
+        FileAttrs::S_IFLNK => name.split_once(" -> ").map_or(name, |(n, _)| n),
+        _ => name,
+    };
+    if name.is_empty() {
+        return None;
+    }
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(month))? as u32 + 1;
+    let day: u32 = day.parse().ok()?;
+    let mtime = match when.split_once(':') {
+        // `HH:MM`: within the last six months, so this year unless that is in the future.
+        Some((h, m)) => {
+            let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+            let at = |y| {
+                NaiveDate::from_ymd_opt(y, month, day)
+                    .and_then(|d| d.and_hms_opt(h, m, 0))
+                    .map(|t| chrono::Utc.from_utc_datetime(&t))
+            };
+            match at(now.year())? {
+                t if t > now + chrono::Duration::days(1) => at(now.year() - 1)?,
+                t => t,
+            }
+        }
+        None => {
+            let y: i32 = when.parse().ok()?;
+            chrono::Utc
+                .from_utc_datetime(&NaiveDate::from_ymd_opt(y, month, day)?.and_hms_opt(0, 0, 0)?)
+        }
+    };
+    let mtime = u32::try_from(mtime.timestamp()).ok();
+    Some(DirEntry {
+        name: name.to_owned(),
+        attrs: FileAttrs {
+            size: size.parse().ok(),
+            mode: Some(kind | mode),
+            mtime,
+            atime: mtime,
+            ..Default::default()
+        },
+    })
+}
+
 fn file_attrs(size: u64, mtime: Option<u32>) -> FileAttrs {
     FileAttrs {
         size: Some(size),
@@ -225,6 +311,7 @@ impl Backend for FtpsBackend {
             path: path.to_owned(),
             mode,
             opened,
+            deferred: Default::default(),
             state: Mutex::new(FileState {
                 ftp: Some(ftp),
                 transfer: None,
@@ -247,29 +334,36 @@ impl Backend for FtpsBackend {
             .with_control(async |ftp| match ftp.mlsd(Some(&path)).await {
                 Ok(lines) => Ok((true, lines)),
                 Err(FtpError::UnexpectedResponse(r)) if r.status.code() == 500 => {
-                    // No MLSD (vsftpd): parse LIST.
+                    // No MLSD (vsftpd): parse LIST. LIST of a missing directory is an empty
+                    // 226 there, and of a file that file's line, so it must be a directory
+                    // we can change into first.
+                    ftp.cwd(&path).await?;
+                    ftp.cwd("/").await?;
                     ftp.list(Some(&path)).await.map(|l| (false, l))
                 }
                 Err(e) => Err(e),
             })
             .await?;
         let (mlsd, lines) = lines;
+        let now = chrono::Utc::now();
         Ok(lines
             .iter()
             .filter_map(|l| {
                 if mlsd {
-                    ListParser::parse_mlsd(l).ok()
+                    ListParser::parse_mlsd(l).ok().map(|f| DirEntry {
+                        name: f.name().to_owned(),
+                        attrs: attrs_of(&f),
+                    })
                 } else {
-                    ListParser::parse_posix(l)
-                        .or_else(|_| ListParser::parse_dos(l))
-                        .ok()
+                    parse_list_line(l, now).or_else(|| {
+                        ListParser::parse_dos(l).ok().map(|f| DirEntry {
+                            name: f.name().to_owned(),
+                            attrs: attrs_of(&f),
+                        })
+                    })
                 }
             })
-            .filter(|f| f.name() != "." && f.name() != "..")
-            .map(|f| DirEntry {
-                name: f.name().to_owned(),
-                attrs: attrs_of(&f),
-            })
+            .filter(|e| e.name != "." && e.name != "..")
             .collect())
     }
 
@@ -309,13 +403,23 @@ impl Backend for FtpsBackend {
         })
     }
 
-    async fn set_stat(&self, _path: &str, attrs: FileAttrs) -> Result<(), FsError> {
-        if attrs == FileAttrs::default() {
+    async fn set_stat(&self, path: &str, attrs: FileAttrs) -> Result<(), FsError> {
+        settable_over_ftp(&attrs)?;
+        if attrs.mtime.is_none() && attrs.mode.is_none() {
             return Ok(());
         }
-        Err(FsError::Unsupported(
-            "an FTP endpoint cannot change attributes".into(),
-        ))
+        let path = path.to_owned();
+        let mut guard = self.control.lock().await;
+        if guard.is_none() {
+            *guard = Some(connect(&self.spec).await?);
+        }
+        let ftp = guard.as_mut().expect("connected above");
+        let r = apply_attrs(ftp, &path, &attrs).await;
+        if matches!(r, Err(FsError::Unavailable(_))) {
+            // The connection is gone: the next call reconnects.
+            *guard = None;
+        }
+        r
     }
 
     async fn remove(&self, path: &str) -> Result<(), FsError> {
@@ -324,8 +428,16 @@ impl Backend for FtpsBackend {
     }
 
     async fn mkdir(&self, path: &str, _attrs: FileAttrs) -> Result<(), FsError> {
-        let path = path.to_owned();
-        self.with_control(async |ftp| ftp.mkdir(&path).await).await
+        let p = path.to_owned();
+        match self.with_control(async |ftp| ftp.mkdir(&p).await).await {
+            // FTP servers answer 550 for "exists" and "no parent" alike: look.
+            Err(FsError::NotFound) | Err(FsError::Failure(_))
+                if self.stat(path, false).await.is_ok() =>
+            {
+                Err(FsError::AlreadyExists)
+            }
+            other => other,
+        }
     }
 
     async fn rmdir(&self, path: &str) -> Result<(), FsError> {
@@ -333,7 +445,13 @@ impl Backend for FtpsBackend {
         self.with_control(async |ftp| ftp.rmdir(&path).await).await
     }
 
-    async fn rename(&self, from: &str, to: &str) -> Result<(), FsError> {
+    async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<(), FsError> {
+        // FTP's RNTO replaces an existing name on the servers in use (vsftpd, ProFTPD). A
+        // rename that must not replace looks first; a name made between the look and the RNTO
+        // is replaced all the same (FTP has no exclusive rename).
+        if !overwrite && self.stat(to, false).await.is_ok() {
+            return Err(FsError::AlreadyExists);
+        }
         let (from, to) = (from.to_owned(), to.to_owned());
         self.with_control(async |ftp| ftp.rename(&from, &to).await)
             .await
@@ -418,6 +536,9 @@ pub struct FtpsFile {
     mode: OpenMode,
     /// A read's attributes at open.
     opened: Option<FileAttrs>,
+    /// Attributes set through the handle while uploading (OpenSSH `put -p` sets them before
+    /// it closes): FTP can only apply them to a stored file, so after the `226`.
+    deferred: std::sync::Mutex<FileAttrs>,
     state: Mutex<FileState>,
 }
 
@@ -569,12 +690,16 @@ impl BackendFile for FtpsFile {
     }
 
     async fn set_stat(&self, attrs: FileAttrs) -> Result<(), FsError> {
-        if attrs == FileAttrs::default() {
-            return Ok(());
+        settable_over_ftp(&attrs)?;
+        if !self.mode.writes() {
+            let mut st = self.state.lock().await;
+            let ftp = st.ftp.as_mut().ok_or(FsError::BadHandle)?;
+            return apply_attrs(ftp, &self.path, &attrs).await;
         }
-        Err(FsError::Unsupported(
-            "an FTP endpoint cannot change attributes".into(),
-        ))
+        let mut d = self.deferred.lock().expect("deferred lock poisoned");
+        d.mtime = attrs.mtime.or(d.mtime);
+        d.mode = attrs.mode.or(d.mode);
+        Ok(())
     }
 
     async fn close(&self) -> Result<(), FsError> {
@@ -609,9 +734,128 @@ impl BackendFile for FtpsFile {
                 ftp.abort(t).await.map_err(map_err)
             }
         };
+        let deferred = std::mem::take(&mut *self.deferred.lock().expect("deferred lock poisoned"));
+        let result = match (result, st.ftp.as_mut()) {
+            (Ok(()), Some(ftp)) if deferred != FileAttrs::default() => {
+                apply_attrs(ftp, &self.path, &deferred).await
+            }
+            (r, _) => r,
+        };
         if let Some(mut ftp) = st.ftp.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), ftp.quit()).await;
         }
         result
+    }
+}
+
+/// What FTP can set: the modification time and the permission bits. A size change (truncate)
+/// cannot be expressed; access times have no FTP command and are left as the server keeps
+/// them.
+fn settable_over_ftp(attrs: &FileAttrs) -> Result<(), FsError> {
+    if attrs.size.is_some() {
+        return Err(FsError::Unsupported(
+            "an FTP endpoint cannot change a file's size".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Sets `path`'s modification time (`MFMT`, or `MDTM` with a time as vsftpd takes it) and
+/// permissions (`SITE CHMOD`).
+async fn apply_attrs(ftp: &mut Ftp, path: &str, attrs: &FileAttrs) -> Result<(), FsError> {
+    use suppaftp::Status;
+    if let Some(m) = attrs.mtime {
+        let t = chrono::DateTime::from_timestamp(i64::from(m), 0)
+            .ok_or_else(|| FsError::Failure("time out of range".into()))?
+            .format("%Y%m%d%H%M%S");
+        let mfmt = ftp
+            .custom_command(format!("MFMT {t} {path}"), &[Status::File])
+            .await;
+        match mfmt {
+            Ok(_) => {}
+            Err(FtpError::UnexpectedResponse(r)) if matches!(r.status.code(), 500 | 502) => {
+                ftp.custom_command(format!("MDTM {t} {path}"), &[Status::File])
+                    .await
+                    .map_err(|e| match e {
+                        FtpError::UnexpectedResponse(r) if matches!(r.status.code(), 500..=502) => {
+                            FsError::Unsupported(
+                                "the FTP endpoint cannot set modification times".into(),
+                            )
+                        }
+                        e => map_err(e),
+                    })?;
+            }
+            Err(e) => return Err(map_err(e)),
+        }
+    }
+    if let Some(mode) = attrs.mode {
+        ftp.custom_command(
+            format!("SITE CHMOD {:o} {path}", mode & 0o7777),
+            &[Status::CommandOk],
+        )
+        .await
+        .map_err(|e| match e {
+            FtpError::UnexpectedResponse(r) if matches!(r.status.code(), 500 | 502 | 504) => {
+                FsError::Unsupported("the FTP endpoint cannot change permissions".into())
+            }
+            e => map_err(e),
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn list_lines_keep_names_exactly() {
+        let now = chrono::Utc.with_ymd_and_hms(2026, 12, 2, 12, 0, 0).unwrap();
+        let e = parse_list_line(
+            "-rw-r--r--    1 1001     1001         1234 Nov 30 09:15   two leading.txt",
+            now,
+        )
+        .unwrap();
+        assert_eq!(e.name, "  two leading.txt");
+        assert_eq!(e.attrs.size, Some(1234));
+        assert_eq!(e.attrs.mode, Some(0o100644));
+        let t = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 30, 9, 15, 0)
+            .unwrap();
+        assert_eq!(e.attrs.mtime, Some(t.timestamp() as u32));
+
+        let e = parse_list_line(
+            "drwxr-x---    2 0        0            4096 Jan 05  2023 dir ",
+            now,
+        )
+        .unwrap();
+        assert_eq!(e.name, "dir ");
+        assert!(e.attrs.is_dir());
+        assert_eq!(e.attrs.mode, Some(FileAttrs::S_IFDIR | 0o750));
+        let t = chrono::Utc.with_ymd_and_hms(2023, 1, 5, 0, 0, 0).unwrap();
+        assert_eq!(e.attrs.mtime, Some(t.timestamp() as u32));
+
+        // December in the listing of early January is last year's.
+        let jan = chrono::Utc.with_ymd_and_hms(2027, 1, 3, 0, 0, 0).unwrap();
+        let e = parse_list_line("-rw-------    1 0 0 1 Dec 31 23:59 a", jan).unwrap();
+        let t = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 31, 23, 59, 0)
+            .unwrap();
+        assert_eq!(e.attrs.mtime, Some(t.timestamp() as u32));
+
+        let e = parse_list_line("lrwxrwxrwx    1 0 0 7 Nov 30 09:15 link -> target", now).unwrap();
+        assert_eq!(e.name, "link");
+        assert!(e.attrs.is_symlink());
+
+        for bad in [
+            "",
+            "total 8",
+            "-rw-r--r-- 1 0 0 12 Nov 30 09:15",
+            "xrw-r--r-- 1 0 0 1 Nov 30 09:15 n",
+        ] {
+            assert!(parse_list_line(bad, now).is_none(), "{bad:?}");
+        }
     }
 }

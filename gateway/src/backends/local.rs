@@ -15,7 +15,7 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Backend, BackendFile, DirEntry, FileAttrs, FsError, OpenMode};
+use super::{Backend, BackendFile, DirEntry, FileAttrs, FsError, OpenMode, VfsStats};
 
 pub struct LocalBackend {
     root: PathBuf,
@@ -58,6 +58,12 @@ impl LocalBackend {
         }
         Ok(real)
     }
+}
+
+fn cstring(p: &Path) -> Result<std::ffi::CString, FsError> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| FsError::BadPath(p.display().to_string()))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -120,6 +126,38 @@ fn apply_attrs(path: &Path, file: Option<&File>, attrs: &FileAttrs) -> Result<()
 struct LocalFile {
     file: Arc<File>,
     path: PathBuf,
+    /// For a file opened to append: its one writer, which applies writes in the order they
+    /// were issued.
+    appender: Option<Appender>,
+}
+
+/// A write and where to say how it went.
+type AppendJob = (Bytes, tokio::sync::oneshot::Sender<Result<(), FsError>>);
+
+/// Appends in issue order on a blocking thread of its own.
+///
+/// An append-mode file is opened with `O_APPEND`, so the kernel puts each write at the end
+/// whatever its offset (as SFTP's `SSH_FXF_APPEND` asks, and as OpenSSH's sftp-server does).
+/// sftp-server is serial, so its appends land in request order; our writes run concurrently on
+/// the blocking pool, and left to it they would land in the order the threads happened to run:
+/// a resumed upload (`reput` opens with APPEND) scrambled into 32 KiB pieces. One thread per
+/// append handle keeps the order the session issued them in.
+struct Appender {
+    tx: std::sync::mpsc::Sender<AppendJob>,
+}
+
+impl Appender {
+    fn spawn(file: Arc<File>) -> Appender {
+        let (tx, rx) = std::sync::mpsc::channel::<AppendJob>();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            for (data, done) in rx {
+                let r = (&*file).write_all(&data).map_err(FsError::from);
+                let _ = done.send(r);
+            }
+        });
+        Appender { tx }
+    }
 }
 
 #[async_trait]
@@ -139,6 +177,17 @@ impl BackendFile for LocalFile {
     }
 
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
+        if let Some(appender) = &self.appender {
+            // Queued before the first await, so in the order the session issued the writes.
+            let (done, result) = tokio::sync::oneshot::channel();
+            appender
+                .tx
+                .send((data, done))
+                .map_err(|_| FsError::Failure("append writer stopped".into()))?;
+            return result
+                .await
+                .map_err(|_| FsError::Failure("append writer stopped".into()))?;
+        }
         let file = self.file.clone();
         blocking(move || Ok(file.write_all_at(&data, offset)?)).await
     }
@@ -151,6 +200,11 @@ impl BackendFile for LocalFile {
     async fn set_stat(&self, attrs: FileAttrs) -> Result<(), FsError> {
         let (file, path) = (self.file.clone(), self.path.clone());
         blocking(move || apply_attrs(&path, Some(&file), &attrs)).await
+    }
+
+    async fn fsync(&self) -> Result<(), FsError> {
+        let file = self.file.clone();
+        blocking(move || Ok(file.sync_all()?)).await
     }
 
     async fn close(&self) -> Result<(), FsError> {
@@ -190,9 +244,12 @@ impl Backend for LocalBackend {
             if file.metadata()?.is_dir() {
                 return Err(FsError::Failure("is a directory".into()));
             }
+            let file = Arc::new(file);
+            let appender = mode.append.then(|| Appender::spawn(file.clone()));
             Ok(Arc::new(LocalFile {
-                file: Arc::new(file),
+                file,
                 path: p,
+                appender,
             }) as Arc<dyn BackendFile>)
         })
         .await
@@ -250,6 +307,7 @@ impl Backend for LocalBackend {
     }
 
     async fn mkdir(&self, path: &str, attrs: FileAttrs) -> Result<(), FsError> {
+        // `create_dir` on an existing name is `AlreadyExists`, as on every backend.
         let p = self.confine(path)?;
         blocking(move || {
             fs::create_dir(&p)?;
@@ -269,14 +327,54 @@ impl Backend for LocalBackend {
         blocking(move || Ok(fs::remove_dir(&p)?)).await
     }
 
-    async fn rename(&self, from: &str, to: &str) -> Result<(), FsError> {
+    async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<(), FsError> {
         let (a, b) = (self.confine(from)?, self.confine(to)?);
         blocking(move || {
-            // SFTP v3 rename does not overwrite.
-            if b.symlink_metadata().is_ok() {
-                return Err(FsError::AlreadyExists);
+            if overwrite {
+                return Ok(fs::rename(&a, &b)?);
             }
-            Ok(fs::rename(&a, &b)?)
+            // Never replaces `to`, even one made meanwhile: renameat2's RENAME_NOREPLACE.
+            let (ca, cb) = (cstring(&a)?, cstring(&b)?);
+            // SAFETY: both are valid NUL-terminated paths that outlive the call.
+            let r = unsafe {
+                libc::renameat2(
+                    libc::AT_FDCWD,
+                    ca.as_ptr(),
+                    libc::AT_FDCWD,
+                    cb.as_ptr(),
+                    libc::RENAME_NOREPLACE,
+                )
+            };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn statvfs(&self, path: &str) -> Result<VfsStats, FsError> {
+        let p = self.confine_follow(path)?;
+        blocking(move || {
+            let c = cstring(&p)?;
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            // SAFETY: a valid path and a properly sized out-parameter.
+            if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            Ok(VfsStats {
+                block_size: st.f_bsize,
+                fragment_size: st.f_frsize,
+                blocks: st.f_blocks,
+                blocks_free: st.f_bfree,
+                blocks_avail: st.f_bavail,
+                inodes: st.f_files,
+                inodes_free: st.f_ffree,
+                inodes_avail: st.f_favail,
+                fs_id: st.f_fsid,
+                flags: st.f_flag,
+                name_max: st.f_namemax,
+            })
         })
         .await
     }
@@ -350,8 +448,48 @@ mod tests {
         assert_eq!(r.read_at(6, 100).await.unwrap(), None);
         assert_eq!(b.list("/").await.unwrap()[0].name, "a.bin");
         assert_eq!(
-            b.rename("/a.bin", "/a.bin").await,
+            b.rename("/a.bin", "/a.bin", false).await,
             Err(FsError::AlreadyExists)
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_issued_concurrently_land_in_issue_order() {
+        // A resumed upload: the file holds a prefix, and the client pipelines the rest with
+        // APPEND and the right offsets, as OpenSSH's `reput` does.
+        let root = tempfile::tempdir().unwrap();
+        let chunk = 4096usize;
+        let prefix = vec![0xAAu8; 10 * chunk];
+        std::fs::write(root.path().join("r.bin"), &prefix).unwrap();
+        let b = LocalBackend::new(root.path()).unwrap();
+        let f = b
+            .open(
+                "/r.bin",
+                OpenMode {
+                    write: true,
+                    append: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let pieces: Vec<Bytes> = (0..256u32)
+            .map(|i| Bytes::from(i.to_be_bytes().repeat(chunk / 4)))
+            .collect();
+        let writes = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| f.write_at((prefix.len() + i * chunk) as u64, p.clone()));
+        for r in futures::future::join_all(writes).await {
+            r.unwrap();
+        }
+        f.close().await.unwrap();
+        let got = std::fs::read(root.path().join("r.bin")).unwrap();
+        let mut want = prefix.clone();
+        for p in &pieces {
+            want.extend_from_slice(p);
+        }
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "appended pieces landed out of order");
     }
 }

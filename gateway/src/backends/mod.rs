@@ -102,6 +102,22 @@ impl From<std::io::Error> for FsError {
     }
 }
 
+/// File-system figures, as `statvfs@openssh.com` reports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VfsStats {
+    pub block_size: u64,
+    pub fragment_size: u64,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_avail: u64,
+    pub inodes: u64,
+    pub inodes_free: u64,
+    pub inodes_avail: u64,
+    pub fs_id: u64,
+    pub flags: u64,
+    pub name_max: u64,
+}
+
 /// An open file on a backend.
 #[async_trait]
 pub trait BackendFile: Send + Sync {
@@ -110,6 +126,12 @@ pub trait BackendFile: Send + Sync {
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), FsError>;
     async fn stat(&self) -> Result<FileAttrs, FsError>;
     async fn set_stat(&self, attrs: FileAttrs) -> Result<(), FsError>;
+    /// Asks the backend to put what was written on stable storage.
+    async fn fsync(&self) -> Result<(), FsError> {
+        Err(FsError::Unsupported(
+            "this endpoint cannot flush a file before it is closed".into(),
+        ))
+    }
     /// Closes the file; only a successful close means the backend has the whole file.
     async fn close(&self) -> Result<(), FsError>;
 }
@@ -125,7 +147,16 @@ pub trait Backend: Send + Sync {
     async fn remove(&self, path: &str) -> Result<(), FsError>;
     async fn mkdir(&self, path: &str, attrs: FileAttrs) -> Result<(), FsError>;
     async fn rmdir(&self, path: &str) -> Result<(), FsError>;
-    async fn rename(&self, from: &str, to: &str) -> Result<(), FsError>;
+    /// Renames `from` to `to`. Without `overwrite` an existing `to` is refused with
+    /// `AlreadyExists` on every backend (SFTP v3 `RENAME`); with it, `to` is replaced
+    /// (`posix-rename@openssh.com`, FTP `RNTO`).
+    async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<(), FsError>;
+    /// Figures of the file system holding `path`.
+    async fn statvfs(&self, _path: &str) -> Result<VfsStats, FsError> {
+        Err(FsError::Unsupported(
+            "this endpoint does not report file-system figures".into(),
+        ))
+    }
     /// Sends an FTP `SITE` command (already authorized) and returns the server's reply code
     /// and text, whatever the code.
     async fn site(&self, _command: &str) -> Result<(u16, String), FsError> {

@@ -19,7 +19,7 @@ use russh_sftp::{
 };
 use tokio::{net::TcpStream, sync::Mutex};
 
-use super::{Backend, BackendFile, DirEntry, FileAttrs, FsError, OpenMode};
+use super::{Backend, BackendFile, DirEntry, FileAttrs, FsError, OpenMode, VfsStats};
 use crate::{
     audit::{Auditor, Event},
     sftp_wire::{from_wire, to_wire},
@@ -214,6 +214,8 @@ impl SftpBackend {
     }
 }
 
+const POSIX_RENAME: &str = "posix-rename@openssh.com";
+
 fn map_err(e: SftpError) -> FsError {
     match e {
         SftpError::Status(s) => match s.status_code {
@@ -269,6 +271,15 @@ impl BackendFile for SftpFile {
         self.conn
             .sftp
             .fsetstat(self.handle.as_str(), to_wire(&attrs))
+            .await
+            .map(drop)
+            .map_err(map_err)
+    }
+
+    async fn fsync(&self) -> Result<(), FsError> {
+        self.conn
+            .sftp
+            .fsync(self.handle.as_str())
             .await
             .map(drop)
             .map_err(map_err)
@@ -370,11 +381,19 @@ impl Backend for SftpBackend {
 
     async fn mkdir(&self, path: &str, attrs: FileAttrs) -> Result<(), FsError> {
         let conn = self.conn().await?;
-        conn.sftp
+        match conn
+            .sftp
             .mkdir(path, to_wire(&attrs))
             .await
-            .map(drop)
             .map_err(map_err)
+        {
+            // SFTP v3 has no "exists" code (OpenSSH answers FAILURE): look.
+            Err(FsError::Failure(why)) => match conn.sftp.lstat(path).await {
+                Ok(_) => Err(FsError::AlreadyExists),
+                Err(_) => Err(FsError::Failure(why)),
+            },
+            other => other.map(drop),
+        }
     }
 
     async fn rmdir(&self, path: &str) -> Result<(), FsError> {
@@ -382,9 +401,49 @@ impl Backend for SftpBackend {
         conn.sftp.rmdir(path).await.map(drop).map_err(map_err)
     }
 
-    async fn rename(&self, from: &str, to: &str) -> Result<(), FsError> {
+    async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<(), FsError> {
         let conn = self.conn().await?;
-        conn.sftp.rename(from, to).await.map(drop).map_err(map_err)
+        if overwrite {
+            let mut data = Vec::with_capacity(8 + from.len() + to.len());
+            for s in [from, to] {
+                data.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                data.extend_from_slice(s.as_bytes());
+            }
+            return match conn.sftp.extended(POSIX_RENAME, data).await {
+                Ok(russh_sftp::protocol::Packet::Status(s)) if s.status_code == StatusCode::Ok => {
+                    Ok(())
+                }
+                Ok(russh_sftp::protocol::Packet::Status(s)) => Err(map_err(SftpError::Status(s))),
+                Ok(_) => Err(FsError::Failure("unexpected answer to posix-rename".into())),
+                Err(e) => Err(map_err(e)),
+            };
+        }
+        // OpenSSH's v3 rename never replaces an existing name; it answers FAILURE. Say why.
+        match conn.sftp.rename(from, to).await.map_err(map_err) {
+            Err(FsError::Failure(why)) => match conn.sftp.lstat(to).await {
+                Ok(_) => Err(FsError::AlreadyExists),
+                Err(_) => Err(FsError::Failure(why)),
+            },
+            other => other.map(drop),
+        }
+    }
+
+    async fn statvfs(&self, path: &str) -> Result<VfsStats, FsError> {
+        let conn = self.conn().await?;
+        let v = conn.sftp.statvfs(path).await.map_err(map_err)?;
+        Ok(VfsStats {
+            block_size: v.block_size,
+            fragment_size: v.fragment_size,
+            blocks: v.blocks,
+            blocks_free: v.blocks_free,
+            blocks_avail: v.blocks_avail,
+            inodes: v.inodes,
+            inodes_free: v.inodes_free,
+            inodes_avail: v.inodes_avail,
+            fs_id: v.fs_id,
+            flags: v.flags,
+            name_max: v.name_max,
+        })
     }
 
     fn is_closed(&self) -> bool {

@@ -61,6 +61,9 @@ impl ListenerCtx {
     }
 }
 
+/// Control lines held during a transfer, at most.
+const MAX_HELD_LINES: usize = 32;
+
 /// Bytes per backend read or write on the data path.
 const CHUNK: usize = 128 * 1024;
 /// Backend operations a transfer keeps in flight.
@@ -184,6 +187,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         if let Some(l) = self.backlog.pop_front() {
             return Ok(Some(l));
         }
+        self.fresh_line().await
+    }
+
+    /// The next line from the connection, leaving the backlog alone (what a running transfer
+    /// reads: lines it does not act on go to the backlog, and must not come straight back).
+    async fn fresh_line(&mut self) -> std::io::Result<Option<Result<String, LineError>>> {
         let mut buf = [0u8; 4096];
         loop {
             if let Some(l) = self.reader.next_line() {
@@ -263,11 +272,16 @@ struct Conn {
     local: SocketAddr,
     attempt: Attempt,
     tls: Arc<ServerConfig>,
-    /// The same, for data connections: the same session store (they resume the control
-    /// session) but no new session tickets. A client that uploads never reads its data
-    /// connection; tickets left unread there make its close a TCP reset, which can overtake
-    /// the last data and its close_notify and fail the upload.
+    /// The same, for data connections that carry an upload: the same session store (they
+    /// resume a session of this connection's) but no new session tickets. A client that
+    /// uploads never reads its data connection; tickets left unread there make its close a
+    /// TCP reset, which can overtake the last data and its close_notify and fail the upload.
     data_tls: Arc<ServerConfig>,
+    /// For downloads and listings, which the client reads: one new ticket, stored with the
+    /// connection's sessions. A client that keeps only its newest ticket (curl with OpenSSL
+    /// under TLS 1.3) resumes its next data connection from it, so it must count as this
+    /// connection's session.
+    data_tls_read: Arc<ServerConfig>,
     control: Control,
     session: Option<Arc<Session>>,
     /// Identities of the verified client certificate, if one was presented.
@@ -316,6 +330,11 @@ pub async fn serve_connection(
         data_tls: {
             let mut data = (*tls).clone();
             data.send_tls13_tickets = 0;
+            Arc::new(data)
+        },
+        data_tls_read: {
+            let mut data = (*tls).clone();
+            data.send_tls13_tickets = 1;
             Arc::new(data)
         },
         tls,
@@ -766,6 +785,25 @@ impl Conn {
                 Ok(a) => Reply::new(213, timeval(i64::from(a.mtime.unwrap_or(0)))),
                 Err(e) => fs_reply(&e),
             },
+            Mfmt(t, p) => {
+                let path = self.resolve(&p);
+                match u32::try_from(t) {
+                    Err(_) => Reply::new(501, "Time out of range"),
+                    Ok(mtime) => {
+                        let op = FileOp::SetStat {
+                            path,
+                            attrs: FileAttrs {
+                                mtime: Some(mtime),
+                                ..Default::default()
+                            },
+                        };
+                        match self.session().execute(op).await {
+                            Ok(_) => Reply::new(213, format!("Modify={}; {p}", timeval(t))),
+                            Err(e) => fs_reply(&e),
+                        }
+                    }
+                }
+            }
             Mlst(p) => {
                 let path = self.resolve(p.as_deref().unwrap_or(""));
                 match self.stat(&path).await {
@@ -833,6 +871,8 @@ impl Conn {
                         FileOp::Rename {
                             from,
                             to: self.resolve(&p),
+                            // RNTO replaces, as on the FTP servers users know.
+                            overwrite: true,
                         },
                         250,
                         "Renamed",
@@ -1029,14 +1069,20 @@ impl Conn {
         }
     }
 
-    /// TLS on the data connection, which must resume this control connection's session.
-    async fn secure_data(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, String> {
+    /// TLS on the data connection, which must resume a session of this control connection's
+    /// (from the control handshake or an earlier data connection's ticket).
+    async fn secure_data(
+        &self,
+        tcp: TcpStream,
+        client_reads: bool,
+    ) -> Result<TlsStream<TcpStream>, String> {
         let from = tcp.peer_addr().ok();
-        let accepted = tokio::time::timeout(
-            self.data_timeout(),
-            TlsAcceptor::from(self.data_tls.clone()).accept(tcp),
-        )
-        .await;
+        let config = match client_reads {
+            true => self.data_tls_read.clone(),
+            false => self.data_tls.clone(),
+        };
+        let accepted =
+            tokio::time::timeout(self.data_timeout(), TlsAcceptor::from(config).accept(tcp)).await;
         let why = match accepted {
             Ok(Ok(s)) if s.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) => {
                 return Ok(s);
@@ -1090,7 +1136,8 @@ impl Conn {
             job.abandon(&session, "control connection lost").await;
             return Flow::End("client closed");
         }
-        let data = match self.secure_data(tcp).await {
+        let client_reads = !matches!(job, Job::Stor { .. });
+        let data = match self.secure_data(tcp, client_reads).await {
             Ok(d) => d,
             Err(why) => {
                 job.abandon(&session, &why).await;
@@ -1100,10 +1147,13 @@ impl Conn {
         let binary = self.binary;
         let work = job.clone().run(session.clone(), data, binary);
         tokio::pin!(work);
+        // Commands other than ABOR that arrive during the transfer (NOOP keep-alives, the
+        // next command pipelined early) are answered after its reply, as RFC 959 allows; past
+        // MAX_HELD_LINES the control connection is not read until the transfer ends.
         let outcome = loop {
             tokio::select! {
                 r = &mut work => break Some(r),
-                line = wire.next_line() => match line {
+                line = wire.fresh_line(), if wire.backlog.len() < MAX_HELD_LINES => match line {
                     Ok(Some(Ok(l))) if clean(&l).eq_ignore_ascii_case("ABOR") => break None,
                     Ok(Some(l)) => wire.backlog.push_back(l),
                     Ok(None) | Err(_) => {
@@ -1515,7 +1565,7 @@ fn fs_reply(e: &FsError) -> Reply {
     match e {
         FsError::NotFound => Reply::new(550, "No such file or directory"),
         FsError::Denied(why) => Reply::new(550, format!("Permission denied: {why}")),
-        FsError::AlreadyExists => Reply::new(553, "File exists"),
+        FsError::AlreadyExists => Reply::new(550, "File exists"),
         FsError::BadPath(why) => Reply::new(553, format!("File name not allowed: {why}")),
         FsError::Unsupported(why) => Reply::new(504, why.clone()),
         FsError::Unavailable(why) => Reply::new(451, format!("Endpoint unavailable: {why}")),

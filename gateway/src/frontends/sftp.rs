@@ -6,9 +6,15 @@
 //!
 //! The dispatcher keeps up to `maxInFlightRequests` requests running at once and answers each
 //! as it completes (SFTP allows any reply order). A dedicated task reads packets so that the
-//! dispatcher's `select!` never cancels a half-read packet; when the in-flight limit is reached
-//! the dispatcher stops taking packets, the reader's queue fills, and flow control reaches the
-//! client through the SSH channel window.
+//! dispatcher's `select!` never cancels a half-read packet.
+//!
+//! Flow control: russh opens the SSH window as data *arrives*, not as it is consumed, and its
+//! session loop waits while delivering inbound data to a full channel, which also stops it
+//! sending our replies. So the path from the channel to a finished request must never wait on
+//! a reply being sent, or a client that pipelines hard (paramiko keeps 100+ WRITEs in flight)
+//! closes a cycle and the session hangs. Replies therefore go to an unbounded queue, and only
+//! *taking new requests* waits: on the in-flight limit, and on [`REPLY_BUDGET`] bytes of
+//! replies not yet handed to the channel (a client that stops reading stops being read).
 
 use std::{
     collections::HashMap,
@@ -20,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{StreamExt, stream::FuturesUnordered};
 use russh::{
     Channel, ChannelId, ChannelReadHalf, ChannelWriteHalf, Disconnect, MethodKind, MethodSet,
@@ -53,6 +59,8 @@ pub const MAX_PACKET: u32 = 256 * 1024;
 const COALESCE_LIMIT: usize = 128 * 1024;
 /// Largest READ served at once.
 const MAX_READ: u32 = MAX_PACKET - 1024;
+/// Reply bytes queued for the channel past which no new request is taken.
+const REPLY_BUDGET: usize = 32 * 1024 * 1024;
 
 /// Runs one accepted TCP connection to its end. The caller has already admitted the peer's
 /// zone and taken a connection slot.
@@ -166,9 +174,25 @@ impl SshHandler {
     async fn fail(&mut self, method: Method, reason: &str) -> Result<Auth, anyhow::Error> {
         self.attempt.fail(method, reason).await;
         Ok(Auth::Reject {
-            proceed_with_methods: None,
+            proceed_with_methods: Some(self.remaining_methods()),
             partial_success: false,
         })
+    }
+
+    /// The methods a failure reply lists: what can still succeed. Left to itself russh drops
+    /// the method that just failed, so a mistyped password could not be retried and paramiko,
+    /// seeing `password` gone, falls back to keyboard-interactive and waits out its timeout.
+    /// Before any method has passed this is the server's whole set, the same for every user
+    /// name, so the reply never tells whether a user exists; after a partial success it is the
+    /// next step of the user's chains.
+    fn remaining_methods(&self) -> MethodSet {
+        if !self.attempt.done.is_empty() {
+            let rt = self.shared.runtime.load();
+            if let Some(u) = rt.users.get(&self.attempt.user) {
+                return method_set(&u.chains.next(&self.attempt.done));
+            }
+        }
+        self.shared.runtime.load().ssh.methods.clone()
     }
 
     /// A method succeeded: complete the login, or ask for the next method of the chain.
@@ -402,7 +426,13 @@ pub async fn serve_sftp(
 ) {
     let (in_tx, mut incoming) = mpsc::channel(4);
     let reader = tokio::spawn(read_packets(input, in_tx));
-    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(max_in_flight.max(8));
+    let replies = Arc::new(ReplyQueue::default());
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Bytes>();
+    let out = ReplySender {
+        tx: out_tx,
+        queue: replies.clone(),
+    };
+    let queue = replies.clone();
     let writer = tokio::spawn(async move {
         // Replies go to the channel as owned bytes. Whatever is queued is sent as one message,
         // so a burst of small status replies costs one channel write, not one each.
@@ -420,7 +450,10 @@ pub async fn serve_sftp(
                 }
                 buf.freeze()
             };
-            if output.data_bytes(batch).await.is_err() {
+            let n = batch.len();
+            let sent = output.data_bytes(batch).await;
+            queue.release(n);
+            if sent.is_err() {
                 return;
             }
         }
@@ -447,9 +480,9 @@ pub async fn serve_sftp(
     match incoming.recv().await {
         Some(Incoming::Packet(mut b)) => match Packet::try_from(&mut b) {
             Ok(Packet::Init(_)) => {
-                let v = Packet::Version(Version::new());
+                let v = version();
                 if let Ok(bytes) = Bytes::try_from(v) {
-                    let _ = out_tx.send(bytes).await;
+                    out.send(bytes);
                 }
             }
             _ => {
@@ -474,13 +507,16 @@ pub async fn serve_sftp(
         if shared.shutting_down() && session.open_files() == 0 && inflight.is_empty() {
             break;
         }
+        let over_budget = replies.over_budget();
+        let taking = inflight.len() < max_in_flight && !over_budget;
         tokio::select! {
             Some(reply) = inflight.next(), if !inflight.is_empty() => {
-                if out_tx.send(reply).await.is_err() {
+                if !out.send(reply) {
                     break;
                 }
             }
-            msg = incoming.recv(), if inflight.len() < max_in_flight => match msg {
+            _ = replies.drained(), if over_budget => {}
+            msg = incoming.recv(), if taking => match msg {
                 None => break,
                 Some(Incoming::Oversized(n)) => {
                     protocol_error(format!("packet length {n} exceeds the limit of {MAX_PACKET}")).await;
@@ -495,7 +531,7 @@ pub async fn serve_sftp(
                         });
                     }
                     Decoded::Reply(p) => {
-                        if let Ok(b) = Bytes::try_from(p) && out_tx.send(b).await.is_err() {
+                        if let Ok(b) = Bytes::try_from(p) && !out.send(b) {
                             break;
                         }
                     }
@@ -510,11 +546,57 @@ pub async fn serve_sftp(
     }
     // Answer what is already running, then close.
     while let Some(reply) = inflight.next().await {
-        let _ = out_tx.send(reply).await;
+        out.send(reply);
     }
     reader.abort();
-    drop(out_tx);
+    drop(out);
     let _ = writer.await;
+}
+
+/// Reply bytes handed to the writer and not yet accepted by the channel.
+#[derive(Default)]
+struct ReplyQueue {
+    bytes: std::sync::atomic::AtomicUsize,
+    below_budget: tokio::sync::Notify,
+}
+
+impl ReplyQueue {
+    fn over_budget(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) > REPLY_BUDGET
+    }
+
+    fn release(&self, n: usize) {
+        let before = self.bytes.fetch_sub(n, Ordering::AcqRel);
+        if before > REPLY_BUDGET && before - n <= REPLY_BUDGET {
+            self.below_budget.notify_one();
+        }
+    }
+
+    /// Resolves once the queue may have dropped below the budget.
+    async fn drained(&self) {
+        if self.over_budget() {
+            self.below_budget.notified().await;
+        }
+    }
+}
+
+/// The dispatcher's side of the reply queue: sending never waits.
+struct ReplySender {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queue: Arc<ReplyQueue>,
+}
+
+impl ReplySender {
+    /// Queues a reply; false once the writer is gone.
+    fn send(&self, reply: Bytes) -> bool {
+        let n = reply.len();
+        self.queue.bytes.fetch_add(n, Ordering::AcqRel);
+        if self.tx.send(reply).is_err() {
+            self.queue.release(n);
+            return false;
+        }
+        true
+    }
 }
 
 /// The reply shape a request expects.
@@ -525,6 +607,8 @@ enum Kind {
     Attrs,
     Name,
     Status,
+    /// An `SSH_FXP_EXTENDED_REPLY`.
+    Extended,
 }
 
 enum Decoded {
@@ -670,6 +754,7 @@ fn decode(mut bytes: Bytes) -> Decoded {
             FileOp::Rename {
                 from: r.oldpath,
                 to: r.newpath,
+                overwrite: false,
             },
         ),
         Packet::ReadLink(r) => {
@@ -686,16 +771,100 @@ fn decode(mut bytes: Bytes) -> Decoded {
                 "symlinks are not exposed",
             ));
         }
-        Packet::Extended(e) => {
-            return Decoded::Reply(status(
-                e.id,
-                StatusCode::OpUnsupported,
-                "no extensions are offered",
-            ));
-        }
+        Packet::Extended(e) => return decode_extended(e),
         other => return Decoded::Malformed(format!("unexpected packet from a client: {other:?}")),
     };
     Decoded::Op(id, kind, op)
+}
+
+/// The `@openssh.com` extensions offered in `SSH_FXP_VERSION`, with their versions.
+const EXTENSIONS: &[(&str, &str)] = &[
+    ("posix-rename@openssh.com", "1"),
+    ("statvfs@openssh.com", "2"),
+    ("fsync@openssh.com", "1"),
+    ("limits@openssh.com", "1"),
+];
+
+/// The server's `SSH_FXP_VERSION`: version 3 and the extensions above.
+fn version() -> Packet {
+    let mut v = Version::new();
+    for (name, ver) in EXTENSIONS {
+        v.extensions.insert((*name).to_owned(), (*ver).to_owned());
+    }
+    Packet::Version(v)
+}
+
+/// Reads an SSH string from an extension's request data.
+fn ext_string(data: &mut Bytes) -> Option<String> {
+    if data.remaining() < 4 {
+        return None;
+    }
+    let n = data.get_u32() as usize;
+    if data.remaining() < n {
+        return None;
+    }
+    String::from_utf8(data.split_to(n).to_vec()).ok()
+}
+
+fn decode_extended(e: russh_sftp::protocol::Extended) -> Decoded {
+    let mut data = Bytes::from(e.data);
+    let malformed = |what: &str| {
+        Decoded::Reply(status(
+            e.id,
+            StatusCode::BadMessage,
+            &format!("malformed {what} request"),
+        ))
+    };
+    let op = match e.request.as_str() {
+        "posix-rename@openssh.com" => match (ext_string(&mut data), ext_string(&mut data)) {
+            (Some(from), Some(to)) => (
+                Kind::Status,
+                FileOp::Rename {
+                    from,
+                    to,
+                    overwrite: true,
+                },
+            ),
+            _ => return malformed("posix-rename"),
+        },
+        "statvfs@openssh.com" => match ext_string(&mut data) {
+            Some(path) => (Kind::Extended, FileOp::StatVfs { path }),
+            None => return malformed("statvfs"),
+        },
+        "fsync@openssh.com" => match ext_string(&mut data) {
+            Some(h) => (
+                Kind::Status,
+                FileOp::Fsync {
+                    handle: handle_id(&h),
+                },
+            ),
+            None => return malformed("fsync"),
+        },
+        // Protocol limits, not a file operation: answered here.
+        "limits@openssh.com" => {
+            let mut out = BytesMut::with_capacity(32);
+            for v in [
+                MAX_PACKET as u64,
+                MAX_READ as u64,
+                (MAX_PACKET - 1024) as u64,
+                crate::session::MAX_OPEN_HANDLES as u64,
+            ] {
+                out.put_u64(v);
+            }
+            return Decoded::Reply(Packet::ExtendedReply(russh_sftp::protocol::ExtendedReply {
+                id: e.id,
+                data: out.to_vec(),
+            }));
+        }
+        _ => {
+            return Decoded::Reply(status(
+                e.id,
+                StatusCode::OpUnsupported,
+                "extension not offered",
+            ));
+        }
+    };
+    Decoded::Op(e.id, op.0, op.1)
 }
 
 fn status(id: u32, code: StatusCode, msg: &str) -> Packet {
@@ -758,6 +927,28 @@ fn encode(id: u32, kind: Kind, result: Result<OpOutput, FsError>) -> Bytes {
                     attrs: FileAttributes::empty(),
                 }],
             }),
+            (Kind::Extended, OpOutput::VfsStats(v)) => {
+                let mut out = BytesMut::with_capacity(88);
+                for n in [
+                    v.block_size,
+                    v.fragment_size,
+                    v.blocks,
+                    v.blocks_free,
+                    v.blocks_avail,
+                    v.inodes,
+                    v.inodes_free,
+                    v.inodes_avail,
+                    v.fs_id,
+                    v.flags,
+                    v.name_max,
+                ] {
+                    out.put_u64(n);
+                }
+                Packet::ExtendedReply(russh_sftp::protocol::ExtendedReply {
+                    id,
+                    data: out.to_vec(),
+                })
+            }
             (_, OpOutput::Done) => status(id, StatusCode::Ok, "ok"),
             _ => status(
                 id,

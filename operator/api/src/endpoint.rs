@@ -64,6 +64,23 @@ pub struct TransferEndpointSpec {
     #[serde(default = "default_connect_timeout")]
     #[schemars(range(min = 1, max = 300))]
     pub connect_timeout_seconds: u32,
+    /// How uploads land: `atomic` (the default) writes a new file under a hidden temporary
+    /// name beside the target and renames it into place only when the transfer completed, so
+    /// a failed upload never looks like a whole file; `direct` writes under the real name
+    /// from the first byte. Resumed and appending uploads always write in place.
+    #[serde(default)]
+    pub upload_mode: UploadMode,
+}
+
+/// How uploads land on an endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum UploadMode {
+    /// Temporary name, renamed into place on success, removed on failure.
+    #[default]
+    Atomic,
+    /// In place under the real name.
+    Direct,
 }
 
 fn default_connect_timeout() -> u32 {

@@ -16,7 +16,7 @@ mod zone;
 
 pub use endpoint::{
     CredentialsRef, EndpointAddress, EndpointProtocol, FtpSecurity, FtpsEndpointSpec,
-    TransferEndpoint, TransferEndpointSpec,
+    TransferEndpoint, TransferEndpointSpec, UploadMode,
 };
 pub use gateway::{
     ActiveModeSpec, AuditSpec, ClientCertificateMode, DataOpsAudit, GatewayLimits,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use portcullis_api::{
     ClientCertificateMode, EndpointProtocol, FtpSecurity, KeyRing, ListenerProtocol,
-    TransferGateway, TransferRole, TransferUser, Verb,
+    TransferGateway, TransferRole, TransferUser, UploadMode, Verb,
 };
 use portcullis_config as config;
 use sha2::{Digest, Sha256};
@@ -257,6 +257,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
                     }
                     endpoints.push(config::Endpoint {
                         name: name.clone(),
+                        upload_mode: upload_mode(e.upload_mode),
                         backend,
                     });
                 }
@@ -279,6 +280,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
         }
         endpoints.push(config::Endpoint {
             name: name.clone(),
+            upload_mode: upload_mode(e.upload_mode),
             backend: config::EndpointBackend::Sftp(config::SftpEndpoint {
                 addresses: e
                     .addresses
@@ -639,6 +641,13 @@ fn listener_ftps(l: &portcullis_api::ListenerSpec) -> config::Listener {
             no_redirect: a.no_redirect.unwrap_or(true),
         },
         data_timeout_seconds: 30,
+    }
+}
+
+fn upload_mode(m: UploadMode) -> config::UploadMode {
+    match m {
+        UploadMode::Atomic => config::UploadMode::Atomic,
+        UploadMode::Direct => config::UploadMode::Direct,
     }
 }
 

@@ -1,0 +1,376 @@
+"""The data path as strangers use it: third-party clients and patterns the other suites do not
+choose (paramiko pipelining 100+ WRITEs, OpenSSH `reput`/`reget`, curl `--next`, many
+sessions at once), through the SFTP and FTPS listeners to every backend (sshd, vsftpd, a
+local directory). Every file arrives whole with a matching SHA-256, or the client is told."""
+
+import concurrent.futures
+import hashlib
+import io
+import os
+import subprocess
+import time
+
+import paramiko
+import pytest
+
+from harness import make_file, sha256_file
+from test_ftps_gateway import (  # noqa: F401  (fixtures)
+    curl,
+    explicit_url,
+    gw,
+    pki,
+    vsftpd,
+    vsftpd_implicit,
+)
+
+MIB = 1 << 20
+MOUNTS = ["/local", "/sftp", "/vs"]
+
+
+def backend_file(gw, vsftpd, path: str):
+    """Where a gateway path's file lies on its backend, for a direct check."""
+    mount, rel = path[1:].split("/", 1)
+    return {"local": gw.local, "sftp": gw.sftp_data, "vs": vsftpd.root}[mount] / rel
+
+
+def paramiko_session(gw, user="alice", password="alice-pw", timeout=120):
+    t = paramiko.Transport(("127.0.0.1", gw.port))
+    t.connect()
+    t.auth_password(user, password)
+    sftp = paramiko.SFTPClient.from_transport(t)
+    # A hang must fail the test, not the CI run.
+    sftp.get_channel().settimeout(timeout)
+    return sftp, t
+
+
+@pytest.mark.parametrize("mount", MOUNTS)
+def test_paramiko_putfo_getfo_64mib(gw, vsftpd, mount):
+    """paramiko keeps 100+ WRITEs in flight before it reads a reply; at 3.2 MB and up that
+    used to wedge the session for good (the dispatcher waited on the reply writer, which
+    waited on russh's session loop, which waited to deliver more WRITEs to the dispatcher)."""
+    body = os.urandom(MIB) * 64
+    digest = hashlib.sha256(body).hexdigest()
+    sftp, t = paramiko_session(gw)
+    try:
+        path = f"{mount}/paramiko-64m.bin"
+        attrs = sftp.putfo(io.BytesIO(body), path, confirm=True)
+        assert attrs.st_size == len(body)
+        back = io.BytesIO()
+        sftp.getfo(path, back)
+        assert hashlib.sha256(back.getvalue()).hexdigest() == digest
+    finally:
+        t.close()
+    assert sha256_file(backend_file(gw, vsftpd, path)) == digest
+
+
+@pytest.mark.parametrize("mount", MOUNTS)
+def test_openssh_reput_and_reget_resume_on_every_backend(gw, vsftpd, mount, tmp_path):
+    """`reput` opens with SSH_FXF_APPEND and pipelines writes at the right offsets; a local
+    backend that let the kernel append them in thread order scrambled the file silently."""
+    whole = tmp_path / "f20m.bin"
+    digest = make_file(whole, 20 * MIB + 1234)
+    part = tmp_path / "rp.bin"
+    part.write_bytes(whole.read_bytes()[: 10 * MIB])
+    path = f"{mount}/rp.bin"
+    gw.sftp("alice", f"put {part} {path}\n", password="alice-pw")
+    # `reput` resumes into the remote file from its current size.
+    whole_named = tmp_path / "rp-whole" / "rp.bin"
+    whole_named.parent.mkdir()
+    whole.rename(whole_named)
+    gw.sftp("alice", f"reput {whole_named} {path}\n", password="alice-pw")
+    assert sha256_file(backend_file(gw, vsftpd, path)) == digest, "resumed upload differs"
+    # `reget` resumes a partial download.
+    local = tmp_path / "got.bin"
+    local.write_bytes(whole_named.read_bytes()[: 7 * MIB + 5])
+    gw.sftp("alice", f"reget {path} {local}\n", password="alice-pw")
+    assert sha256_file(local) == digest, "resumed download differs"
+
+
+def test_wrong_password_is_refused_promptly_and_may_be_retried(gw):
+    """paramiko waited 30 s on a wrong password: the failure reply dropped `password` from
+    the methods, so paramiko fell back to keyboard-interactive. A failure must list the
+    methods that can still succeed, for known and unknown users alike."""
+    t = paramiko.Transport(("127.0.0.1", gw.port))
+    t.connect()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(paramiko.AuthenticationException) as e:
+            t.auth_password("alice", "wrong")
+        assert not isinstance(e.value, paramiko.BadAuthenticationType), e.value
+        assert time.monotonic() - t0 < 5, "the refusal took too long"
+        # Same connection, right password: within maxAuthAttempts a retry works.
+        t.auth_password("alice", "alice-pw")
+        assert t.is_authenticated()
+    finally:
+        t.close()
+    # An unknown user gets the same answer in the same time.
+    allowed = []
+    for user in ["alice", "nobody-such"]:
+        t = paramiko.Transport(("127.0.0.1", gw.port))
+        t.connect()
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(paramiko.AuthenticationException):
+                t.auth_password(user, "wrong")
+            assert time.monotonic() - t0 < 5
+            with pytest.raises(paramiko.BadAuthenticationType) as e:
+                t.auth_none(user)
+            allowed.append(sorted(e.value.allowed_types))
+        finally:
+            t.close()
+    assert allowed[0] == allowed[1] and "password" in allowed[0], allowed
+
+
+@pytest.mark.parametrize("tls", ["--tlsv1.3", "--tls-max"])
+def test_curl_next_several_transfers_on_one_control_connection(gw, vsftpd, tls, tmp_path):
+    """curl `--next` keeps one control connection for several transfers; under TLS 1.3 it
+    resumes later data connections from a ticket issued on an earlier data connection."""
+    tls_args = ["--tlsv1.3"] if tls == "--tlsv1.3" else ["--tls-max", "1.2"]
+    files = []
+    for i in range(3):
+        p = tmp_path / f"n{i}.bin"
+        files.append((p, make_file(p, 3 * MIB + i)))
+    common = ["--ssl-reqd", "--cacert", str(gw.pki.ca), *tls_args]
+    args = []
+    for i, (p, _) in enumerate(files):
+        args += [*common, "-T", str(p), explicit_url(gw, f"/vs/next-{tls[2:]}-{i}.bin"), "--next"]
+    for i, (p, _) in enumerate(files):
+        args += [*common, "-o", str(tmp_path / f"back{i}.bin"), explicit_url(gw, f"/vs/next-{tls[2:]}-{i}.bin"), "--next"]
+    before = len(gw.events("logonSuccess"))
+    curl(*args[:-1])
+    for i, (_, digest) in enumerate(files):
+        assert sha256_file(tmp_path / f"back{i}.bin") == digest, i
+        assert sha256_file(vsftpd.root / f"next-{tls[2:]}-{i}.bin") == digest, i
+    assert len(gw.events("logonSuccess")) - before == 1, "curl did not keep one control connection"
+
+
+def test_concurrent_sessions_to_every_backend(gw, vsftpd, tmp_path):
+    """Sessions at once through both listeners to every backend, uploads and downloads mixed:
+    no failure, every checksum equal, nothing left half-written. Backend FTPS connections used
+    to share one TLS session cache, so a data connection resumed another connection's session
+    and vsftpd (require_ssl_reuse) refused it."""
+    src = tmp_path / "c.bin"
+    digest = make_file(src, 8 * MIB + 77)
+    for mount in MOUNTS:
+        gw.sftp("alice", f"put {src} {mount}/seed.bin\n", password="alice-pw")
+
+    def ftps_up(i, mount):
+        curl("--ssl-reqd", "--cacert", str(gw.pki.ca), "-T", str(src), explicit_url(gw, f"{mount}/cu{i}.bin"))
+        return f"{mount}/cu{i}.bin"
+
+    def ftps_down(i, mount):
+        out = tmp_path / f"cd{i}.bin"
+        curl("--ssl-reqd", "--cacert", str(gw.pki.ca), "-o", str(out), explicit_url(gw, f"{mount}/seed.bin"))
+        assert sha256_file(out) == digest, f"download {i} from {mount}"
+
+    def sftp_up(i, mount):
+        gw.sftp("alice", f"put {src} {mount}/su{i}.bin\n", password="alice-pw")
+        return f"{mount}/su{i}.bin"
+
+    def sftp_down(i, mount):
+        out = tmp_path / f"sd{i}.bin"
+        gw.sftp("alice", f"get {mount}/seed.bin {out}\n", password="alice-pw")
+        assert sha256_file(out) == digest, f"download {i} from {mount}"
+
+    kinds = [ftps_up, ftps_down, sftp_up, sftp_down]
+    jobs = [(kinds[i % 4], i, MOUNTS[(i // 4) % 3]) for i in range(48)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        results = list(pool.map(lambda j: j[0](j[1], j[2]), jobs))
+    uploaded = [r for r in results if r]
+    assert len(uploaded) == 24
+    for path in uploaded:
+        assert sha256_file(backend_file(gw, vsftpd, path)) == digest, path
+
+
+def ftps(gw):
+    from ftps import ftps_login
+
+    return ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+
+
+@pytest.mark.parametrize("mount", MOUNTS)
+def test_errors_tell_the_truth_the_same_way_on_every_backend(gw, vsftpd, mount):
+    """A missing directory is 550/ENOENT everywhere (vsftpd answered LIST of one with an empty
+    226); MKD of an existing directory is one answer whatever the backend; SFTP v3 RENAME never
+    replaces, `posix-rename@openssh.com` does."""
+    import ftplib
+
+    sftp, t = paramiko_session(gw)
+    f = ftps(gw)
+    try:
+        with pytest.raises(FileNotFoundError):
+            sftp.listdir(f"{mount}/no-such-dir")
+        for cmd in ["LIST", "MLSD", "NLST"]:
+            with pytest.raises(ftplib.error_perm, match="^550"):
+                f.retrlines(f"{cmd} {mount}/no-such-dir", lambda _: None)
+        sftp.mkdir(f"{mount}/made")
+        with pytest.raises(ftplib.error_perm, match="^550 File exists"):
+            f.mkd(f"{mount}/made")
+        with pytest.raises(OSError):
+            sftp.mkdir(f"{mount}/made")
+        sftp.rmdir(f"{mount}/made")
+
+        sftp.putfo(io.BytesIO(b"one"), f"{mount}/r1.txt")
+        sftp.putfo(io.BytesIO(b"two"), f"{mount}/r2.txt")
+        with pytest.raises(OSError):
+            sftp.rename(f"{mount}/r1.txt", f"{mount}/r2.txt")
+        assert sftp.open(f"{mount}/r2.txt").read() == b"two"
+        sftp.posix_rename(f"{mount}/r1.txt", f"{mount}/r2.txt")
+        assert sftp.open(f"{mount}/r2.txt").read() == b"one"
+        assert "r1.txt" not in sftp.listdir(mount)
+        sftp.remove(f"{mount}/r2.txt")
+    finally:
+        f.quit()
+        t.close()
+
+
+def test_openssh_extensions_statvfs_fsync_limits(gw, tmp_path):
+    """OpenSSH's `df` (statvfs@openssh.com) and `put -f` (fsync@openssh.com) work where the
+    backend can; limits@openssh.com is read by every OpenSSH client at start."""
+    src = tmp_path / "f.bin"
+    digest = make_file(src, 1_000_003)
+    out = gw.sftp("alice", f"df -h /local\ndf /sftp\nput -f {src} /local/fsync.bin\n"
+                           f"put -f {src} /sftp/fsync.bin\n", password="alice-pw").stdout.decode()
+    assert out.count("Size") + out.count("1K-blocks") >= 2, out
+    assert sha256_file(gw.local / "fsync.bin") == digest
+    assert sha256_file(gw.sftp_data / "fsync.bin") == digest
+    # An FTP endpoint has no file-system figures: a clear refusal, and the session goes on.
+    r = gw.sftp("alice", "-df /vs\nls /vs\n", password="alice-pw")
+    assert r.returncode == 0
+
+
+def test_times_and_modes_through_an_ftps_backend(gw, vsftpd, tmp_path):
+    """SFTP setstat of times and modes on an FTP endpoint: MFMT, or MDTM with a time
+    (vsftpd), and SITE CHMOD. rclone's SetModTime and OpenSSH `put -p` depend on it."""
+    sftp, t = paramiko_session(gw)
+    try:
+        sftp.putfo(io.BytesIO(b"x" * 1000), "/vs/times.txt")
+        sftp.utime("/vs/times.txt", (1_600_000_000, 1_600_000_000))
+        assert int(os.stat(vsftpd.root / "times.txt").st_mtime) == 1_600_000_000
+        assert sftp.stat("/vs/times.txt").st_mtime == 1_600_000_000
+        sftp.chmod("/vs/times.txt", 0o640)
+        assert os.stat(vsftpd.root / "times.txt").st_mode & 0o777 == 0o640
+        with pytest.raises(OSError):
+            sftp.truncate("/vs/times.txt", 10)
+    finally:
+        t.close()
+    # `put -p` sets the times on the open handle before it closes it.
+    src = tmp_path / "p.bin"
+    make_file(src, 300_000)
+    os.utime(src, (1_500_000_000, 1_500_000_000))
+    gw.sftp("alice", f"put -p {src} /vs/p.bin\n", password="alice-pw")
+    assert int(os.stat(vsftpd.root / "p.bin").st_mtime) == 1_500_000_000
+
+
+def test_mfmt_on_the_ftps_front_end(gw):
+    f = ftps(gw)
+    try:
+        assert "MFMT" in f.sendcmd("FEAT")
+        f.storbinary("STOR /local/m.txt", io.BytesIO(b"m"))
+        assert f.sendcmd("MFMT 20200102030405 /local/m.txt").startswith("213 Modify=20200102030405")
+        assert f.sendcmd("MDTM /local/m.txt") == "213 20200102030405"
+        assert int(os.stat(gw.local / "m.txt").st_mtime) == 1_577_934_245
+        import ftplib
+
+        with pytest.raises(ftplib.error_perm, match="^501"):
+            f.sendcmd("MFMT 20201302030405 /local/m.txt")
+        assert f.sendcmd("NOOP").startswith("200")
+    finally:
+        f.quit()
+
+
+def no_leftovers(d):
+    return sorted(p.name for p in d.iterdir() if ".portcullis-" in p.name)
+
+
+@pytest.mark.parametrize("mount", MOUNTS)
+def test_a_failed_upload_never_looks_complete(gw, vsftpd, mount, tmp_path):
+    """Atomic uploads (the default): a client that dies mid-upload leaves neither a partial
+    file under the real name nor a temporary file; the file it would have replaced stays."""
+    target = backend_file(gw, vsftpd, f"{mount}/atomic.bin")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sftp, t = paramiko_session(gw)
+    try:
+        sftp.putfo(io.BytesIO(b"the old, whole file"), f"{mount}/atomic.bin")
+    finally:
+        t.close()
+    # SFTP: the connection drops halfway through the upload.
+    sftp, t = paramiko_session(gw)
+    fh = sftp.open(f"{mount}/atomic.bin", "wb")
+    fh.write(os.urandom(3 * MIB))
+    fh.flush()
+    assert target.read_bytes() == b"the old, whole file"
+    t.close()
+    gw.wait_event("transferEnd", timeout=30, path=f"{mount}/atomic.bin", confidence="NoEOF")
+    # FTPS: curl killed mid-transfer.
+    src = tmp_path / "big.bin"
+    make_file(src, 64 * MIB)
+    p = subprocess.Popen(["curl", "-sS", "--ssl-reqd", "--cacert", str(gw.pki.ca), "--limit-rate", "4M",
+                          "-T", str(src), explicit_url(gw, f"{mount}/atomic.bin")])
+    time.sleep(2)
+    p.kill()
+    p.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ends = [e for e in gw.events("transferEnd") if e["path"] == f"{mount}/atomic.bin"]
+        if len(ends) >= 3:
+            break
+        time.sleep(0.1)
+    assert ends[-1]["confidence"] in ("NoEOF", "Low"), ends[-1]
+    assert "partial upload was removed" in ends[-1]["detail"], ends[-1]
+    assert target.read_bytes() == b"the old, whole file"
+    assert no_leftovers(target.parent) == []
+
+
+@pytest.mark.parametrize("mount", MOUNTS)
+def test_names_with_leading_and_trailing_spaces_round_trip(gw, vsftpd, mount):
+    """vsftpd has no MLSD; its LIST lines were parsed with the leading spaces of a name cut,
+    so the file was listed under a name that did not reach it."""
+    d = backend_file(gw, vsftpd, f"{mount}/names")
+    d.mkdir(exist_ok=True)
+    for n in ["  lead.txt", "trail.txt ", "mid  dle.txt"]:
+        (d / n).write_bytes(n.encode())
+        if mount == "/vs":
+            os.chown(d / n, os.stat(vsftpd.root).st_uid, -1)
+    sftp, t = paramiko_session(gw)
+    try:
+        names = sorted(sftp.listdir(f"{mount}/names"))
+        assert names == sorted(["  lead.txt", "trail.txt ", "mid  dle.txt"]), names
+        for n in names:
+            assert sftp.open(f"{mount}/names/{n}").read() == n.encode(), n
+    finally:
+        t.close()
+
+
+def test_noop_during_a_transfer_is_answered_after_it_and_freezes_nothing(gw):
+    """A NOOP (or any command but ABOR) sent during a transfer used to spin a worker at
+    100%: the line went back on the backlog and came straight back out. Now it is held and
+    answered after the transfer's 226, and the gateway keeps serving everyone meanwhile."""
+    import socket
+
+    f = ftps(gw)
+    try:
+        conn = f.transfercmd("STOR /local/noop.bin")
+        body = os.urandom(MIB)
+        h = hashlib.sha256()
+        noops = 0
+        for i in range(20):
+            conn.sendall(body)
+            h.update(body)
+            if i % 4 == 0:
+                f.sock.sendall(b"NOOP\r\n")
+                noops += 1
+                t0 = time.monotonic()
+                assert gw.http("/readyz")[0] == 200
+                with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+                    assert s.recv(64).startswith(b"SSH-2.0-")
+                assert time.monotonic() - t0 < 3, "the gateway stalled"
+        conn.unwrap()
+        conn.close()
+        assert f.voidresp().startswith("226")
+        for _ in range(noops):
+            assert f.getresp().startswith("200")
+        assert f.sendcmd("NOOP").startswith("200")
+    finally:
+        f.quit()
+    assert sha256_file(gw.local / "noop.bin") == h.hexdigest()
