@@ -4,17 +4,25 @@
 //! This module only decodes and encodes. Credentials are checked through `auth`, and every file
 //! operation goes to `Session::execute`; `FsError`s become SFTP status codes here, at the edge.
 //!
-//! The dispatcher keeps up to `maxInFlightRequests` requests running at once and answers each
-//! as it completes (SFTP allows any reply order). A dedicated task reads packets so that the
+//! The dispatcher keeps up to `maxInFlightRequests` requests running at once, and answers them
+//! in the order they came. SFTP allows any reply order, but real clients do not: paramiko
+//! keeps 100+ WRITEs in flight and then waits for their replies one by one in request order,
+//! and a reply that arrives for a request it is not yet waiting for is consumed and lost, so
+//! it waits forever (uploads over 3.2 MB hung). OpenSSH's sftp-server is serial and Go's
+//! pkg/sftp orders its responses for the same reason. The requests still run concurrently;
+//! only the replies wait for their turn. A dedicated task reads packets so that the
 //! dispatcher's `select!` never cancels a half-read packet.
 //!
 //! Flow control: russh opens the SSH window as data *arrives*, not as it is consumed, and its
-//! session loop waits while delivering inbound data to a full channel, which also stops it
-//! sending our replies. So the path from the channel to a finished request must never wait on
-//! a reply being sent, or a client that pipelines hard (paramiko keeps 100+ WRITEs in flight)
-//! closes a cycle and the session hangs. Replies therefore go to an unbounded queue, and only
-//! *taking new requests* waits: on the in-flight limit, and on [`REPLY_BUDGET`] bytes of
-//! replies not yet handed to the channel (a client that stops reading stops being read).
+//! one session loop both delivers inbound data and sends outbound data. While it waits to
+//! deliver to a full channel it sends nothing, so any wait of ours on the inbound side that
+//! depends on our replies going out closes a cycle (paramiko's download prefetch, which sends
+//! every READ of a file at once, hung that way). So the reader always drains the channel into
+//! the dispatcher's queue, and memory is bounded by counting instead of waiting: requests
+//! waiting for the dispatcher are capped at [`REQUEST_QUEUE_LIMIT`] bytes (past it the session
+//! is closed as a protocol error), requests in flight at `maxInFlightRequests`, and replies not
+//! yet sent at [`REPLY_BUDGET`] bytes, past which no new request is taken; with the session
+//! loop never held by us, that only happens when the client stops reading.
 
 use std::{
     collections::HashMap,
@@ -27,7 +35,7 @@ use std::{
 };
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::{StreamExt, stream::FuturesUnordered};
+use futures::{StreamExt, stream::FuturesOrdered};
 use russh::{
     Channel, ChannelId, ChannelReadHalf, ChannelWriteHalf, Disconnect, MethodKind, MethodSet,
     keys::Algorithm,
@@ -59,8 +67,14 @@ pub const MAX_PACKET: u32 = 256 * 1024;
 const COALESCE_LIMIT: usize = 128 * 1024;
 /// Largest READ served at once.
 const MAX_READ: u32 = MAX_PACKET - 1024;
-/// Reply bytes queued for the channel past which no new request is taken.
+/// Reply bytes queued for the channel past which no new request is taken. Since nothing of
+/// ours ever stops russh's session loop, this binds only when the client stops reading.
 const REPLY_BUDGET: usize = 32 * 1024 * 1024;
+/// Request bytes waiting for the dispatcher past which the session is closed. Real clients
+/// bound what they keep outstanding (OpenSSH 64 requests, paramiko 100+ WRITEs or a prefetch
+/// of every READ of a file: about 100 KiB for 64 MiB); only a client that sends without ever
+/// reading replies gets near it.
+const REQUEST_QUEUE_LIMIT: usize = 64 * 1024 * 1024;
 
 /// Runs one accepted TCP connection to its end. The caller has already admitted the peer's
 /// zone and taken a connection slot.
@@ -392,9 +406,35 @@ impl Handler for SshHandler {
 enum Incoming {
     Packet(Bytes),
     Oversized(u32),
+    /// More than [`REQUEST_QUEUE_LIMIT`] bytes of requests are waiting: the reader stopped.
+    Overflow,
 }
 
-async fn read_packets(mut input: ChannelReadHalf, tx: mpsc::Sender<Incoming>) {
+/// Request bytes read from the channel and not yet taken by the dispatcher.
+#[derive(Default)]
+struct RequestQueue(std::sync::atomic::AtomicUsize);
+
+impl RequestQueue {
+    /// The dispatcher takes a packet off the queue, and decodes it.
+    fn take(&self, packet: Bytes) -> Decoded {
+        self.0.fetch_sub(queued_cost(&packet), Ordering::AcqRel);
+        decode(packet)
+    }
+}
+
+/// What a queued packet counts against [`REQUEST_QUEUE_LIMIT`]: its bytes and our overhead.
+fn queued_cost(b: &Bytes) -> usize {
+    b.len() + 64
+}
+
+/// Moves packets from the channel to the dispatcher's queue, never waiting on the dispatcher:
+/// russh's session loop waits while a channel is full, and then sends nothing either (see the
+/// module comment).
+async fn read_packets(
+    mut input: ChannelReadHalf,
+    tx: mpsc::UnboundedSender<Incoming>,
+    queued: Arc<RequestQueue>,
+) {
     let mut rd = input.make_reader();
     loop {
         let len = match rd.read_u32().await {
@@ -402,14 +442,20 @@ async fn read_packets(mut input: ChannelReadHalf, tx: mpsc::Sender<Incoming>) {
             Err(_) => return,
         };
         if len > MAX_PACKET || len == 0 {
-            let _ = tx.send(Incoming::Oversized(len)).await;
+            let _ = tx.send(Incoming::Oversized(len));
             return;
         }
         let mut buf = vec![0u8; len as usize];
         if rd.read_exact(&mut buf).await.is_err() {
             return;
         }
-        if tx.send(Incoming::Packet(Bytes::from(buf))).await.is_err() {
+        let b = Bytes::from(buf);
+        let cost = queued_cost(&b);
+        if queued.0.fetch_add(cost, Ordering::AcqRel) + cost > REQUEST_QUEUE_LIMIT {
+            let _ = tx.send(Incoming::Overflow);
+            return;
+        }
+        if tx.send(Incoming::Packet(b)).is_err() {
             return;
         }
     }
@@ -424,8 +470,9 @@ pub async fn serve_sftp(
     shared: Arc<Shared>,
     max_in_flight: usize,
 ) {
-    let (in_tx, mut incoming) = mpsc::channel(4);
-    let reader = tokio::spawn(read_packets(input, in_tx));
+    let (in_tx, mut incoming) = mpsc::unbounded_channel();
+    let queued = Arc::new(RequestQueue::default());
+    let reader = tokio::spawn(read_packets(input, in_tx, queued.clone()));
     let replies = Arc::new(ReplyQueue::default());
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Bytes>();
     let out = ReplySender {
@@ -498,10 +545,10 @@ pub async fn serve_sftp(
             .await;
             return;
         }
-        None => return,
+        Some(Incoming::Overflow) | None => return,
     }
 
-    let mut inflight = FuturesUnordered::new();
+    let mut inflight = FuturesOrdered::new();
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         if shared.shutting_down() && session.open_files() == 0 && inflight.is_empty() {
@@ -522,18 +569,26 @@ pub async fn serve_sftp(
                     protocol_error(format!("packet length {n} exceeds the limit of {MAX_PACKET}")).await;
                     break;
                 }
-                Some(Incoming::Packet(bytes)) => match decode(bytes) {
+                Some(Incoming::Overflow) => {
+                    protocol_error(format!(
+                        "more than {} MiB of requests outstanding",
+                        REQUEST_QUEUE_LIMIT >> 20
+                    ))
+                    .await;
+                    break;
+                }
+                Some(Incoming::Packet(bytes)) => match queued.take(bytes) {
                     Decoded::Op(id, kind, op) => {
                         let s = session.clone();
-                        inflight.push(async move {
+                        inflight.push_back(Box::pin(async move {
                             let result = s.execute(op).await;
                             encode(id, kind, result)
-                        });
+                        }) as ReplyFuture);
                     }
                     Decoded::Reply(p) => {
-                        if let Ok(b) = Bytes::try_from(p) && !out.send(b) {
-                            break;
-                        }
+                        // Answered without the session, but in its turn like any other.
+                        let b = Bytes::try_from(p).unwrap_or_default();
+                        inflight.push_back(Box::pin(async move { b }) as ReplyFuture);
                     }
                     Decoded::Malformed(detail) => {
                         protocol_error(detail).await;
@@ -552,6 +607,9 @@ pub async fn serve_sftp(
     drop(out);
     let _ = writer.await;
 }
+
+/// A request on its way to its reply.
+type ReplyFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Bytes> + Send>>;
 
 /// Reply bytes handed to the writer and not yet accepted by the channel.
 #[derive(Default)]
