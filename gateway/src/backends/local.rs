@@ -86,16 +86,20 @@ fn attrs_of(m: &fs::Metadata) -> FileAttrs {
 }
 
 fn apply_attrs(path: &Path, file: Option<&File>, attrs: &FileAttrs) -> Result<(), FsError> {
+    // Each time on its own: FTP's MFMT sets only the modification time.
+    let to_time = |s: u32| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.into());
     let times = match (attrs.atime, attrs.mtime) {
-        (Some(a), Some(m)) => {
-            let to_time = |s: u32| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.into());
-            Some(
-                fs::FileTimes::new()
-                    .set_accessed(to_time(a))
-                    .set_modified(to_time(m)),
-            )
+        (None, None) => None,
+        (a, m) => {
+            let mut t = fs::FileTimes::new();
+            if let Some(a) = a {
+                t = t.set_accessed(to_time(a));
+            }
+            if let Some(m) = m {
+                t = t.set_modified(to_time(m));
+            }
+            Some(t)
         }
-        _ => None,
     };
     // Size and times go through a file handle: the caller's, or one opened once here without
     // following a symlink.

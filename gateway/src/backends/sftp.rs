@@ -216,6 +216,13 @@ impl SftpBackend {
 
 const POSIX_RENAME: &str = "posix-rename@openssh.com";
 
+/// SFTP v3 sets access and modification times only as a pair: the one not being changed keeps
+/// its current value (FTP's MFMT changes only the modification time).
+fn pair_times(attrs: &mut FileAttrs, current: &FileAttrs) {
+    attrs.atime = attrs.atime.or(current.atime).or(attrs.mtime);
+    attrs.mtime = attrs.mtime.or(current.mtime).or(attrs.atime);
+}
+
 fn map_err(e: SftpError) -> FsError {
     match e {
         SftpError::Status(s) => match s.status_code {
@@ -267,7 +274,11 @@ impl BackendFile for SftpFile {
         Ok(from_wire(&a.attrs))
     }
 
-    async fn set_stat(&self, attrs: FileAttrs) -> Result<(), FsError> {
+    async fn set_stat(&self, mut attrs: FileAttrs) -> Result<(), FsError> {
+        if attrs.atime.is_some() != attrs.mtime.is_some() {
+            let now = self.stat().await?;
+            pair_times(&mut attrs, &now);
+        }
         self.conn
             .sftp
             .fsetstat(self.handle.as_str(), to_wire(&attrs))
@@ -365,8 +376,12 @@ impl Backend for SftpBackend {
         Ok(from_wire(&a.attrs))
     }
 
-    async fn set_stat(&self, path: &str, attrs: FileAttrs) -> Result<(), FsError> {
+    async fn set_stat(&self, path: &str, mut attrs: FileAttrs) -> Result<(), FsError> {
         let conn = self.conn().await?;
+        if attrs.atime.is_some() != attrs.mtime.is_some() {
+            let now = conn.sftp.lstat(path).await.map_err(map_err)?;
+            pair_times(&mut attrs, &from_wire(&now.attrs));
+        }
         conn.sftp
             .setstat(path, to_wire(&attrs))
             .await

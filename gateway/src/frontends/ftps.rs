@@ -272,16 +272,14 @@ struct Conn {
     local: SocketAddr,
     attempt: Attempt,
     tls: Arc<ServerConfig>,
-    /// The same, for data connections that carry an upload: the same session store (they
-    /// resume a session of this connection's) but no new session tickets. A client that
-    /// uploads never reads its data connection; tickets left unread there make its close a
-    /// TCP reset, which can overtake the last data and its close_notify and fail the upload.
+    /// The same, for data connections: the same session store (they resume a session of
+    /// this connection's), and one new ticket each, as OpenSSL servers (vsftpd) send after a
+    /// resumption. Under TLS 1.3 an OpenSSL client uses a ticket once and curl keeps only the
+    /// newest, so its next transfer on this control connection resumes from the ticket of the
+    /// last data connection, which counts as this connection's session. (Four tickets, as on
+    /// the control connection, were seen left unread by an uploading client, whose close then
+    /// became a TCP reset that could overtake the last data.)
     data_tls: Arc<ServerConfig>,
-    /// For downloads and listings, which the client reads: one new ticket, stored with the
-    /// connection's sessions. A client that keeps only its newest ticket (curl with OpenSSL
-    /// under TLS 1.3) resumes its next data connection from it, so it must count as this
-    /// connection's session.
-    data_tls_read: Arc<ServerConfig>,
     control: Control,
     session: Option<Arc<Session>>,
     /// Identities of the verified client certificate, if one was presented.
@@ -328,11 +326,6 @@ pub async fn serve_connection(
         local,
         attempt,
         data_tls: {
-            let mut data = (*tls).clone();
-            data.send_tls13_tickets = 0;
-            Arc::new(data)
-        },
-        data_tls_read: {
             let mut data = (*tls).clone();
             data.send_tls13_tickets = 1;
             Arc::new(data)
@@ -1071,18 +1064,10 @@ impl Conn {
 
     /// TLS on the data connection, which must resume a session of this control connection's
     /// (from the control handshake or an earlier data connection's ticket).
-    async fn secure_data(
-        &self,
-        tcp: TcpStream,
-        client_reads: bool,
-    ) -> Result<TlsStream<TcpStream>, String> {
+    async fn secure_data(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, String> {
         let from = tcp.peer_addr().ok();
-        let config = match client_reads {
-            true => self.data_tls_read.clone(),
-            false => self.data_tls.clone(),
-        };
-        let accepted =
-            tokio::time::timeout(self.data_timeout(), TlsAcceptor::from(config).accept(tcp)).await;
+        let acceptor = TlsAcceptor::from(self.data_tls.clone());
+        let accepted = tokio::time::timeout(self.data_timeout(), acceptor.accept(tcp)).await;
         let why = match accepted {
             Ok(Ok(s)) if s.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) => {
                 return Ok(s);
@@ -1136,8 +1121,7 @@ impl Conn {
             job.abandon(&session, "control connection lost").await;
             return Flow::End("client closed");
         }
-        let client_reads = !matches!(job, Job::Stor { .. });
-        let data = match self.secure_data(tcp, client_reads).await {
+        let data = match self.secure_data(tcp).await {
             Ok(d) => d,
             Err(why) => {
                 job.abandon(&session, &why).await;
