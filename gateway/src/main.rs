@@ -5,6 +5,12 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use portcullis_gateway::{auth, demo, gateway};
 
+/// jemalloc gives freed memory back; glibc's per-thread arenas kept it (see the `jemalloc`
+/// feature in Cargo.toml).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Portcullis secure file-transfer gateway")]
 struct Cli {
