@@ -148,13 +148,13 @@ def test_curl_next_several_transfers_on_one_control_connection(gw, vsftpd, tls, 
     assert len(gw.events("logonSuccess")) - before == 1, "curl did not keep one control connection"
 
 
-def test_concurrent_sessions_to_every_backend(gw, vsftpd, tmp_path):
-    """Sessions at once through both listeners to every backend, uploads and downloads mixed:
+def test_fifty_concurrent_sessions_to_every_backend(gw, vsftpd, tmp_path):
+    """50 sessions of 20 MB at once through both listeners to every backend, uploads and downloads mixed:
     no failure, every checksum equal, nothing left half-written. Backend FTPS connections used
     to share one TLS session cache, so a data connection resumed another connection's session
     and vsftpd (require_ssl_reuse) refused it."""
     src = tmp_path / "c.bin"
-    digest = make_file(src, 8 * MIB + 77)
+    digest = make_file(src, 20 * MIB + 77)
     for mount in MOUNTS:
         gw.sftp("alice", f"put {src} {mount}/seed.bin\n", password="alice-pw")
 
@@ -177,13 +177,18 @@ def test_concurrent_sessions_to_every_backend(gw, vsftpd, tmp_path):
         assert sha256_file(out) == digest, f"download {i} from {mount}"
 
     kinds = [ftps_up, ftps_down, sftp_up, sftp_down]
-    jobs = [(kinds[i % 4], i, MOUNTS[(i // 4) % 3]) for i in range(48)]
+    jobs = [(kinds[i % 4], i, MOUNTS[(i // 4) % 3]) for i in range(50)]
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         results = list(pool.map(lambda j: j[0](j[1], j[2]), jobs))
     uploaded = [r for r in results if r]
-    assert len(uploaded) == 24
+    assert len(uploaded) == 25
     for path in uploaded:
         assert sha256_file(backend_file(gw, vsftpd, path)) == digest, path
+    # No temporary or empty file is left on any backend.
+    for mount in MOUNTS:
+        d = backend_file(gw, vsftpd, f"{mount}/x").parent
+        assert no_leftovers(d) == [], mount
+        assert [p.name for p in d.iterdir() if p.is_file() and p.stat().st_size == 0] == [], mount
 
 
 def ftps(gw):

@@ -104,7 +104,7 @@ def gw(pki, vsftpd, vsftpd_implicit, sshd, passwords):
             {"name": "dave", "certificateNames": ["dave"], "passwordHash": passwords["bob-pw"],
              "authMethods": ["certificate,password"], "zones": ["loopback"], "roles": ["all"]},
         ],
-        "limits": {"maxAuthAttempts": 3},
+        "limits": {"maxAuthAttempts": 3, "maxSessionsPerIp": 100},
     })
     g.write_config(g.config)
     g.start()

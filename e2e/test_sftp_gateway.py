@@ -618,7 +618,37 @@ def test_backend_failure_mid_upload_is_reported_and_the_next_operation_reconnect
     assert time.monotonic() - start < 20, "a dead backend must fail fast, not at a timeout"
     end = g.wait_event("transferEnd", path="/files/partial.bin")
     assert end["confidence"] == "Low", end
+    # Nothing that looks complete is left: the upload went to a temporary name, removed over a
+    # new backend connection.
+    assert "partial upload was removed" in end["detail"], end
+    assert sorted(p.name for p in data.iterdir()) == []
     # The session goes on: the next operation makes a new backend connection.
     sftp.put(__file__, "/files/after.py")
     assert (data / "after.py").read_bytes() == Path(__file__).read_bytes()
+    t.close()
+
+
+def test_backend_failure_mid_download_is_an_error_not_a_short_file(sshd, passwords, gateways, tmp_path):
+    data = backend_dir(sshd, "dropped-down")
+    g = gateways("dropped-down", config(sshd, passwords, data))
+    make_file(data / "big.bin", 64 * 1024 * 1024)
+    sftp, t = g.paramiko("alice", password="alice-pw")
+    f = sftp.open("/files/big.bin", "rb")
+    assert len(f.read(1 << 20)) == 1 << 20
+    children = subprocess.run(["pgrep", "-P", str(sshd.proc.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "the gateway should hold a backend connection"
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(IOError):
+        while f.read(1 << 20):
+            pass
+    assert time.monotonic() - start < 20, "a dead backend must fail fast, not at a timeout"
+    try:
+        f.close()
+    except IOError:
+        pass
+    end = g.wait_event("transferEnd", path="/files/big.bin")
+    assert end["confidence"] in ("NoEOF", "Low"), end
+    assert end["bytes"] < 64 * 1024 * 1024
     t.close()
