@@ -88,6 +88,8 @@ impl Attempt {
             Err(_) => None,
         }
         .unwrap_or_else(|| auth::DUMMY_HASH.clone());
+        // Unknown users wait and hash like known ones: the refusal tells nothing either.
+        let _turn = self.shared.password_checks.turn().await?;
         let ok = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
             .await
             .unwrap_or(false);

@@ -20,6 +20,7 @@ pub struct Shared {
     /// Turns true once on SIGTERM.
     pub shutdown: watch::Sender<bool>,
     pub conns: ConnTracker,
+    pub password_checks: PasswordChecks,
 }
 
 impl Shared {
@@ -31,6 +32,10 @@ impl Shared {
             totp: TotpLedger::default(),
             shutdown: watch::Sender::new(false),
             conns: ConnTracker::default(),
+            password_checks: PasswordChecks::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+                PASSWORD_QUEUE,
+            ),
         })
     }
 
@@ -105,5 +110,82 @@ impl Drop for Slot {
         }
         drop(c);
         t.changed.notify_waiters();
+    }
+}
+
+/// Password checks that may wait for a turn; past this a login is refused at once.
+const PASSWORD_QUEUE: usize = 64;
+
+/// Bounds the argon2id checks running at once. Each takes about 19 MiB and a core for tens of
+/// milliseconds, so a storm of wrong passwords, unbounded, took the gateway's memory into
+/// gigabytes. As many run as there are cores; a short queue waits its turn; beyond it a login
+/// is refused at once (audited like any failure), before any hashing.
+pub struct PasswordChecks {
+    running: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicUsize,
+    queue: usize,
+}
+
+/// A turn to check a password; the next one starts when it is dropped.
+pub struct PasswordTurn<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl PasswordChecks {
+    pub fn new(at_once: usize, queue: usize) -> PasswordChecks {
+        PasswordChecks {
+            running: tokio::sync::Semaphore::new(at_once.max(1)),
+            waiting: Default::default(),
+            queue,
+        }
+    }
+
+    /// Waits for a turn, or refuses when `queue` checks are already waiting.
+    pub async fn turn(&self) -> Result<PasswordTurn<'_>, &'static str> {
+        use std::sync::atomic::Ordering;
+        if let Ok(p) = self.running.try_acquire() {
+            return Ok(PasswordTurn { _permit: p });
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err("too many logins in progress");
+        }
+        let permit = self.running.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        permit
+            .map(|p| PasswordTurn { _permit: p })
+            .map_err(|_| "password checks stopped")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn password_checks_run_a_few_at_a_time_and_refuse_past_the_queue() {
+        let checks = std::sync::Arc::new(PasswordChecks::new(2, 3));
+        let a = checks.turn().await.unwrap();
+        let b = checks.turn().await.unwrap();
+        // Three may wait...
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let c = checks.clone();
+                tokio::spawn(async move { c.turn().await.map(drop) })
+            })
+            .collect();
+        while checks.waiting.load(std::sync::atomic::Ordering::Acquire) < 3 {
+            tokio::task::yield_now().await;
+        }
+        // ...the next is refused at once.
+        assert_eq!(
+            checks.turn().await.err(),
+            Some("too many logins in progress")
+        );
+        drop((a, b));
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), Ok(()));
+        }
+        assert!(checks.turn().await.is_ok());
     }
 }
