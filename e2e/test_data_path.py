@@ -13,7 +13,7 @@ import time
 import paramiko
 import pytest
 
-from harness import make_file, sha256_file
+from harness import keygen, make_file, sha256_file
 from test_ftps_gateway import (  # noqa: F401  (fixtures)
     curl,
     explicit_url,
@@ -123,6 +123,28 @@ if [ "$n" = 0 ]; then echo wrong; else echo alice-pw; fi
     assert r.returncode == 0, r.stderr.decode()
     assert count.read_text().strip() == "2", "OpenSSH was not asked twice"
     assert len(gw.events("logonFailure")) - before == 1
+
+
+def test_paramiko_key_then_password_on_one_transport(gw, tmp_path):
+    """paramiko's SSHClient tries its keys, then the password, on one transport, and asks for
+    the userauth service again before each attempt. russh ignored the second request and
+    paramiko waited out its 30 s timeout (fixed in the patched russh, vendor/README.md)."""
+    key = paramiko.Ed25519Key.from_private_key_file(str(keygen(tmp_path / "stranger")))
+    t = paramiko.Transport(("127.0.0.1", gw.port))
+    t.connect()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(paramiko.AuthenticationException):
+            t.auth_publickey("alice", key)
+        with pytest.raises(paramiko.AuthenticationException):
+            t.auth_password("alice", "mistyped")
+        t.auth_password("alice", "alice-pw")
+        assert t.is_authenticated()
+        assert time.monotonic() - t0 < 5, "a retry on the same transport waited"
+        sftp = paramiko.SFTPClient.from_transport(t)
+        assert "local" in sftp.listdir("/")
+    finally:
+        t.close()
 
 
 @pytest.mark.parametrize("tls", ["--tlsv1.3", "--tls-max"])
