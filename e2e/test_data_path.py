@@ -266,8 +266,11 @@ def test_openssh_extensions_statvfs_fsync_limits(gw, tmp_path):
     assert sha256_file(gw.local / "fsync.bin") == digest
     assert sha256_file(gw.sftp_data / "fsync.bin") == digest
     # An FTP endpoint has no file-system figures: a clear refusal, and the session goes on.
-    r = gw.sftp("alice", "-df /vs\nls /vs\n", password="alice-pw")
-    assert r.returncode == 0
+    r = gw.sftp("alice", "df /vs\n", password="alice-pw", check=False)
+    assert r.returncode != 0, (r.stdout + r.stderr).decode()
+    refused = gw.wait_event("request", op="statvfs", path="/vs")
+    assert refused["result"].startswith("not supported"), refused
+    gw.sftp("alice", "ls /vs\n", password="alice-pw")
 
 
 def test_times_and_modes_through_an_ftps_backend(gw, vsftpd, tmp_path):

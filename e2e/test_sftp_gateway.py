@@ -599,6 +599,14 @@ def test_idle_sessions_time_out(sshd, passwords, gateways):
     g.wait_event("sessionEnd", user="alice")
 
 
+def kill_backend_connections(sshd) -> None:
+    """Cuts the gateway's backend connections: kills the sshd processes serving them."""
+    children = subprocess.run(["pgrep", "-P", str(sshd.proc.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "the gateway should hold a backend connection"
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+
+
 def test_backend_failure_mid_upload_is_reported_and_the_next_operation_reconnects(sshd, passwords, gateways, tmp_path):
     data = backend_dir(sshd, "dropped")
     g = gateways("dropped", config(sshd, passwords, data))
@@ -606,11 +614,7 @@ def test_backend_failure_mid_upload_is_reported_and_the_next_operation_reconnect
     f = sftp.open("/files/partial.bin", "wb")
     f.write(os.urandom(1 << 20))
     f.flush()
-    # Cut the gateway's backend connection: kill the sshd processes serving it.
-    children = subprocess.run(["pgrep", "-P", str(sshd.proc.pid)], capture_output=True, text=True).stdout.split()
-    assert children, "the gateway should hold a backend connection"
-    for pid in children:
-        os.kill(int(pid), signal.SIGKILL)
+    kill_backend_connections(sshd)
     start = time.monotonic()
     with pytest.raises(IOError):
         f.write(os.urandom(1 << 20))
@@ -639,10 +643,7 @@ def test_backend_failure_mid_download_is_an_error_not_a_short_file(sshd, passwor
     sftp, t = g.paramiko("alice", password="alice-pw")
     f = sftp.open("/files/big.bin", "rb")
     assert len(f.read(1 << 20)) == 1 << 20
-    children = subprocess.run(["pgrep", "-P", str(sshd.proc.pid)], capture_output=True, text=True).stdout.split()
-    assert children, "the gateway should hold a backend connection"
-    for pid in children:
-        os.kill(int(pid), signal.SIGKILL)
+    kill_backend_connections(sshd)
     start = time.monotonic()
     with pytest.raises(IOError):
         while f.read(1 << 20):

@@ -716,8 +716,11 @@ impl Session {
         let id = match self.insert(Handle::File(open.clone())) {
             Ok(id) => id,
             Err(e) => {
-                // Others were opened meanwhile: give this one back.
+                // Others were opened meanwhile: give this one back, temporary file and all.
                 let _ = open.file.close().await;
+                if let Some(temp) = &open.temp {
+                    let _ = open.backend.remove(temp).await;
+                }
                 return Err(e);
             }
         };

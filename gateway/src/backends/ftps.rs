@@ -69,11 +69,8 @@ impl FtpsBackend {
         &self,
         f: impl AsyncFnOnce(&mut Ftp) -> Result<T, FtpError>,
     ) -> Result<T, FsError> {
-        let mut guard = self.control.lock().await;
-        if guard.is_none() {
-            *guard = Some(connect(&self.spec).await?);
-        }
-        let ftp = guard.as_mut().expect("connected above");
+        let mut guard = self.control().await?;
+        let ftp = guard.as_mut().expect("connected by control()");
         match f(ftp).await {
             Ok(t) => Ok(t),
             Err(e) => {
@@ -83,6 +80,17 @@ impl FtpsBackend {
                 Err(map_err(e))
             }
         }
+    }
+}
+
+impl FtpsBackend {
+    /// The metadata connection, connected if it is not.
+    async fn control(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Ftp>>, FsError> {
+        let mut guard = self.control.lock().await;
+        if guard.is_none() {
+            *guard = Some(connect(&self.spec).await?);
+        }
+        Ok(guard)
     }
 }
 
@@ -408,13 +416,9 @@ impl Backend for FtpsBackend {
         if attrs.mtime.is_none() && attrs.mode.is_none() {
             return Ok(());
         }
-        let path = path.to_owned();
-        let mut guard = self.control.lock().await;
-        if guard.is_none() {
-            *guard = Some(connect(&self.spec).await?);
-        }
-        let ftp = guard.as_mut().expect("connected above");
-        let r = apply_attrs(ftp, &path, &attrs).await;
+        let mut guard = self.control().await?;
+        let ftp = guard.as_mut().expect("connected by control()");
+        let r = apply_attrs(ftp, path, &attrs).await;
         if matches!(r, Err(FsError::Unavailable(_))) {
             // The connection is gone: the next call reconnects.
             *guard = None;
@@ -536,8 +540,9 @@ pub struct FtpsFile {
     mode: OpenMode,
     /// A read's attributes at open.
     opened: Option<FileAttrs>,
-    /// Attributes set through the handle while uploading (OpenSSH `put -p` sets them before
-    /// it closes): FTP can only apply them to a stored file, so after the `226`.
+    /// Attributes set through the handle (OpenSSH `put -p` sets them before it closes): the
+    /// file's connection carries a transfer until then, and FTP can only set them on a stored
+    /// file, so they are applied after the `226`.
     deferred: std::sync::Mutex<FileAttrs>,
     state: Mutex<FileState>,
 }
@@ -691,11 +696,6 @@ impl BackendFile for FtpsFile {
 
     async fn set_stat(&self, attrs: FileAttrs) -> Result<(), FsError> {
         settable_over_ftp(&attrs)?;
-        if !self.mode.writes() {
-            let mut st = self.state.lock().await;
-            let ftp = st.ftp.as_mut().ok_or(FsError::BadHandle)?;
-            return apply_attrs(ftp, &self.path, &attrs).await;
-        }
         let mut d = self.deferred.lock().expect("deferred lock poisoned");
         d.mtime = attrs.mtime.or(d.mtime);
         d.mode = attrs.mode.or(d.mode);

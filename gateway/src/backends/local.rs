@@ -138,25 +138,30 @@ struct LocalFile {
 /// A write and where to say how it went.
 type AppendJob = (Bytes, tokio::sync::oneshot::Sender<Result<(), FsError>>);
 
-/// Appends in issue order on a blocking thread of its own.
+/// Appends in issue order.
 ///
 /// An append-mode file is opened with `O_APPEND`, so the kernel puts each write at the end
 /// whatever its offset (as SFTP's `SSH_FXF_APPEND` asks, and as OpenSSH's sftp-server does).
 /// sftp-server is serial, so its appends land in request order; our writes run concurrently on
 /// the blocking pool, and left to it they would land in the order the threads happened to run:
-/// a resumed upload (`reput` opens with APPEND) scrambled into 32 KiB pieces. One thread per
-/// append handle keeps the order the session issued them in.
+/// a resumed upload (`reput` opens with APPEND) scrambled into 32 KiB pieces. One task per
+/// append handle takes the writes in the order the session issued them and runs each on the
+/// pool in turn (holding no pool thread between writes).
 struct Appender {
-    tx: std::sync::mpsc::Sender<AppendJob>,
+    tx: tokio::sync::mpsc::UnboundedSender<AppendJob>,
 }
 
 impl Appender {
     fn spawn(file: Arc<File>) -> Appender {
-        let (tx, rx) = std::sync::mpsc::channel::<AppendJob>();
-        tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            for (data, done) in rx {
-                let r = (&*file).write_all(&data).map_err(FsError::from);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<AppendJob>();
+        tokio::spawn(async move {
+            while let Some((data, done)) = rx.recv().await {
+                let file = file.clone();
+                let r = blocking(move || {
+                    use std::io::Write;
+                    Ok((&*file).write_all(&data)?)
+                })
+                .await;
                 let _ = done.send(r);
             }
         });

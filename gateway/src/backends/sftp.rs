@@ -216,6 +216,17 @@ impl SftpBackend {
 
 const POSIX_RENAME: &str = "posix-rename@openssh.com";
 
+/// SFTP v3 has no "already exists" code (OpenSSH answers FAILURE when `mkdir` or `rename`
+/// meets an existing name): a FAILURE where `path` exists is `AlreadyExists`.
+async fn exists_or(conn: &Conn, path: &str, r: Result<(), FsError>) -> Result<(), FsError> {
+    match r {
+        Err(FsError::Failure(_)) if conn.sftp.lstat(path).await.is_ok() => {
+            Err(FsError::AlreadyExists)
+        }
+        other => other,
+    }
+}
+
 /// SFTP v3 sets access and modification times only as a pair: the one not being changed keeps
 /// its current value (FTP's MFMT changes only the modification time).
 fn pair_times(attrs: &mut FileAttrs, current: &FileAttrs) {
@@ -396,19 +407,8 @@ impl Backend for SftpBackend {
 
     async fn mkdir(&self, path: &str, attrs: FileAttrs) -> Result<(), FsError> {
         let conn = self.conn().await?;
-        match conn
-            .sftp
-            .mkdir(path, to_wire(&attrs))
-            .await
-            .map_err(map_err)
-        {
-            // SFTP v3 has no "exists" code (OpenSSH answers FAILURE): look.
-            Err(FsError::Failure(why)) => match conn.sftp.lstat(path).await {
-                Ok(_) => Err(FsError::AlreadyExists),
-                Err(_) => Err(FsError::Failure(why)),
-            },
-            other => other.map(drop),
-        }
+        let r = conn.sftp.mkdir(path, to_wire(&attrs)).await;
+        exists_or(&conn, path, r.map(drop).map_err(map_err)).await
     }
 
     async fn rmdir(&self, path: &str) -> Result<(), FsError> {
@@ -433,14 +433,9 @@ impl Backend for SftpBackend {
                 Err(e) => Err(map_err(e)),
             };
         }
-        // OpenSSH's v3 rename never replaces an existing name; it answers FAILURE. Say why.
-        match conn.sftp.rename(from, to).await.map_err(map_err) {
-            Err(FsError::Failure(why)) => match conn.sftp.lstat(to).await {
-                Ok(_) => Err(FsError::AlreadyExists),
-                Err(_) => Err(FsError::Failure(why)),
-            },
-            other => other.map(drop),
-        }
+        // OpenSSH's v3 rename never replaces an existing name.
+        let r = conn.sftp.rename(from, to).await;
+        exists_or(&conn, to, r.map(drop).map_err(map_err)).await
     }
 
     async fn statvfs(&self, path: &str) -> Result<VfsStats, FsError> {
