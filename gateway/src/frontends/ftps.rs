@@ -272,14 +272,20 @@ struct Conn {
     local: SocketAddr,
     attempt: Attempt,
     tls: Arc<ServerConfig>,
-    /// The same, for data connections: the same session store (they resume a session of
-    /// this connection's), and one new ticket each, as OpenSSL servers (vsftpd) send after a
-    /// resumption. Under TLS 1.3 an OpenSSL client uses a ticket once and curl keeps only the
-    /// newest, so its next transfer on this control connection resumes from the ticket of the
-    /// last data connection, which counts as this connection's session. (Four tickets, as on
-    /// the control connection, were seen left unread by an uploading client, whose close then
-    /// became a TCP reset that could overtake the last data.)
+    /// The same, for data connections that carry a download or a listing: the same session
+    /// store (they resume a session of this connection's), and one new ticket each, as
+    /// OpenSSL servers (vsftpd) send after a resumption. Under TLS 1.3 curl keeps only the
+    /// newest ticket and does not offer a used one again, so its next transfer on this control
+    /// connection (`--next`) resumes from the ticket of the last data connection.
     data_tls: Arc<ServerConfig>,
+    /// For data connections that carry an upload: no ticket. A TLS 1.3 ticket is sent after
+    /// the client's Finished, while an uploading client is already writing; one that reaches
+    /// a client after its last read (curl 7.88 reads once, just before close_notify) is unread
+    /// data at its close(), the close becomes a TCP reset, and the reset discards what this
+    /// side had not yet read of the upload (curl issue 6149). Seen in 1 upload of 4 on
+    /// loopback; the upload failed with 426 instead of arriving. A client that needs a fresh
+    /// ticket for a transfer after an upload gets one from any download or listing.
+    data_tls_upload: Arc<ServerConfig>,
     control: Control,
     session: Option<Arc<Session>>,
     /// Identities of the verified client certificate, if one was presented.
@@ -328,6 +334,11 @@ pub async fn serve_connection(
         data_tls: {
             let mut data = (*tls).clone();
             data.send_tls13_tickets = 1;
+            Arc::new(data)
+        },
+        data_tls_upload: {
+            let mut data = (*tls).clone();
+            data.send_tls13_tickets = 0;
             Arc::new(data)
         },
         tls,
@@ -1064,9 +1075,18 @@ impl Conn {
 
     /// TLS on the data connection, which must resume a session of this control connection's
     /// (from the control handshake or an earlier data connection's ticket).
-    async fn secure_data(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, String> {
+    async fn secure_data(
+        &self,
+        tcp: TcpStream,
+        upload: bool,
+    ) -> Result<TlsStream<TcpStream>, String> {
         let from = tcp.peer_addr().ok();
-        let acceptor = TlsAcceptor::from(self.data_tls.clone());
+        let config = if upload {
+            &self.data_tls_upload
+        } else {
+            &self.data_tls
+        };
+        let acceptor = TlsAcceptor::from(config.clone());
         let accepted = tokio::time::timeout(self.data_timeout(), acceptor.accept(tcp)).await;
         let why = match accepted {
             Ok(Ok(s)) if s.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) => {
@@ -1121,7 +1141,8 @@ impl Conn {
             job.abandon(&session, "control connection lost").await;
             return Flow::End("client closed");
         }
-        let data = match self.secure_data(tcp).await {
+        let upload = matches!(job, Job::Stor { .. });
+        let data = match self.secure_data(tcp, upload).await {
             Ok(d) => d,
             Err(why) => {
                 job.abandon(&session, &why).await;
