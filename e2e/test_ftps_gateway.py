@@ -657,3 +657,33 @@ def open_bytes(b: bytes):
 def parse_pasv(resp: str) -> tuple[str, int]:
     nums = resp[resp.index("(") + 1 : resp.index(")")].split(",")
     return ".".join(nums[:4]), int(nums[4]) * 256 + int(nums[5])
+
+
+def test_audit_never_holds_a_password_or_a_raw_line_separator(gw, tmp_path):
+    """`PASS<TAB>secret` used to be recorded as the verb `PASS\\tSECRET…`, and `PASSsecret`
+    (no separator) echoed in the 500 reply the audit records; U+2028/U+2029/U+0085 in a path
+    were written raw, which log shippers read as line breaks."""
+    before = len(gw.audit_path.read_bytes())
+    f = ftplib.FTP_TLS(context=tls_context(gw.pki.ca), timeout=30)
+    f.connect("localhost", gw.ftps_port)
+    f.auth()
+    f.sendcmd("USER alice")
+    with pytest.raises(ftplib.error_perm):
+        f.sendcmd("PASS\tTab-Secret-1")
+    f.sendcmd("USER alice")
+    with pytest.raises(ftplib.error_perm):
+        f.sendcmd("PASSGlued-Secret-2")
+    f.sendcmd("USER alice")
+    assert f.sendcmd("PASS\talice-pw").startswith("230")
+    with pytest.raises(ftplib.error_perm):
+        f.sendcmd("SIZE /local/a\u2028b\u2029c\u0085d")
+    f.quit()
+    written = gw.audit_path.read_bytes()[before:]
+    for secret in (b"Tab-Secret", b"TAB-SECRET", b"Glued-Secret", b"GLUED-SECRET", b"alice-pw"):
+        assert secret not in written, secret
+    for raw in ("\u2028", "\u2029", "\u0085"):
+        assert raw.encode() not in written, repr(raw)
+    sizes = [e for e in gw.events("ftpCommand") if e["verb"] == "SIZE" and "\u2028" in (e["argument"] or "")]
+    assert sizes and sizes[-1]["argument"] == "/local/a\u2028b\u2029c\u0085d", "the path is kept, escaped"
+    passes = [e for e in gw.events("ftpCommand") if e["verb"] == "PASS"]
+    assert passes[-3:] and all(e["argument"] in (None, "********") for e in passes[-3:])

@@ -265,8 +265,10 @@ impl Auditor {
                                     prev: &prev,
                                     event: &event,
                                 };
-                                let mut line = serde_json::to_vec(&record)
-                                    .expect("audit records always serialize");
+                                let mut line = escape_line_breaks(
+                                    serde_json::to_vec(&record)
+                                        .expect("audit records always serialize"),
+                                );
                                 line.push(b'\n');
                                 if stdout && out.write_all(&line).is_err() {
                                     metrics.audit_write_errors.inc();
@@ -328,9 +330,48 @@ pub fn verify_chain(text: &str) -> Result<u64, usize> {
     Ok(n)
 }
 
+/// JSON allows U+0085, U+2028 and U+2029 raw inside strings, but log shippers and JavaScript
+/// readers take them for line breaks, so one record could be read as two. serde_json emits
+/// them only inside strings, where the `\uXXXX` escape means the same.
+fn escape_line_breaks(json: Vec<u8>) -> Vec<u8> {
+    const BREAKS: [(&[u8], &[u8]); 3] = [
+        ("\u{85}".as_bytes(), b"\\u0085"),
+        ("\u{2028}".as_bytes(), b"\\u2028"),
+        ("\u{2029}".as_bytes(), b"\\u2029"),
+    ];
+    if !json.iter().any(|&b| b == 0xc2 || b == 0xe2) {
+        return json;
+    }
+    let mut out = Vec::with_capacity(json.len() + 16);
+    let mut rest = json.as_slice();
+    'bytes: while let Some((&first, tail)) = rest.split_first() {
+        for (raw, escaped) in BREAKS {
+            if rest.starts_with(raw) {
+                out.extend_from_slice(escaped);
+                rest = &rest[raw.len()..];
+                continue 'bytes;
+            }
+        }
+        out.push(first);
+        rest = tail;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_breaks_inside_strings_are_escaped() {
+        let json = serde_json::to_vec(&serde_json::json!({"path": "a\u{2028}b\u{2029}c\u{85}d é"}))
+            .unwrap();
+        let out = escape_line_breaks(json);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, r#"{"path":"a\u2028b\u2029c\u0085d é"}"#);
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["path"], "a\u{2028}b\u{2029}c\u{85}d é");
+    }
 
     #[tokio::test]
     async fn records_are_chained_and_tampering_is_detected() {

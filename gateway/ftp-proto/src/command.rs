@@ -168,19 +168,36 @@ impl ParseError {
     }
 }
 
-/// Parses one line (without CRLF). The verb is case-insensitive; the argument is everything
-/// after the first space, kept as sent (a path may contain spaces).
-pub fn parse(line: &str) -> Result<Command, ParseError> {
-    let (verb, arg) = match line.split_once(' ') {
-        Some((v, a)) => (v, Some(a)),
+/// Splits a line into its verb and argument: the verb ends at the first whitespace character
+/// of any kind (`PASS<TAB>secret` is `PASS` with argument `secret`, never a verb that holds the
+/// password); the argument is everything after that one separator, kept as sent (a path may
+/// contain spaces). The one place where a line is split: parsing and auditing agree.
+pub fn split_command(line: &str) -> (&str, Option<&str>) {
+    match line.char_indices().find(|(_, c)| c.is_whitespace()) {
+        Some((i, c)) => (&line[..i], Some(&line[i + c.len_utf8()..])),
         None => (line, None),
-    };
+    }
+}
+
+/// An unknown verb as a reply may echo it: at most 16 characters, and nothing of one that
+/// starts like `PASS` or `ACCT` (`PASSsecret` sent without a separator).
+fn shown_verb(verb: &str) -> String {
+    let upper = verb.to_ascii_uppercase();
+    match ["PASS", "ACCT"].into_iter().find(|s| upper.starts_with(s)) {
+        Some(secret) => format!("{secret}…"),
+        None => verb.chars().take(16).collect(),
+    }
+}
+
+/// Parses one line (without CRLF). The verb is case-insensitive; see [`split_command`].
+pub fn parse(line: &str) -> Result<Command, ParseError> {
+    let (verb, arg) = split_command(line);
     let upper = verb.to_ascii_uppercase();
     let v: &'static str = VERBS
         .iter()
         .find(|k| **k == upper)
         .copied()
-        .ok_or_else(|| ParseError::Unknown(verb.chars().take(16).collect()))?;
+        .ok_or_else(|| ParseError::Unknown(shown_verb(verb)))?;
     let bad = |why: &'static str| ParseError::BadArgument { verb: v, why };
     let need = || -> Result<String, ParseError> {
         match arg {
@@ -515,6 +532,11 @@ mod tests {
     #[test]
     fn the_verb_never_carries_the_argument() {
         assert_eq!(parse("PASS hunter2").unwrap().verb(), "PASS");
+        assert_eq!(parse("PASS\thunter2"), Ok(Command::Pass("hunter2".into())));
+        assert_eq!(split_command("PASS\u{a0}x y"), ("PASS", Some("x y")));
+        assert_eq!(split_command("NOOP"), ("NOOP", None));
+        let unknown = parse("passHunter2").unwrap_err();
+        assert!(!unknown.message().contains("Hunter2"), "{unknown:?}");
         assert!(!format!("{:?}", parse("FROB hunter2")).contains("hunter2"));
     }
 

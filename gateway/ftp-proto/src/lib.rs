@@ -11,7 +11,7 @@ mod line;
 mod listing;
 mod reply;
 
-pub use command::{Command, HostPort, ParseError, ProtLevel, parse};
+pub use command::{Command, HostPort, ParseError, ProtLevel, parse, split_command};
 pub use control::{Action, Control, Identified, Protection, Start};
 pub use data::{
     ActivePolicy, ActiveRefusal, PassivePorts, check_active, epsv_reply, passive_peer_ok,

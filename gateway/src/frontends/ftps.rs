@@ -20,7 +20,7 @@ use portcullis_config::{ClientCertificates, Listener, Protocol, TlsVersion};
 use portcullis_ftp_proto::{
     Action, ActivePolicy, Command, Control, Entry, HostPort, Identified, LineError, LineReader,
     PassivePorts, Reply, Start, check_active, epsv_reply, list_line, mlsd_line, parse,
-    passive_peer_ok, pasv_reply, timeval,
+    passive_peer_ok, pasv_reply, split_command, timeval,
 };
 use rustls::{
     HandshakeKind, ServerConfig,
@@ -217,22 +217,19 @@ fn clean(line: &str) -> &str {
     line.trim_start_matches(|c: char| !c.is_ascii_alphabetic())
 }
 
-/// `verb` and argument as the audit records them: never the argument of `PASS`.
+/// `verb` and argument as the audit records them: never what follows `PASS` or `ACCT`,
+/// however it is separated (`PASS<TAB>x`, or `PASSx` with none at all).
 fn audit_parts(line: &str) -> (String, Option<String>) {
-    let (verb, arg) = match line.split_once(' ') {
-        Some((v, a)) => (v, Some(a)),
-        None => (line, None),
-    };
-    let verb: String = verb
-        .chars()
-        .take(16)
-        .collect::<String>()
-        .to_ascii_uppercase();
-    let arg = match verb.as_str() {
-        "PASS" => arg.map(|_| "********".to_owned()),
-        _ => arg.map(|a| a.chars().take(512).collect()),
-    };
-    (verb, arg)
+    let (verb, arg) = split_command(line);
+    let upper = verb.to_ascii_uppercase();
+    for secret in ["PASS", "ACCT"] {
+        if upper.starts_with(secret) {
+            let hidden = (arg.is_some() || upper.len() > secret.len()).then(|| "********".into());
+            return (secret.to_owned(), hidden);
+        }
+    }
+    let verb: String = upper.chars().take(16).collect();
+    (verb, arg.map(|a| a.chars().take(512).collect()))
 }
 
 /// What a step of the loop tells the caller.
@@ -1610,6 +1607,15 @@ mod tests {
             ("RETR".to_owned(), Some("/in/a b.txt".to_owned()))
         );
         assert_eq!(audit_parts("PWD"), ("PWD".to_owned(), None));
+        let hidden = ("PASS".to_owned(), Some("********".to_owned()));
+        assert_eq!(audit_parts("PASS\tSecret"), hidden);
+        assert_eq!(audit_parts("PASS\u{3000}Secret"), hidden);
+        assert_eq!(audit_parts("passSecret"), hidden);
+        assert_eq!(audit_parts("PASS"), ("PASS".to_owned(), None));
+        assert_eq!(
+            audit_parts("ACCT\tk"),
+            ("ACCT".to_owned(), Some("********".to_owned()))
+        );
         // Telnet IP/DM before ABOR (as replacement characters).
         assert_eq!(clean("\u{fffd}\u{fffd}ABOR"), "ABOR");
     }
