@@ -59,3 +59,49 @@ def test_login_storm_keeps_memory_bounded_and_real_users_get_in(sshd, passwords,
         assert time.monotonic() - t0 < 5
     finally:
         g.stop()
+
+
+def server_kexinit(port: int) -> list[list[str]]:
+    """The ten name-lists of the server's first KEXINIT, read off a raw socket."""
+    import socket
+    import struct
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"SSH-2.0-probe\r\n")
+        buf = b""
+        while b"\r\n" not in buf:
+            buf += s.recv(4096)
+        buf = buf.split(b"\r\n", 1)[1]
+
+        def need(n: int) -> None:
+            nonlocal buf
+            while len(buf) < n:
+                chunk = s.recv(65536)
+                assert chunk, "closed before KEXINIT"
+                buf += chunk
+
+        need(5)
+        length = struct.unpack(">I", buf[:4])[0]
+        need(4 + length)
+        payload = buf[5:4 + length - buf[4]]
+    assert payload[0] == 20, "not a KEXINIT"
+    at, lists = 17, []
+    for _ in range(10):
+        n = struct.unpack(">I", payload[at:at + 4])[0]
+        lists.append(payload[at + 4:at + 4 + n].decode().split(","))
+        at += 4 + n
+    return lists
+
+
+def test_no_compression_before_login(tmp_path):
+    """Plain `zlib` would inflate whatever an unauthenticated peer sends; only the delayed
+    `zlib@openssh.com` (after login, as OpenSSH) or none are offered, in both directions."""
+    d = fresh_dir("no-prauth-zlib")
+    (d / "data").mkdir()
+    g = Gateway(d, {"endpoints": [{"name": "disk", "type": "local", "root": str(d / "data")}]})
+    try:
+        lists = server_kexinit(g.port)
+        assert lists[6] == ["none", "zlib@openssh.com"], lists[6]
+        assert lists[7] == ["none", "zlib@openssh.com"], lists[7]
+    finally:
+        g.stop()

@@ -482,6 +482,9 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
                 .filter_map(|n| mac::Name::try_from(n.as_str()).ok())
                 .collect::<Vec<_>>()
                 .into(),
+            // Never `zlib`: it would inflate what unauthenticated peers send. The delayed
+            // `zlib@openssh.com` starts only after a successful login, as OpenSSH's default.
+            compression: (&[russh::compression::NONE, russh::compression::ZLIB_LEGACY][..]).into(),
             ..Default::default()
         },
         max_auth_attempts: limits.max_auth_attempts,
