@@ -105,3 +105,81 @@ def test_no_compression_before_login(tmp_path):
         assert lists[7] == ["none", "zlib@openssh.com"], lists[7]
     finally:
         g.stop()
+
+
+def test_backend_symlinks_do_not_leave_the_mount(sshd, passwords):
+    """A symlink planted in a mount's directory must not reach another mount's files (a
+    read-only one included) or anything outside the mount, on the local and the SFTP
+    backends, through any operation; a symlink that stays inside the mount still works."""
+    import shutil
+    d = fresh_dir("symlink-escape")
+    disk = d / "disk"
+    for sub in ("up", "up/sub", "ro", "other"):
+        (disk / sub).mkdir(parents=True)
+    (disk / "ro" / "r.txt").write_text("read-only secret")
+    (disk / "other" / "o.txt").write_text("other mount")
+    (disk / "up" / "sub" / "f.txt").write_text("inside")
+    (disk / "up" / "esc").symlink_to(disk / "ro")
+    (disk / "up" / "peek").symlink_to(disk / "other" / "o.txt")
+    (disk / "up" / "inside").symlink_to(disk / "up" / "sub")
+    s_dir, out_dir = sshd.root / "hostile-s", sshd.root / "hostile-out"
+    for p in (s_dir, out_dir):
+        shutil.rmtree(p, ignore_errors=True)
+        p.mkdir()
+    (out_dir / "secret.txt").write_text("outside the mount")
+    (s_dir / "esc").symlink_to(out_dir)
+    (s_dir / "peek").symlink_to(out_dir / "secret.txt")
+    rw = ["list", "read", "write", "mkdir", "rmdir", "delete", "rename", "setattr"]
+    g = Gateway(d, {
+        "endpoints": [{"name": "disk", "type": "local", "root": str(disk)}, sshd.endpoint("sshd")],
+        "users": [{"name": "alice", "passwordHash": passwords["alice-pw"], "zones": ["loopback"],
+                   "roles": ["r"]}],
+        "roles": [{"name": "r", "mounts": [
+            {"path": "/up", "endpoint": "disk", "backendPath": "/up", "verbs": rw},
+            {"path": "/ro", "endpoint": "disk", "backendPath": "/ro", "verbs": ["list", "read"]},
+            {"path": "/other", "endpoint": "disk", "backendPath": "/other", "verbs": rw},
+            {"path": "/s", "endpoint": "sshd", "backendPath": str(s_dir), "verbs": rw},
+        ]}],
+    })
+    t = paramiko.Transport(("127.0.0.1", g.port))
+    try:
+        t.connect(username="alice", password="alice-pw")
+        sftp = paramiko.SFTPClient.from_transport(t)
+        # The inside link still works.
+        with sftp.open("/up/inside/f.txt") as f:
+            assert f.read() == b"inside"
+        probes = {
+            "read through a dir link": lambda m: sftp.open(f"/{m}/esc/{'r' if m == 'up' else 'secret'}.txt").read(),
+            "write through a dir link": lambda m: sftp.open(f"/{m}/esc/new.txt", "w").write(b"x"),
+            "list a dir link": lambda m: sftp.listdir(f"/{m}/esc"),
+            "stat through a dir link": lambda m: sftp.stat(f"/{m}/esc/{'r' if m == 'up' else 'secret'}.txt"),
+            "stat a file link": lambda m: sftp.stat(f"/{m}/peek"),
+            "read a file link": lambda m: sftp.open(f"/{m}/peek").read(),
+            "mkdir through a dir link": lambda m: sftp.mkdir(f"/{m}/esc/newdir"),
+            "remove through a dir link": lambda m: sftp.remove(f"/{m}/esc/{'r' if m == 'up' else 'secret'}.txt"),
+            "rename into a dir link": lambda m: sftp.rename(f"/{m}/sub-or-x", f"/{m}/esc/moved"),
+            "chmod through a dir link": lambda m: sftp.chmod(f"/{m}/esc/{'r' if m == 'up' else 'secret'}.txt", 0o777),
+        }
+        (s_dir / "sub-or-x").write_text("x")
+        (disk / "up" / "sub-or-x").write_text("x")
+        escaped = []
+        for mount in ("up", "s"):
+            for what, probe in probes.items():
+                try:
+                    probe(mount)
+                    escaped.append(f"{mount}: {what}")
+                except (IOError, OSError):
+                    pass
+        assert not escaped, escaped
+        sftp.close()
+    finally:
+        t.close()
+        g.stop()
+    assert (disk / "ro" / "r.txt").read_text() == "read-only secret"
+    assert sorted(p.name for p in (disk / "ro").iterdir()) == ["r.txt"]
+    assert (out_dir / "secret.txt").read_text() == "outside the mount"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["secret.txt"]
+    assert (out_dir / "secret.txt").stat().st_mode & 0o777 != 0o777
+    refused = [e for e in g.events("request") if e["result"] != "ok"
+               and any(k in (e.get("path") or "") + (e.get("target") or "") for k in ("/esc", "/peek"))]
+    assert len(refused) >= 2 * len(probes), "every refusal is audited"

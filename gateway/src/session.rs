@@ -321,6 +321,8 @@ enum Handle {
 /// An authorized target: which backend, which path there, and the rule that allowed it.
 struct Target {
     endpoint: String,
+    /// The mount's backend path: `backend_path` must stay beneath it.
+    base: String,
     backend_path: String,
     rule: String,
 }
@@ -575,8 +577,8 @@ impl Session {
                     Location::Nowhere => Err(FsError::NotFound),
                     Location::Mounted { .. } => {
                         let t = self.authorize(&user, Verb::List, &vpath)?;
-                        *rule = Some(t.rule);
-                        let b = self.backend(&t.endpoint).await?;
+                        *rule = Some(t.rule.clone());
+                        let b = self.confined(&t).await?;
                         Ok(OpOutput::Attrs(b.stat(&t.backend_path, follow).await?))
                     }
                 }
@@ -589,17 +591,14 @@ impl Session {
                 if attrs.size.is_some() {
                     self.authorize(&user, Verb::Write, &vpath)?;
                 }
-                *rule = Some(t.rule);
-                let b = self.backend(&t.endpoint).await?;
+                *rule = Some(t.rule.clone());
+                let b = self.confined(&t).await?;
                 b.set_stat(&t.backend_path, attrs).await?;
                 Ok(OpOutput::Done)
             }
             FileOp::Remove { path } => {
                 let t = self.target(Verb::Delete, &path, rule)?;
-                self.backend(&t.endpoint)
-                    .await?
-                    .remove(&t.backend_path)
-                    .await?;
+                self.confined(&t).await?.remove(&t.backend_path).await?;
                 Ok(OpOutput::Done)
             }
             FileOp::Mkdir { path, attrs } => {
@@ -608,7 +607,7 @@ impl Session {
                     mode: attrs.mode,
                     ..Default::default()
                 };
-                self.backend(&t.endpoint)
+                self.confined(&t)
                     .await?
                     .mkdir(&t.backend_path, attrs)
                     .await?;
@@ -616,10 +615,7 @@ impl Session {
             }
             FileOp::Rmdir { path } => {
                 let t = self.target(Verb::Rmdir, &path, rule)?;
-                self.backend(&t.endpoint)
-                    .await?
-                    .rmdir(&t.backend_path)
-                    .await?;
+                self.confined(&t).await?.rmdir(&t.backend_path).await?;
                 Ok(OpOutput::Done)
             }
             FileOp::Rename {
@@ -640,7 +636,8 @@ impl Session {
                 let user = self.user()?;
                 let overwrite =
                     overwrite && user.tree.authorize(Verb::Delete, &parse(&to)?).is_ok();
-                self.backend(&a.endpoint)
+                self.confined(&b).await?;
+                self.confined(&a)
                     .await?
                     .rename(&a.backend_path, &b.backend_path, overwrite)
                     .await?;
@@ -648,7 +645,7 @@ impl Session {
             }
             FileOp::StatVfs { path } => {
                 let t = self.target(Verb::List, &path, rule)?;
-                let b = self.backend(&t.endpoint).await?;
+                let b = self.confined(&t).await?;
                 Ok(OpOutput::VfsStats(b.statvfs(&t.backend_path).await?))
             }
             FileOp::Fsync { handle } => {
@@ -680,7 +677,7 @@ impl Session {
         let t = target.expect("one of the branches ran");
         *rule = Some(t.rule.clone());
         self.room_for_a_handle()?;
-        let backend = self.backend(&t.endpoint).await?;
+        let backend = self.confined(&t).await?;
         // A fresh upload replacing the content goes under a temporary name (see UploadMode).
         let temp =
             (mode.truncate && !mode.append && self.upload_mode(&t.endpoint) == UploadMode::Atomic)
@@ -756,8 +753,8 @@ impl Session {
             Location::Nowhere => Err(FsError::NotFound),
             Location::Mounted { .. } => {
                 let t = self.authorize(&user, Verb::List, vpath)?;
-                *rule = Some(t.rule);
-                let b = self.backend(&t.endpoint).await?;
+                *rule = Some(t.rule.clone());
+                let b = self.confined(&t).await?;
                 b.list(&t.backend_path).await
             }
         }
@@ -909,6 +906,7 @@ impl Session {
             let t = match user.tree.authorize_site(&vpath, command) {
                 Ok(a) => Target {
                     endpoint: a.mount.endpoint.clone(),
+                    base: a.mount.backend_path.clone(),
                     backend_path: a.backend_path,
                     rule: a.rule,
                 },
@@ -918,7 +916,7 @@ impl Session {
                 }
             };
             rule = Some(t.rule.clone());
-            self.backend(&t.endpoint).await?.site(command).await
+            self.confined(&t).await?.site(command).await
         }
         .await;
         self.shared.metrics.op(
@@ -1046,6 +1044,7 @@ impl Session {
         match user.tree.authorize(verb, path) {
             Ok(a) => Ok(Target {
                 endpoint: a.mount.endpoint.clone(),
+                base: a.mount.backend_path.clone(),
                 backend_path: a.backend_path,
                 rule: a.rule,
             }),
@@ -1080,6 +1079,15 @@ impl Session {
 
     /// This session's connection to an endpoint, made on first use and remade when the
     /// endpoint's config changed or its connection dropped.
+    /// The endpoint's connection, once the backend has shown that `t`'s path stays beneath
+    /// its mount through every component (a symlinked directory or a final symlink that leads
+    /// elsewhere is refused). Every path operation gets its backend here.
+    async fn confined(&self, t: &Target) -> Result<Arc<dyn Backend>, FsError> {
+        let b = self.backend(&t.endpoint).await?;
+        b.confine(&t.base, &t.backend_path).await?;
+        Ok(b)
+    }
+
     async fn backend(&self, endpoint: &str) -> Result<Arc<dyn Backend>, FsError> {
         let rt = self.shared.runtime.load();
         let spec = rt.endpoints.get(endpoint).cloned().ok_or_else(|| {

@@ -299,6 +299,18 @@ fn file_attrs(size: u64, mtime: Option<u32>) -> FileAttrs {
 
 #[async_trait]
 impl Backend for FtpsBackend {
+    /// FTP shows no server's view of where a symlink leads (`LIST` gives a target as text,
+    /// relative to who knows what, and `CWD` follows it silently), so the check is the
+    /// path's own: beneath the mount, no `..`. The FTP server's own confinement (vsftpd's
+    /// `chroot_local_user`, the account's home) is what holds symlinks in (docs/security.md).
+    async fn confine(&self, base: &str, path: &str) -> Result<(), FsError> {
+        if super::beneath(base, path) && !path.split('/').any(|c| c == "..") {
+            Ok(())
+        } else {
+            Err(FsError::BadPath(path.to_owned()))
+        }
+    }
+
     async fn open(&self, path: &str, mode: OpenMode) -> Result<Arc<dyn BackendFile>, FsError> {
         if mode.read && mode.writes() {
             return Err(FsError::Unsupported(

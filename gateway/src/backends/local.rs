@@ -1,9 +1,11 @@
 //! A local directory backend, for the demo and tests. Not meant for a DMZ: the gateway's own
 //! file system is the last place a DMZ should keep files.
 //!
-//! Paths are confined to the root: the parent of every target is canonicalized and must lie
-//! inside the root, and the final component is opened with `O_NOFOLLOW`, so a symlink planted
-//! in the directory cannot lead outside it.
+//! Paths are confined twice. Each operation's path must stay beneath its mount's backend path
+//! (`Backend::confine`, called by the session): the parent resolved with its symlinks, and a
+//! final symlink's target, must lie beneath the mount's directory resolved the same way, so a
+//! link planted in one mount cannot reach another mount's files. Each operation also checks
+//! its parent against the root, and opens the final component with `O_NOFOLLOW`.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -30,7 +32,7 @@ impl LocalBackend {
     }
 
     /// Maps a backend path onto the root and checks that its parent stays inside.
-    fn confine(&self, path: &str) -> Result<PathBuf, FsError> {
+    fn resolve(&self, path: &str) -> Result<PathBuf, FsError> {
         let rel = path.trim_start_matches('/');
         if rel.split('/').any(|s| s == "..") || rel.contains('\0') {
             return Err(FsError::BadPath(path.to_owned()));
@@ -47,9 +49,9 @@ impl LocalBackend {
         Ok(real_parent.join(full.file_name().unwrap_or_default()))
     }
 
-    /// As `confine`, and if the target is a symlink, its resolution must stay inside too.
-    fn confine_follow(&self, path: &str) -> Result<PathBuf, FsError> {
-        let p = self.confine(path)?;
+    /// As `resolve`, and if the target is a symlink, its resolution must stay inside too.
+    fn resolve_follow(&self, path: &str) -> Result<PathBuf, FsError> {
+        let p = self.resolve(path)?;
         let real = p.canonicalize()?;
         if !real.starts_with(&self.root) {
             return Err(FsError::Denied(
@@ -226,8 +228,35 @@ impl BackendFile for LocalFile {
 
 #[async_trait]
 impl Backend for LocalBackend {
+    async fn confine(&self, base: &str, path: &str) -> Result<(), FsError> {
+        if !super::beneath(base, path) {
+            return Err(FsError::BadPath(path.to_owned()));
+        }
+        let base = self.resolve_follow(base)?;
+        let full = self.resolve(path)?;
+        blocking(move || {
+            if full == base {
+                return Ok(());
+            }
+            // `resolve` gave the parent resolved; a final symlink must lead beneath too.
+            // A symlink that cannot be resolved (dangling, or unreadable) is refused too.
+            let real = match full.symlink_metadata() {
+                Ok(m) if m.file_type().is_symlink() => full
+                    .canonicalize()
+                    .map_err(|_| FsError::Denied("a symlink that cannot be resolved".into()))?,
+                _ => full,
+            };
+            if real.starts_with(&base) {
+                Ok(())
+            } else {
+                Err(FsError::Denied("a symlink leads outside the mount".into()))
+            }
+        })
+        .await
+    }
+
     async fn open(&self, path: &str, mode: OpenMode) -> Result<Arc<dyn BackendFile>, FsError> {
-        let p = self.confine(path)?;
+        let p = self.resolve(path)?;
         blocking(move || {
             let mut o = OpenOptions::new();
             o.read(mode.read)
@@ -265,7 +294,7 @@ impl Backend for LocalBackend {
     }
 
     async fn list(&self, path: &str) -> Result<Vec<DirEntry>, FsError> {
-        let p = self.confine_follow(path)?;
+        let p = self.resolve_follow(path)?;
         blocking(move || {
             let mut out = Vec::new();
             for entry in fs::read_dir(&p)? {
@@ -286,15 +315,15 @@ impl Backend for LocalBackend {
 
     async fn stat(&self, path: &str, follow: bool) -> Result<FileAttrs, FsError> {
         let p = if follow {
-            self.confine_follow(path)?
+            self.resolve_follow(path)?
         } else {
-            self.confine(path)?
+            self.resolve(path)?
         };
         blocking(move || Ok(attrs_of(&p.symlink_metadata()?))).await
     }
 
     async fn set_stat(&self, path: &str, attrs: FileAttrs) -> Result<(), FsError> {
-        let p = self.confine(path)?;
+        let p = self.resolve(path)?;
         blocking(move || {
             if p.symlink_metadata()?.file_type().is_symlink() {
                 return Err(FsError::Denied("symlinks are not followed".into()));
@@ -305,7 +334,7 @@ impl Backend for LocalBackend {
     }
 
     async fn remove(&self, path: &str) -> Result<(), FsError> {
-        let p = self.confine(path)?;
+        let p = self.resolve(path)?;
         blocking(move || {
             if p.symlink_metadata()?.is_dir() {
                 return Err(FsError::Failure("is a directory".into()));
@@ -317,7 +346,7 @@ impl Backend for LocalBackend {
 
     async fn mkdir(&self, path: &str, attrs: FileAttrs) -> Result<(), FsError> {
         // `create_dir` on an existing name is `AlreadyExists`, as on every backend.
-        let p = self.confine(path)?;
+        let p = self.resolve(path)?;
         blocking(move || {
             fs::create_dir(&p)?;
             if let Some(mode) = attrs.mode {
@@ -329,7 +358,7 @@ impl Backend for LocalBackend {
     }
 
     async fn rmdir(&self, path: &str) -> Result<(), FsError> {
-        let p = self.confine(path)?;
+        let p = self.resolve(path)?;
         if p == self.root {
             return Err(FsError::Denied("cannot remove the backend root".into()));
         }
@@ -337,7 +366,7 @@ impl Backend for LocalBackend {
     }
 
     async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<(), FsError> {
-        let (a, b) = (self.confine(from)?, self.confine(to)?);
+        let (a, b) = (self.resolve(from)?, self.resolve(to)?);
         blocking(move || {
             if overwrite {
                 return Ok(fs::rename(&a, &b)?);
@@ -363,7 +392,7 @@ impl Backend for LocalBackend {
     }
 
     async fn statvfs(&self, path: &str) -> Result<VfsStats, FsError> {
-        let p = self.confine_follow(path)?;
+        let p = self.resolve_follow(path)?;
         blocking(move || {
             let c = cstring(&p)?;
             let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -392,6 +421,40 @@ impl Backend for LocalBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn symlinks_cannot_lead_from_one_mount_into_another() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for d in ["a/sub", "b"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::write(r.join("b/secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(r.join("b"), r.join("a/dirlink")).unwrap();
+        std::os::unix::fs::symlink(r.join("b/secret"), r.join("a/link")).unwrap();
+        std::os::unix::fs::symlink(r.join("a/sub"), r.join("a/inside")).unwrap();
+        std::os::unix::fs::symlink(r.join("gone"), r.join("a/dangling")).unwrap();
+        let b = LocalBackend::new(r).unwrap();
+        let denied = |res: Result<(), FsError>| matches!(res, Err(FsError::Denied(_)));
+        assert!(denied(b.confine("/a", "/a/dirlink/secret").await));
+        assert!(denied(b.confine("/a", "/a/dirlink").await));
+        assert!(denied(b.confine("/a", "/a/link").await));
+        assert!(denied(b.confine("/a", "/a/dangling").await));
+        assert!(b.confine("/a", "/a").await.is_ok());
+        assert!(b.confine("/a", "/a/new-file").await.is_ok());
+        assert!(b.confine("/a", "/a/inside/x").await.is_ok());
+        assert!(b.confine("/a", "/a/inside").await.is_ok());
+        assert!(matches!(
+            b.confine("/a", "/ab/x").await,
+            Err(FsError::BadPath(_))
+        ));
+        assert!(matches!(
+            b.confine("/a", "/a/missing/x").await,
+            Err(FsError::NotFound)
+        ));
+        // The same paths without a mount base: the root is the only bound.
+        assert!(b.confine("/", "/a/dirlink/secret").await.is_ok());
+    }
 
     #[tokio::test]
     async fn symlinks_cannot_lead_outside_the_root() {

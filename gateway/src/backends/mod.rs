@@ -136,9 +136,26 @@ pub trait BackendFile: Send + Sync {
     async fn close(&self) -> Result<(), FsError>;
 }
 
+/// Whether `path` is `base` or lies beneath it, by whole components: `/inbox` is not beneath
+/// `/in`.
+pub fn beneath(base: &str, path: &str) -> bool {
+    let base = base.trim_end_matches('/');
+    base.is_empty()
+        || path == base
+        || path
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// A connected backend.
 #[async_trait]
 pub trait Backend: Send + Sync {
+    /// Checks that `path` stays beneath `base` (the mount's backend path) where it really
+    /// leads: the directories on the way resolved with their symlinks, and a final symlink's
+    /// target, must lie beneath `base` resolved the same way. The session calls it before
+    /// every path operation. It is a check before use: a symlink swapped in between by
+    /// someone with write access to the backend directory is not caught (docs/security.md).
+    async fn confine(&self, base: &str, path: &str) -> Result<(), FsError>;
     async fn open(&self, path: &str, mode: OpenMode) -> Result<Arc<dyn BackendFile>, FsError>;
     async fn list(&self, path: &str) -> Result<Vec<DirEntry>, FsError>;
     /// `follow` false is lstat.

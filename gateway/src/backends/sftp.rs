@@ -319,6 +319,49 @@ impl BackendFile for SftpFile {
 
 #[async_trait]
 impl Backend for SftpBackend {
+    /// `realpath` of the mount's directory and of the path's parent, and of the path itself
+    /// when it is a symlink: each resolved path must lie beneath the resolved mount. Two or
+    /// three extra round trips per path operation; none per read or write on a handle.
+    async fn confine(&self, base: &str, path: &str) -> Result<(), FsError> {
+        if !super::beneath(base, path) {
+            return Err(FsError::BadPath(path.to_owned()));
+        }
+        let conn = self.conn().await?;
+        let realpath = |p: String| {
+            let conn = &conn;
+            async move {
+                let name = conn.sftp.realpath(p).await.map_err(map_err)?;
+                name.files
+                    .into_iter()
+                    .next()
+                    .map(|f| f.filename)
+                    .ok_or_else(|| FsError::Failure("empty realpath answer".into()))
+            }
+        };
+        let real_base = realpath(base.to_owned()).await?;
+        if path.trim_end_matches('/') == base.trim_end_matches('/') {
+            return Ok(());
+        }
+        let parent = match path.trim_end_matches('/').rsplit_once('/') {
+            Some(("", _)) | None => "/".to_owned(),
+            Some((p, _)) => p.to_owned(),
+        };
+        let outside = || FsError::Denied("a symlink leads outside the mount".into());
+        if !super::beneath(&real_base, &realpath(parent).await?) {
+            return Err(outside());
+        }
+        // A symlink that cannot be resolved (dangling, or unreadable) is refused too.
+        if let Ok(a) = conn.sftp.lstat(path).await
+            && from_wire(&a.attrs).is_symlink()
+            && !realpath(path.to_owned())
+                .await
+                .is_ok_and(|real| super::beneath(&real_base, &real))
+        {
+            return Err(outside());
+        }
+        Ok(())
+    }
+
     async fn open(&self, path: &str, mode: OpenMode) -> Result<Arc<dyn BackendFile>, FsError> {
         let conn = self.conn().await?;
         // Symlinks on the backend are not followed: a link planted there must not lead a
