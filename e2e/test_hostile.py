@@ -183,3 +183,38 @@ def test_backend_symlinks_do_not_leave_the_mount(sshd, passwords):
     refused = [e for e in g.events("request") if e["result"] != "ok"
                and any(k in (e.get("path") or "") + (e.get("target") or "") for k in ("/esc", "/peek"))]
     assert len(refused) >= 2 * len(probes), "every refusal is audited"
+
+
+def test_client_modes_never_set_setuid_setgid_or_sticky(sshd, passwords):
+    """MKDIR honoured a client's 0o47777 and SETSTAT could set setuid/setgid; only the
+    permission bits pass now, on the local backend and a real sshd."""
+    import shutil
+    d = fresh_dir("modes")
+    (d / "disk").mkdir()
+    s_dir = sshd.root / "hostile-modes"
+    shutil.rmtree(s_dir, ignore_errors=True)
+    s_dir.mkdir()
+    verbs = ["list", "read", "write", "mkdir", "setattr"]
+    g = Gateway(d, {
+        "endpoints": [{"name": "disk", "type": "local", "root": str(d / "disk")}, sshd.endpoint("sshd")],
+        "users": [{"name": "alice", "passwordHash": passwords["alice-pw"], "zones": ["loopback"], "roles": ["r"]}],
+        "roles": [{"name": "r", "mounts": [
+            {"path": "/l", "endpoint": "disk", "verbs": verbs},
+            {"path": "/s", "endpoint": "sshd", "backendPath": str(s_dir), "verbs": verbs},
+        ]}],
+    })
+    t = paramiko.Transport(("127.0.0.1", g.port))
+    try:
+        t.connect(username="alice", password="alice-pw")
+        sftp = paramiko.SFTPClient.from_transport(t)
+        for m, where in (("/l", d / "disk"), ("/s", s_dir)):
+            sftp.mkdir(f"{m}/d", 0o47777)
+            assert (where / "d").stat().st_mode & 0o7000 == 0, oct((where / "d").stat().st_mode)
+            with sftp.open(f"{m}/f", "w") as f:
+                f.write(b"x")
+            sftp.chmod(f"{m}/f", 0o6755)
+            assert (where / "f").stat().st_mode & 0o7777 == 0o755, oct((where / "f").stat().st_mode)
+        sftp.close()
+    finally:
+        t.close()
+        g.stop()

@@ -603,8 +603,9 @@ impl Session {
             }
             FileOp::Mkdir { path, attrs } => {
                 let t = self.target(Verb::Mkdir, &path, rule)?;
+                // Only the permission bits: a `[list, mkdir]` role asked for 0o47777.
                 let attrs = FileAttrs {
-                    mode: attrs.mode,
+                    mode: settable(attrs).mode,
                     ..Default::default()
                 };
                 self.confined(&t)
@@ -1133,10 +1134,14 @@ fn parse(path: &str) -> Result<VPath, FsError> {
 }
 
 /// Ownership never changes through the gateway.
+/// What a client may set: never the owner, and of the mode only the permission bits. Setuid,
+/// setgid and sticky are dropped (a role with `setattr` must not mint a setuid file on a
+/// backend), as are type bits.
 fn settable(attrs: FileAttrs) -> FileAttrs {
     FileAttrs {
         uid: None,
         gid: None,
+        mode: attrs.mode.map(|m| m & 0o777),
         ..attrs
     }
 }
@@ -1615,6 +1620,41 @@ audit: {{stdout: false, file: "{audit}"}}
         );
         assert_eq!(std::fs::read(f.root.join("in/b")).unwrap(), b"b");
         assert!(Path::new(&f.root.join("in/a")).exists());
+    }
+
+    #[tokio::test]
+    async fn modes_keep_only_permission_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = fixture("atomic").await;
+        let mode_of = |p: &str| {
+            std::fs::metadata(f.root.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+        };
+        f.session
+            .execute(FileOp::Mkdir {
+                path: "/in/d".into(),
+                attrs: FileAttrs {
+                    mode: Some(0o47777),
+                    ..Default::default()
+                },
+            })
+            .await
+            .unwrap();
+        assert_eq!(mode_of("in/d") & 0o7000, 0, "{:o}", mode_of("in/d"));
+        std::fs::write(f.root.join("in/x"), b"x").unwrap();
+        f.session
+            .execute(FileOp::SetStat {
+                path: "/in/x".into(),
+                attrs: FileAttrs {
+                    mode: Some(0o106755),
+                    ..Default::default()
+                },
+            })
+            .await
+            .unwrap();
+        assert_eq!(mode_of("in/x") & 0o7777, 0o755);
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -348,10 +348,12 @@ impl Backend for LocalBackend {
         // `create_dir` on an existing name is `AlreadyExists`, as on every backend.
         let p = self.resolve(path)?;
         blocking(move || {
-            fs::create_dir(&p)?;
+            // mkdir(2) with the mode: the process umask applies, as with sftp-server.
+            let mut b = fs::DirBuilder::new();
             if let Some(mode) = attrs.mode {
-                fs::set_permissions(&p, fs::Permissions::from_mode(mode & 0o7777))?;
+                b.mode(mode & 0o777);
             }
+            b.create(&p)?;
             Ok(())
         })
         .await
