@@ -218,3 +218,74 @@ def test_client_modes_never_set_setuid_setgid_or_sticky(sshd, passwords):
     finally:
         t.close()
         g.stop()
+
+
+def test_every_refused_request_is_audited(passwords):
+    """exec, shell, pty, port forwarding, a second session channel, and SFTP symlink,
+    readlink and unknown extensions were refused without a record."""
+    d = fresh_dir("refusals")
+    (d / "disk").mkdir()
+    (d / "disk" / "f.txt").write_text("x")
+    g = Gateway(d, {
+        "endpoints": [{"name": "disk", "type": "local", "root": str(d / "disk")}],
+        "users": [{"name": "alice", "passwordHash": passwords["alice-pw"], "zones": ["loopback"], "roles": ["r"]}],
+        "roles": [{"name": "r", "mounts": [{"path": "/l", "endpoint": "disk", "verbs": ["list", "read", "write"]}]}],
+    })
+    t = paramiko.Transport(("127.0.0.1", g.port))
+    try:
+        t.connect(username="alice", password="alice-pw")
+        ch = t.open_session()
+        try:
+            ch.exec_command("cat /etc/passwd --secret-arg")
+            raise AssertionError("exec accepted")
+        except paramiko.SSHException:
+            pass
+        ch.close()
+        ch = t.open_session()
+        try:
+            ch.get_pty()
+            raise AssertionError("pty accepted")
+        except paramiko.SSHException:
+            pass
+        try:
+            ch.invoke_shell()
+            raise AssertionError("shell accepted")
+        except paramiko.SSHException:
+            pass
+        ch.close()
+        try:
+            t.open_channel("direct-tcpip", ("198.18.0.1", 22), ("127.0.0.1", 40000))
+            raise AssertionError("direct-tcpip accepted")
+        except paramiko.ChannelException:
+            pass
+        try:
+            t.request_port_forward("127.0.0.1", 0)
+            raise AssertionError("tcpip-forward accepted")
+        except paramiko.SSHException:
+            pass
+        sftp = paramiko.SFTPClient.from_transport(t)
+        try:
+            t.open_session()
+            raise AssertionError("a second session channel beside SFTP")
+        except paramiko.ChannelException:
+            pass
+        for call in (lambda: sftp.symlink("/l/f.txt", "/l/link"), lambda: sftp.readlink("/l/f.txt"),
+                     lambda: sftp._request(paramiko.sftp.CMD_EXTENDED, "copy-data@example.com")):
+            try:
+                call()
+                raise AssertionError("accepted")
+            except IOError:
+                pass
+        assert sftp.listdir("/l") == ["f.txt"], "the session goes on"
+        sftp.close()
+    finally:
+        t.close()
+        g.stop()
+    refused = [e["request"] for e in g.events("requestRefused")]
+    for want in ("exec cat", "pty", "direct-tcpip to 198.18.0.1:22", "tcpip-forward 127.0.0.1:0",
+                 "sftp symlink /l/link -> /l/f.txt", "sftp readlink /l/f.txt",
+                 "sftp extension copy-data@example.com"):
+        assert want in refused, (want, refused)
+    assert any(r in ("shell", "a second session channel") for r in refused), refused
+    assert refused.count("a second session channel") >= 1, refused
+    assert not any("secret-arg" in r for r in refused), "only the program's name is kept"

@@ -354,7 +354,9 @@ def test_hot_reload_adds_a_user_and_refuses_a_bad_config(sshd, passwords, gatewa
 def test_malformed_packet_ends_only_that_session(sshd, passwords, gateways):
     data = backend_dir(sshd, "malformed")
     g = gateways("malformed", config(sshd, passwords, data))
-    _, t = g.paramiko("alice", password="alice-pw")
+    # A bare transport: the connection's one session channel is ours to drive by hand.
+    t = paramiko.Transport(("127.0.0.1", g.port))
+    t.connect(username="alice", password="alice-pw")
     ch = t.open_session()
     ch.invoke_subsystem("sftp")
     ch.sendall(b"\x00\x00\x00\x05\x01\x00\x00\x00\x03")  # INIT v3
@@ -367,7 +369,8 @@ def test_malformed_packet_ends_only_that_session(sshd, passwords, gateways):
     assert "exceeds the limit" in e["detail"]
     t.close()
     # A well-framed packet of garbage is also handled without a panic, and others go on.
-    _, t2 = g.paramiko("alice", password="alice-pw")
+    t2 = paramiko.Transport(("127.0.0.1", g.port))
+    t2.connect(username="alice", password="alice-pw")
     ch = t2.open_session()
     ch.invoke_subsystem("sftp")
     ch.sendall(b"\x00\x00\x00\x05\x01\x00\x00\x00\x03")

@@ -124,6 +124,14 @@ pub enum Event {
         path: String,
         reason: String,
     },
+    /// A request the gateway does not serve at all (SSH exec, shell, port forwarding, a second
+    /// channel; SFTP symlink, readlink, an extension not offered): refused and recorded.
+    RequestRefused {
+        session: String,
+        user: String,
+        request: String,
+        reason: String,
+    },
     TransferStart {
         session: String,
         user: String,

@@ -1056,6 +1056,19 @@ impl Session {
         }
     }
 
+    /// Records a request the gateway does not serve at all (see `Event::RequestRefused`).
+    pub async fn refused(&self, request: String, reason: &str) {
+        self.shared
+            .audit
+            .emit(Event::RequestRefused {
+                session: self.id.clone(),
+                user: self.user.clone(),
+                request,
+                reason: reason.to_owned(),
+            })
+            .await;
+    }
+
     fn deny(&self, verb: Verb, path: &VPath, reason: &str) {
         let audit = self.shared.audit.clone();
         let event = Event::PolicyDenied {

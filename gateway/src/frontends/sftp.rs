@@ -94,6 +94,7 @@ pub async fn serve_connection(
         attempt: Attempt::new(shared.clone(), peer, zone, listener, "sftp"),
         conn: conn.clone(),
         channels: HashMap::new(),
+        serving: false,
     };
     // A second handle on the socket lets the watchdog close it from outside the SSH session.
     let (killer, stream) = match stream
@@ -167,7 +168,11 @@ struct SshHandler {
     shared: Arc<Shared>,
     attempt: Attempt,
     conn: Arc<ConnState>,
+    /// The session channel not yet given a subsystem.
     channels: HashMap<ChannelId, Channel<Msg>>,
+    /// An SFTP subsystem is running: the connection's one channel is taken for good (each
+    /// would have its own in-flight requests and handles otherwise).
+    serving: bool,
 }
 
 fn method_set(methods: &[Method]) -> MethodSet {
@@ -223,6 +228,14 @@ impl SshHandler {
                 self.conn.authenticated.store(true, Ordering::SeqCst);
                 Ok(Auth::Accept)
             }
+        }
+    }
+
+    /// Audits a refused SSH request; before a login there is no session to record it under
+    /// (russh refuses channels until then).
+    async fn refuse(&self, request: String, reason: &str) {
+        if let Some(s) = self.session() {
+            s.refused(request, reason).await;
         }
     }
 
@@ -349,12 +362,31 @@ impl Handler for SshHandler {
         reply: ChannelOpenHandle,
         _session: &mut SshSession,
     ) -> Result<(), Self::Error> {
-        if self.session().is_none() || !self.channels.is_empty() {
+        if self.session().is_none() || self.serving {
             // One SFTP channel per connection keeps limits per connection meaningful.
+            self.refuse(
+                "a second session channel".into(),
+                "one session channel per connection",
+            )
+            .await;
             return Ok(());
         }
+        // At most one channel waits for its subsystem: a newer one replaces it (a client
+        // that tried exec on one and closed it may race its close with the next open).
+        self.channels.clear();
         self.channels.insert(channel.id(), channel);
         reply.accept().await;
+        Ok(())
+    }
+
+    /// A session channel closed before its subsystem started (a refused exec, say) no longer
+    /// counts as the connection's one channel.
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
         Ok(())
     }
 
@@ -365,6 +397,12 @@ impl Handler for SshHandler {
         session: &mut SshSession,
     ) -> Result<(), Self::Error> {
         let (Some(s), true) = (self.session(), name == "sftp") else {
+            let name: String = name.chars().take(64).collect();
+            self.refuse(
+                format!("subsystem {name}"),
+                "only the sftp subsystem is served",
+            )
+            .await;
             session.channel_failure(channel_id)?;
             return Ok(());
         };
@@ -373,6 +411,7 @@ impl Handler for SshHandler {
             return Ok(());
         };
         session.channel_success(channel_id)?;
+        self.serving = true;
         let shared = self.shared.clone();
         let max = shared.runtime.load().config.limits.max_in_flight_requests;
         tokio::spawn(async move {
@@ -387,6 +426,7 @@ impl Handler for SshHandler {
         channel: ChannelId,
         session: &mut SshSession,
     ) -> Result<(), Self::Error> {
+        self.refuse("shell".into(), NO_SHELL).await;
         session.channel_failure(channel)?;
         Ok(())
     }
@@ -394,13 +434,131 @@ impl Handler for SshHandler {
     async fn exec_request(
         &mut self,
         channel: ChannelId,
-        _data: &[u8],
+        data: &[u8],
         session: &mut SshSession,
     ) -> Result<(), Self::Error> {
+        // The program's name only: the rest of a command line may carry a secret.
+        let program: String = String::from_utf8_lossy(data)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(32)
+            .collect();
+        self.refuse(format!("exec {program}"), NO_SHELL).await;
         session.channel_failure(channel)?;
         Ok(())
     }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        self.refuse("pty".into(), NO_SHELL).await;
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        self.refuse("x11 forwarding".into(), NO_FORWARDING).await;
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut SshSession,
+    ) -> Result<bool, Self::Error> {
+        self.refuse("agent forwarding".into(), NO_FORWARDING).await;
+        Ok(false)
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        _reply: ChannelOpenHandle,
+        _session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        let host: String = host_to_connect.chars().take(255).collect();
+        self.refuse(
+            format!("direct-tcpip to {host}:{port_to_connect}"),
+            NO_FORWARDING,
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        _reply: ChannelOpenHandle,
+        _session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        let path: String = socket_path.chars().take(255).collect();
+        self.refuse(format!("direct-streamlocal to {path}"), NO_FORWARDING)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        _reply: ChannelOpenHandle,
+        _session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        self.refuse("x11 channel".into(), NO_FORWARDING).await;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut SshSession,
+    ) -> Result<bool, Self::Error> {
+        let address: String = address.chars().take(255).collect();
+        self.refuse(format!("tcpip-forward {address}:{port}"), NO_FORWARDING)
+            .await;
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut SshSession,
+    ) -> Result<bool, Self::Error> {
+        let path: String = socket_path.chars().take(255).collect();
+        self.refuse(format!("streamlocal-forward {path}"), NO_FORWARDING)
+            .await;
+        Ok(false)
+    }
 }
+
+const NO_SHELL: &str = "this gateway serves SFTP only; no shell or command";
+const NO_FORWARDING: &str = "no forwarding through the gateway";
 
 /// What the reader task hands the dispatcher.
 enum Incoming {
@@ -590,6 +748,14 @@ pub async fn serve_sftp(
                         let b = Bytes::try_from(p).unwrap_or_default();
                         inflight.push_back(Box::pin(async move { b }) as ReplyFuture);
                     }
+                    Decoded::Refused(p, request, reason) => {
+                        let s = session.clone();
+                        let b = Bytes::try_from(p).unwrap_or_default();
+                        inflight.push_back(Box::pin(async move {
+                            s.refused(request, reason).await;
+                            b
+                        }) as ReplyFuture);
+                    }
                     Decoded::Malformed(detail) => {
                         protocol_error(detail).await;
                         break;
@@ -672,7 +838,18 @@ enum Kind {
 enum Decoded {
     Op(u32, Kind, FileOp),
     Reply(Packet),
+    /// A request the gateway does not serve: the reply, and what to audit (request, reason).
+    Refused(Packet, String, &'static str),
     Malformed(String),
+}
+
+/// `OP_UNSUPPORTED` for request `id`, audited as `request`.
+fn refuse(id: u32, request: String, reason: &'static str) -> Decoded {
+    Decoded::Refused(
+        status(id, StatusCode::OpUnsupported, reason),
+        request,
+        reason,
+    )
 }
 
 fn handle_id(h: &str) -> u64 {
@@ -692,11 +869,7 @@ fn decode(mut bytes: Bytes) -> Decoded {
                 let t = r.get_u8();
                 let id = r.get_u32();
                 if !(1..=20).contains(&t) && t != 200 {
-                    return Decoded::Reply(status(
-                        id,
-                        StatusCode::OpUnsupported,
-                        "unsupported request type",
-                    ));
+                    return refuse(id, format!("sftp type {t}"), "unsupported request type");
                 }
             }
             return Decoded::Malformed(format!("undecodable packet: {e}"));
@@ -816,18 +989,19 @@ fn decode(mut bytes: Bytes) -> Decoded {
             },
         ),
         Packet::ReadLink(r) => {
-            return Decoded::Reply(status(
+            return refuse(
                 r.id,
-                StatusCode::OpUnsupported,
+                format!("sftp readlink {}", r.path),
                 "symlinks are not exposed",
-            ));
+            );
         }
         Packet::Symlink(s) => {
-            return Decoded::Reply(status(
+            // OpenSSH's order, which clients follow: the target first, then the new link.
+            return refuse(
                 s.id,
-                StatusCode::OpUnsupported,
+                format!("sftp symlink {} -> {}", s.targetpath, s.linkpath),
                 "symlinks are not exposed",
-            ));
+            );
         }
         Packet::Extended(e) => return decode_extended(e),
         other => return Decoded::Malformed(format!("unexpected packet from a client: {other:?}")),
@@ -914,12 +1088,13 @@ fn decode_extended(e: russh_sftp::protocol::Extended) -> Decoded {
                 data: out.to_vec(),
             }));
         }
-        _ => {
-            return Decoded::Reply(status(
+        other => {
+            let name: String = other.chars().take(64).collect();
+            return refuse(
                 e.id,
-                StatusCode::OpUnsupported,
+                format!("sftp extension {name}"),
                 "extension not offered",
-            ));
+            );
         }
     };
     Decoded::Op(e.id, op.0, op.1)
@@ -1070,10 +1245,11 @@ mod tests {
     fn an_unknown_request_type_gets_op_unsupported_with_its_id() {
         let body = Bytes::from_static(&[99, 0, 0, 0, 42, 1, 2, 3]);
         match decode(body) {
-            Decoded::Reply(Packet::Status(s)) => {
+            Decoded::Refused(Packet::Status(s), request, _) => {
                 assert_eq!((s.id, s.status_code), (42, StatusCode::OpUnsupported));
+                assert_eq!(request, "sftp type 99", "audited as what it was");
             }
-            _ => panic!("expected a status reply"),
+            _ => panic!("expected a refusal"),
         }
     }
 
