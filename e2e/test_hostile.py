@@ -289,3 +289,48 @@ def test_every_refused_request_is_audited(passwords):
     assert any(r in ("shell", "a second session channel") for r in refused), refused
     assert refused.count("a second session channel") >= 1, refused
     assert not any("secret-arg" in r for r in refused), "only the program's name is kept"
+
+
+def test_disabling_a_user_revokes_open_handles(passwords):
+    """READ, WRITE and READDIR on handles opened before a reload that disabled the user kept
+    working. Now the next operation is refused, the session ends, and an upload in progress
+    is abandoned, not committed."""
+    d = fresh_dir("revoke")
+    disk = d / "disk"
+    disk.mkdir()
+    (disk / "big.bin").write_bytes(b"z" * (4 << 20))
+    user = {"name": "alice", "passwordHash": passwords["alice-pw"], "zones": ["loopback"], "roles": ["r"]}
+    config = {
+        "endpoints": [{"name": "disk", "type": "local", "root": str(disk)}],
+        "users": [user],
+        "roles": [{"name": "r", "mounts": [{"path": "/l", "endpoint": "disk", "verbs": ["list", "read", "write"]}]}],
+    }
+    g = Gateway(d, config)
+    t = paramiko.Transport(("127.0.0.1", g.port))
+    try:
+        t.connect(username="alice", password="alice-pw")
+        sftp = paramiko.SFTPClient.from_transport(t)
+        r = sftp.open("/l/big.bin", "rb")
+        assert len(r.read(65536)) == 65536
+        w = sftp.open("/l/up.bin", "wb")
+        w.write(b"a" * 65536)
+        w.flush()
+        user["disabled"] = True
+        g.write_config(g.config)
+        g.wait_event("configReloaded")
+        outcomes = []
+        for step in (lambda: r.read(65536), lambda: (w.write(b"b" * 65536), w.flush()),
+                     lambda: sftp.listdir("/l")):
+            try:
+                step()
+                outcomes.append("allowed")
+            except (IOError, OSError, EOFError, paramiko.SSHException):
+                outcomes.append("refused")
+        assert outcomes == ["refused"] * 3, outcomes
+        g.wait_event("protocolError", user="alice")
+        g.wait_event("sessionEnd", user="alice")
+    finally:
+        t.close()
+        g.stop()
+    assert not (disk / "up.bin").exists(), "an upload by a revoked user is not committed"
+    assert [p.name for p in disk.iterdir()] == ["big.bin"], "its temporary file is gone too"

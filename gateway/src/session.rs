@@ -352,6 +352,9 @@ pub struct Session {
     started: Instant,
     backends: tokio::sync::Mutex<HashMap<String, CachedBackend>>,
     handles: Mutex<HashMap<u64, Handle>>,
+    /// Set once the user was found disabled, expired or removed: the front end ends the
+    /// session at its next step.
+    revoked: std::sync::atomic::AtomicBool,
     next_handle: AtomicU64,
     finished: std::sync::atomic::AtomicBool,
 }
@@ -380,6 +383,7 @@ impl Session {
             started: Instant::now(),
             backends: tokio::sync::Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
+            revoked: std::sync::atomic::AtomicBool::new(false),
             next_handle: AtomicU64::new(1),
             finished: false.into(),
         });
@@ -476,6 +480,7 @@ impl Session {
                 if !f.mode.read {
                     return Err(FsError::Denied("handle not opened for reading".into()));
                 }
+                self.still_allowed(Verb::Read, &f.path)?;
                 let got = f.file.read_at(offset, len).await?;
                 let mut t = f.transfer.lock().expect("transfer lock poisoned");
                 match got {
@@ -500,6 +505,7 @@ impl Session {
                 if !f.mode.writes() {
                     return Err(FsError::Denied("handle not opened for writing".into()));
                 }
+                self.still_allowed(Verb::Write, &f.path)?;
                 let len = data.len();
                 {
                     let mut t = f.transfer.lock().expect("transfer lock poisoned");
@@ -521,6 +527,17 @@ impl Session {
                 match h {
                     Handle::Dir(_) => Ok(OpOutput::Done),
                     Handle::File(f) => {
+                        // A user disabled (or a role withdrawn) since the open does not get
+                        // the file committed: the transfer is abandoned.
+                        let verb = if f.mode.writes() {
+                            Verb::Write
+                        } else {
+                            Verb::Read
+                        };
+                        if let Err(e) = self.still_allowed(verb, &f.path) {
+                            let _ = self.close_file(&f, Some("access withdrawn")).await;
+                            return Err(e);
+                        }
                         let closed = self.close_file(&f, None).await;
                         closed.map(|()| OpOutput::Done)
                     }
@@ -528,6 +545,7 @@ impl Session {
             }
             FileOp::FStat { handle } => {
                 let f = self.file(handle)?;
+                self.still_allowed(Verb::List, &f.path)?;
                 Ok(OpOutput::Attrs(f.file.stat().await?))
             }
             FileOp::FSetStat { handle, attrs } => {
@@ -552,6 +570,7 @@ impl Session {
                     Some(Handle::Dir(d)) => d.clone(),
                     _ => return Err(FsError::BadHandle),
                 };
+                self.user()?;
                 let mut l = listing.lock().expect("listing lock poisoned");
                 if l.entries.is_empty() {
                     return Ok(OpOutput::Eof);
@@ -1022,13 +1041,28 @@ impl Session {
     /// loses access at the next operation.
     fn user(&self) -> Result<Arc<UserEntry>, FsError> {
         let rt = self.shared.runtime.load();
-        match rt.users.get(&self.user) {
-            Some(u) if u.refusal(chrono::Utc::now()).is_none() => Ok(u.clone()),
-            Some(u) => Err(FsError::Denied(
-                u.refusal(chrono::Utc::now()).unwrap_or("").into(),
-            )),
-            None => Err(FsError::Denied("user no longer exists".into())),
-        }
+        let refused = match rt.users.get(&self.user) {
+            Some(u) => match u.refusal(chrono::Utc::now()) {
+                None => return Ok(u.clone()),
+                Some(why) => why.to_owned(),
+            },
+            None => "user no longer exists".to_owned(),
+        };
+        self.revoked.store(true, Ordering::Relaxed);
+        Err(FsError::Denied(refused))
+    }
+
+    /// Whether the user was found disabled, expired or removed: the session is over.
+    pub fn revoked(&self) -> bool {
+        self.revoked.load(Ordering::Relaxed)
+    }
+
+    /// An operation on an open handle is judged again: the user must still be allowed in
+    /// (not disabled, not expired, not removed) and still hold the verb on the handle's path
+    /// under the policy in force. A reload that withdraws either stops the next read or write.
+    fn still_allowed(&self, verb: Verb, path: &VPath) -> Result<(), FsError> {
+        let user = self.user()?;
+        self.authorize(&user, verb, path).map(drop)
     }
 
     fn target(&self, verb: Verb, path: &str, rule: &mut Option<String>) -> Result<Target, FsError> {

@@ -473,6 +473,15 @@ impl Conn {
                 Ok(Err(_)) | Ok(Ok(None)) => return Flow::End("client closed"),
                 Ok(Ok(Some(l))) => l,
             };
+            if self.session.as_ref().is_some_and(|s| s.revoked()) {
+                let _ = wire
+                    .send(&Reply::new(
+                        421,
+                        "Access withdrawn: closing control connection",
+                    ))
+                    .await;
+                return Flow::End("access withdrawn");
+            }
             let (verb, argument, actions) = match &line {
                 Ok(text) => {
                     let text = clean(text);

@@ -414,9 +414,21 @@ impl Handler for SshHandler {
         self.serving = true;
         let shared = self.shared.clone();
         let max = shared.runtime.load().config.limits.max_in_flight_requests;
+        let ssh = session.handle();
         tokio::spawn(async move {
             let (input, output) = channel.split();
-            serve_sftp(input, output, s, shared, max).await;
+            serve_sftp(input, output, s.clone(), shared, max).await;
+            // A user disabled or removed while connected: the connection ends, not only the
+            // channel.
+            if s.revoked() {
+                let _ = ssh
+                    .disconnect(
+                        Disconnect::ByApplication,
+                        "access withdrawn".into(),
+                        String::new(),
+                    )
+                    .await;
+            }
         });
         Ok(())
     }
@@ -733,6 +745,10 @@ pub async fn serve_sftp(
                         REQUEST_QUEUE_LIMIT >> 20
                     ))
                     .await;
+                    break;
+                }
+                Some(Incoming::Packet(_)) if session.revoked() => {
+                    protocol_error("the user's access was withdrawn".into()).await;
                     break;
                 }
                 Some(Incoming::Packet(bytes)) => match queued.take(bytes) {
