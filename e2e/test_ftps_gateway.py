@@ -687,3 +687,35 @@ def test_audit_never_holds_a_password_or_a_raw_line_separator(gw, tmp_path):
     assert sizes and sizes[-1]["argument"] == "/local/a\u2028b\u2029c\u0085d", "the path is kept, escaped"
     passes = [e for e in gw.events("ftpCommand") if e["verb"] == "PASS"]
     assert passes[-3:] and all(e["argument"] in (None, "********") for e in passes[-3:])
+
+
+def test_unauthenticated_line_flood_is_bounded(gw):
+    """20,000 blank lines before AUTH TLS wrote 20,000 ftpCommand records. A connection that
+    sends more than 16 refused (or 64 any) commands before a login is closed with 421, and
+    the audit holds a bounded number of records for it."""
+    before = len(gw.events())
+    s, c = raw_control(gw.ftps_port)
+    try:
+        assert c.reply()[0] == 220
+        # A line at a time, each reply read: a flood sent at once would make the gateway's
+        # close a reset, which discards the replies still unread here.
+        codes = []
+        try:
+            for _ in range(20000):
+                codes.append(c.cmd(b"\r\n")[0])
+                if codes[-1] == 421:
+                    break
+        except (EOFError, OSError, ValueError):
+            pass
+    finally:
+        s.close()
+    assert codes and codes[-1] == 421 and len(codes) <= 18, (len(codes), codes[-3:])
+    time.sleep(0.5)
+    mine = [e for e in gw.events()[before:] if e["event"] in ("ftpCommand", "connectionRefused")]
+    assert len(mine) <= 18, len(mine)
+    assert any(e["event"] == "connectionRefused" and "too many commands before a login" in e["reason"]
+               for e in mine), mine[-2:]
+    # Others are not affected.
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    assert f.pwd() == "/"
+    f.quit()

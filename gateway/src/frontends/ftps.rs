@@ -261,6 +261,12 @@ impl Drop for PortGuard {
     }
 }
 
+/// Before a login a client needs about a dozen commands (AUTH, PBSZ, PROT, FEAT, OPTS, USER,
+/// PASS...); a connection past these bounds is closed with `421`, so an unauthenticated peer
+/// cannot make the audit trail grow without bound (20,000 blank lines were 20,000 records).
+const PRE_LOGIN_COMMANDS: usize = 64;
+const PRE_LOGIN_ERRORS: usize = 16;
+
 /// One control connection.
 struct Conn {
     shared: Arc<Shared>,
@@ -290,6 +296,8 @@ struct Conn {
     /// e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384`.
     channel: Option<String>,
     failures: usize,
+    /// Commands before a login, and how many of them were refused (see `PRE_LOGIN_*`).
+    pre_login: (usize, usize),
     cwd: String,
     binary: bool,
     rest: u64,
@@ -348,6 +356,7 @@ pub async fn serve_connection(
         cert_names: Vec::new(),
         channel: None,
         failures: 0,
+        pre_login: (0, 0),
         cwd: "/".into(),
         binary: true,
         rest: 0,
@@ -499,6 +508,26 @@ impl Conn {
             match flow {
                 Flow::Continue => {}
                 other => return other,
+            }
+            if self.session.is_none() {
+                self.pre_login.0 += 1;
+                self.pre_login.1 += usize::from(self.last_reply.0 >= 500);
+                if self.pre_login.0 > PRE_LOGIN_COMMANDS || self.pre_login.1 > PRE_LOGIN_ERRORS {
+                    let why = "too many commands before a login";
+                    let _ = self.reply(wire, Reply::new(421, why)).await;
+                    self.shared
+                        .audit
+                        .emit(Event::ConnectionRefused {
+                            listener: self.ctx.config.name.clone(),
+                            peer: self.peer,
+                            reason: format!(
+                                "{why}: {} commands, {} refused",
+                                self.pre_login.0, self.pre_login.1
+                            ),
+                        })
+                        .await;
+                    return Flow::End(why);
+                }
             }
         }
     }
