@@ -206,6 +206,19 @@ impl Tree {
         }
     }
 
+    /// Whether `authorize` would allow `verb` on `path`, without building the decision (no
+    /// strings): the re-check on every read and write of an open handle. A `false` goes on to
+    /// `authorize` for the reason and its audit record.
+    pub fn grants(&self, verb: Verb, path: &VPath) -> bool {
+        self.mounts
+            .iter()
+            .find_map(|m| path.strip_prefix(&m.path).map(|rel| (m, rel)))
+            .is_some_and(|(m, rel)| {
+                !(rel.is_empty() && matches!(verb, Verb::Delete | Verb::Rmdir | Verb::Rename))
+                    && m.verbs.contains_key(&verb)
+            })
+    }
+
     /// The one decision: may this user apply `verb` to `path`?
     pub fn authorize(&self, verb: Verb, path: &VPath) -> Result<Allowed<'_>, Denied> {
         match self.locate(path) {
@@ -309,6 +322,39 @@ mod tests {
             role("unrelated", &[("/secret", "mf", "/", &[Verb::Read])]),
         ];
         Tree::build(&["readers".into(), "writers".into()], &roles)
+    }
+
+    #[test]
+    fn grants_agrees_with_authorize() {
+        let t = tree();
+        let verbs = [
+            Verb::List,
+            Verb::Read,
+            Verb::Write,
+            Verb::Delete,
+            Verb::Mkdir,
+            Verb::Rmdir,
+            Verb::Rename,
+            Verb::Setattr,
+        ];
+        for p in [
+            "/",
+            "/in",
+            "/in/daily",
+            "/in/daily/a.txt",
+            "/out",
+            "/out/x/y",
+            "/secret",
+            "/outx",
+        ] {
+            for v in verbs {
+                assert_eq!(
+                    t.grants(v, &vp(p)),
+                    t.authorize(v, &vp(p)).is_ok(),
+                    "{v} {p}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -232,9 +232,14 @@ impl Backend for LocalBackend {
         if !super::beneath(base, path) {
             return Err(FsError::BadPath(path.to_owned()));
         }
-        let base = self.resolve_follow(base)?;
-        let full = self.resolve(path)?;
+        // Resolving is file-system work: all of it on the blocking pool.
+        let this = LocalBackend {
+            root: self.root.clone(),
+        };
+        let (base, path) = (base.to_owned(), path.to_owned());
         blocking(move || {
+            let base = this.resolve_follow(&base)?;
+            let full = this.resolve(&path)?;
             if full == base {
                 return Ok(());
             }

@@ -92,6 +92,10 @@ pub struct SftpBackend {
     spec: Arc<SftpSpec>,
     audit: Auditor,
     conn: Mutex<Option<Arc<Conn>>>,
+    /// Each mount directory's `realpath`, asked once per session. Safe to keep: if the
+    /// directory is later swapped for a link elsewhere, its contents no longer resolve
+    /// beneath the kept answer and are refused (fails closed).
+    real_bases: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl SftpBackend {
@@ -100,6 +104,7 @@ impl SftpBackend {
             spec,
             audit,
             conn: Mutex::new(None),
+            real_bases: Default::default(),
         }
     }
 
@@ -319,9 +324,10 @@ impl BackendFile for SftpFile {
 
 #[async_trait]
 impl Backend for SftpBackend {
-    /// `realpath` of the mount's directory and of the path's parent, and of the path itself
-    /// when it is a symlink: each resolved path must lie beneath the resolved mount. Two or
-    /// three extra round trips per path operation; none per read or write on a handle.
+    /// `realpath` of the mount's directory (once a session) and of the path's parent, and of
+    /// the path itself when it is a symlink: each resolved path must lie beneath the resolved
+    /// mount. Two extra round trips per path operation (three for a symlink); none per read
+    /// or write on a handle.
     async fn confine(&self, base: &str, path: &str) -> Result<(), FsError> {
         if !super::beneath(base, path) {
             return Err(FsError::BadPath(path.to_owned()));
@@ -338,7 +344,23 @@ impl Backend for SftpBackend {
                     .ok_or_else(|| FsError::Failure("empty realpath answer".into()))
             }
         };
-        let real_base = realpath(base.to_owned()).await?;
+        let known = self
+            .real_bases
+            .lock()
+            .expect("real_bases lock poisoned")
+            .get(base)
+            .cloned();
+        let real_base = match known {
+            Some(r) => r,
+            None => {
+                let r = realpath(base.to_owned()).await?;
+                self.real_bases
+                    .lock()
+                    .expect("real_bases lock poisoned")
+                    .insert(base.to_owned(), r.clone());
+                r
+            }
+        };
         if path.trim_end_matches('/') == base.trim_end_matches('/') {
             return Ok(());
         }

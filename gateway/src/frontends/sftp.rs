@@ -397,7 +397,7 @@ impl Handler for SshHandler {
         session: &mut SshSession,
     ) -> Result<(), Self::Error> {
         let (Some(s), true) = (self.session(), name == "sftp") else {
-            let name: String = name.chars().take(64).collect();
+            let name = clip(name, 64);
             self.refuse(
                 format!("subsystem {name}"),
                 "only the sftp subsystem is served",
@@ -450,13 +450,13 @@ impl Handler for SshHandler {
         session: &mut SshSession,
     ) -> Result<(), Self::Error> {
         // The program's name only: the rest of a command line may carry a secret.
-        let program: String = String::from_utf8_lossy(data)
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .chars()
-            .take(32)
-            .collect();
+        let program = clip(
+            String::from_utf8_lossy(data)
+                .split_whitespace()
+                .next()
+                .unwrap_or_default(),
+            32,
+        );
         self.refuse(format!("exec {program}"), NO_SHELL).await;
         session.channel_failure(channel)?;
         Ok(())
@@ -511,7 +511,7 @@ impl Handler for SshHandler {
         _reply: ChannelOpenHandle,
         _session: &mut SshSession,
     ) -> Result<(), Self::Error> {
-        let host: String = host_to_connect.chars().take(255).collect();
+        let host = clip(host_to_connect, 255);
         self.refuse(
             format!("direct-tcpip to {host}:{port_to_connect}"),
             NO_FORWARDING,
@@ -527,7 +527,7 @@ impl Handler for SshHandler {
         _reply: ChannelOpenHandle,
         _session: &mut SshSession,
     ) -> Result<(), Self::Error> {
-        let path: String = socket_path.chars().take(255).collect();
+        let path = clip(socket_path, 255);
         self.refuse(format!("direct-streamlocal to {path}"), NO_FORWARDING)
             .await;
         Ok(())
@@ -551,7 +551,7 @@ impl Handler for SshHandler {
         port: &mut u32,
         _session: &mut SshSession,
     ) -> Result<bool, Self::Error> {
-        let address: String = address.chars().take(255).collect();
+        let address = clip(address, 255);
         self.refuse(format!("tcpip-forward {address}:{port}"), NO_FORWARDING)
             .await;
         Ok(false)
@@ -562,11 +562,16 @@ impl Handler for SshHandler {
         socket_path: &str,
         _session: &mut SshSession,
     ) -> Result<bool, Self::Error> {
-        let path: String = socket_path.chars().take(255).collect();
+        let path = clip(socket_path, 255);
         self.refuse(format!("streamlocal-forward {path}"), NO_FORWARDING)
             .await;
         Ok(false)
     }
+}
+
+/// A peer-chosen string as an audit record may carry it: at most `n` characters.
+fn clip(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
 }
 
 const NO_SHELL: &str = "this gateway serves SFTP only; no shell or command";
@@ -1105,7 +1110,7 @@ fn decode_extended(e: russh_sftp::protocol::Extended) -> Decoded {
             }));
         }
         other => {
-            let name: String = other.chars().take(64).collect();
+            let name = clip(other, 64);
             return refuse(
                 e.id,
                 format!("sftp extension {name}"),
