@@ -6,7 +6,7 @@ import time
 
 import paramiko
 
-from harness import Gateway, fresh_dir
+from harness import Gateway, free_port, fresh_dir
 
 
 def try_wrong_password(port: int, user: str) -> str:
@@ -334,3 +334,83 @@ def test_disabling_a_user_revokes_open_handles(passwords):
         g.stop()
     assert not (disk / "up.bin").exists(), "an upload by a revoked user is not committed"
     assert [p.name for p in disk.iterdir()] == ["big.bin"], "its temporary file is gone too"
+
+
+def test_a_refusal_takes_the_same_time_for_every_user_and_hash(passwords, figure):
+    """A bcrypt user's wrong password took 1765 ms, an unknown user's 132 ms: the time told
+    who exists. Unknown users are now checked against a hash of the dearest configured class,
+    and every refusal is held to one floor, on SFTP and FTPS alike."""
+    import ftplib
+    import statistics
+
+    import bcrypt
+
+    from ftps import Pki, free_port_range, tls_context
+
+    d = fresh_dir("failure-timing")
+    pki = Pki(d / "pki")
+    cert, key = pki.issue("gw", "localhost")
+    (d / "disk").mkdir()
+    # bcrypt at cost 13 takes several times the argon2id default to check.
+    slow = bcrypt.hashpw(b"bob-pw", bcrypt.gensalt(13)).decode()
+    ftps_port = free_port()
+    g = Gateway(d, {}, start=False)
+    g.config.update({
+        "listeners": [
+            {"name": "sftp", "protocol": "sftp", "address": f"127.0.0.1:{g.port}", "zones": ["loopback"]},
+            {"name": "ftps", "protocol": "ftps", "address": f"127.0.0.1:{ftps_port}", "zones": ["loopback"],
+             "tls": {"keyRing": "gw"}, "passivePorts": {"min": (p := free_port_range(4)), "max": p + 3}},
+        ],
+        "keyRings": [{"name": "gw", "certificateFile": str(cert), "privateKeyFile": str(key)}],
+        "endpoints": [{"name": "disk", "type": "local", "root": str(d / "disk")}],
+        "users": [
+            {"name": "alice", "passwordHash": passwords["alice-pw"], "zones": ["loopback"], "roles": ["r"]},
+            {"name": "bob", "passwordHash": slow, "zones": ["loopback"], "roles": ["r"]},
+        ],
+        "roles": [{"name": "r", "mounts": [{"path": "/l", "endpoint": "disk", "verbs": ["list"]}]}],
+        "limits": {"maxAuthAttempts": 10},
+    })
+    g.write_config(g.config)
+    g.start()
+
+    def sftp_refusal(user: str) -> float:
+        t = paramiko.Transport(("127.0.0.1", g.port))
+        try:
+            t.connect()
+            t0 = time.monotonic()
+            try:
+                t.auth_password(user, "wrong")
+                raise AssertionError("accepted")
+            except paramiko.AuthenticationException:
+                return time.monotonic() - t0
+        finally:
+            t.close()
+
+    def ftps_refusal(user: str) -> float:
+        f = ftplib.FTP_TLS(context=tls_context(pki.ca), timeout=30)
+        try:
+            f.connect("localhost", ftps_port)
+            f.auth()
+            f.sendcmd(f"USER {user}")
+            t0 = time.monotonic()
+            try:
+                f.sendcmd("PASS wrong")
+                raise AssertionError("accepted")
+            except ftplib.error_perm as e:
+                assert str(e).startswith("530"), e
+                return time.monotonic() - t0
+        finally:
+            f.close()
+
+    try:
+        medians = {}
+        for proto, refusal in [("sftp", sftp_refusal), ("ftps", ftps_refusal)]:
+            for user in ["alice", "bob", "nobody"]:
+                medians[(proto, user)] = statistics.median(refusal(user) for _ in range(3))
+        for (proto, user), m in medians.items():
+            figure(f"refusal_seconds_{proto}_{user}", round(m, 3))
+        fastest, slowest = min(medians.values()), max(medians.values())
+        assert fastest >= 0.95, medians
+        assert slowest / fastest < 1.15, f"refusal times differ by user or hash: {medians}"
+    finally:
+        g.stop()

@@ -147,6 +147,95 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
 pub static DUMMY_HASH: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| hash_password(&format!("{:x}", rand::random::<u128>())));
 
+/// A hash's cost class: its algorithm and parameters without salt or digest, e.g. `$2b$12$` or
+/// `argon2id$v=19$m=19456,t=2,p=1`. Two hashes of one class take the same time to check.
+pub fn cost_class(phc: &str) -> Option<String> {
+    if phc.starts_with("$2") {
+        return phc.get(..7).map(str::to_owned);
+    }
+    let h = PasswordHash::new(phc).ok()?;
+    Some(format!(
+        "{}$v={}${}",
+        h.algorithm,
+        h.version.unwrap_or_default(),
+        h.params
+    ))
+}
+
+/// What checking a password of one cost class costs here: a hash of that class nobody knows
+/// the password of, and the time one check of it took.
+#[derive(Clone, Debug)]
+pub struct Calibration {
+    pub dummy: std::sync::Arc<String>,
+    pub took: std::time::Duration,
+}
+
+/// Calibrates the class of `phc` once per process (a bcrypt class at cost 14 takes a second).
+pub fn calibrate(phc: &str) -> Option<Calibration> {
+    use std::sync::{Arc, LazyLock};
+    static DONE: LazyLock<Mutex<HashMap<String, Calibration>>> = LazyLock::new(Default::default);
+    let class = cost_class(phc)?;
+    if let Some(c) = DONE.lock().expect("calibration lock poisoned").get(&class) {
+        return Some(c.clone());
+    }
+    let secret = format!("{:x}", rand::random::<u128>());
+    let dummy = if phc.starts_with("$2") {
+        let cost = class.get(4..6)?.parse().ok()?;
+        bcrypt::hash(&secret, cost).ok()?
+    } else {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let h = PasswordHash::new(phc).ok()?;
+        let argon = Argon2::new(
+            h.algorithm.try_into().ok()?,
+            h.version.unwrap_or_default().try_into().ok()?,
+            argon2::Params::try_from(&h).ok()?,
+        );
+        let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).ok()?;
+        argon
+            .hash_password(secret.as_bytes(), &salt)
+            .ok()?
+            .to_string()
+    };
+    // The slower of two checks: the first may pay for cold caches, the second for a busy core.
+    let took = (0..2)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            verify_password(&dummy, "");
+            t.elapsed()
+        })
+        .max()
+        .unwrap_or_default();
+    let c = Calibration {
+        dummy: Arc::new(dummy),
+        took,
+    };
+    DONE.lock()
+        .expect("calibration lock poisoned")
+        .insert(class, c.clone());
+    Some(c)
+}
+
+/// How long every failed secret check takes, whoever the user and whatever their hash: at
+/// least `minimum`, and half as long again as the slowest class's check, so that neither a
+/// user's existence nor their hash kind shows in the time a refusal takes.
+pub fn failure_floor(minimum: std::time::Duration, classes: &[Calibration]) -> std::time::Duration {
+    let slowest = classes.iter().map(|c| c.took).max().unwrap_or_default();
+    minimum.max(slowest * 3 / 2)
+}
+
+/// The time a failure is held until: the first multiple of `floor` past `elapsed`, so that a
+/// check slower than its calibration still ends on the same beat as every other refusal.
+pub fn failure_deadline(
+    floor: std::time::Duration,
+    elapsed: std::time::Duration,
+) -> std::time::Duration {
+    if floor.is_zero() {
+        return elapsed;
+    }
+    let beats = elapsed.as_nanos() / floor.as_nanos() + 1;
+    floor * u32::try_from(beats).unwrap_or(u32::MAX)
+}
+
 /// Hashes a password as argon2id with a random salt, for `portcullis-gateway hash-password`.
 pub fn hash_password(password: &str) -> String {
     use argon2::password_hash::{PasswordHasher, SaltString};
@@ -278,6 +367,42 @@ mod tests {
         assert!(!verify_password(&b, "px"));
         assert!(!verify_password("garbage", "pw"));
         assert!(!verify_password(&DUMMY_HASH, ""));
+    }
+
+    #[test]
+    fn cost_classes_ignore_salt_and_digest_and_calibrate_to_a_matching_dummy() {
+        let a = hash_password("one");
+        let b = hash_password("two");
+        assert_eq!(cost_class(&a), cost_class(&b));
+        assert_eq!(cost_class(&a).unwrap(), "argon2id$v=19$m=19456,t=2,p=1");
+        let cheap = bcrypt::hash("pw", 4).unwrap();
+        let dearer = bcrypt::hash("pw", 6).unwrap();
+        assert_eq!(cost_class(&cheap).unwrap(), "$2b$04$");
+        assert_ne!(cost_class(&cheap), cost_class(&dearer));
+        assert_eq!(cost_class("garbage"), None);
+        let c = calibrate(&dearer).unwrap();
+        assert_eq!(cost_class(&c.dummy), cost_class(&dearer));
+        assert!(!verify_password(&c.dummy, "pw"));
+        let c2 = calibrate(&a).unwrap();
+        assert_eq!(cost_class(&c2.dummy), cost_class(&a));
+        // Cached: the same dummy the second time.
+        assert_eq!(calibrate(&b).unwrap().dummy, c2.dummy);
+    }
+
+    #[test]
+    fn failures_end_on_the_floor_or_a_multiple_of_it() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let cal = |t| Calibration {
+            dummy: Default::default(),
+            took: ms(t),
+        };
+        assert_eq!(failure_floor(ms(1000), &[cal(100), cal(300)]), ms(1000));
+        assert_eq!(failure_floor(ms(1000), &[cal(100), cal(1800)]), ms(2700));
+        assert_eq!(failure_deadline(ms(1000), ms(130)), ms(1000));
+        assert_eq!(failure_deadline(ms(1000), ms(1000)), ms(2000));
+        assert_eq!(failure_deadline(ms(1000), ms(2500)), ms(3000));
+        assert_eq!(failure_deadline(Duration::ZERO, ms(7)), ms(7));
     }
 
     #[test]

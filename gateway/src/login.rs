@@ -73,13 +73,15 @@ impl Attempt {
     }
 
     /// Checks a password for `user`: the user as it stands if it may use a password now and
-    /// the password is right, else why not. Unknown and refused users cost the same time as
-    /// known ones (a hash is checked either way).
+    /// the password is right, else why not. A refusal takes the same time whoever the user:
+    /// unknown and refused users are checked against a hash of the dearest configured class,
+    /// and every refusal is held to the runtime's failure floor.
     pub async fn check_password(
         &mut self,
         user: &str,
         password: String,
     ) -> Result<Arc<UserEntry>, &'static str> {
+        let started = tokio::time::Instant::now();
         self.begin(user);
         let rt = self.shared.runtime.load_full();
         let admitted = self.admissible(&rt, user, Method::Password);
@@ -87,16 +89,31 @@ impl Attempt {
             Ok(u) => u.password_hash.clone(),
             Err(_) => None,
         }
-        .unwrap_or_else(|| auth::DUMMY_HASH.clone());
-        // Unknown users wait and hash like known ones: the refusal tells nothing either.
-        let _turn = self.shared.password_checks.turn().await?;
-        let ok = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
-            .await
-            .unwrap_or(false);
-        match admitted {
-            Ok(_) if !ok => Err("wrong password"),
-            other => other,
+        .unwrap_or_else(|| rt.failure.dummy.as_str().to_owned());
+        let outcome = match self.shared.password_checks.turn().await {
+            Err(why) => Err(why),
+            Ok(_turn) => {
+                let ok =
+                    tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
+                        .await
+                        .unwrap_or(false);
+                match admitted {
+                    Ok(_) if !ok => Err("wrong password"),
+                    other => other,
+                }
+            }
+        };
+        if outcome.is_err() {
+            self.hold_failure(&rt, started).await;
         }
+        outcome
+    }
+
+    /// Holds a refused secret (password, verification code) until the failure floor, so
+    /// that its timing tells nothing.
+    pub async fn hold_failure(&self, rt: &Runtime, started: tokio::time::Instant) {
+        let until = auth::failure_deadline(rt.failure.floor, started.elapsed());
+        tokio::time::sleep_until(started + until).await;
     }
 
     /// Counts and audits a failed method.

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     audit::AlgorithmInfo,
-    auth::{Chains, Totp},
+    auth::{self, Chains, Totp},
     backends::{
         ftps::FtpsSpec,
         local::LocalBackend,
@@ -45,6 +45,16 @@ pub struct Runtime {
     pub algorithms: AlgorithmInfo,
     /// TLS material by key ring name, for the TLS front ends.
     pub certificates: HashMap<String, Arc<tls::KeyRingCert>>,
+    /// What a failed secret check costs, the same for every user.
+    pub failure: FailureCost,
+}
+
+/// Keeps refusals from telling who exists or how their password is hashed: an unknown user's
+/// password is checked against `dummy`, a hash of the dearest class configured, and every
+/// failure is held to `floor` (or a multiple of it).
+pub struct FailureCost {
+    pub dummy: Arc<String>,
+    pub floor: Duration,
 }
 
 pub struct UserEntry {
@@ -493,6 +503,7 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
         ..Default::default()
     };
 
+    let failure = failure_cost(&config);
     Ok(Runtime {
         hash,
         config,
@@ -502,7 +513,33 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
         ssh: Arc::new(ssh),
         algorithms: info,
         certificates,
+        failure,
     })
+}
+
+/// Calibrates each password cost class in the config (once per process) and the default one.
+fn failure_cost(config: &GatewayConfig) -> FailureCost {
+    let classes: Vec<auth::Calibration> = std::iter::once(auth::DUMMY_HASH.as_str())
+        .chain(
+            config
+                .users
+                .iter()
+                .filter_map(|u| u.password_hash.as_deref()),
+        )
+        .filter_map(auth::calibrate)
+        .collect();
+    let dearest = classes
+        .iter()
+        .max_by_key(|c| c.took)
+        .map(|c| c.dummy.clone())
+        .unwrap_or_else(|| Arc::new(auth::DUMMY_HASH.clone()));
+    FailureCost {
+        dummy: dearest,
+        floor: auth::failure_floor(
+            Duration::from_millis(config.limits.auth_failure_delay_millis),
+            &classes,
+        ),
+    }
 }
 
 /// The identity of a config and every file it names: SHA-256 over the text and each file's

@@ -496,6 +496,10 @@ pub struct Limits {
     /// SFTP requests one session may have in flight at once.
     #[serde(default = "defaults::max_in_flight_requests")]
     pub max_in_flight_requests: usize,
+    /// Milliseconds every failed password or verification code takes at least, for known and
+    /// unknown users alike (longer when a configured hash is slower to check).
+    #[serde(default = "defaults::auth_failure_delay_millis")]
+    pub auth_failure_delay_millis: u64,
 }
 
 impl Default for Limits {
@@ -507,6 +511,7 @@ impl Default for Limits {
             idle_timeout_seconds: defaults::idle_timeout_seconds(),
             max_auth_attempts: defaults::max_auth_attempts(),
             max_in_flight_requests: defaults::max_in_flight_requests(),
+            auth_failure_delay_millis: defaults::auth_failure_delay_millis(),
         }
     }
 }
@@ -583,6 +588,9 @@ mod defaults {
     }
     pub fn max_in_flight_requests() -> usize {
         64
+    }
+    pub fn auth_failure_delay_millis() -> u64 {
+        1000
     }
     pub fn yes() -> bool {
         true

@@ -309,6 +309,9 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
             errs.push(format!("limits.{name}"), "must be at least 1");
         }
     }
+    if l.auth_failure_delay_millis > 10_000 {
+        errs.push("limits.authFailureDelayMillis", "must be at most 10000");
+    }
     if l.max_in_flight_requests > 1024 {
         errs.push("limits.maxInFlightRequests", "must be at most 1024");
     }

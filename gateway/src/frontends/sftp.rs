@@ -55,7 +55,7 @@ use crate::{
     auth::{self, Method, Progress, TotpOutcome},
     backends::{FsError, OpenMode},
     login::Attempt,
-    runtime::UserEntry,
+    runtime::{Runtime, UserEntry},
     session::{FileOp, OpOutput, Session},
     sftp_wire::{from_wire, to_wire},
     state::{Shared, Slot},
@@ -198,6 +198,18 @@ impl SshHandler {
         })
     }
 
+    /// A refused secret: held to the failure floor first, so its timing tells nothing.
+    async fn fail_held(
+        &mut self,
+        method: Method,
+        rt: &Runtime,
+        started: tokio::time::Instant,
+        reason: &str,
+    ) -> Result<Auth, anyhow::Error> {
+        self.attempt.hold_failure(rt, started).await;
+        self.fail(method, reason).await
+    }
+
     /// The methods a failure reply lists: what can still succeed. Left to itself russh drops
     /// the method that just failed, so a mistyped password could not be retried and paramiko,
     /// seeing `password` gone, falls back to keyboard-interactive and waits out its timeout.
@@ -324,6 +336,7 @@ impl Handler for SshHandler {
                 prompts: vec![("Verification code: ".into(), false)].into(),
             });
         };
+        let started = tokio::time::Instant::now();
         let code = response
             .next()
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -333,22 +346,38 @@ impl Handler for SshHandler {
             .admissible(&rt, user, Method::KeyboardInteractive)
         {
             Ok(u) => u,
-            Err(why) => return self.fail(Method::KeyboardInteractive, why).await,
+            Err(why) => {
+                return self
+                    .fail_held(Method::KeyboardInteractive, &rt, started, why)
+                    .await;
+            }
         };
         let Some(totp) = &u.totp else {
             return self
-                .fail(Method::KeyboardInteractive, "no TOTP secret for user")
+                .fail_held(
+                    Method::KeyboardInteractive,
+                    &rt,
+                    started,
+                    "no TOTP secret for user",
+                )
                 .await;
         };
         match self.shared.totp.check(&u.name, totp, &code) {
             TotpOutcome::Accepted => self.passed(&u, Method::KeyboardInteractive).await,
             TotpOutcome::Wrong => {
-                self.fail(Method::KeyboardInteractive, "wrong verification code")
-                    .await
+                self.fail_held(
+                    Method::KeyboardInteractive,
+                    &rt,
+                    started,
+                    "wrong verification code",
+                )
+                .await
             }
             TotpOutcome::Replayed => {
-                self.fail(
+                self.fail_held(
                     Method::KeyboardInteractive,
+                    &rt,
+                    started,
                     "verification code already used",
                 )
                 .await

@@ -277,6 +277,11 @@ pub struct GatewayLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 20))]
     pub max_auth_attempts: Option<i32>,
+    /// Milliseconds every failed password or verification code takes at least, for known and
+    /// unknown users alike (default 1000; longer when a configured hash is slower to check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub auth_failure_delay_millis: Option<i32>,
 }
 
 /// Audit settings.

@@ -368,6 +368,10 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
             idle_timeout_seconds: pick64(lim.idle_timeout_seconds, defaults.idle_timeout_seconds),
             max_auth_attempts: pick(lim.max_auth_attempts, defaults.max_auth_attempts),
             max_in_flight_requests: defaults.max_in_flight_requests,
+            auth_failure_delay_millis: pick64(
+                lim.auth_failure_delay_millis,
+                defaults.auth_failure_delay_millis,
+            ),
         },
         audit: config::AuditSettings {
             stdout: true,
