@@ -189,6 +189,10 @@ class Gateway:
         config.setdefault("ssh", {"hostKeyFiles": [str(self.host_key)]})
         config.setdefault("audit", {"stdout": False, "file": str(self.audit_path)})
         config.setdefault("admin", {"address": f"127.0.0.1:{self.admin_port}"})
+        # Suites fail logins from 127.0.0.1 on purpose, many times over, against one gateway;
+        # the defender (on by default) would ban loopback halfway through. The defender's own
+        # tests (test_hostile.py) run it with the product's defaults and explicit settings.
+        config.setdefault("defender", {"enabled": False})
         self.config = config
         self.write_config(config)
         self.proc = None

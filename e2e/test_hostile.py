@@ -2,9 +2,11 @@
 logging in."""
 
 import concurrent.futures
+import os
 import time
 
 import paramiko
+import pytest
 
 from harness import Gateway, free_port, fresh_dir
 
@@ -414,3 +416,161 @@ def test_a_refusal_takes_the_same_time_for_every_user_and_hash(passwords, figure
         assert slowest / fastest < 1.15, f"refusal times differ by user or hash: {medians}"
     finally:
         g.stop()
+
+
+def ssh_from(source: str, port: int) -> paramiko.Transport:
+    """A paramiko transport whose TCP connection comes from `source` (any 127/8 address)."""
+    import socket
+
+    s = socket.socket()
+    s.settimeout(10)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    t = paramiko.Transport(s)
+    t.connect()
+    return t
+
+
+def ssh_login_from(source: str, port: int, user: str, password: str) -> str:
+    """`accepted`, `refused` (a failed method) or `closed` (no SSH at all: banned at the door)."""
+    try:
+        t = ssh_from(source, port)
+    except (paramiko.SSHException, EOFError, OSError):
+        return "closed"
+    try:
+        t.auth_password(user, password)
+        return "accepted" if t.is_authenticated() else "refused"
+    except paramiko.AuthenticationException:
+        return "refused"
+    except (paramiko.SSHException, EOFError, OSError):
+        return "closed"
+    finally:
+        t.close()
+
+
+def metric(g: Gateway, name: str, **labels) -> float:
+    """A counter's value from /metrics (0 when absent)."""
+    for line in g.http("/metrics")[1].splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_defender_bans_guessers_on_every_replica_and_spares_the_safe_zone(passwords):
+    """32 wrong FTPS passwords from one address, then the right one, logged in: nothing kept
+    score. Now two gateway processes share one key and name each other as peers: guessing at
+    one bans the address at both within seconds, a user guessed at from many addresses is
+    locked, a safe zone is never banned, and a forged ban is dropped."""
+    import ftplib
+    import json
+    import socket
+
+    from ftps import Pki, free_port_range, tls_context
+
+    d = fresh_dir("defender")
+    pki = Pki(d / "pki")
+    cert, key = pki.issue("gw", "localhost")
+    (d / "disk").mkdir()
+    (d / "defender.key").write_bytes(os.urandom(48))
+    udp = [free_port(), free_port()]
+    gws = []
+    for i in range(2):
+        gd = d / f"gw{i}"
+        g = Gateway(gd, {}, start=False)
+        g.ftps_port = free_port()
+        g.config.update({
+            "listeners": [
+                {"name": "sftp", "protocol": "sftp", "address": f"127.0.0.1:{g.port}", "zones": ["loopback"]},
+                {"name": "ftps", "protocol": "ftps", "address": f"127.0.0.1:{g.ftps_port}",
+                 "zones": ["loopback"], "tls": {"keyRing": "gw"},
+                 "passivePorts": {"min": (p := free_port_range(4)), "max": p + 3}},
+            ],
+            "zones": [{"name": "loopback", "cidrs": ["127.0.0.0/8"]},
+                      {"name": "ops", "cidrs": ["127.0.0.2/32"]}],
+            "keyRings": [{"name": "gw", "certificateFile": str(cert), "privateKeyFile": str(key)}],
+            "endpoints": [{"name": "disk", "type": "local", "root": str(d / "disk")}],
+            "users": [
+                {"name": "alice", "passwordHash": passwords["alice-pw"], "zones": ["loopback"], "roles": ["r"]},
+                {"name": "bob", "passwordHash": passwords["bob-pw"], "zones": ["loopback"], "roles": ["r"]},
+            ],
+            "roles": [{"name": "r", "mounts": [{"path": "/l", "endpoint": "disk", "verbs": ["list"]}]}],
+            "limits": {"maxAuthAttempts": 20, "authFailureDelayMillis": 100},
+            "defender": {"threshold": 6, "userThreshold": 8, "banSeconds": 120, "safeZones": ["ops"],
+                         "peers": {"listen": f"127.0.0.1:{udp[i]}",
+                                   "addresses": [f"localhost:{udp[1 - i]}"],
+                                   "keyFile": str(d / "defender.key")}},
+        })
+        g.write_config(g.config)
+        g.start()
+        gws.append(g)
+    a, b = gws
+    try:
+        # FTPS guessing on one control connection at A, from 127.0.0.6: the sixth wrong password
+        # bans the address, and then even the right password is refused.
+        f = ftplib.FTP_TLS(context=tls_context(pki.ca), timeout=30, source_address=("127.0.0.6", 0))
+        f.connect("localhost", a.ftps_port)
+        f.auth()
+        for _ in range(6):
+            f.sendcmd("USER alice")
+            with pytest.raises(ftplib.error_perm):
+                f.sendcmd("PASS wrong")
+        f.sendcmd("USER alice")
+        with pytest.raises(ftplib.error_perm) as e:
+            f.sendcmd("PASS alice-pw")
+        assert str(e.value).startswith("530"), e.value
+        f.close()
+        ban = a.wait_event("defenderBan", key="127.0.0.6")
+        assert ban["kind"] == "address" and ban["level"] == 1 and not ban["sharedByPeer"]
+        assert 100 <= ban["seconds"] <= 120, ban
+        assert a.wait_event("logonFailure", reason="source address banned by the defender")
+        # New connections from it are closed before the banner, at A and, within seconds, at B.
+        assert ssh_login_from("127.0.0.6", a.port, "alice", "alice-pw") == "closed"
+        shared = b.wait_event("defenderBan", timeout=10, key="127.0.0.6")
+        assert shared["sharedByPeer"] and shared["origin"] == ban["origin"], shared
+        assert ssh_login_from("127.0.0.6", b.port, "alice", "alice-pw") == "closed"
+        assert a.wait_event("connectionRefused", reason="banned by the defender")
+        assert metric(a, "portcullis_defender_bans_total", kind="address", origin="local") == 1
+        assert metric(b, "portcullis_defender_bans_total", kind="address", origin="peer") == 1
+        assert any(x["key"] == "127.0.0.6" for x in json.loads(b.http("/defender/bans")[1]))
+        # Other addresses are untouched.
+        assert ssh_login_from("127.0.0.7", b.port, "alice", "alice-pw") == "accepted"
+
+        # A user guessed at from eight addresses (each far below the address threshold) is
+        # locked everywhere; the safe zone may still log in as them.
+        for n in range(8):
+            assert ssh_login_from(f"127.0.1.{n + 1}", b.port, "bob", "wrong") == "refused"
+        lock = b.wait_event("defenderBan", key="bob")
+        assert lock["kind"] == "user"
+        a.wait_event("defenderBan", timeout=10, key="bob", sharedByPeer=True)
+        assert ssh_login_from("127.0.1.9", a.port, "bob", "bob-pw") == "refused"
+        assert a.wait_event("logonFailure", user="bob", reason="user locked by the defender")
+        assert ssh_login_from("127.0.0.2", a.port, "bob", "bob-pw") == "accepted"
+        # The safe zone is never scored: 20 wrong passwords, still no ban.
+        for _ in range(3):
+            t = ssh_from("127.0.0.2", a.port)
+            for _ in range(7):
+                with pytest.raises(paramiko.AuthenticationException):
+                    t.auth_password("alice", "wrong")
+            t.close()
+        assert ssh_login_from("127.0.0.2", a.port, "alice", "alice-pw") == "accepted"
+        assert not any(e["key"] == "127.0.0.2" for e in a.events("defenderBan"))
+
+        # A forged ban (wrong key) is dropped and counted.
+        forged = json.dumps({"node": "x", "sent": int(time.time()), "bans": [
+            {"kind": "address", "key": "127.0.0.7", "until": int(time.time()) + 600, "level": 1,
+             "reason": "forged", "origin": "x"}]}).encode()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"\0" * 32 + forged, ("127.0.0.1", udp[1]))
+        deadline = time.monotonic() + 10
+        while metric(b, "portcullis_defender_datagrams_dropped_total", reason="bad MAC") < 1:
+            assert time.monotonic() < deadline, "forged datagram not counted"
+            time.sleep(0.1)
+        assert ssh_login_from("127.0.0.7", b.port, "alice", "alice-pw") == "accepted"
+        # Each pod's trail holds both bans, and says which pod made them.
+        for g in gws:
+            assert {(e["key"], e["origin"]) for e in g.events("defenderBan")} == {
+                ("127.0.0.6", ban["origin"]), ("bob", lock["origin"])}
+    finally:
+        for g in gws:
+            g.stop()

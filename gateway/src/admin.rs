@@ -1,5 +1,6 @@
 //! The admin port: `/healthz` (the process runs), `/readyz` (listeners are up and the gateway is
-//! not draining) and `/metrics` (Prometheus text format).
+//! not draining), `/metrics` (Prometheus text format) and `/defender/bans` (the bans in force
+//! here, JSON).
 
 use std::{
     convert::Infallible,
@@ -55,6 +56,11 @@ fn route(shared: &Shared, ready: &AtomicBool, path: &str) -> Response<Full<Bytes
             StatusCode::OK,
             shared.metrics.encode(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        "/defender/bans" => (
+            StatusCode::OK,
+            serde_json::to_string_pretty(&shared.defender.active()).expect("bans serialize") + "\n",
+            "application/json",
         ),
         _ => (
             StatusCode::NOT_FOUND,

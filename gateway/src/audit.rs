@@ -81,6 +81,20 @@ pub enum Event {
         peer: SocketAddr,
         reason: String,
     },
+    /// The defender banned an address or locked a user, here or at a peer replica.
+    DefenderBan {
+        /// `address` or `user`.
+        kind: &'static str,
+        /// The address (IPv6 as its /64) or the user name.
+        key: String,
+        until: String,
+        seconds: u64,
+        level: u32,
+        reason: String,
+        /// The replica that made the ban.
+        origin: String,
+        shared_by_peer: bool,
+    },
     LogonSuccess {
         session: String,
         user: String,

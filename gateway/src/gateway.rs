@@ -15,6 +15,7 @@ use tokio::{
 use crate::{
     admin,
     audit::{Auditor, Event, ListenerInfo},
+    defender,
     metrics::Metrics,
     reload, runtime, server,
     state::Shared,
@@ -55,6 +56,14 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let defender_udp = match &rt.config.defender.peers {
+        Some(p) => Some(
+            tokio::net::UdpSocket::bind(&p.listen)
+                .await
+                .with_context(|| format!("binding the defender's peer port on {}", p.listen))?,
+        ),
+        None => None,
+    };
     let grace = Duration::from_secs(rt.config.shutdown_grace_seconds);
     audit
         .emit(Event::DaemonStart {
@@ -86,6 +95,9 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     for (l, tcp) in bound {
         tracing::info!(listener = %l.name, address = %l.address, protocol = %l.protocol, "listening");
         accepting.push(tokio::spawn(server::serve(shared.clone(), l, tcp)));
+    }
+    if let Some(udp) = defender_udp {
+        tokio::spawn(defender::share(shared.clone(), udp));
     }
     reload::spawn(shared.clone(), path.clone()).context("watching the config")?;
     ready.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod backends;
+pub mod defender;
 pub mod demo;
 pub mod frontends;
 pub mod gateway;

@@ -7,6 +7,7 @@ use std::{net::SocketAddr, sync::Arc};
 use crate::{
     audit::Event,
     auth::{self, Method},
+    defender,
     runtime::{Runtime, UserEntry},
     session::{Login, Session},
     state::Shared,
@@ -59,6 +60,14 @@ impl Attempt {
         user: &str,
         method: Method,
     ) -> Result<Arc<UserEntry>, &'static str> {
+        if defender::banned(&self.shared, rt, self.peer.ip()).is_some() {
+            return Err("source address banned by the defender");
+        }
+        if matches!(method, Method::Password | Method::KeyboardInteractive)
+            && defender::locked(&self.shared, rt, self.peer.ip(), user).is_some()
+        {
+            return Err("user locked by the defender");
+        }
         let u = rt.users.get(user).ok_or("unknown user")?;
         if rt.zone_of(self.peer.ip(), &u.zones).is_none() {
             return Err("source address outside the user's zones");
@@ -129,6 +138,7 @@ impl Attempt {
                 reason: reason.to_owned(),
             })
             .await;
+        defender::failed_login(&self.shared, self.peer.ip(), &self.user, method, reason).await;
     }
 
     /// The chain is complete: the session starts (audited as logon and session start).

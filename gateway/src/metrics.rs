@@ -17,6 +17,8 @@ pub struct Metrics {
     pub operations: Family<Labels, Counter>,
     pub config_reloads: Family<Labels, Counter>,
     pub audit_write_errors: Counter,
+    pub defender_bans: Family<Labels, Counter>,
+    pub defender_dropped: Family<Labels, Counter>,
     registry: Registry,
 }
 
@@ -32,6 +34,8 @@ impl Default for Metrics {
             operations: Family::default(),
             config_reloads: Family::default(),
             audit_write_errors: Counter::default(),
+            defender_bans: Family::default(),
+            defender_dropped: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -69,6 +73,16 @@ impl Default for Metrics {
             "audit_write_errors",
             "Audit sink write failures",
             m.audit_write_errors.clone(),
+        );
+        registry.register(
+            "defender_bans",
+            "Defender bans applied here, by kind (address, user) and origin (local, peer)",
+            m.defender_bans.clone(),
+        );
+        registry.register(
+            "defender_datagrams_dropped",
+            "Defender datagrams from peers dropped, by reason (bad MAC, stale, ...)",
+            m.defender_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -47,6 +47,8 @@ pub struct Runtime {
     pub certificates: HashMap<String, Arc<tls::KeyRingCert>>,
     /// What a failed secret check costs, the same for every user.
     pub failure: FailureCost,
+    /// The key defender datagrams between replicas are authenticated with.
+    pub defender_key: Option<Arc<[u8]>>,
 }
 
 /// Keeps refusals from telling who exists or how their password is hashed: an unknown user's
@@ -444,6 +446,27 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
         Algorithm::from_str(n).is_ok()
     });
 
+    let defender_key = match &config.defender.peers {
+        None => None,
+        Some(p) => match std::fs::read(&p.key_file) {
+            Ok(k) if k.trim_ascii().len() >= 32 => Some(Arc::from(k.trim_ascii())),
+            Ok(_) => {
+                err(
+                    "defender.peers.keyFile".into(),
+                    format!("{} holds fewer than 32 bytes", p.key_file),
+                );
+                None
+            }
+            Err(e) => {
+                err(
+                    "defender.peers.keyFile".into(),
+                    format!("cannot read {}: {e}", p.key_file),
+                );
+                None
+            }
+        },
+    };
+
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -514,6 +537,7 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
         algorithms: info,
         certificates,
         failure,
+        defender_key,
     })
 }
 
@@ -571,6 +595,7 @@ fn material_hash(text: &str, config: &GatewayConfig) -> String {
             .iter()
             .filter_map(|u| u.totp_secret_file.as_ref()),
     );
+    files.extend(config.defender.peers.iter().map(|p| &p.key_file));
     for k in &config.key_rings {
         files.extend([&k.certificate_file, &k.private_key_file]);
         files.extend(k.client_ca_file.iter().chain(&k.backend_ca_file));
@@ -622,6 +647,9 @@ fn resolve_paths(config: &mut GatewayConfig, base: &Path) {
     }
     for u in &mut config.users {
         u.totp_secret_file.as_mut().map(fix);
+    }
+    if let Some(p) = &mut config.defender.peers {
+        fix(&mut p.key_file);
     }
     for k in &mut config.key_rings {
         fix(&mut k.certificate_file);

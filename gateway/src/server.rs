@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     audit::Event,
-    frontends,
+    defender, frontends,
     state::{ConnTracker, Shared},
 };
 
@@ -51,6 +51,22 @@ pub async fn serve(shared: Arc<Shared>, listener: Listener, tcp: TcpListener) {
             .await;
             continue;
         };
+        if let Some(ban) = defender::banned(&shared, &rt, peer.ip()) {
+            let reason = "banned by the defender";
+            if shared.defender.audit_refusal(peer.ip()) {
+                refuse(&shared, &listener.name, peer, reason).await;
+            } else {
+                // Counted, not audited again within the minute: a banned client looping on
+                // connect must not flood the trail.
+                shared
+                    .metrics
+                    .connections_refused
+                    .get_or_create(&vec![("reason", reason.to_owned())])
+                    .inc();
+            }
+            tracing::debug!(%peer, until = ban.until, "refused: banned");
+            continue;
+        }
         let limits = &rt.config.limits;
         let slot = match ConnTracker::acquire(
             &shared,

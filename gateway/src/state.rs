@@ -9,7 +9,9 @@ use std::{
 use arc_swap::ArcSwap;
 use tokio::sync::{Notify, watch};
 
-use crate::{audit::Auditor, auth::TotpLedger, metrics::Metrics, runtime::Runtime};
+use crate::{
+    audit::Auditor, auth::TotpLedger, defender::Defender, metrics::Metrics, runtime::Runtime,
+};
 
 pub struct Shared {
     /// The config in force; swapped whole on reload.
@@ -21,6 +23,7 @@ pub struct Shared {
     pub shutdown: watch::Sender<bool>,
     pub conns: ConnTracker,
     pub password_checks: PasswordChecks,
+    pub defender: Defender,
 }
 
 impl Shared {
@@ -36,6 +39,7 @@ impl Shared {
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
                 PASSWORD_QUEUE,
             ),
+            defender: Defender::default(),
         })
     }
 

@@ -44,6 +44,9 @@ pub struct GatewayConfig {
     /// Where audit records go.
     #[serde(default)]
     pub audit: AuditSettings,
+    /// Brute-force defence: scores, bans and their sharing between replicas.
+    #[serde(default)]
+    pub defender: DefenderSettings,
     /// The admin HTTP port (`/healthz`, `/readyz`, `/metrics`); none when absent.
     #[serde(default)]
     pub admin: Option<AdminSettings>,
@@ -516,6 +519,70 @@ impl Default for Limits {
     }
 }
 
+/// The defender scores failed logins per source address (IPv6 by /64) and per user name; a
+/// score that reaches its threshold within `observationSeconds` bans the address (every
+/// connection closed before the banner) or locks the user (password and code logins refused
+/// from outside the safe zones). A repeated ban lasts twice as long as the one before, up to
+/// `maxBanSeconds`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DefenderSettings {
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// Points a source address may collect before it is banned: 1 per failed login, 2 for an
+    /// unknown user name, 5 for a connection closed for abuse before a login.
+    #[serde(default = "defaults::defender_threshold")]
+    pub threshold: u32,
+    /// Points a user name may collect (1 per failed login, from any address) before it is locked.
+    #[serde(default = "defaults::defender_user_threshold")]
+    pub user_threshold: u32,
+    /// The window points are counted in.
+    #[serde(default = "defaults::defender_observation_seconds")]
+    pub observation_seconds: u64,
+    /// The first ban's length.
+    #[serde(default = "defaults::defender_ban_seconds")]
+    pub ban_seconds: u64,
+    /// The longest ban; also how long a past ban counts towards the next one's length.
+    #[serde(default = "defaults::defender_max_ban_seconds")]
+    pub max_ban_seconds: u64,
+    /// Zones whose addresses are never scored or banned, and from which a locked user may
+    /// still log in.
+    #[serde(default)]
+    pub safe_zones: Vec<String>,
+    /// Other gateway replicas to share bans with, over authenticated UDP.
+    #[serde(default)]
+    pub peers: Option<DefenderPeers>,
+}
+
+impl Default for DefenderSettings {
+    fn default() -> Self {
+        DefenderSettings {
+            enabled: true,
+            threshold: defaults::defender_threshold(),
+            user_threshold: defaults::defender_user_threshold(),
+            observation_seconds: defaults::defender_observation_seconds(),
+            ban_seconds: defaults::defender_ban_seconds(),
+            max_ban_seconds: defaults::defender_max_ban_seconds(),
+            safe_zones: Vec::new(),
+            peers: None,
+        }
+    }
+}
+
+/// Ban sharing: each ban is sent at once, and every active ban again every few seconds, to
+/// every address the peer names resolve to (a headless Service's name resolves to every pod).
+/// Datagrams carry an HMAC-SHA256 under a key all replicas share; others are dropped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DefenderPeers {
+    /// `IP:port` to receive on (UDP).
+    pub listen: String,
+    /// `host:port` names of the replicas, resolved on every round.
+    pub addresses: Vec<String>,
+    /// A file holding the shared key (at least 32 bytes).
+    pub key_file: String,
+}
+
 /// Where audit records go. At least one sink must be on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -591,6 +658,21 @@ mod defaults {
     }
     pub fn auth_failure_delay_millis() -> u64 {
         1000
+    }
+    pub fn defender_threshold() -> u32 {
+        10
+    }
+    pub fn defender_user_threshold() -> u32 {
+        30
+    }
+    pub fn defender_observation_seconds() -> u64 {
+        300
+    }
+    pub fn defender_ban_seconds() -> u64 {
+        900
+    }
+    pub fn defender_max_ban_seconds() -> u64 {
+        86_400
     }
     pub fn yes() -> bool {
         true

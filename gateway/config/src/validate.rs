@@ -309,6 +309,43 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
             errs.push(format!("limits.{name}"), "must be at least 1");
         }
     }
+    let d = &config.defender;
+    for (name, v) in [
+        ("threshold", u64::from(d.threshold)),
+        ("userThreshold", u64::from(d.user_threshold)),
+        ("observationSeconds", d.observation_seconds),
+        ("banSeconds", d.ban_seconds),
+    ] {
+        if v == 0 {
+            errs.push(format!("defender.{name}"), "must be at least 1");
+        }
+    }
+    if d.max_ban_seconds < d.ban_seconds {
+        errs.push("defender.maxBanSeconds", "must be at least banSeconds");
+    }
+    for (i, z) in d.safe_zones.iter().enumerate() {
+        if !config.zones.iter().any(|k| &k.name == z) {
+            errs.push(
+                format!("defender.safeZones[{i}]"),
+                format!("zone {z:?} is not defined"),
+            );
+        }
+    }
+    if let Some(p) = &d.peers {
+        if p.listen.parse::<std::net::SocketAddr>().is_err() {
+            errs.push("defender.peers.listen", "not an IP:port");
+        }
+        if p.addresses.is_empty() {
+            errs.push("defender.peers.addresses", "name at least one peer");
+        }
+        for (i, a) in p.addresses.iter().enumerate() {
+            if a.rsplit_once(':')
+                .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+            {
+                errs.push(format!("defender.peers.addresses[{i}]"), "not a host:port");
+            }
+        }
+    }
     if l.auth_failure_delay_millis > 10_000 {
         errs.push("limits.authFailureDelayMillis", "must be at most 10000");
     }

@@ -526,6 +526,7 @@ impl Conn {
                             ),
                         })
                         .await;
+                    crate::defender::abuse(&self.shared, self.peer.ip(), why).await;
                     return Flow::End(why);
                 }
             }

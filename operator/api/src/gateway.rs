@@ -85,6 +85,9 @@ pub struct TransferGatewaySpec {
     /// Audit settings.
     #[serde(default)]
     pub audit: AuditSpec,
+    /// Brute-force defence; on by default. Bans are shared between the replicas.
+    #[serde(default)]
+    pub defender: DefenderSpec,
     /// Seconds that running transfers get to finish when a pod stops.
     #[serde(default = "default_grace")]
     #[schemars(range(min = 0, max = 3600))]
@@ -282,6 +285,44 @@ pub struct GatewayLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000))]
     pub auth_failure_delay_millis: Option<i32>,
+}
+
+/// The defender: failed logins score points against their source address (1 each, 2 for an
+/// unknown user name; IPv6 by /64) and against the user name (1 per wrong password or code).
+/// A score that reaches its threshold within `observationSeconds` bans the address (closed
+/// before the banner) or locks the user's password and code logins, for `banSeconds`, twice as
+/// long each repeat up to `maxBanSeconds`. Every replica applies a ban within seconds (the
+/// pods tell each other over authenticated UDP through the `<name>-peers` headless Service;
+/// no Kubernetes API access is needed). Unset fields take the gateway's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DefenderSpec {
+    /// Off only when set to false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Points before an address is banned (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub threshold: Option<i32>,
+    /// Points before a user is locked (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub user_threshold: Option<i32>,
+    /// The window points count in (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub observation_seconds: Option<i32>,
+    /// The first ban's length (default 900).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2592000))]
+    pub ban_seconds: Option<i32>,
+    /// The longest ban (default 86400); at least `banSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2592000))]
+    pub max_ban_seconds: Option<i32>,
+    /// NetworkZones never banned, from which a locked user may still log in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub safe_zones: Vec<String>,
 }
 
 /// Audit settings.

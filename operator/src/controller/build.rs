@@ -46,6 +46,8 @@ pub struct Objects {
     pub secret: Secret,
     pub deployment: Deployment,
     pub service: Service,
+    /// Headless: resolves to every pod, for the defender's ban sharing.
+    pub peers_service: Service,
     pub network_policy: NetworkPolicy,
     pub pdb: PodDisruptionBudget,
 }
@@ -56,6 +58,7 @@ pub fn objects(gw: &TransferGateway, bundle: &Bundle) -> Objects {
         secret: secret(gw, bundle),
         deployment: deployment(gw, bundle),
         service: service(gw, bundle),
+        peers_service: peers_service(gw),
         network_policy: network_policy(gw, bundle),
         pdb: pdb(gw),
     }
@@ -92,6 +95,35 @@ pub fn meta(gw: &TransferGateway, name: String) -> ObjectMeta {
         namespace: gw.namespace(),
         labels: Some(labels(gw)),
         owner_references: gw.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// The UDP port the replicas share defender bans on.
+pub const DEFENDER_PORT: i32 = 7946;
+
+pub fn peers_service_name(gw: &TransferGateway) -> String {
+    format!("{}-peers", gw.name_any())
+}
+
+/// A headless Service whose name resolves to every gateway pod, ready or not (a pod still
+/// starting should hear of bans too).
+fn peers_service(gw: &TransferGateway) -> Service {
+    Service {
+        metadata: meta(gw, peers_service_name(gw)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector(gw)),
+            publish_not_ready_addresses: Some(true),
+            ports: Some(vec![ServicePort {
+                name: Some("defender".into()),
+                port: DEFENDER_PORT,
+                target_port: Some(IntOrString::Int(DEFENDER_PORT)),
+                protocol: Some("UDP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -148,6 +180,12 @@ fn container_ports(gw: &TransferGateway) -> Vec<ContainerPort> {
         name: Some("admin".into()),
         container_port: gw.spec.admin_port,
         protocol: Some("TCP".into()),
+        ..Default::default()
+    });
+    ports.push(ContainerPort {
+        name: Some("defender".into()),
+        container_port: DEFENDER_PORT,
+        protocol: Some("UDP".into()),
         ..Default::default()
     });
     for p in passive_ports(gw) {
@@ -433,6 +471,27 @@ fn network_policy(gw: &TransferGateway, bundle: &Bundle) -> NetworkPolicy {
         }]),
         ports: Some(vec![tcp(spec.admin_port, None)]),
     });
+    // The replicas tell each other of defender bans.
+    let replicas = || {
+        Some(vec![NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector(gw)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }])
+    };
+    let defender_port = || {
+        Some(vec![NetworkPolicyPort {
+            port: Some(IntOrString::Int(DEFENDER_PORT)),
+            protocol: Some("UDP".into()),
+            end_port: None,
+        }])
+    };
+    ingress.push(NetworkPolicyIngressRule {
+        from: replicas(),
+        ports: defender_port(),
+    });
     let mut by_port: BTreeMap<(i32, i32), BTreeSet<&String>> = BTreeMap::new();
     for (cidr, first, last) in &bundle.egress {
         by_port.entry((*first, *last)).or_default().insert(cidr);
@@ -444,6 +503,10 @@ fn network_policy(gw: &TransferGateway, bundle: &Bundle) -> NetworkPolicy {
             ports: Some(vec![tcp(first, (last != first).then_some(last))]),
         })
         .collect();
+    egress.push(NetworkPolicyEgressRule {
+        to: replicas(),
+        ports: defender_port(),
+    });
     egress.push(NetworkPolicyEgressRule {
         to: Some(vec![NetworkPolicyPeer {
             namespace_selector: Some(LabelSelector {
@@ -506,6 +569,26 @@ mod tests {
         validate::compile,
     };
 
+    /// The NetworkPolicy's UDP ingress: (port, the pod labels it admits).
+    fn np_ingress_udp(np: &NetworkPolicy) -> Vec<(i32, BTreeMap<String, String>)> {
+        let mut out = Vec::new();
+        for rule in np.spec.as_ref().unwrap().ingress.as_ref().unwrap() {
+            for p in rule.ports.iter().flatten() {
+                if p.protocol.as_deref() != Some("UDP") {
+                    continue;
+                }
+                let Some(IntOrString::Int(port)) = p.port else {
+                    panic!("numeric port")
+                };
+                for from in rule.from.iter().flatten() {
+                    let labels = from.pod_selector.as_ref().unwrap().match_labels.clone();
+                    out.push((port, labels.unwrap()));
+                }
+            }
+        }
+        out
+    }
+
     fn ftps_gateway() -> TransferGateway {
         gateway(
             "  hostKeyRing: keys\n  replicas: 2\n  service: {type: LoadBalancer}\n  listeners:\n  - {name: sftp, protocol: sftp, port: 22, zones: [lan]}\n  - {name: ftps, protocol: ftps, port: 2121, zones: [lan], keyRing: keys, passivePorts: {min: 30000, max: 30003}}\n",
@@ -541,7 +624,7 @@ mod tests {
         assert_eq!(svc.load_balancer_source_ranges.unwrap(), ["10.1.0.0/16"]);
         assert_eq!(svc.external_traffic_policy.as_deref(), Some("Local"));
 
-        let np = o.network_policy.spec.unwrap();
+        let np = o.network_policy.spec.clone().unwrap();
         let ftps_rule = &np.ingress.unwrap()[1];
         let ports: Vec<(i32, Option<i32>)> = ftps_rule
             .ports
@@ -561,7 +644,14 @@ mod tests {
         // Port 22 without NET_BIND_SERVICE: the namespaced sysctl.
         let sysctls = pod.security_context.unwrap().sysctls.unwrap();
         assert_eq!(sysctls[0].name, "net.ipv4.ip_unprivileged_port_start");
-        assert_eq!(pod.containers[0].ports.as_ref().unwrap().len(), 3 + 4);
+        // Listeners, admin, the defender's UDP port, and the passive ports.
+        assert_eq!(pod.containers[0].ports.as_ref().unwrap().len(), 3 + 1 + 4);
+        // The replicas reach each other on the defender's port, and only each other.
+        let peers = o.peers_service.spec.unwrap();
+        assert_eq!(peers.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(peers.publish_not_ready_addresses, Some(true));
+        let udp_in = np_ingress_udp(&o.network_policy);
+        assert_eq!(udp_in, [(7946, selector(&ftps_gateway()))]);
     }
 
     #[test]

@@ -46,6 +46,7 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
                 apply(ctx, &o.secret),
                 apply(ctx, &o.deployment),
                 apply(ctx, &o.service),
+                apply(ctx, &o.peers_service),
                 apply(ctx, &o.network_policy),
                 apply(ctx, &o.pdb),
             )?;

@@ -10,7 +10,12 @@ use portcullis_api::{
 use portcullis_config as config;
 use sha2::{Digest, Sha256};
 
-use super::dereference::{SecretLookup, World};
+use kube::ResourceExt;
+
+use super::{
+    build,
+    dereference::{SecretLookup, World},
+};
 use crate::keyring::keys as kr_keys;
 
 /// Why a gateway (or a policy object) is not usable. The variant name is the status reason,
@@ -45,6 +50,59 @@ impl Reason {
         }
     }
 }
+
+/// The defender's settings, sharing bans through the `<name>-peers` headless Service. The
+/// peers' key is made once and then read back from the config Secret, so that it (and the
+/// bundle hash) stays the same from one reconcile to the next.
+fn defender_settings(
+    gw: &TransferGateway,
+    world: &World,
+    files: &mut BTreeMap<String, Vec<u8>>,
+    problems: &mut Vec<Problem>,
+) -> config::DefenderSettings {
+    let d = &gw.spec.defender;
+    let defaults = config::DefenderSettings::default();
+    for z in &d.safe_zones {
+        if !world.zones.contains_key(z) {
+            problems.push(Problem::new(
+                Reason::ZoneNotFound,
+                format!("defender.safeZones names zone {z}, which does not exist"),
+            ));
+        }
+    }
+    let key = world
+        .secret_value(&build::config_secret_name(gw), DEFENDER_KEY)
+        .ok()
+        .filter(|k| k.len() >= 32)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 32]>()).into_bytes());
+    files.insert(DEFENDER_KEY.to_owned(), key);
+    let pick = |v: Option<i32>, d: u64| v.map_or(d, |v| v.max(1) as u64);
+    config::DefenderSettings {
+        enabled: d.enabled.unwrap_or(true),
+        threshold: d.threshold.map_or(defaults.threshold, |v| v.max(1) as u32),
+        user_threshold: d
+            .user_threshold
+            .map_or(defaults.user_threshold, |v| v.max(1) as u32),
+        observation_seconds: pick(d.observation_seconds, defaults.observation_seconds),
+        ban_seconds: pick(d.ban_seconds, defaults.ban_seconds),
+        max_ban_seconds: pick(d.max_ban_seconds, defaults.max_ban_seconds),
+        safe_zones: d.safe_zones.clone(),
+        peers: Some(config::DefenderPeers {
+            listen: format!("0.0.0.0:{}", build::DEFENDER_PORT),
+            addresses: vec![format!(
+                "{}.{}.svc:{}",
+                build::peers_service_name(gw),
+                gw.namespace().unwrap_or_default(),
+                build::DEFENDER_PORT
+            )],
+            key_file: DEFENDER_KEY.to_owned(),
+        }),
+    }
+}
+
+/// The config Secret's key holding the replicas' shared defender key.
+const DEFENDER_KEY: &str = "defender.key";
 
 /// One thing wrong, in words a user can act on.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -346,6 +404,8 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
         .filter_map(|z| Some((z.clone(), world.zones.get(z)?.spec.cidrs.clone())))
         .collect();
 
+    let defender = defender_settings(gw, world, &mut files, &mut problems);
+
     let defaults = config::Limits::default();
     let lim = &spec.limits;
     let pick = |v: Option<i32>, d: usize| v.map_or(d, |v| v as usize);
@@ -381,6 +441,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
                 portcullis_api::DataOpsAudit::Each => config::DataOpsAudit::Each,
             },
         },
+        defender,
         admin: Some(config::AdminSettings {
             address: format!("0.0.0.0:{}", spec.admin_port),
         }),
@@ -856,6 +917,45 @@ mod tests {
     }
 
     #[test]
+    fn the_defender_shares_bans_through_the_peers_service_under_a_stable_key() {
+        let mut w = world();
+        let gw = gateway(SFTP_GATEWAY);
+        let first = compile(&gw, &w).expect("compiles");
+        let d = &first.config.defender;
+        assert!(d.enabled);
+        let peers = d.peers.as_ref().unwrap();
+        assert_eq!(peers.listen, "0.0.0.0:7946");
+        assert_eq!(
+            peers.addresses,
+            [format!(
+                "{}-peers.{}.svc:7946",
+                gw.name_any(),
+                gw.namespace().unwrap_or_default()
+            )]
+        );
+        assert_eq!(first.files["defender.key"].len(), 64);
+        // Once the config Secret holds a key, it is kept: the bundle does not churn.
+        let (name, secret) = super::super::fixtures::secret(
+            &build::config_secret_name(&gw),
+            &[("defender.key", &first.files["defender.key"])],
+        );
+        w.secrets.insert(name, secret);
+        let again = compile(&gw, &w).unwrap();
+        assert_eq!(again.files["defender.key"], first.files["defender.key"]);
+        assert_eq!(again.hash, first.hash);
+        // A safe zone that does not exist is refused with the reason.
+        let mut bad = gw.clone();
+        bad.spec.defender.safe_zones = vec!["nowhere".into()];
+        let problems = compile(&bad, &w).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.reason == Reason::ZoneNotFound && p.message.contains("nowhere")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn a_complete_namespace_compiles_into_a_valid_bundle() {
         let w = world();
         let b = compile(&gateway(SFTP_GATEWAY), &w).expect("compiles");
@@ -865,6 +965,7 @@ mod tests {
             keys,
             [
                 "config.yaml",
+                "defender.key",
                 "endpoint-backend.key",
                 "hostkey-ecdsa-p256",
                 "hostkey-ed25519",
