@@ -181,7 +181,8 @@ def test_built_objects_field_by_field(cluster, operator):
     assert c["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
     assert c["resources"]["limits"] == {"memory": "1Gi"}
     passive = set(range(30000, 30010))
-    assert {p["containerPort"] for p in c["ports"]} == {2222, 2121, 9922} | passive
+    assert {p["containerPort"] for p in c["ports"]} == {2222, 2121, 9922, 7946} | passive
+    assert {p["protocol"] for p in c["ports"] if p["containerPort"] == 7946} == {"UDP"}
     assert c["volumeMounts"] == [{"name": "config", "mountPath": "/etc/portcullis/config", "readOnly": True}]
     (vol,) = pod["volumes"]
     assert vol["secret"]["secretName"] == "dmz-config" and vol["secret"]["defaultMode"] == 0o440
@@ -202,7 +203,7 @@ def test_built_objects_field_by_field(cluster, operator):
 
     np = cluster.get("networkpolicy", "dmz", ns)["spec"]
     assert np["policyTypes"] == ["Ingress", "Egress"]
-    sftp_rule, ftps_rule, admin_rule = np["ingress"]
+    sftp_rule, ftps_rule, admin_rule, defender_in = np["ingress"]
     assert sorted(p["ipBlock"]["cidr"] for p in sftp_rule["from"]) == [
         "10.0.0.0/8", "2001:db8:100::/48", "203.0.113.0/24"]
     assert sftp_rule["ports"] == [{"port": 2222, "protocol": "TCP"}]
@@ -211,7 +212,15 @@ def test_built_objects_field_by_field(cluster, operator):
     assert ftps_rule["ports"] == [{"port": 2121, "protocol": "TCP"},
                                   {"port": 30000, "endPort": 30009, "protocol": "TCP"}]
     assert admin_rule["ports"] == [{"port": 9922, "protocol": "TCP"}]
-    backend_rule, dns_rule = np["egress"]
+    # The replicas tell each other of defender bans, on UDP 7946, and only each other.
+    gw_pods = {"podSelector": {"matchLabels": svc["selector"]}}
+    assert defender_in == {"from": [gw_pods], "ports": [{"port": 7946, "protocol": "UDP"}]}
+    backend_rule, defender_out, dns_rule = np["egress"]
+    assert defender_out == {"to": [gw_pods], "ports": [{"port": 7946, "protocol": "UDP"}]}
+    peers = cluster.get("service", "dmz-peers", ns)["spec"]
+    assert peers["clusterIP"] == "None" and peers["publishNotReadyAddresses"] is True
+    assert peers["selector"] == svc["selector"]
+    assert [(p["port"], p["protocol"]) for p in peers["ports"]] == [(7946, "UDP")]
     assert backend_rule == {"to": [{"ipBlock": {"cidr": "10.20.0.5/32"}}], "ports": [{"port": 22, "protocol": "TCP"}]}
     assert dns_rule["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
     assert sorted((p["protocol"], p["port"]) for p in dns_rule["ports"]) == [("TCP", 53), ("UDP", 53)]
@@ -236,7 +245,7 @@ def test_built_objects_field_by_field(cluster, operator):
 
     # The bundle Secret holds a config the gateway binary accepts.
     data = cluster.secret_data("dmz-config", ns)
-    assert {"config.yaml", "hostkey-ed25519", "hostkey-ecdsa-p256", "endpoint-mainframe.key",
+    assert {"config.yaml", "defender.key", "hostkey-ed25519", "hostkey-ecdsa-p256", "endpoint-mainframe.key",
             "keyring-edge.crt", "keyring-edge.key"} <= set(data)
     bundle = fresh_dir("bundle-check")
     for k, v in data.items():
