@@ -9,6 +9,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -352,6 +353,61 @@ def test_data_connection_from_another_ip_is_refused(gw, tmp_path):
         f.quit()
     e = gw.wait_event("dataConnectionRefused")
     assert e["from"].startswith("127.0.0.2:"), e
+
+
+def test_a_passive_port_waits_past_racers_from_the_same_address(gw):
+    """Behind one NAT address, another host can reach a passive port before the client. The
+    first connection from the client's address used to win the port: a silent one stalled the
+    transfer into a 425, one with its own TLS session got a 425 for the client. Now every
+    connection from the address is handshaken (a few at once); the one that resumes this
+    control connection's TLS session is the data connection, and the others are refused and
+    audited."""
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    before = len(gw.events("dataConnectionRefused"))
+    try:
+        f.storbinary("STOR /local/race.txt", io.BytesIO(b"raced payload"))
+        _, port = parse_pasv(f.sendcmd("PASV"))
+        # A silent racer, then one that completes a TLS handshake of its own, then the client.
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+        racer_tcp = socket.create_connection(("127.0.0.1", port), timeout=10)
+        racer_result = []
+
+        def race():
+            try:
+                t = tls_context(gw.pki.ca).wrap_socket(racer_tcp, server_hostname="localhost")
+                racer_result.append(t.recv(100))
+            except (ssl.SSLError, OSError) as e:
+                racer_result.append(e)
+
+        racer = threading.Thread(target=race)
+        racer.start()
+        data = socket.create_connection(("127.0.0.1", port), timeout=10)
+        f.putcmd("RETR /local/race.txt")
+        assert f.getresp().startswith("150")
+        tls = f.context.wrap_socket(data, server_hostname="localhost", session=f.sock.session)
+        got = b""
+        while chunk := tls.recv(65536):
+            got += chunk
+        tls.close()
+        assert got == b"raced payload"
+        assert f.voidresp().startswith("226")
+        racer.join(10)
+        # The racer's connection was closed without a byte of the file.
+        assert racer_result and (racer_result[0] == b"" or isinstance(racer_result[0], Exception)), racer_result
+        silent.close()
+        # The port is closed now: nothing more connects to this transfer.
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).recv(1)
+    finally:
+        f.quit()
+    # Both racers are refused and audited (the racer as not resuming, or as superseded when
+    # the client's handshake finished first; the silent one as superseded).
+    deadline = time.monotonic() + 10
+    while len(refused := gw.events("dataConnectionRefused")[before:]) < 2:
+        assert time.monotonic() < deadline, refused
+        time.sleep(0.1)
+    assert all(e["from"].startswith("127.0.0.1:") for e in refused), refused
+    assert any("superseded" in e["reason"] for e in refused), refused
 
 
 def test_data_connection_without_tls_session_reuse_is_refused(gw):

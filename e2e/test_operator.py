@@ -119,6 +119,22 @@ INVALID = {
         "TransferRole", {"mounts": [{"path": "/mf", "endpoint": "mf", "verbs": ["read"],
                                      "siteCommands": ["FILETYPE=JES"]}]},
         "siteCommands need the verb site"),
+    "host keys on an FTPS endpoint (accepted and ignored before)": (
+        "TransferEndpoint", {"protocol": "ftps", "addresses": [{"host": "10.0.0.1", "port": 21}],
+                             "username": "u", "credentials": {"secretName": "s"}, "ftps": {"keyRing": "k"},
+                             "hostKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG2d6v4bmT1bT8+3bT4v1lYz1c5o0G0bq7S4k3f3dW8x"]},
+        "hostKeys apply to SFTP endpoints only"),
+    "a private key on an FTPS endpoint (accepted and ignored before)": (
+        "TransferEndpoint", {"protocol": "ftps", "addresses": [{"host": "10.0.0.1", "port": 21}],
+                             "username": "u", "ftps": {"keyRing": "k"},
+                             "credentials": {"secretName": "s", "privateKeyKey": "id"}},
+        "credentials.privateKeyKey applies to SFTP endpoints only"),
+    "lifetime on a tlsSecret key ring (accepted and ignored before)": (
+        "KeyRing", {"issuer": {"type": "tlsSecret", "secretName": "t"}, "duration": "24h", "renewBefore": "8h"},
+        "do not apply to a tlsSecret key ring"),
+    "names on a tlsSecret key ring (accepted and ignored before)": (
+        "KeyRing", {"issuer": {"type": "tlsSecret", "secretName": "t"}, "dnsNames": ["ftp.example"]},
+        "do not apply to a tlsSecret key ring"),
     "CA issuer without a Secret": (
         "KeyRing", {"issuer": {"type": "ca"}},
         "issuer types tlsSecret and ca need secretName"),

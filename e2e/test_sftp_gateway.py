@@ -216,6 +216,10 @@ def test_mfa_combinations(sshd, passwords, gateways, tmp_path):
          "authMethods": ["publickey,password"], "zones": ["loopback"], "roles": ["rw"]},
         {"name": "kt", "publicKeys": [pubkey(key)], "totpSecretFile": str(secret_file),
          "authMethods": ["publickey,keyboard-interactive"], "zones": ["loopback"], "roles": ["rw"]},
+        # A TOTP secret and no authMethods: the key alone used to log in (the secret was
+        # accepted and ignored); now the code is a required second step.
+        {"name": "kd", "publicKeys": [pubkey(key)], "totpSecretFile": str(secret_file),
+         "zones": ["loopback"], "roles": ["rw"]},
     ]
     g = gateways("mfa", c)
     batch = tmp_path / "batch"
@@ -256,6 +260,14 @@ def test_mfa_combinations(sshd, passwords, gateways, tmp_path):
     assert r.returncode != 0
     assert g.wait_event("logonFailure", user="kt")["reason"] == "verification code already used"
     assert openssh("kt", "000000", prompt="Verification code", methods="keyboard-interactive").returncode != 0
+
+    assert openssh("kd", "x", methods="publickey").returncode != 0
+    assert not g.events("logonSuccess") or all(e["user"] != "kd" for e in g.events("logonSuccess"))
+    while int(time.time()) % 30 > 22:
+        time.sleep(1)
+    r = openssh("kd", totp(TOTP_SECRET), prompt="Verification code", methods="publickey,keyboard-interactive")
+    assert r.returncode == 0, r.stderr
+    assert g.wait_event("logonSuccess", user="kd")["methods"] == ["publickey", "keyboard-interactive"]
 
 
 def test_backend_host_key_mismatch_is_refused(sshd, passwords, gateways, tmp_path):

@@ -68,12 +68,14 @@ pub struct Chains(pub Vec<Vec<Method>>);
 
 impl Chains {
     /// Chains as configured, or, when none are configured, each single method the user has a
-    /// credential for.
+    /// credential for, followed by a one-time code when the user has a TOTP secret (a secret
+    /// set is a second factor required, never one silently skipped).
     pub fn new(
         configured: &[String],
         has_password: bool,
         has_keys: bool,
         has_certificate: bool,
+        has_totp: bool,
     ) -> Chains {
         if configured.is_empty() {
             let mut v = Vec::new();
@@ -85,6 +87,10 @@ impl Chains {
             }
             if has_password {
                 v.push(vec![Method::Password]);
+            }
+            if has_totp {
+                v.iter_mut()
+                    .for_each(|c| c.push(Method::KeyboardInteractive));
             }
             return Chains(v);
         }
@@ -327,6 +333,7 @@ mod tests {
             true,
             true,
             false,
+            false,
         );
         let mut done = vec![];
         assert_eq!(c.advance(&mut done, Method::Password), Progress::NotAllowed);
@@ -342,9 +349,9 @@ mod tests {
 
     #[test]
     fn default_chains_are_single_methods_with_credentials() {
-        let c = Chains::new(&[], true, false, false);
+        let c = Chains::new(&[], true, false, false, false);
         assert_eq!(c.0, vec![vec![Method::Password]]);
-        let cert = Chains::new(&[], true, false, true);
+        let cert = Chains::new(&[], true, false, true, false);
         assert_eq!(
             cert.0,
             vec![vec![Method::Certificate], vec![Method::Password]]
@@ -354,6 +361,27 @@ mod tests {
             Progress::NotAllowed
         );
         assert_eq!(c.advance(&mut vec![], Method::Password), Progress::Complete);
+    }
+
+    #[test]
+    fn a_totp_secret_without_chains_makes_the_code_a_required_second_step() {
+        let c = Chains::new(&[], true, true, false, true);
+        assert_eq!(
+            c.0,
+            vec![
+                vec![Method::PublicKey, Method::KeyboardInteractive],
+                vec![Method::Password, Method::KeyboardInteractive]
+            ]
+        );
+        let mut done = vec![];
+        assert_eq!(
+            c.advance(&mut done, Method::Password),
+            Progress::Partial(vec![Method::KeyboardInteractive])
+        );
+        assert_eq!(
+            c.advance(&mut done, Method::KeyboardInteractive),
+            Progress::Complete
+        );
     }
 
     #[test]

@@ -366,6 +366,7 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
                     u.password_hash.is_some(),
                     !public_keys.is_empty(),
                     !u.certificate_names.is_empty(),
+                    totp.is_some(),
                 ),
                 certificate_names: u.certificate_names.clone(),
                 public_keys,

@@ -230,6 +230,19 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
                 "the user has no credential: set passwordHash, publicKeys or certificateNames",
             );
         }
+        if has("keyboard-interactive")
+            && !u.auth_methods.is_empty()
+            && !u
+                .auth_methods
+                .iter()
+                .any(|c| c.split(',').any(|m| m.trim() == "keyboard-interactive"))
+        {
+            errs.push(
+                format!("{at}.authMethods"),
+                "the user has a TOTP secret but no chain asks for keyboard-interactive; \
+                 add it to every chain (e.g. \"password,keyboard-interactive\"), or remove the secret",
+            );
+        }
         for (j, chain) in u.auth_methods.iter().enumerate() {
             let cat = format!("{at}.authMethods[{j}]");
             let methods: Vec<&str> = chain.split(',').map(str::trim).collect();

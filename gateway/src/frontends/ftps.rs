@@ -241,6 +241,11 @@ enum Flow {
     End(&'static str),
 }
 
+/// TLS handshakes on one passive port at once, while waiting for the client's own.
+const MAX_DATA_HANDSHAKES: usize = 4;
+/// How long a passive port waits for another connection after one failed to resume.
+const RACE_GRACE: Duration = Duration::from_secs(2);
+
 enum DataPlan {
     Passive { tcp: TcpListener, _port: PortGuard },
     Active(SocketAddr),
@@ -1077,45 +1082,140 @@ impl Conn {
     }
 
     /// The TCP data connection: the passive port's first connection from the client's own
-    /// address (others are refused and audited), or the active target.
-    async fn open_data(&mut self) -> Result<TcpStream, Reply> {
-        let deadline = tokio::time::Instant::now() + self.data_timeout();
+    /// address (others are refused and audited), or the active target. A passive port stays
+    /// open (returned with the stream) until a connection has proved it belongs to this
+    /// control connection by resuming its TLS session.
+    async fn open_data(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(TcpStream, Option<(TcpListener, PortGuard)>), Reply> {
         match self.data.take() {
             None => Err(Reply::new(425, "Use PASV or EPSV first")),
             Some(DataPlan::Active(addr)) => {
                 match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-                    Ok(Ok(s)) => Ok(s),
+                    Ok(Ok(s)) => Ok((s, None)),
                     _ => Err(Reply::new(425, "Cannot open the active data connection")),
                 }
             }
-            Some(DataPlan::Passive { tcp, _port }) => loop {
-                match tokio::time::timeout_at(deadline, tcp.accept()).await {
-                    Err(_) => return Err(Reply::new(425, "No data connection arrived in time")),
-                    Ok(Err(_)) => continue,
-                    Ok(Ok((s, from))) if passive_peer_ok(self.peer.ip(), from.ip()) => {
-                        s.set_nodelay(true).ok();
-                        return Ok(s);
-                    }
-                    Ok(Ok((s, from))) => {
-                        drop(s);
-                        self.refuse_data(
-                            Some(from),
-                            "data connection from an address other than the control connection's",
-                        )
-                        .await;
-                    }
+            Some(DataPlan::Passive { tcp, _port }) => {
+                let s = self.accept_passive(&tcp, deadline).await?;
+                Ok((s, Some((tcp, _port))))
+            }
+        }
+    }
+
+    /// The passive port's next connection from the client's own address; connections from
+    /// elsewhere are dropped and audited.
+    async fn accept_passive(
+        &self,
+        tcp: &TcpListener,
+        deadline: tokio::time::Instant,
+    ) -> Result<TcpStream, Reply> {
+        loop {
+            match tokio::time::timeout_at(deadline, tcp.accept()).await {
+                Err(_) => return Err(Reply::new(425, "No data connection arrived in time")),
+                Ok(Err(_)) => continue,
+                Ok(Ok((s, from))) if passive_peer_ok(self.peer.ip(), from.ip()) => {
+                    s.set_nodelay(true).ok();
+                    return Ok(s);
                 }
-            },
+                Ok(Ok((s, from))) => {
+                    drop(s);
+                    self.refuse_data(
+                        Some(from),
+                        "data connection from an address other than the control connection's",
+                    )
+                    .await;
+                }
+            }
         }
     }
 
     /// TLS on the data connection, which must resume a session of this control connection's
     /// (from the control handshake or an earlier data connection's ticket).
+    ///
+    /// On a passive port the first connection does not win: another host behind the same
+    /// address (NAT) could race the client to the port. Each connection from the client's
+    /// address is handshaken, up to [`MAX_DATA_HANDSHAKES`] at once; the first that resumes
+    /// this control connection's session is the data connection, and every other is refused
+    /// and audited. The port closes once one is chosen, so a later connection meets a reset.
     async fn secure_data(
         &self,
+        first: TcpStream,
+        passive: Option<&TcpListener>,
+        upload: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<TlsStream<TcpStream>, String> {
+        let mut pending = FuturesUnordered::new();
+        // Where each handshake still running comes from, by its number.
+        let mut running: Vec<(usize, Option<SocketAddr>)> = Vec::new();
+        let mut next_id = 0;
+        let mut start = |tcp: TcpStream, running: &mut Vec<(usize, Option<SocketAddr>)>| {
+            next_id += 1;
+            running.push((next_id, tcp.peer_addr().ok()));
+            self.handshake_data(next_id, tcp, upload, deadline)
+        };
+        pending.push(start(first, &mut running));
+        let mut last = String::from(
+            "no data connection resumed this control connection's TLS session in time",
+        );
+        // After a refused handshake the client's own connection, if it is coming, is already
+        // queued; a client that cannot resume should hear 425 soon, not at the deadline.
+        let mut give_up = deadline;
+        let mut accepting = passive.is_some();
+        loop {
+            tokio::select! {
+                Some((id, from, r)) = pending.next() => match r {
+                    Ok(s) => {
+                        // The others lose the port; each is audited.
+                        for (_, other) in running.iter().filter(|(i, _)| *i != id) {
+                            self.refuse_data(
+                                *other,
+                                "data connection superseded: another one resumed the control connection's TLS session",
+                            )
+                            .await;
+                        }
+                        return Ok(s);
+                    }
+                    Err(why) => {
+                        running.retain(|(i, _)| *i != id);
+                        self.refuse_data(from, &why).await;
+                        last = why;
+                        give_up = give_up.min(tokio::time::Instant::now() + RACE_GRACE);
+                        if passive.is_none() {
+                            return Err(last);
+                        }
+                    }
+                },
+                next = async {
+                    match passive {
+                        Some(l) => self.accept_passive(l, give_up).await,
+                        None => std::future::pending().await,
+                    }
+                }, if accepting && pending.len() < MAX_DATA_HANDSHAKES => match next {
+                    Ok(s) => pending.push(start(s, &mut running)),
+                    Err(_) if pending.is_empty() => return Err(last),
+                    // Past the time to accept; the handshakes still running end by the
+                    // deadline too.
+                    Err(_) => accepting = false,
+                },
+                else => return Err(last),
+            }
+        }
+    }
+
+    /// One data connection's TLS handshake, by `deadline`; resumed, or why not.
+    async fn handshake_data(
+        &self,
+        id: usize,
         tcp: TcpStream,
         upload: bool,
-    ) -> Result<TlsStream<TcpStream>, String> {
+        deadline: tokio::time::Instant,
+    ) -> (
+        usize,
+        Option<SocketAddr>,
+        Result<TlsStream<TcpStream>, String>,
+    ) {
         let from = tcp.peer_addr().ok();
         let config = if upload {
             &self.data_tls_upload
@@ -1123,19 +1223,16 @@ impl Conn {
             &self.data_tls
         };
         let acceptor = TlsAcceptor::from(config.clone());
-        let accepted = tokio::time::timeout(self.data_timeout(), acceptor.accept(tcp)).await;
-        let why = match accepted {
-            Ok(Ok(s)) if s.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) => {
-                return Ok(s);
-            }
-            Ok(Ok(_)) => {
-                "data connection TLS did not resume the control connection's TLS session".to_owned()
-            }
-            Ok(Err(e)) => format!("data connection TLS handshake failed: {e}"),
-            Err(_) => "data connection TLS handshake timed out".to_owned(),
+        let r = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) if s.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) => Ok(s),
+            Ok(Ok(_)) => Err(
+                "data connection TLS did not resume the control connection's TLS session"
+                    .to_owned(),
+            ),
+            Ok(Err(e)) => Err(format!("data connection TLS handshake failed: {e}")),
+            Err(_) => Err("data connection TLS handshake timed out".to_owned()),
         };
-        self.refuse_data(from, &why).await;
-        Err(why)
+        (id, from, r)
     }
 
     /// A data command: authorize and open first (no data connection for a refusal), then the
@@ -1155,7 +1252,8 @@ impl Conn {
                 return self.reply_flow(wire, r).await;
             }
         };
-        let tcp = match self.open_data().await {
+        let deadline = tokio::time::Instant::now() + self.data_timeout();
+        let (tcp, passive) = match self.open_data(deadline).await {
             Ok(t) => t,
             Err(r) => {
                 job.abandon(&session, "no data connection").await;
@@ -1178,7 +1276,12 @@ impl Conn {
             return Flow::End("client closed");
         }
         let upload = matches!(job, Job::Stor { .. });
-        let data = match self.secure_data(tcp, upload).await {
+        let secured = self
+            .secure_data(tcp, passive.as_ref().map(|p| &p.0), upload, deadline)
+            .await;
+        // The port closes: nothing else can connect to this transfer.
+        drop(passive);
+        let data = match secured {
             Ok(d) => d,
             Err(why) => {
                 job.abandon(&session, &why).await;

@@ -38,6 +38,8 @@ use crate::CommonStatus;
 #[x_kube(validation = Rule::new("self.protocol != 'sftp' || size(self.hostKeys) > 0").message("an SFTP endpoint needs at least one pinned host key in hostKeys"))]
 #[x_kube(validation = Rule::new("self.protocol != 'ftps' || has(self.ftps)").message("an FTPS endpoint needs ftps (the key ring trusting its certificate)"))]
 #[x_kube(validation = Rule::new("self.protocol != 'sftp' || !has(self.ftps)").message("ftps applies to FTPS endpoints only"))]
+#[x_kube(validation = Rule::new("self.protocol != 'ftps' || !has(self.hostKeys) || size(self.hostKeys) == 0").message("hostKeys apply to SFTP endpoints only; an FTPS endpoint's certificate is verified through ftps.keyRing"))]
+#[x_kube(validation = Rule::new("self.protocol != 'ftps' || !has(self.credentials.privateKeyKey)").message("credentials.privateKeyKey applies to SFTP endpoints only; an FTPS endpoint logs in with passwordKey (and ftps.clientCertificate)"))]
 #[serde(rename_all = "camelCase")]
 pub struct TransferEndpointSpec {
     /// The protocol spoken to the backend: `sftp`, or `ftps` (see `ftps`).
@@ -166,16 +168,20 @@ pub struct CredentialsRef {
     /// The Secret's name, in the endpoint's namespace.
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
-    /// The key holding an OpenSSH private key (SFTP). Used when present in the Secret.
-    #[serde(default = "default_private_key_key")]
-    pub private_key_key: String,
+    /// SFTP endpoints: the key holding an OpenSSH private key (`ssh-privatekey` when unset).
+    /// Used when present in the Secret. Refused on FTPS endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_key: Option<String>,
     /// The key holding a password, used when the Secret has no private key.
     #[serde(default = "default_password_key")]
     pub password_key: String,
 }
 
-fn default_private_key_key() -> String {
-    "ssh-privatekey".to_owned()
+impl CredentialsRef {
+    /// The Secret key an SFTP endpoint's private key is read from.
+    pub fn private_key_key(&self) -> &str {
+        self.private_key_key.as_deref().unwrap_or("ssh-privatekey")
+    }
 }
 
 fn default_password_key() -> String {

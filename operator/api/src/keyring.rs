@@ -40,15 +40,16 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[x_kube(validation = Rule::new("!has(self.renewBefore) || !has(self.duration) || duration(self.renewBefore) < duration(self.duration)").message("renewBefore must be shorter than duration"))]
+#[x_kube(validation = Rule::new("self.issuer.type != 'tlsSecret' || (!has(self.duration) && !has(self.renewBefore) && (!has(self.dnsNames) || size(self.dnsNames) == 0) && (!has(self.ipAddresses) || size(self.ipAddresses) == 0))").message("duration, renewBefore, dnsNames and ipAddresses do not apply to a tlsSecret key ring: its certificate is passed on as issued (set them at its issuer)"))]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRingSpec {
     /// Where the TLS certificate comes from.
     pub issuer: Issuer,
-    /// DNS names the certificate carries (subjectAltName). Ignored for `tlsSecret`.
+    /// DNS names the certificate carries (subjectAltName). Refused for `tlsSecret`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(max = 253)))]
     pub dns_names: Vec<String>,
-    /// IP addresses the certificate carries (subjectAltName). Ignored for `tlsSecret`.
+    /// IP addresses the certificate carries (subjectAltName). Refused for `tlsSecret`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(max = 64)))]
     #[x_kube(validation = Rule::new("self.all(a, isIP(a))").message("ipAddresses must be IP addresses"))]

@@ -571,6 +571,18 @@ pub fn user_problems(name: &str, user: &TransferUser, world: &World) -> Vec<Prob
     {
         out.push(secret_problem(&format!("user {name}"), &r.name, &r.key, e));
     }
+    if u.totp_secret.is_some()
+        && !u.auth_methods.is_empty()
+        && !u
+            .auth_methods
+            .iter()
+            .any(|c| c.split(',').any(|m| m.trim() == "keyboard-interactive"))
+    {
+        out.push(Problem::new(
+            Reason::InvalidConfig,
+            format!("user {name} has a totpSecret but no authMethods chain asks for keyboard-interactive; the code would never be asked for"),
+        ));
+    }
     for (i, k) in u.public_keys.iter().enumerate() {
         if let Err(e) = russh::keys::PublicKey::from_openssh(k) {
             out.push(Problem::new(
@@ -613,14 +625,15 @@ fn endpoint_credential(
 ) -> Result<CredentialFiles, Problem> {
     let c = &ep.spec.credentials;
     let who = format!("endpoint {name}");
-    match world.secret_value(&c.secret_name, &c.private_key_key) {
+    match world.secret_value(&c.secret_name, c.private_key_key()) {
         Ok(k) => {
             if russh::keys::decode_secret_key(&String::from_utf8_lossy(k), None).is_err() {
                 return Err(Problem::new(
                     Reason::InvalidCredential,
                     format!(
                         "{who}: key {} of Secret {} is not an unencrypted OpenSSH private key",
-                        c.private_key_key, c.secret_name
+                        c.private_key_key(),
+                        c.secret_name
                     ),
                 ));
             }
@@ -631,7 +644,7 @@ fn endpoint_credential(
         Err(SecretLookup::NoSecret) => Err(secret_problem(
             &who,
             &c.secret_name,
-            &c.private_key_key,
+            c.private_key_key(),
             SecretLookup::NoSecret,
         )),
         Err(SecretLookup::NoKey) => match world.secret_value(&c.secret_name, &c.password_key) {
@@ -644,7 +657,9 @@ fn endpoint_credential(
                 Reason::SecretKeyMissing,
                 format!(
                     "{who}: Secret {} has neither {} nor {}",
-                    c.secret_name, c.private_key_key, c.password_key
+                    c.secret_name,
+                    c.private_key_key(),
+                    c.password_key
                 ),
             )),
         },
