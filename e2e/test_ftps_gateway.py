@@ -512,7 +512,7 @@ def test_too_many_failed_logins_close_the_connection(gw):
     f.close()
 
 
-def test_site_goes_through_policy(gw):
+def test_site_goes_through_policy(gw, vsftpd):
     f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
     try:
         f.cwd("/vs")
@@ -523,6 +523,22 @@ def test_site_goes_through_policy(gw):
             f.sendcmd("SITE CHMOD 600 no-such-file")
         with pytest.raises(ftplib.error_perm, match="^550.*allow-list"):
             f.sendcmd("SITE FILETYPE=JES")
+        # Path arguments are mapped through the mount like any path: the client's /vs/site.txt
+        # is the backend's /site.txt (it used to reach vsftpd verbatim and miss).
+        assert f.sendcmd("SITE CHMOD 640 /vs/site.txt").startswith("200")
+        assert (vsftpd.root / "site.txt").stat().st_mode & 0o7777 == 0o640
+        # A path on another mount is authorized there (/local has no verb site).
+        with pytest.raises(ftplib.error_perm, match="^550.*site"):
+            f.sendcmd("SITE CHMOD 644 ../local/x")
+        # setuid, setgid and sticky are never honoured; a malformed mode is refused.
+        with pytest.raises(ftplib.error_perm, match="^550.*setuid"):
+            f.sendcmd("SITE CHMOD 4755 site.txt")
+        with pytest.raises(ftplib.error_perm, match="^5"):
+            f.sendcmd("SITE CHMOD rwx site.txt")
+        assert (vsftpd.root / "site.txt").stat().st_mode & 0o7777 == 0o640
+        # Another allowed subcommand may not smuggle a path.
+        with pytest.raises(ftplib.error_perm, match="^550.*names a path"):
+            f.sendcmd("SITE HELP ../../etc")
         f.cwd("/local")
         with pytest.raises(ftplib.error_perm, match="^550"):
             f.sendcmd("SITE CHMOD 644 x")
@@ -530,6 +546,7 @@ def test_site_goes_through_policy(gw):
         f.quit()
     denied = gw.events("policyDenied")
     assert any(e["op"] == "site" for e in denied)
+    assert any(e["op"] == "site" and e["path"] == "/local/x" for e in denied), denied
 
 
 # --- Backend behaviour ---------------------------------------------------------------------------

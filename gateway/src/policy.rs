@@ -271,6 +271,26 @@ impl Tree {
     }
 }
 
+/// A client's path argument made absolute against the working directory `cwd`, with `.` and
+/// `..` resolved (never above `/`).
+pub fn join(cwd: &str, arg: &str) -> String {
+    let mut parts: Vec<&str> = if arg.starts_with('/') {
+        Vec::new()
+    } else {
+        cwd.split('/').filter(|s| !s.is_empty()).collect()
+    };
+    for seg in arg.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
 #[cfg(test)]
 mod tests {
     use portcullis_config::Mount;

@@ -916,14 +916,58 @@ impl Session {
         }
     }
 
-    /// `SITE <command>` from the directory `cwd`: the verb `site` on its mount and the
+    /// `SITE <command>` from the directory `cwd`: the verb `site` on the mount and the
     /// subcommand on the mount's allow-list, then the endpoint's own answer.
+    ///
+    /// Arguments are confined like any path: for `CHMOD`, `CHGRP` and `CHOWN` the last
+    /// argument is a path, resolved against `cwd`, authorized on its own mount (`site` and
+    /// `setattr`), confined, and sent as the backend path; a `CHMOD` mode with setuid, setgid
+    /// or sticky bits is refused. Any other subcommand is sent from the cwd's backend
+    /// directory and may not carry an argument that names a path (`/`, `\`, `..`).
     pub async fn site(&self, cwd: &str, command: &str) -> Result<(u16, String), FsError> {
         let mut rule = None;
         let result = async {
-            let vpath = parse(cwd)?;
             let user = self.user()?;
-            let t = match user.tree.authorize_site(&vpath, command) {
+            let words: Vec<&str> = command.split_whitespace().collect();
+            let word = words.first().copied().unwrap_or("").to_ascii_uppercase();
+            let takes_path = matches!(word.as_str(), "CHMOD" | "CHGRP" | "CHOWN");
+            let vpath = if takes_path {
+                let [_, arg, path] = words[..] else {
+                    return Err(FsError::BadPath(format!(
+                        "SITE {word} takes two arguments: SITE {word} <{}> <path>",
+                        if word == "CHMOD" { "mode" } else { "owner" }
+                    )));
+                };
+                if word == "CHMOD" {
+                    let mode = u32::from_str_radix(arg, 8)
+                        .map_err(|_| FsError::BadPath(format!("{arg:?} is not an octal mode")))?;
+                    if mode & !0o777 != 0 {
+                        return Err(FsError::Denied(
+                            "setuid, setgid and sticky bits are never honoured".into(),
+                        ));
+                    }
+                }
+                parse(&crate::policy::join(cwd, path))?
+            } else {
+                if let Some(a) = words[1..]
+                    .iter()
+                    .find(|a| a.contains('/') || a.contains('\\') || a.contains(".."))
+                {
+                    let why = format!(
+                        "SITE {word}: argument {a:?} names a path; only CHMOD, CHGRP and CHOWN take one"
+                    );
+                    self.deny(Verb::Site, &parse(cwd)?, &why);
+                    return Err(FsError::Denied(why));
+                }
+                parse(cwd)?
+            };
+            let authorized = user.tree.authorize_site(&vpath, command).and_then(|a| {
+                if takes_path {
+                    user.tree.authorize(Verb::Setattr, &vpath)?;
+                }
+                Ok(a)
+            });
+            let t = match authorized {
                 Ok(a) => Target {
                     endpoint: a.mount.endpoint.clone(),
                     base: a.mount.backend_path.clone(),
@@ -936,7 +980,13 @@ impl Session {
                 }
             };
             rule = Some(t.rule.clone());
-            self.confined(&t).await?.site(command).await
+            let backend = self.confined(&t).await?;
+            if takes_path {
+                let sent = format!("{word} {} {}", words[1], t.backend_path);
+                backend.site(&t.base, &sent).await
+            } else {
+                backend.site(&t.backend_path, command).await
+            }
         }
         .await;
         self.shared.metrics.op(

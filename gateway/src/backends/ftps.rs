@@ -473,12 +473,17 @@ impl Backend for FtpsBackend {
             .await
     }
 
-    async fn site(&self, command: &str) -> Result<(u16, String), FsError> {
-        let command = command.to_owned();
+    async fn site(&self, dir: &str, command: &str) -> Result<(u16, String), FsError> {
+        let (dir, command) = (dir.to_owned(), command.to_owned());
         let r = self
-            .with_control(async |ftp| match ftp.site(&command).await {
-                Ok(r) | Err(FtpError::UnexpectedResponse(r)) => Ok(r),
-                Err(e) => Err(e),
+            .with_control(async |ftp| {
+                ftp.cwd(&dir).await?;
+                let r = match ftp.site(&command).await {
+                    Ok(r) | Err(FtpError::UnexpectedResponse(r)) => r,
+                    Err(e) => return Err(e),
+                };
+                ftp.cwd("/").await?;
+                Ok(r)
             })
             .await?;
         let text = String::from_utf8_lossy(&r.body);

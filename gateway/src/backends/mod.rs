@@ -174,9 +174,10 @@ pub trait Backend: Send + Sync {
             "this endpoint does not report file-system figures".into(),
         ))
     }
-    /// Sends an FTP `SITE` command (already authorized) and returns the server's reply code
-    /// and text, whatever the code.
-    async fn site(&self, _command: &str) -> Result<(u16, String), FsError> {
+    /// Sends an FTP `SITE` command (already authorized, path arguments already mapped) from
+    /// the backend directory `dir`, so that a relative name resolves there; returns the
+    /// server's reply code and text, whatever the code.
+    async fn site(&self, _dir: &str, _command: &str) -> Result<(u16, String), FsError> {
         Err(FsError::Unsupported(
             "SITE commands need an FTP endpoint".into(),
         ))

@@ -739,21 +739,7 @@ impl Conn {
 
     /// A path from the client, absolute, with `.` and `..` resolved against the cwd.
     fn resolve(&self, arg: &str) -> String {
-        let mut parts: Vec<&str> = if arg.starts_with('/') {
-            Vec::new()
-        } else {
-            self.cwd.split('/').filter(|s| !s.is_empty()).collect()
-        };
-        for seg in arg.split('/') {
-            match seg {
-                "" | "." => {}
-                ".." => {
-                    parts.pop();
-                }
-                s => parts.push(s),
-            }
-        }
-        format!("/{}", parts.join("/"))
+        crate::policy::join(&self.cwd, arg)
     }
 
     async fn stat(&self, path: &str) -> Result<FileAttrs, FsError> {
