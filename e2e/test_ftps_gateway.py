@@ -410,6 +410,30 @@ def test_a_passive_port_waits_past_racers_from_the_same_address(gw):
     assert any("superseded" in e["reason"] for e in refused), refused
 
 
+def test_a_stalled_data_connection_times_out_and_the_session_lives_on(gw):
+    """A client that stopped sending mid-upload held its file, its backend connection and its
+    slot for ever. Now a data connection idle for the listener's dataTimeoutSeconds (5 s on
+    this listener) fails the transfer with 426; the control connection stays usable."""
+    f = ftps_login(gw.active_port, gw.pki.ca, "alice", "alice-pw")
+    try:
+        _, port = parse_pasv(f.sendcmd("PASV"))
+        data = socket.create_connection(("127.0.0.1", port), timeout=30)
+        f.putcmd("STOR /local/stalled.bin")
+        assert f.getresp().startswith("150")
+        tls = f.context.wrap_socket(data, server_hostname="localhost", session=f.sock.session)
+        tls.sendall(b"x" * 100_000)
+        t0 = time.monotonic()
+        with pytest.raises(ftplib.error_temp, match="^426.*idle"):
+            f.getresp()
+        assert 4 <= time.monotonic() - t0 < 20
+        tls.close()
+        assert f.sendcmd("NOOP").startswith("200")
+    finally:
+        f.quit()
+    end = gw.wait_event("transferEnd", path="/local/stalled.bin")
+    assert end["confidence"] != "High", end
+
+
 def test_data_connection_without_tls_session_reuse_is_refused(gw):
     f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw", reuse=False)
     try:

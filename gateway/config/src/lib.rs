@@ -79,7 +79,8 @@ pub struct Listener {
     /// FTPS listeners: active mode (`PORT`/`EPRT`); off unless enabled.
     #[serde(default)]
     pub active_mode: ActiveMode,
-    /// FTPS listeners: seconds to wait for a data connection and its TLS handshake.
+    /// FTPS listeners: seconds to wait for a data connection and its TLS handshake, and the
+    /// longest a data connection may stall (no byte sent or taken) before its transfer fails.
     #[serde(default = "defaults::data_timeout_seconds")]
     pub data_timeout_seconds: u64,
 }

@@ -1275,7 +1275,9 @@ impl Conn {
             }
         };
         let binary = self.binary;
-        let work = job.clone().run(session.clone(), data, binary);
+        let work = job
+            .clone()
+            .run(session.clone(), data, binary, self.data_timeout());
         tokio::pin!(work);
         // Commands other than ABOR that arrive during the transfer (NOOP keep-alives, the
         // next command pipelined early) are answered after its reply, as RFC 959 allows; past
@@ -1424,23 +1426,26 @@ enum Job {
 }
 
 impl Job {
-    /// Moves the bytes over the (TLS) data connection.
+    /// Moves the bytes over the (TLS) data connection. A client that neither sends nor takes
+    /// a byte for `idle` fails the transfer (a stalled transfer would hold its file, its
+    /// backend connection and its slot for ever).
     async fn run(
         self,
         session: Arc<Session>,
         mut data: TlsStream<TcpStream>,
         binary: bool,
+        idle: Duration,
     ) -> Result<(), String> {
         let io = |e: std::io::Error| format!("data connection: {e}");
         match self {
             Job::Listing(bytes) => {
-                data.write_all(&bytes).await.map_err(io)?;
+                stalled(idle, data.write_all(&bytes)).await?.map_err(io)?;
             }
             Job::Retr { handle, offset } => {
-                send_file(session, handle, offset, binary, &mut data).await?;
+                send_file(session, handle, offset, binary, &mut data, idle).await?;
             }
             Job::Stor { handle, offset } => {
-                receive_file(session, handle, offset, binary, &mut data).await?;
+                receive_file(session, handle, offset, binary, &mut data, idle).await?;
                 // The client closed first, with close_notify; ours is a courtesy it may no
                 // longer read.
                 let _ = data.shutdown().await;
@@ -1469,6 +1474,16 @@ impl Job {
     }
 }
 
+/// `io`, unless the client moves no byte for `idle`.
+async fn stalled<T>(idle: Duration, io: impl std::future::Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(idle, io).await.map_err(|_| {
+        format!(
+            "data connection idle for {} s; the transfer is abandoned",
+            idle.as_secs()
+        )
+    })
+}
+
 /// Aborts a spawned task when dropped (an `ABOR` drops the transfer future).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -1486,18 +1501,21 @@ async fn send_file(
     offset: u64,
     binary: bool,
     out: &mut TlsStream<TcpStream>,
+    idle: Duration,
 ) -> Result<(), String> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(DEPTH);
     let _reader = AbortOnDrop(tokio::spawn(read_ahead(session, handle, offset, tx)));
     let mut last = 0u8;
     while let Some(chunk) = rx.recv().await {
         let d: Bytes = chunk?;
-        if binary {
-            out.write_all(&d).await
+        let d = if binary {
+            d
         } else {
-            out.write_all(&to_crlf(&d, &mut last)).await
-        }
-        .map_err(|e| format!("data connection: {e}"))?;
+            Bytes::from(to_crlf(&d, &mut last))
+        };
+        stalled(idle, out.write_all(&d))
+            .await?
+            .map_err(|e| format!("data connection: {e}"))?;
     }
     Ok(())
 }
@@ -1565,6 +1583,7 @@ async fn receive_file(
     offset: u64,
     binary: bool,
     input: &mut TlsStream<TcpStream>,
+    idle: Duration,
 ) -> Result<(), String> {
     let (tx, rx) = tokio::sync::mpsc::channel(DEPTH);
     let mut writer = AbortOnDrop(tokio::spawn(write_behind(session, handle, rx)));
@@ -1575,7 +1594,7 @@ async fn receive_file(
             let mut buf = BytesMut::with_capacity(CHUNK);
             let mut eof = false;
             while buf.len() < CHUNK {
-                match input.read_buf(&mut buf).await {
+                match stalled(idle, input.read_buf(&mut buf)).await? {
                     Ok(0) => {
                         eof = true;
                         break;
