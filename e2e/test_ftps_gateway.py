@@ -105,7 +105,8 @@ def gw(pki, vsftpd, vsftpd_implicit, sshd, passwords):
             {"name": "dave", "certificateNames": ["dave"], "passwordHash": passwords["bob-pw"],
              "authMethods": ["certificate,password"], "zones": ["loopback"], "roles": ["all"]},
         ],
-        "limits": {"maxAuthAttempts": 3, "maxSessionsPerIp": 100},
+        # test_data_path logs fifty clients in from one address at the same moment.
+        "limits": {"maxAuthAttempts": 3, "maxSessionsPerIp": 100, "maxUnauthenticatedPerIp": 64},
     })
     g.write_config(g.config)
     g.start()

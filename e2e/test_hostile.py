@@ -37,7 +37,8 @@ def test_login_storm_keeps_memory_bounded_and_real_users_get_in(sshd, passwords,
         "users": [{"name": "alice", "passwordHash": passwords["alice-pw"], "zones": ["loopback"],
                    "roles": ["rw"]}],
         "roles": [{"name": "rw", "mounts": [{"path": "/files", "endpoint": "disk", "verbs": ["list"]}]}],
-        "limits": {"maxSessions": 1000, "maxSessionsPerIp": 1000, "maxAuthAttempts": 4},
+        "limits": {"maxSessions": 1000, "maxSessionsPerIp": 1000, "maxUnauthenticatedPerIp": 1000,
+                   "maxAuthAttempts": 4},
     })
     try:
         outcomes = []
@@ -574,3 +575,43 @@ def test_defender_bans_guessers_on_every_replica_and_spares_the_safe_zone(passwo
     finally:
         for g in gws:
             g.stop()
+
+
+def test_idle_unauthenticated_sockets_take_only_their_own_share(passwords):
+    """60 idle sockets from one address took every place it had. Connections not yet logged
+    in now have a smaller per-address limit of their own: past it the next is closed before
+    the banner and audited, sessions already logged in are untouched, and the login grace
+    frees the places."""
+    import socket
+
+    d = fresh_dir("pre-auth-cap")
+    (d / "disk").mkdir()
+    g = Gateway(d, {
+        "endpoints": [{"name": "disk", "type": "local", "root": str(d / "disk")}],
+        "users": [{"name": "alice", "passwordHash": passwords["alice-pw"], "zones": ["loopback"], "roles": ["r"]}],
+        "roles": [{"name": "r", "mounts": [{"path": "/l", "endpoint": "disk", "verbs": ["list"]}]}],
+        "limits": {"maxSessionsPerIp": 10, "maxUnauthenticatedPerIp": 4, "loginGraceSeconds": 3},
+    })
+    try:
+        sessions = [g.paramiko("alice", password="alice-pw") for _ in range(2)]
+        idle = [socket.create_connection(("127.0.0.1", g.port), timeout=5) for _ in range(4)]
+        for s in idle:
+            assert s.recv(100).startswith(b"SSH-2.0-")
+        with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
+            assert s.recv(100) == b"", "a fifth unauthenticated connection was served"
+        g.wait_event("connectionRefused", reason="per-IP limit of connections not logged in reached")
+        # The logged-in sessions work on; another address is not affected.
+        assert sessions[0][0].listdir("/") == ["l"]
+        with socket.create_connection(("127.0.0.1", g.port), timeout=5, source_address=("127.0.0.3", 0)) as s:
+            assert s.recv(100).startswith(b"SSH-2.0-")
+        # The login grace ends the idle ones; their places come back.
+        time.sleep(4)
+        sftp, t = g.paramiko("alice", password="alice-pw")
+        assert sftp.listdir("/") == ["l"]
+        t.close()
+        for s in idle:
+            s.close()
+        for _, t in sessions:
+            t.close()
+    finally:
+        g.stop()

@@ -23,6 +23,9 @@ pub struct Attempt {
     /// The user the methods in `done` were passed for.
     pub user: String,
     pub done: Vec<Method>,
+    /// The connection's place among its address's connections not yet logged in; given up
+    /// when the session starts.
+    pub pre_auth: Option<crate::state::PreAuth>,
 }
 
 impl Attempt {
@@ -41,6 +44,7 @@ impl Attempt {
             protocol,
             user: String::new(),
             done: Vec::new(),
+            pre_auth: None,
         }
     }
 
@@ -142,7 +146,8 @@ impl Attempt {
     }
 
     /// The chain is complete: the session starts (audited as logon and session start).
-    pub async fn start_session(&self, u: &UserEntry, channel: Option<String>) -> Arc<Session> {
+    pub async fn start_session(&mut self, u: &UserEntry, channel: Option<String>) -> Arc<Session> {
+        self.pre_auth = None;
         Session::start(
             self.shared.clone(),
             Login {

@@ -73,6 +73,7 @@ pub async fn serve(shared: Arc<Shared>, listener: Listener, tcp: TcpListener) {
             peer.ip(),
             limits.max_sessions,
             limits.max_sessions_per_ip,
+            limits.max_unauthenticated_per_ip,
         ) {
             Ok(s) => s,
             Err(why) => {

@@ -48,10 +48,13 @@ impl Shared {
     }
 }
 
-/// Counts open connections, globally and per source IP, and hands out slots within limits.
+/// Counts open connections, globally and per source IP, and hands out slots within limits;
+/// connections not yet logged in are also counted per IP, against a smaller limit, so that
+/// idle unauthenticated sockets cannot take all of an address's places.
 #[derive(Default)]
 pub struct ConnTracker {
     counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    pre_auth: Mutex<HashMap<IpAddr, usize>>,
     changed: Notify,
 }
 
@@ -59,6 +62,32 @@ pub struct ConnTracker {
 pub struct Slot {
     shared: Arc<Shared>,
     ip: IpAddr,
+    /// The connection's place among those not yet logged in: taken by the login, which drops
+    /// it when a session starts.
+    pub pre_auth: Option<PreAuth>,
+}
+
+/// A place among an address's connections not yet logged in; released on drop.
+pub struct PreAuth {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for PreAuth {
+    fn drop(&mut self) {
+        let mut m = self
+            .shared
+            .conns
+            .pre_auth
+            .lock()
+            .expect("conn lock poisoned");
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl ConnTracker {
@@ -68,20 +97,33 @@ impl ConnTracker {
         ip: IpAddr,
         max: usize,
         max_per_ip: usize,
+        max_pre_auth_per_ip: usize,
     ) -> Result<Slot, &'static str> {
         let mut c = shared.conns.counts.lock().expect("conn lock poisoned");
         if c.0 >= max {
             return Err("global session limit reached");
         }
-        let per = c.1.entry(ip).or_default();
-        if *per >= max_per_ip {
+        if c.1.get(&ip).is_some_and(|n| *n >= max_per_ip) {
             return Err("per-IP session limit reached");
         }
-        *per += 1;
+        let mut pre = shared.conns.pre_auth.lock().expect("conn lock poisoned");
+        let waiting = pre.entry(ip).or_default();
+        if *waiting >= max_pre_auth_per_ip {
+            if *waiting == 0 {
+                pre.remove(&ip);
+            }
+            return Err("per-IP limit of connections not logged in reached");
+        }
+        *waiting += 1;
+        *c.1.entry(ip).or_default() += 1;
         c.0 += 1;
         Ok(Slot {
             shared: shared.clone(),
             ip,
+            pre_auth: Some(PreAuth {
+                shared: shared.clone(),
+                ip,
+            }),
         })
     }
 

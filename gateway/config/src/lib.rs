@@ -488,6 +488,10 @@ pub struct Limits {
     pub max_sessions: usize,
     #[serde(default = "defaults::max_sessions_per_ip")]
     pub max_sessions_per_ip: usize,
+    /// Connections from one address not yet logged in (a part of `maxSessionsPerIp`), so that
+    /// idle sockets cannot take all of an address's places.
+    #[serde(default = "defaults::max_unauthenticated_per_ip")]
+    pub max_unauthenticated_per_ip: usize,
     /// Seconds from TCP accept to a completed login.
     #[serde(default = "defaults::login_grace_seconds")]
     pub login_grace_seconds: u64,
@@ -511,6 +515,7 @@ impl Default for Limits {
         Limits {
             max_sessions: defaults::max_sessions(),
             max_sessions_per_ip: defaults::max_sessions_per_ip(),
+            max_unauthenticated_per_ip: defaults::max_unauthenticated_per_ip(),
             login_grace_seconds: defaults::login_grace_seconds(),
             idle_timeout_seconds: defaults::idle_timeout_seconds(),
             max_auth_attempts: defaults::max_auth_attempts(),
@@ -644,6 +649,9 @@ mod defaults {
     }
     pub fn max_sessions_per_ip() -> usize {
         50
+    }
+    pub fn max_unauthenticated_per_ip() -> usize {
+        32
     }
     pub fn login_grace_seconds() -> u64 {
         30

@@ -313,6 +313,10 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
     for (name, v) in [
         ("maxSessions", l.max_sessions as u64),
         ("maxSessionsPerIp", l.max_sessions_per_ip as u64),
+        (
+            "maxUnauthenticatedPerIp",
+            l.max_unauthenticated_per_ip as u64,
+        ),
         ("loginGraceSeconds", l.login_grace_seconds),
         ("idleTimeoutSeconds", l.idle_timeout_seconds),
         ("maxAuthAttempts", l.max_auth_attempts as u64),

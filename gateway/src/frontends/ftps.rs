@@ -320,8 +320,9 @@ pub async fn serve_connection(
     peer: SocketAddr,
     ctx: Arc<ListenerCtx>,
     zone: String,
-    slot: Slot,
+    mut slot: Slot,
 ) {
+    let pre_auth = slot.pre_auth.take();
     let _slot = slot;
     let tls = match connection_tls(&shared, &ctx.config.name) {
         Ok(t) => t,
@@ -334,7 +335,8 @@ pub async fn serve_connection(
         return;
     };
     let implicit = ctx.config.protocol == Protocol::FtpsImplicit;
-    let attempt = Attempt::new(shared.clone(), peer, zone, ctx.config.name.clone(), "ftps");
+    let mut attempt = Attempt::new(shared.clone(), peer, zone, ctx.config.name.clone(), "ftps");
+    attempt.pre_auth = pre_auth;
     let mut conn = Conn {
         shared: shared.clone(),
         ctx,

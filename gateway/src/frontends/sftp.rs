@@ -84,14 +84,16 @@ pub async fn serve_connection(
     peer: SocketAddr,
     listener: String,
     zone: String,
-    slot: Slot,
+    mut slot: Slot,
 ) {
     let rt = shared.runtime.load_full();
     let grace = Duration::from_secs(rt.config.limits.login_grace_seconds);
     let conn = Arc::new(ConnState::default());
+    let mut attempt = Attempt::new(shared.clone(), peer, zone, listener, "sftp");
+    attempt.pre_auth = slot.pre_auth.take();
     let handler = SshHandler {
         shared: shared.clone(),
-        attempt: Attempt::new(shared.clone(), peer, zone, listener, "sftp"),
+        attempt,
         conn: conn.clone(),
         channels: HashMap::new(),
         serving: false,

@@ -268,6 +268,10 @@ pub struct GatewayLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_sessions_per_ip: Option<i32>,
+    /// Connections per client IP per pod not yet logged in (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_unauthenticated_per_ip: Option<i32>,
     /// Seconds a client has to log in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 600))]

@@ -424,6 +424,10 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
         limits: config::Limits {
             max_sessions: pick(lim.max_sessions, defaults.max_sessions),
             max_sessions_per_ip: pick(lim.max_sessions_per_ip, defaults.max_sessions_per_ip),
+            max_unauthenticated_per_ip: pick(
+                lim.max_unauthenticated_per_ip,
+                defaults.max_unauthenticated_per_ip,
+            ),
             login_grace_seconds: pick64(lim.login_grace_seconds, defaults.login_grace_seconds),
             idle_timeout_seconds: pick64(lim.idle_timeout_seconds, defaults.idle_timeout_seconds),
             max_auth_attempts: pick(lim.max_auth_attempts, defaults.max_auth_attempts),
