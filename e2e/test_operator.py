@@ -445,7 +445,7 @@ def deployed(cluster, operator, sshd, passwords):
                               "verbs": ["list", "read"]}]}},
         {"kind": "TransferRole", "metadata": {"name": "batch"},
          "spec": {"mounts": [{"path": "/mf", "endpoint": "mainframe",
-                              "verbs": ["list", "read", "write", "site"], "siteCommands": ["CHMOD"]}]}},
+                              "verbs": ["list", "read", "write", "setattr", "site"], "siteCommands": ["CHMOD"]}]}},
         {"kind": "TransferUser", "metadata": {"name": "alice"},
          "spec": {"publicKeys": [pubkey(client_key)], "passwordHash": {"name": "alice-password", "key": "hash"},
                   "roles": ["exchange", "batch"]}},
@@ -545,6 +545,8 @@ def test_full_path_ftps_through_the_emulated_pod_to_vsftpd_and_sshd(cluster, dep
         assert f.sendcmd("SITE CHMOD 600 batch.bin").startswith("200")
         with pytest.raises(ftplib.error_perm, match="^550"):
             f.sendcmd("SITE EXEC rm -rf /")
+        # A path argument is mapped through the mount: the client's absolute path works too.
+        assert f.sendcmd("SITE CHMOD 640 /mf/batch.bin").startswith("200")
     finally:
         f.quit()
     ends = [e for e in x.pod.audit("transferEnd") if e["path"] == "/mf/batch.bin"]
