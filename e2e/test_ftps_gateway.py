@@ -343,12 +343,7 @@ def test_data_connection_from_another_ip_is_refused(gw, tmp_path):
         # The thief is dropped without a byte; the client's own connection gets the file.
         assert thief.recv(100) == b""
         thief.close()
-        tls = f.context.wrap_socket(data, server_hostname="localhost", session=f.sock.session)
-        got = b""
-        while chunk := tls.recv(65536):
-            got += chunk
-        tls.close()
-        assert got == b"secret payload"
+        assert read_resumed(f, data) == b"secret payload"
         assert f.voidresp().startswith("226")
     finally:
         f.quit()
@@ -385,12 +380,7 @@ def test_a_passive_port_waits_past_racers_from_the_same_address(gw):
         data = socket.create_connection(("127.0.0.1", port), timeout=10)
         f.putcmd("RETR /local/race.txt")
         assert f.getresp().startswith("150")
-        tls = f.context.wrap_socket(data, server_hostname="localhost", session=f.sock.session)
-        got = b""
-        while chunk := tls.recv(65536):
-            got += chunk
-        tls.close()
-        assert got == b"raced payload"
+        assert read_resumed(f, data) == b"raced payload"
         assert f.voidresp().startswith("226")
         racer.join(10)
         # The racer's connection was closed without a byte of the file.
@@ -750,6 +740,17 @@ def test_certificate_rotation_with_a_session_open(gw, pki):
 
 def open_bytes(b: bytes):
     return io.BytesIO(b)
+
+
+def read_resumed(f: ftplib.FTP_TLS, data: socket.socket) -> bytes:
+    """A download's bytes off the data connection `data`, its TLS resuming the session of the
+    control connection `f` (as curl, lftp and FileZilla do)."""
+    tls = f.context.wrap_socket(data, server_hostname="localhost", session=f.sock.session)
+    got = b""
+    while chunk := tls.recv(65536):
+        got += chunk
+    tls.close()
+    return got
 
 
 def parse_pasv(resp: str) -> tuple[str, int]:

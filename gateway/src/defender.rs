@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::{net::UdpSocket, sync::Notify};
 
-use crate::{audit::Event, auth::Method, runtime::Runtime, state::Shared};
+use crate::{audit::Event, auth::Method, login::reason, runtime::Runtime, state::Shared};
 
 /// Points for one failed login.
 const FAILED_LOGIN: u32 = 1;
@@ -164,7 +164,7 @@ impl Defender {
         reason: &str,
         at: Instant,
     ) -> Option<Ban> {
-        if !s.enabled || self.ban_on(&target).is_some() {
+        if !s.enabled {
             return None;
         }
         let threshold = match target {
@@ -172,7 +172,12 @@ impl Defender {
             Target::User(_) => s.user_threshold,
         };
         let window = Duration::from_secs(s.observation_seconds);
+        let now = now_secs();
+        // One lock from the ban check to the new ban: two failures at once make one ban.
         let mut inner = self.inner();
+        if inner.bans.get(&target).is_some_and(|b| b.until > now) {
+            return None;
+        }
         if inner.scores.len() >= MAX_TRACKED && !inner.scores.contains_key(&target) {
             inner.scores.retain(|_, ev| {
                 ev.back()
@@ -195,7 +200,6 @@ impl Defender {
             return None;
         }
         inner.scores.remove(&target);
-        let now = now_secs();
         let level = match inner.history.get(&target) {
             Some((level, end)) if now.saturating_sub(*end) < s.max_ban_seconds => level + 1,
             _ => 1,
@@ -293,42 +297,42 @@ pub fn locked(shared: &Shared, rt: &Runtime, ip: IpAddr, user: &str) -> Option<B
 /// Points a failed method scores against its address: only guesses count. A public key the
 /// user does not have, or a method out of chain order, is what a legitimate client with
 /// several keys does on every login, and a key cannot be guessed anyway.
-fn points(method: Method, reason: &str) -> u32 {
+fn points(method: Method, why: &str) -> u32 {
     let secret = matches!(method, Method::Password | Method::KeyboardInteractive);
-    match reason {
-        "unknown user" if secret => UNKNOWN_USER,
-        "wrong password"
-        | "wrong verification code"
-        | "verification code already used"
-        | "too many logins in progress"
-        | "user locked by the defender"
-        | "client certificate does not name the user" => FAILED_LOGIN,
+    match why {
+        reason::UNKNOWN_USER if secret => UNKNOWN_USER,
+        reason::WRONG_PASSWORD
+        | reason::WRONG_CODE
+        | reason::CODE_REUSED
+        | reason::TOO_MANY_LOGINS
+        | reason::LOCKED
+        | reason::CERTIFICATE_NOT_THE_USER => FAILED_LOGIN,
         _ => 0,
     }
 }
 
 /// A failed login: scores the address (and the user name, for a guessed secret), and audits
 /// any ban that makes.
-pub async fn failed_login(shared: &Shared, ip: IpAddr, user: &str, method: Method, reason: &str) {
-    let points = points(method, reason);
+pub async fn failed_login(shared: &Shared, ip: IpAddr, user: &str, method: Method, why: &str) {
+    let points = points(method, why);
     let rt = shared.runtime.load_full();
     if points == 0 || !rt.config.defender.enabled || is_safe(&rt, ip) {
         return;
     }
     let s = &rt.config.defender;
     let at = Instant::now();
-    let why = format!("failed logins ({reason})");
+    let because = format!("failed logins ({why})");
     let mut bans = Vec::new();
     bans.extend(
         shared
             .defender
-            .score(s, Target::address(ip), points, &why, at),
+            .score(s, Target::address(ip), points, &because, at),
     );
-    if matches!(reason, "wrong password" | "wrong verification code") {
+    if matches!(why, reason::WRONG_PASSWORD | reason::WRONG_CODE) {
         bans.extend(
             shared
                 .defender
-                .score(s, Target::User(user.to_owned()), 1, &why, at),
+                .score(s, Target::User(user.to_owned()), 1, &because, at),
         );
     }
     for b in bans {

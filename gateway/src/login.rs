@@ -13,6 +13,19 @@ use crate::{
     state::Shared,
 };
 
+/// Why a method failed, as audited (`logonFailure.reason`) and as the defender scores it: one
+/// spelling shared by the places that refuse and the defender that counts.
+pub mod reason {
+    pub const UNKNOWN_USER: &str = "unknown user";
+    pub const WRONG_PASSWORD: &str = "wrong password";
+    pub const WRONG_CODE: &str = "wrong verification code";
+    pub const CODE_REUSED: &str = "verification code already used";
+    pub const CERTIFICATE_NOT_THE_USER: &str = "client certificate does not name the user";
+    pub const TOO_MANY_LOGINS: &str = "too many logins in progress";
+    pub const BANNED: &str = "source address banned by the defender";
+    pub const LOCKED: &str = "user locked by the defender";
+}
+
 pub struct Attempt {
     pub shared: Arc<Shared>,
     pub peer: SocketAddr,
@@ -65,14 +78,14 @@ impl Attempt {
         method: Method,
     ) -> Result<Arc<UserEntry>, &'static str> {
         if defender::banned(&self.shared, rt, self.peer.ip()).is_some() {
-            return Err("source address banned by the defender");
+            return Err(reason::BANNED);
         }
         if matches!(method, Method::Password | Method::KeyboardInteractive)
             && defender::locked(&self.shared, rt, self.peer.ip(), user).is_some()
         {
-            return Err("user locked by the defender");
+            return Err(reason::LOCKED);
         }
-        let u = rt.users.get(user).ok_or("unknown user")?;
+        let u = rt.users.get(user).ok_or(reason::UNKNOWN_USER)?;
         if rt.zone_of(self.peer.ip(), &u.zones).is_none() {
             return Err("source address outside the user's zones");
         }
@@ -111,7 +124,7 @@ impl Attempt {
                         .await
                         .unwrap_or(false);
                 match admitted {
-                    Ok(_) if !ok => Err("wrong password"),
+                    Ok(_) if !ok => Err(reason::WRONG_PASSWORD),
                     other => other,
                 }
             }

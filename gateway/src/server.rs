@@ -58,11 +58,7 @@ pub async fn serve(shared: Arc<Shared>, listener: Listener, tcp: TcpListener) {
             } else {
                 // Counted, not audited again within the minute: a banned client looping on
                 // connect must not flood the trail.
-                shared
-                    .metrics
-                    .connections_refused
-                    .get_or_create(&vec![("reason", reason.to_owned())])
-                    .inc();
+                count_refusal(&shared, reason);
             }
             tracing::debug!(%peer, until = ban.until, "refused: banned");
             continue;
@@ -104,11 +100,7 @@ pub async fn serve(shared: Arc<Shared>, listener: Listener, tcp: TcpListener) {
 
 /// Closes a connection before the banner (dropping the socket), and audits why.
 async fn refuse(shared: &Shared, listener: &str, peer: SocketAddr, reason: &str) {
-    shared
-        .metrics
-        .connections_refused
-        .get_or_create(&vec![("reason", reason.to_owned())])
-        .inc();
+    count_refusal(shared, reason);
     shared
         .audit
         .emit(Event::ConnectionRefused {
@@ -117,4 +109,13 @@ async fn refuse(shared: &Shared, listener: &str, peer: SocketAddr, reason: &str)
             reason: reason.to_owned(),
         })
         .await;
+}
+
+/// Counts a connection closed before the banner, by reason.
+fn count_refusal(shared: &Shared, reason: &str) {
+    shared
+        .metrics
+        .connections_refused
+        .get_or_create(&vec![("reason", reason.to_owned())])
+        .inc();
 }

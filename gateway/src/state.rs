@@ -194,7 +194,7 @@ impl PasswordChecks {
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err("too many logins in progress");
+            return Err(crate::login::reason::TOO_MANY_LOGINS);
         }
         let permit = self.running.acquire().await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);

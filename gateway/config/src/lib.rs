@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 mod validate;
 
-pub use validate::{AUTH_METHODS, parse_cidr, validate};
+pub use validate::{AUTH_METHODS, asks_for_code, parse_cidr, validate};
 
 /// The whole gateway config bundle.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

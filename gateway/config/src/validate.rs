@@ -11,6 +11,16 @@ use ipnet::IpNet;
 use crate::{ConfigError, EndpointBackend, FtpSecurity, GatewayConfig, Verb};
 
 /// The authentication method names a chain may use.
+/// Whether a user with a TOTP secret is asked for a code under these `authMethods`: always when
+/// none are set (each method is then followed by one), else when some chain names
+/// `keyboard-interactive`. A secret never asked for would be a second factor silently skipped.
+pub fn asks_for_code(auth_methods: &[String]) -> bool {
+    auth_methods.is_empty()
+        || auth_methods
+            .iter()
+            .any(|c| c.split(',').any(|m| m.trim() == "keyboard-interactive"))
+}
+
 pub const AUTH_METHODS: [&str; 4] = [
     "password",
     "publickey",
@@ -230,13 +240,7 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
                 "the user has no credential: set passwordHash, publicKeys or certificateNames",
             );
         }
-        if has("keyboard-interactive")
-            && !u.auth_methods.is_empty()
-            && !u
-                .auth_methods
-                .iter()
-                .any(|c| c.split(',').any(|m| m.trim() == "keyboard-interactive"))
-        {
+        if has("keyboard-interactive") && !asks_for_code(&u.auth_methods) {
             errs.push(
                 format!("{at}.authMethods"),
                 "the user has a TOTP secret but no chain asks for keyboard-interactive; \
@@ -607,6 +611,30 @@ users:
                 "roles[0].mounts[0].siteCommands",
             ]
         );
+    }
+
+    #[test]
+    fn a_totp_secret_no_chain_asks_for_is_refused() {
+        let with = |methods: &str| {
+            GOOD.replace(
+                "    roles: [ops]",
+                &format!(
+                    "    roles: [ops]\n    totpSecretFile: /etc/totp\n    authMethods: {methods}"
+                ),
+            )
+        };
+        assert_eq!(paths(&with("[]")), Vec::<String>::new());
+        assert_eq!(
+            paths(&with("[\"password,keyboard-interactive\"]")),
+            Vec::<String>::new()
+        );
+        assert_eq!(paths(&with("[password]")), ["users[0].authMethods"]);
+        assert!(asks_for_code(&[]));
+        assert!(!asks_for_code(&["password".into(), "publickey".into()]));
+        assert!(asks_for_code(&[
+            "password".into(),
+            "publickey, keyboard-interactive".into()
+        ]));
     }
 
     #[test]

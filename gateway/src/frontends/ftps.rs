@@ -36,7 +36,7 @@ use crate::{
     audit::Event,
     auth::{Method, Progress},
     backends::{FileAttrs, FsError, OpenMode},
-    login::Attempt,
+    login::{Attempt, reason},
     runtime::UserEntry,
     session::{FileOp, OpOutput, Session},
     state::{Shared, Slot},
@@ -644,11 +644,8 @@ impl Conn {
             .iter()
             .any(|n| self.cert_names.iter().any(|c| c == n))
         {
-            self.fail(
-                Method::Certificate,
-                "client certificate does not name the user",
-            )
-            .await;
+            self.fail(Method::Certificate, reason::CERTIFICATE_NOT_THE_USER)
+                .await;
             return Identified::NeedPassword;
         }
         match u
@@ -1153,7 +1150,7 @@ impl Conn {
         let mut accepting = passive.is_some();
         loop {
             tokio::select! {
-                Some((id, from, r)) = pending.next() => match r {
+                Some((id, r)) = pending.next() => match r {
                     Ok(s) => {
                         // The others lose the port; each is audited.
                         for (_, other) in running.iter().filter(|(i, _)| *i != id) {
@@ -1166,6 +1163,7 @@ impl Conn {
                         return Ok(s);
                     }
                     Err(why) => {
+                        let from = running.iter().find(|(i, _)| *i == id).and_then(|r| r.1);
                         running.retain(|(i, _)| *i != id);
                         self.refuse_data(from, &why).await;
                         last = why;
@@ -1192,19 +1190,14 @@ impl Conn {
         }
     }
 
-    /// One data connection's TLS handshake, by `deadline`; resumed, or why not.
+    /// One data connection's TLS handshake (number `id`), by `deadline`; resumed, or why not.
     async fn handshake_data(
         &self,
         id: usize,
         tcp: TcpStream,
         upload: bool,
         deadline: tokio::time::Instant,
-    ) -> (
-        usize,
-        Option<SocketAddr>,
-        Result<TlsStream<TcpStream>, String>,
-    ) {
-        let from = tcp.peer_addr().ok();
+    ) -> (usize, Result<TlsStream<TcpStream>, String>) {
         let config = if upload {
             &self.data_tls_upload
         } else {
@@ -1220,7 +1213,7 @@ impl Conn {
             Ok(Err(e)) => Err(format!("data connection TLS handshake failed: {e}")),
             Err(_) => Err("data connection TLS handshake timed out".to_owned()),
         };
-        (id, from, r)
+        (id, r)
     }
 
     /// A data command: authorize and open first (no data connection for a refusal), then the
@@ -1438,10 +1431,9 @@ impl Job {
         binary: bool,
         idle: Duration,
     ) -> Result<(), String> {
-        let io = |e: std::io::Error| format!("data connection: {e}");
         match self {
             Job::Listing(bytes) => {
-                stalled(idle, data.write_all(&bytes)).await?.map_err(io)?;
+                write_watched(&mut data, &bytes, idle).await?;
             }
             Job::Retr { handle, offset } => {
                 send_file(session, handle, offset, binary, &mut data, idle).await?;
@@ -1454,8 +1446,11 @@ impl Job {
                 return Ok(());
             }
         }
-        // close_notify, then FIN: the client knows the data is complete.
-        data.shutdown().await.map_err(io)
+        // close_notify, then FIN: the client knows the data is complete. Flushing what is
+        // still buffered needs the client to read, so it is watched too.
+        stalled(idle, data.shutdown())
+            .await?
+            .map_err(|e| format!("data connection: {e}"))
     }
 
     async fn abandon(&self, session: &Session, why: &str) {
@@ -1476,7 +1471,25 @@ impl Job {
     }
 }
 
-/// `io`, unless the client moves no byte for `idle`.
+/// Writes all of `data`, failing only when the client takes no byte for `idle`: each `write`
+/// returns once some bytes are taken, so a slow client that keeps reading is never cut off
+/// (a timeout on the whole write would have been a minimum speed).
+async fn write_watched(
+    out: &mut (impl AsyncWrite + Unpin),
+    mut data: &[u8],
+    idle: Duration,
+) -> Result<(), String> {
+    while !data.is_empty() {
+        match stalled(idle, out.write(data)).await? {
+            Ok(0) => return Err("data connection: closed by the client".to_owned()),
+            Ok(n) => data = &data[n..],
+            Err(e) => return Err(format!("data connection: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// `io`, unless it makes no progress for `idle`.
 async fn stalled<T>(idle: Duration, io: impl std::future::Future<Output = T>) -> Result<T, String> {
     tokio::time::timeout(idle, io).await.map_err(|_| {
         format!(
@@ -1515,9 +1528,7 @@ async fn send_file(
         } else {
             Bytes::from(to_crlf(&d, &mut last))
         };
-        stalled(idle, out.write_all(&d))
-            .await?
-            .map_err(|e| format!("data connection: {e}"))?;
+        write_watched(out, &d, idle).await?;
     }
     Ok(())
 }
@@ -1729,6 +1740,32 @@ fn fs_reply(e: &FsError) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_slow_reader_is_not_cut_off_but_a_stalled_one_is() {
+        let idle = Duration::from_millis(300);
+        let data = vec![7u8; 8 * 1024];
+        // 512 bytes every 100 ms: 1.6 s in all, far past `idle`, but never idle that long.
+        let (mut w, mut r) = tokio::io::duplex(1024);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 512];
+            while got.len() < 8 * 1024 {
+                let n = r.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            got
+        });
+        write_watched(&mut w, &data, idle).await.unwrap();
+        assert_eq!(reader.await.unwrap(), data);
+        // A reader that takes nothing: the write fails after `idle`.
+        let (mut w, _r) = tokio::io::duplex(1024);
+        let t = tokio::time::Instant::now();
+        let e = write_watched(&mut w, &data, idle).await.unwrap_err();
+        assert!(e.contains("idle"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
 
     #[test]
     fn type_a_line_ends_survive_chunk_boundaries() {

@@ -54,7 +54,7 @@ use crate::{
     audit::Event,
     auth::{self, Method, Progress, TotpOutcome},
     backends::{FsError, OpenMode},
-    login::Attempt,
+    login::{Attempt, reason},
     runtime::{Runtime, UserEntry},
     session::{FileOp, OpOutput, Session},
     sftp_wire::{from_wire, to_wire},
@@ -371,7 +371,7 @@ impl Handler for SshHandler {
                     Method::KeyboardInteractive,
                     &rt,
                     started,
-                    "wrong verification code",
+                    reason::WRONG_CODE,
                 )
                 .await
             }
@@ -380,7 +380,7 @@ impl Handler for SshHandler {
                     Method::KeyboardInteractive,
                     &rt,
                     started,
-                    "verification code already used",
+                    reason::CODE_REUSED,
                 )
                 .await
             }

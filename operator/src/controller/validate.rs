@@ -3,14 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kube::ResourceExt;
 use portcullis_api::{
     ClientCertificateMode, EndpointProtocol, FtpSecurity, KeyRing, ListenerProtocol,
     TransferGateway, TransferRole, TransferUser, UploadMode, Verb,
 };
 use portcullis_config as config;
 use sha2::{Digest, Sha256};
-
-use kube::ResourceExt;
 
 use super::{
     build,
@@ -575,13 +574,7 @@ pub fn user_problems(name: &str, user: &TransferUser, world: &World) -> Vec<Prob
     {
         out.push(secret_problem(&format!("user {name}"), &r.name, &r.key, e));
     }
-    if u.totp_secret.is_some()
-        && !u.auth_methods.is_empty()
-        && !u
-            .auth_methods
-            .iter()
-            .any(|c| c.split(',').any(|m| m.trim() == "keyboard-interactive"))
-    {
+    if u.totp_secret.is_some() && !config::asks_for_code(&u.auth_methods) {
         out.push(Problem::new(
             Reason::InvalidConfig,
             format!("user {name} has a totpSecret but no authMethods chain asks for keyboard-interactive; the code would never be asked for"),
