@@ -11,6 +11,7 @@ pub mod backends;
 pub mod defender;
 pub mod demo;
 pub mod frontends;
+pub mod fuzz;
 pub mod gateway;
 pub mod login;
 pub mod metrics;

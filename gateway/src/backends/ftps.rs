@@ -213,6 +213,32 @@ fn attrs_of(f: &File) -> FileAttrs {
     }
 }
 
+/// The entries of a backend listing: `MLSD` fact lines, or `LIST` lines in the Unix shape
+/// (DOS shape as a fallback). Lines that parse as neither are left out, and so are names that
+/// are not [`listable`](super::listable). `now` dates
+/// `LIST` lines that give a time instead of a year.
+pub fn listing(mlsd: bool, lines: &[String], now: chrono::DateTime<chrono::Utc>) -> Vec<DirEntry> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            if mlsd {
+                ListParser::parse_mlsd(l).ok().map(|f| DirEntry {
+                    name: f.name().to_owned(),
+                    attrs: attrs_of(&f),
+                })
+            } else {
+                parse_list_line(l, now).or_else(|| {
+                    ListParser::parse_dos(l).ok().map(|f| DirEntry {
+                        name: f.name().to_owned(),
+                        attrs: attrs_of(&f),
+                    })
+                })
+            }
+        })
+        .filter(|e| super::listable(&e.name))
+        .collect()
+}
+
 /// A Unix `ls -l` style `LIST` line (vsftpd, ProFTPD, Pure-FTPd), with the name exactly as
 /// sent: everything after the single space that follows the time or year, leading and
 /// trailing spaces included (suppaftp's parser trims them, so such a name could be listed but
@@ -365,26 +391,7 @@ impl Backend for FtpsBackend {
             })
             .await?;
         let (mlsd, lines) = lines;
-        let now = chrono::Utc::now();
-        Ok(lines
-            .iter()
-            .filter_map(|l| {
-                if mlsd {
-                    ListParser::parse_mlsd(l).ok().map(|f| DirEntry {
-                        name: f.name().to_owned(),
-                        attrs: attrs_of(&f),
-                    })
-                } else {
-                    parse_list_line(l, now).or_else(|| {
-                        ListParser::parse_dos(l).ok().map(|f| DirEntry {
-                            name: f.name().to_owned(),
-                            attrs: attrs_of(&f),
-                        })
-                    })
-                }
-            })
-            .filter(|e| e.name != "." && e.name != "..")
-            .collect())
+        Ok(listing(mlsd, &lines, chrono::Utc::now()))
     }
 
     async fn stat(&self, path: &str, _follow: bool) -> Result<FileAttrs, FsError> {
@@ -874,5 +881,25 @@ mod tests {
         ] {
             assert!(parse_list_line(bad, now).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn listings_drop_names_that_leave_the_directory() {
+        let now = chrono::Utc.with_ymd_and_hms(2026, 12, 2, 12, 0, 0).unwrap();
+        let lines: Vec<String> = ["../../.bashrc", "a/b", "..", "ok", "nul\0x"]
+            .iter()
+            .map(|n| format!("-rw-r--r-- 1 0 0 1 Nov 30 09:15 {n}"))
+            .chain(["type=file;size=1; ".to_owned()])
+            .collect();
+        let names: Vec<String> = listing(false, &lines, now)
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["ok"]);
+        let names: Vec<String> = listing(true, &lines[5..], now)
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
     }
 }

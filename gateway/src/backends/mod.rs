@@ -52,6 +52,13 @@ pub struct DirEntry {
     pub attrs: FileAttrs,
 }
 
+/// Whether a backend's listing may pass `name` on to a client: not empty, `.` or `..`, and
+/// without `/` or NUL. A hostile or broken backend must not make a client that downloads a
+/// listing write outside the directory it downloads into.
+pub fn listable(name: &str) -> bool {
+    !matches!(name, "" | "." | "..") && !name.contains(['/', '\0'])
+}
+
 /// How to open a file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenMode {

@@ -427,7 +427,7 @@ impl Backend for SftpBackend {
                 Ok(name) => out.extend(
                     name.files
                         .into_iter()
-                        .filter(|f| f.filename != "." && f.filename != "..")
+                        .filter(|f| super::listable(&f.filename))
                         .map(|f| DirEntry {
                             attrs: from_wire(&f.attrs),
                             name: f.filename,

@@ -1712,7 +1712,7 @@ fn quote(path: &str) -> String {
 }
 
 /// Listing facts for `name` (an entry's name, or the full path for `MLST`).
-fn entry(name: &str, a: &FileAttrs) -> Entry {
+pub(crate) fn entry(name: &str, a: &FileAttrs) -> Entry {
     Entry {
         name: name.to_owned(),
         dir: a.is_dir(),

@@ -877,7 +877,7 @@ impl ReplySender {
 
 /// The reply shape a request expects.
 #[derive(Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     Handle,
     Data,
     Attrs,
@@ -887,7 +887,7 @@ enum Kind {
     Extended,
 }
 
-enum Decoded {
+pub(crate) enum Decoded {
     Op(u32, Kind, FileOp),
     Reply(Packet),
     /// A request the gateway does not serve: the reply, and what to audit (request, reason).
@@ -909,7 +909,7 @@ fn handle_id(h: &str) -> u64 {
     u64::from_str_radix(h, 16).unwrap_or(0)
 }
 
-fn decode(mut bytes: Bytes) -> Decoded {
+pub(crate) fn decode(mut bytes: Bytes) -> Decoded {
     let raw = bytes.clone();
     let packet = match Packet::try_from(&mut bytes) {
         Ok(p) => p,
@@ -1180,7 +1180,7 @@ impl From<&FsError> for SftpStatus {
     }
 }
 
-fn encode(id: u32, kind: Kind, result: Result<OpOutput, FsError>) -> Bytes {
+pub(crate) fn encode(id: u32, kind: Kind, result: Result<OpOutput, FsError>) -> Bytes {
     let packet = match result {
         Err(e) => {
             let SftpStatus(code, msg) = SftpStatus::from(&e);

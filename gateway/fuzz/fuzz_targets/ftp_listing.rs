@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| portcullis_gateway::fuzz::ftp_listing(data));
