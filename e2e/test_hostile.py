@@ -615,3 +615,96 @@ def test_idle_unauthenticated_sockets_take_only_their_own_share(passwords):
             t.close()
     finally:
         g.stop()
+
+
+def test_disabling_a_user_ends_idle_and_busy_sessions_at_once(passwords):
+    """Revocation used to wait for the session's next file operation: an idle FTPS or SFTP
+    session of a disabled user stayed logged in, and NOOP kept answering 200. Now a reload
+    that disables the user ends every one of their sessions at once: an idle FTPS control
+    connection is sent an unsolicited 421 and closed, an idle SFTP session is closed, and an
+    upload in progress fails and is not committed."""
+    import ftplib
+
+    from ftps import Pki, free_port_range, ftps_login
+
+    d = fresh_dir("revoke-ftps")
+    pki = Pki(d / "pki")
+    cert, key = pki.issue("gw", "localhost")
+    disk = d / "disk"
+    disk.mkdir()
+    ftps_port = free_port()
+    user = {"name": "alice", "passwordHash": passwords["alice-pw"], "zones": ["loopback"], "roles": ["r"]}
+    g = Gateway(d, {}, start=False)
+    g.config.update({
+        "listeners": [
+            {"name": "sftp", "protocol": "sftp", "address": f"127.0.0.1:{g.port}", "zones": ["loopback"]},
+            {"name": "ftps", "protocol": "ftps", "address": f"127.0.0.1:{ftps_port}", "zones": ["loopback"],
+             "tls": {"keyRing": "gw"}, "passivePorts": {"min": (p := free_port_range(4)), "max": p + 3}},
+        ],
+        "keyRings": [{"name": "gw", "certificateFile": str(cert), "privateKeyFile": str(key)}],
+        "endpoints": [{"name": "disk", "type": "local", "root": str(disk)}],
+        "users": [user],
+        "roles": [{"name": "r", "mounts": [{"path": "/l", "endpoint": "disk",
+                                            "verbs": ["list", "read", "write"]}]}],
+    })
+    g.write_config(g.config)
+    g.start()
+    idle = ftps_login(ftps_port, pki.ca, "alice", "alice-pw")
+    busy = ftps_login(ftps_port, pki.ca, "alice", "alice-pw")
+    t = paramiko.Transport(("127.0.0.1", g.port))
+    try:
+        t.connect(username="alice", password="alice-pw")
+        sftp = paramiko.SFTPClient.from_transport(t)
+        assert sftp.listdir("/l") == []
+        busy.voidcmd("TYPE I")
+        data = busy.transfercmd("STOR /l/up.bin")
+        data.sendall(b"a" * 65536)
+        user["disabled"] = True
+        g.write_config(g.config)
+        g.wait_event("configReloaded")
+        # The upload goes on sending; the gateway refuses the next write and fails it.
+        try:
+            for _ in range(64):
+                data.sendall(b"b" * 65536)
+        except OSError:
+            pass
+        try:
+            data.unwrap()
+        except (OSError, ValueError):
+            pass
+        data.close()
+        with pytest.raises((ftplib.error_temp, ftplib.error_perm, EOFError, OSError)) as failed:
+            busy.voidresp()
+        assert not str(failed.value).startswith("2"), failed.value
+        with pytest.raises((ftplib.error_temp, EOFError, OSError)) as after:
+            busy.voidcmd("NOOP")
+            busy.voidcmd("NOOP")
+        if isinstance(after.value, ftplib.error_temp):
+            assert str(after.value).startswith("421"), after.value
+        # The idle FTPS connection is told without sending anything, then closed.
+        idle.sock.settimeout(5)
+        withdrawn = idle.getline()
+        assert withdrawn.startswith("421 Access withdrawn"), withdrawn
+        with pytest.raises(EOFError):
+            idle.getline()  # closed after the 421
+        # The idle SFTP session is closed without a request.
+        deadline = time.monotonic() + 5
+        while t.is_active() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not t.is_active(), "the idle SFTP session of a disabled user is closed"
+        ends = [e for e in g.events("sessionEnd") if e.get("user") == "alice"]
+        deadline = time.monotonic() + 10
+        while len(ends) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            ends = [e for e in g.events("sessionEnd") if e.get("user") == "alice"]
+        assert len(ends) == 3, ends
+    finally:
+        t.close()
+        for f in (idle, busy):
+            try:
+                f.close()
+            except OSError:
+                pass
+        g.stop()
+    assert not (disk / "up.bin").exists(), "an upload by a revoked user is not committed"
+    assert list(disk.iterdir()) == [], "its temporary file is gone too"

@@ -83,7 +83,7 @@ pub async fn reload(shared: &Shared, path: &Path, last_rejected: &mut String) ->
                 certificates: rt.certificate_info(),
                 plaintext_endpoints: rt.plaintext_endpoints(),
             };
-            shared.runtime.store(Arc::new(rt));
+            shared.install(rt);
             shared
                 .metrics
                 .config_reloads

@@ -1102,9 +1102,39 @@ impl Session {
         Err(FsError::Denied(refused))
     }
 
-    /// Whether the user was found disabled, expired or removed: the session is over.
+    /// Whether the user is disabled, expired or removed under the config in force: the
+    /// session is over.
     pub fn revoked(&self) -> bool {
-        self.revoked.load(Ordering::Relaxed)
+        self.revoked.load(Ordering::Relaxed) || self.user().is_err()
+    }
+
+    /// Resolves once the user's access is withdrawn: by a reload that disables or removes
+    /// them, or by their expiry passing. Front ends wait on it beside the client, so an idle
+    /// connection is closed then, not at its next command.
+    pub async fn withdrawn(&self) {
+        let mut reloads = self.shared.reloads.subscribe();
+        loop {
+            let expiry = match self.user() {
+                Err(_) => return,
+                Ok(u) => u.expires_at,
+            };
+            let until_expiry = async {
+                match expiry.and_then(|t| (t - chrono::Utc::now()).to_std().ok()) {
+                    // Checked again when the time comes (and past it, at once).
+                    Some(d) => tokio::time::sleep(d + std::time::Duration::from_millis(10)).await,
+                    None if expiry.is_some() => {}
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = reloads.changed() => {
+                    if changed.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                () = until_expiry => {}
+            }
+        }
     }
 
     /// An operation on an open handle is judged again: the user must still be allowed in

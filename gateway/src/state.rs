@@ -21,6 +21,9 @@ pub struct Shared {
     pub totp: TotpLedger,
     /// Turns true once on SIGTERM.
     pub shutdown: watch::Sender<bool>,
+    /// Counts the configs installed since start: sessions watch it to learn at once when a
+    /// reload withdrew their user's access.
+    pub reloads: watch::Sender<u64>,
     pub conns: ConnTracker,
     pub password_checks: PasswordChecks,
     pub defender: Defender,
@@ -34,6 +37,7 @@ impl Shared {
             metrics,
             totp: TotpLedger::default(),
             shutdown: watch::Sender::new(false),
+            reloads: watch::Sender::new(0),
             conns: ConnTracker::default(),
             password_checks: PasswordChecks::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -41,6 +45,12 @@ impl Shared {
             ),
             defender: Defender::default(),
         })
+    }
+
+    /// Puts a reloaded config in force and tells the sessions.
+    pub fn install(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+        self.reloads.send_modify(|n| *n += 1);
     }
 
     pub fn shutting_down(&self) -> bool {

@@ -469,12 +469,19 @@ impl Conn {
             } else {
                 self.grace_left()
             };
+            let session = self.session.clone();
             let line = tokio::select! {
                 l = tokio::time::timeout(wait, wire.next_line()) => l,
                 _ = async { shutdown.wait_for(|v| *v).await.map(drop) } => {
                     let _ = wire.send(&Reply::new(421, "Service shutting down")).await;
                     return Flow::End("gateway shutting down");
                 }
+                () = async {
+                    match &session {
+                        Some(s) => s.withdrawn().await,
+                        None => std::future::pending().await,
+                    }
+                } => return withdraw(wire).await,
             };
             let line = match line {
                 Err(_) => {
@@ -490,13 +497,7 @@ impl Conn {
                 Ok(Ok(Some(l))) => l,
             };
             if self.session.as_ref().is_some_and(|s| s.revoked()) {
-                let _ = wire
-                    .send(&Reply::new(
-                        421,
-                        "Access withdrawn: closing control connection",
-                    ))
-                    .await;
-                return Flow::End("access withdrawn");
+                return withdraw(wire).await;
             }
             let (verb, argument, actions) = match &line {
                 Ok(text) => {
@@ -1709,6 +1710,13 @@ fn from_crlf(data: &[u8], held: &mut bool, eof: bool) -> Vec<u8> {
 
 fn quote(path: &str) -> String {
     format!("\"{}\"", path.replace('"', "\"\""))
+}
+
+/// Ends a control connection whose user's access was withdrawn.
+async fn withdraw<S: AsyncRead + AsyncWrite + Unpin>(wire: &mut Wire<S>) -> Flow {
+    let text = "Access withdrawn: closing control connection";
+    let _ = wire.send(&Reply::new(421, text)).await;
+    Flow::End("access withdrawn")
 }
 
 /// Listing facts for `name` (an entry's name, or the full path for `MLST`).

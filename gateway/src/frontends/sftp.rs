@@ -756,6 +756,11 @@ pub async fn serve_sftp(
 
     let mut inflight = FuturesOrdered::new();
     let mut shutdown = shared.shutdown.subscribe();
+    let withdrawn = {
+        let s = session.clone();
+        async move { s.withdrawn().await }
+    };
+    tokio::pin!(withdrawn);
     loop {
         if shared.shutting_down() && session.open_files() == 0 && inflight.is_empty() {
             break;
@@ -769,6 +774,11 @@ pub async fn serve_sftp(
                 }
             }
             _ = replies.drained(), if over_budget => {}
+            // An idle client learns at once, not at its next request.
+            () = &mut withdrawn => {
+                protocol_error("the user's access was withdrawn".into()).await;
+                break;
+            }
             msg = incoming.recv(), if taking => match msg {
                 None => break,
                 Some(Incoming::Oversized(n)) => {
