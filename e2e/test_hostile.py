@@ -708,3 +708,91 @@ def test_disabling_a_user_ends_idle_and_busy_sessions_at_once(passwords):
         g.stop()
     assert not (disk / "up.bin").exists(), "an upload by a revoked user is not committed"
     assert list(disk.iterdir()) == [], "its temporary file is gone too"
+
+
+def test_a_mount_umask_and_file_size_limit_hold_on_both_protocols(passwords):
+    """A client chose any permission bits (0o777 on a shared drop) and any size: SETSTAT to
+    1 TiB made a sparse file of that size. Now a mount's umask is taken from every mode a
+    client sets, and its maxFileBytes refuses a write, an append or a size change past it,
+    over SFTP (an error status) and FTPS (552), leaving nothing behind."""
+    import ftplib
+    import io
+
+    from ftps import Pki, free_port_range, ftps_login
+
+    d = fresh_dir("mount-limits")
+    pki = Pki(d / "pki")
+    cert, key = pki.issue("gw", "localhost")
+    disk = d / "disk"
+    disk.mkdir()
+    ftps_port = free_port()
+    limit = 1 << 20
+    g = Gateway(d, {}, start=False)
+    g.config.update({
+        "listeners": [
+            {"name": "sftp", "protocol": "sftp", "address": f"127.0.0.1:{g.port}", "zones": ["loopback"]},
+            {"name": "ftps", "protocol": "ftps", "address": f"127.0.0.1:{ftps_port}", "zones": ["loopback"],
+             "tls": {"keyRing": "gw"}, "passivePorts": {"min": (p := free_port_range(4)), "max": p + 3}},
+        ],
+        "keyRings": [{"name": "gw", "certificateFile": str(cert), "privateKeyFile": str(key)}],
+        "endpoints": [{"name": "disk", "type": "local", "root": str(disk)}],
+        "users": [{"name": "alice", "passwordHash": passwords["alice-pw"], "zones": ["loopback"], "roles": ["q"]}],
+        "roles": [{"name": "q", "mounts": [{
+            "path": "/q", "endpoint": "disk", "umask": "027", "maxFileBytes": limit,
+            "verbs": ["list", "read", "write", "mkdir", "setattr", "delete"]}]}],
+    })
+    g.write_config(g.config)
+    g.start()
+    t = paramiko.Transport(("127.0.0.1", g.port))
+    try:
+        t.connect(username="alice", password="alice-pw")
+        sftp = paramiko.SFTPClient.from_transport(t)
+        sftp.putfo(io.BytesIO(b"k" * (limit // 2)), "/q/half.bin")
+        sftp.chmod("/q/half.bin", 0o777)
+        assert (disk / "half.bin").stat().st_mode & 0o7777 == 0o750
+        sftp.mkdir("/q/d", 0o777)
+        assert (disk / "d").stat().st_mode & 0o7777 == 0o750
+        with pytest.raises(IOError, match="quota exceeded"):
+            sftp.truncate("/q/half.bin", 1 << 40)
+        assert (disk / "half.bin").stat().st_size == limit // 2
+        sftp.truncate("/q/half.bin", limit)  # up to the limit is allowed
+        sftp.truncate("/q/half.bin", limit // 2)
+        # paramiko pipelines the writes and ignores CLOSE's status; it finds the file missing.
+        with pytest.raises(IOError):
+            sftp.putfo(io.BytesIO(b"x" * (2 * limit)), "/q/big.bin")
+        assert not (disk / "big.bin").exists(), "an upload with a refused write is not committed"
+        with pytest.raises(IOError, match="quota exceeded"):
+            with sftp.open("/q/half.bin", "ab") as f:
+                f.write(b"a" * (limit // 2 + 1))
+                f.flush()
+        assert (disk / "half.bin").stat().st_size <= limit
+        # A write at a far offset is refused too: no sparse giant.
+        with pytest.raises(IOError, match="quota exceeded"):
+            with sftp.open("/q/sparse.bin", "wb") as f:
+                f.seek(1 << 40)
+                f.write(b"z")
+                f.flush()
+        sftp.close()
+    finally:
+        t.close()
+    f = ftps_login(ftps_port, pki.ca, "alice", "alice-pw")
+    try:
+        # The gateway answers 552 and drops the data connection while the client still sends.
+        f.voidcmd("TYPE I")
+        conn = f.transfercmd("STOR /q/ftps-big.bin")
+        try:
+            for _ in range(32):
+                conn.sendall(b"y" * 65536)
+        except OSError:
+            pass
+        conn.close()
+        with pytest.raises(ftplib.error_perm, match="^552 .*quota exceeded"):
+            f.voidresp()
+        f.storbinary("STOR /q/ftps-ok.bin", io.BytesIO(b"y" * limit))
+        f.voidcmd("NOOP")
+    finally:
+        f.close()
+        g.stop()
+    names = sorted(p.name for p in disk.iterdir())
+    assert names == ["d", "ftps-ok.bin", "half.bin"], f"nothing over the limit is left behind: {names}"
+    assert (disk / "ftps-ok.bin").stat().st_size == limit

@@ -50,6 +50,9 @@ def test_examples_apply_and_every_object_becomes_ready(cluster, operator):
                  "transfergateway"]:
         for obj in cluster.items(kind, ns):
             cluster.wait_ready(kind, obj["metadata"]["name"], ns)
+    # A valid user who can never log in over FTPS (a key only) is told so in its status.
+    c = cluster.condition("transferuser", "acme-payroll", ns)
+    assert "FTPS logins are refused" in c["message"], c
     # `kubectl get` shows the printer columns.
     out = cluster.kubectl("get", "tgw", namespace=ns).stdout
     assert out.split("\n")[0].split() == ["NAME", "READY", "REASON", "REPLICAS", "LISTENERS",

@@ -133,7 +133,7 @@ fn relist(name: &str, attrs: &FileAttrs, now: chrono::DateTime<chrono::Utc>) {
         assert!(name.contains(['\r', '\n']), "{name:?} was not listable");
         return;
     };
-    let back = listing(false, &[line.clone()], now);
+    let back = listing(false, std::slice::from_ref(&line), now);
     let [b] = back.as_slice() else {
         panic!("{line:?} parsed to {} entries", back.len());
     };

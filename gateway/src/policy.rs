@@ -98,6 +98,18 @@ pub struct MountGrant {
     pub verbs: BTreeMap<Verb, String>,
     /// `SITE` subcommands (upper-cased first words) any role allows here, with the verb `site`.
     pub site_commands: BTreeSet<String>,
+    /// Permission bits no client-set mode may carry: every role's umask for the path, added up.
+    pub umask: u32,
+    /// The largest a file may become here: the smallest any role sets.
+    pub max_file_bytes: Option<u64>,
+}
+
+impl MountGrant {
+    /// The permission bits of a mode a client asks for that may be set here: never setuid,
+    /// setgid, sticky or type bits, and nothing the umask removes.
+    pub fn settable_mode(&self, mode: u32) -> u32 {
+        mode & 0o777 & !self.umask
+    }
 }
 
 impl MountGrant {
@@ -160,7 +172,15 @@ impl Tree {
                     backend_path: m.backend_path.clone(),
                     verbs: BTreeMap::new(),
                     site_commands: BTreeSet::new(),
+                    umask: 0,
+                    max_file_bytes: None,
                 });
+                // An unreadable umask (refused by validate) masks everything: fail closed.
+                grant.umask |= portcullis_config::parse_umask(&m.umask).unwrap_or(0o777);
+                grant.max_file_bytes = match (grant.max_file_bytes, m.max_file_bytes) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 for v in &m.verbs {
                     grant.verbs.entry(*v).or_insert_with(|| role.name.clone());
                 }
@@ -316,6 +336,8 @@ mod tests {
                     } else {
                         vec![]
                     },
+                    umask: "022".into(),
+                    max_file_bytes: None,
                 })
                 .collect(),
         }
@@ -474,10 +496,41 @@ mod tests {
             backend_path: b.into(),
             verbs: BTreeMap::new(),
             site_commands: BTreeSet::new(),
+            umask: 0o022,
+            max_file_bytes: None,
         };
         assert_eq!(m("/").backend_path_of(""), "/");
         assert_eq!(m("/").backend_path_of("a/b"), "/a/b");
         assert_eq!(m("/x/").backend_path_of("a"), "/x/a");
         assert_eq!(m("/x").backend_path_of(""), "/x");
+    }
+
+    #[test]
+    fn mounts_of_one_path_take_the_strictest_umask_and_file_limit() {
+        let mut a = role("a", &[("/m", "e", "/", &[Verb::Write])]);
+        let mut b = role("b", &[("/m", "e", "/", &[Verb::Setattr])]);
+        a.mounts[0].umask = "027".into();
+        a.mounts[0].max_file_bytes = Some(5 << 20);
+        b.mounts[0].umask = "0002".into();
+        b.mounts[0].max_file_bytes = Some(1 << 20);
+        let t = Tree::build(&["a".into(), "b".into()], [&a, &b]);
+        let m = t.authorize(Verb::Setattr, &vp("/m/f")).unwrap().mount;
+        assert_eq!(m.umask, 0o027);
+        assert_eq!(m.max_file_bytes, Some(1 << 20));
+        assert_eq!(m.settable_mode(0o4777), 0o750);
+        b.mounts[0].max_file_bytes = None;
+        b.mounts[0].umask = "bad".into();
+        let t = Tree::build(&["a".into(), "b".into()], [&a, &b]);
+        let m = t.authorize(Verb::Write, &vp("/m/f")).unwrap().mount;
+        assert_eq!(
+            m.max_file_bytes,
+            Some(5 << 20),
+            "an unset limit does not lift another"
+        );
+        assert_eq!(
+            m.settable_mode(0o777),
+            0,
+            "an unreadable umask masks everything"
+        );
     }
 }

@@ -297,6 +297,14 @@ struct OpenFile {
     backend: Arc<dyn Backend>,
     mode: OpenMode,
     transfer: Mutex<Transfer>,
+    /// Why a write on this handle failed, the first time one did: the upload is then
+    /// abandoned at its close.
+    failed: Mutex<Option<String>>,
+    /// The mount's `maxFileBytes`; for an append, the size the file had at the open and the
+    /// bytes appended since (counted before the write, so pipelined appends cannot overshoot).
+    max_file_bytes: Option<u64>,
+    append_base: u64,
+    appended: AtomicU64,
 }
 
 impl OpenFile {
@@ -325,6 +333,9 @@ struct Target {
     base: String,
     backend_path: String,
     rule: String,
+    /// The mount's umask and file size limit (see `MountGrant`).
+    umask: u32,
+    max_file_bytes: Option<u64>,
 }
 
 /// A session's connection to an endpoint, with the endpoint config it was made from.
@@ -505,17 +516,14 @@ impl Session {
                 if !f.mode.writes() {
                     return Err(FsError::Denied("handle not opened for writing".into()));
                 }
-                self.still_allowed(Verb::Write, &f.path)?;
-                let len = data.len();
-                {
-                    let mut t = f.transfer.lock().expect("transfer lock poisoned");
-                    t.digest.feed(offset, data.clone());
+                // A refused or failed write spoils the upload: a client that pipelines (and
+                // checks replies late, or never) must not get the rest committed at CLOSE.
+                let written = self.write(&f, offset, data).await;
+                if let Err(e) = &written {
+                    let mut failed = f.failed.lock().expect("failure lock poisoned");
+                    failed.get_or_insert_with(|| e.to_string());
                 }
-                // No await before this call: see the module comment on ordering.
-                f.file.write_at(offset, data).await?;
-                f.transfer.lock().expect("transfer lock poisoned").bytes += len as u64;
-                self.count_bytes("upload", len);
-                Ok(OpOutput::Done)
+                written.map(|()| OpOutput::Done)
             }
             FileOp::Close { handle } => {
                 let h = self
@@ -538,6 +546,12 @@ impl Session {
                             let _ = self.close_file(&f, Some("access withdrawn")).await;
                             return Err(e);
                         }
+                        let failed = f.failed.lock().expect("failure lock poisoned").clone();
+                        if let Some(why) = failed {
+                            let why = format!("a write failed: {why}");
+                            let _ = self.close_file(&f, Some(&why)).await;
+                            return Err(FsError::Failure(format!("upload abandoned: {why}")));
+                        }
                         let closed = self.close_file(&f, None).await;
                         closed.map(|()| OpOutput::Done)
                     }
@@ -551,12 +565,12 @@ impl Session {
             FileOp::FSetStat { handle, attrs } => {
                 let f = self.file(handle)?;
                 let user = self.user()?;
-                let attrs = settable(attrs);
                 let t = self.authorize(&user, Verb::Setattr, &f.path)?;
                 if attrs.size.is_some() {
                     self.authorize(&user, Verb::Write, &f.path)?;
                 }
-                *rule = Some(t.rule);
+                *rule = Some(t.rule.clone());
+                let attrs = settable(attrs, &t)?;
                 f.file.set_stat(attrs).await?;
                 Ok(OpOutput::Done)
             }
@@ -605,12 +619,12 @@ impl Session {
             FileOp::SetStat { path, attrs } => {
                 let vpath = parse(&path)?;
                 let user = self.user()?;
-                let attrs = settable(attrs);
                 let t = self.authorize(&user, Verb::Setattr, &vpath)?;
                 if attrs.size.is_some() {
                     self.authorize(&user, Verb::Write, &vpath)?;
                 }
                 *rule = Some(t.rule.clone());
+                let attrs = settable(attrs, &t)?;
                 let b = self.confined(&t).await?;
                 b.set_stat(&t.backend_path, attrs).await?;
                 Ok(OpOutput::Done)
@@ -624,7 +638,7 @@ impl Session {
                 let t = self.target(Verb::Mkdir, &path, rule)?;
                 // Only the permission bits: a `[list, mkdir]` role asked for 0o47777.
                 let attrs = FileAttrs {
-                    mode: settable(attrs).mode,
+                    mode: attrs.mode.map(|m| m & 0o777 & !t.umask),
                     ..Default::default()
                 };
                 self.confined(&t)
@@ -698,6 +712,15 @@ impl Session {
         *rule = Some(t.rule.clone());
         self.room_for_a_handle()?;
         let backend = self.confined(&t).await?;
+        // An append under a size limit counts from the file's present size.
+        let append_base = match (mode.append, t.max_file_bytes) {
+            (true, Some(_)) => match backend.stat(&t.backend_path, true).await {
+                Ok(a) => a.size.unwrap_or(0),
+                Err(FsError::NotFound) => 0,
+                Err(e) => return Err(e),
+            },
+            _ => 0,
+        };
         // A fresh upload replacing the content goes under a temporary name (see UploadMode).
         let temp =
             (mode.truncate && !mode.append && self.upload_mode(&t.endpoint) == UploadMode::Atomic)
@@ -728,6 +751,10 @@ impl Session {
             backend,
             mode,
             transfer: Mutex::new(Transfer::new()),
+            max_file_bytes: t.max_file_bytes,
+            append_base,
+            appended: AtomicU64::new(0),
+            failed: Mutex::new(None),
         });
         let direction = open.direction();
         let id = match self.insert(Handle::File(open.clone())) {
@@ -782,6 +809,32 @@ impl Session {
 
     /// Closes a file at the backend and audits how the transfer ended. `abandoned` says why
     /// the client never closed it.
+    /// One write of an upload: still allowed, within the mount's size limit, hashed, sent.
+    async fn write(&self, f: &OpenFile, offset: u64, data: Bytes) -> Result<(), FsError> {
+        self.still_allowed(Verb::Write, &f.path)?;
+        let len = data.len();
+        {
+            let mut t = f.transfer.lock().expect("transfer lock poisoned");
+            if let Some(max) = f.max_file_bytes {
+                let start = if f.mode.append {
+                    let before = f.appended.fetch_add(len as u64, Ordering::Relaxed);
+                    f.append_base.saturating_add(before)
+                } else {
+                    offset
+                };
+                if start.saturating_add(len as u64) > max {
+                    return Err(over_quota(max));
+                }
+            }
+            t.digest.feed(offset, data.clone());
+        }
+        // No await before this call: see the module comment on ordering.
+        f.file.write_at(offset, data).await?;
+        f.transfer.lock().expect("transfer lock poisoned").bytes += len as u64;
+        self.count_bytes("upload", len);
+        Ok(())
+    }
+
     async fn close_file(&self, f: &OpenFile, abandoned: Option<&str>) -> Result<(), FsError> {
         let size_before = match f.mode.writes() {
             false => f.file.stat().await.ok().and_then(|a| a.size),
@@ -973,6 +1026,8 @@ impl Session {
                     base: a.mount.backend_path.clone(),
                     backend_path: a.backend_path,
                     rule: a.rule,
+                    umask: a.mount.umask,
+                    max_file_bytes: a.mount.max_file_bytes,
                 },
                 Err(denied) => {
                     self.deny(Verb::Site, &vpath, &denied.0);
@@ -982,7 +1037,15 @@ impl Session {
             rule = Some(t.rule.clone());
             let backend = self.confined(&t).await?;
             if takes_path {
-                let sent = format!("{word} {} {}", words[1], t.backend_path);
+                // The mode as the mount's umask leaves it (validated as octal above).
+                let arg = match word.as_str() {
+                    "CHMOD" => format!(
+                        "{:o}",
+                        u32::from_str_radix(words[1], 8).unwrap_or(0) & !t.umask
+                    ),
+                    _ => words[1].to_owned(),
+                };
+                let sent = format!("{word} {arg} {}", t.backend_path);
                 backend.site(&t.base, &sent).await
             } else {
                 backend.site(&t.backend_path, command).await
@@ -1165,6 +1228,8 @@ impl Session {
                 base: a.mount.backend_path.clone(),
                 backend_path: a.backend_path,
                 rule: a.rule,
+                umask: a.mount.umask,
+                max_file_bytes: a.mount.max_file_bytes,
             }),
             Err(denied) => {
                 self.deny(verb, path, &denied.0);
@@ -1263,17 +1328,26 @@ fn parse(path: &str) -> Result<VPath, FsError> {
     VPath::parse(path).map_err(|e| FsError::BadPath(e.to_string()))
 }
 
-/// Ownership never changes through the gateway.
-/// What a client may set: never the owner, and of the mode only the permission bits. Setuid,
-/// setgid and sticky are dropped (a role with `setattr` must not mint a setuid file on a
-/// backend), as are type bits.
-fn settable(attrs: FileAttrs) -> FileAttrs {
-    FileAttrs {
+/// What a client may set on `t`: never the owner, and of the mode only the permission bits
+/// the mount's umask leaves. Setuid, setgid and sticky are dropped (a role with `setattr`
+/// must not mint a setuid file on a backend), as are type bits. A size past the mount's
+/// `maxFileBytes` is refused.
+fn settable(attrs: FileAttrs, t: &Target) -> Result<FileAttrs, FsError> {
+    if let (Some(size), Some(max)) = (attrs.size, t.max_file_bytes)
+        && size > max
+    {
+        return Err(over_quota(max));
+    }
+    Ok(FileAttrs {
         uid: None,
         gid: None,
-        mode: attrs.mode.map(|m| m & 0o777),
+        mode: attrs.mode.map(|m| m & 0o777 & !t.umask),
         ..attrs
-    }
+    })
+}
+
+fn over_quota(max: u64) -> FsError {
+    FsError::Quota(format!("files here may hold at most {max} bytes"))
 }
 
 fn mode_str(m: OpenMode) -> String {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 mod validate;
 
-pub use validate::{AUTH_METHODS, asks_for_code, parse_cidr, validate};
+pub use validate::{AUTH_METHODS, asks_for_code, parse_cidr, parse_umask, validate};
 
 /// The whole gateway config bundle.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -376,6 +376,16 @@ pub struct Mount {
     /// `FILETYPE=JES`) that may be sent to the endpoint from inside the mount.
     #[serde(default)]
     pub site_commands: Vec<String>,
+    /// Permission bits (octal, e.g. `"027"`) that no mode a client sets here may carry: on
+    /// MKDIR, SETSTAT and `SITE CHMOD`. Setuid, setgid and sticky are never honoured anyway.
+    /// When several of a user's roles mount the same path, their umasks add up.
+    #[serde(default = "defaults::umask")]
+    pub umask: String,
+    /// The largest a file under the mount may become, in bytes: a write or a size change
+    /// past it is refused (FTP `552`). When several of a user's roles mount the same path,
+    /// the smallest applies. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_bytes: Option<u64>,
 }
 
 /// An operation class that a mount can allow.
@@ -640,6 +650,9 @@ mod defaults {
     }
     pub fn data_timeout_seconds() -> u64 {
         30
+    }
+    pub fn umask() -> String {
+        "022".to_owned()
     }
     pub fn backend_path() -> String {
         "/".to_owned()

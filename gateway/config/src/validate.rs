@@ -190,6 +190,18 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
                     "siteCommands need the verb site",
                 );
             }
+            if parse_umask(&m.umask).is_none() {
+                errs.push(
+                    format!("{at}.umask"),
+                    format!(
+                        "{:?} is not an octal umask of three digits, such as \"027\"",
+                        m.umask
+                    ),
+                );
+            }
+            if m.max_file_bytes == Some(0) {
+                errs.push(format!("{at}.maxFileBytes"), "must be at least 1");
+            }
             for (k, c) in m.site_commands.iter().enumerate() {
                 if c.is_empty() || c.chars().any(|c| c.is_whitespace() || c.is_control()) {
                     errs.push(
@@ -461,6 +473,15 @@ fn check_ftps_listener(
 }
 
 /// Parses `10.0.0.0/8` or a bare address (a single host).
+/// A mount's umask: three octal digits (a fourth, leading `0`, is allowed), at most `777`.
+pub fn parse_umask(s: &str) -> Option<u32> {
+    let digits = s.strip_prefix('0').filter(|d| d.len() == 3).unwrap_or(s);
+    if digits.len() != 3 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok()
+}
+
 pub fn parse_cidr(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .ok()

@@ -93,6 +93,9 @@ pub enum FsError {
     Unsupported(String),
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// A mount's `maxFileBytes` would be passed.
+    #[error("quota exceeded: {0}")]
+    Quota(String),
     #[error("{0}")]
     Failure(String),
 }

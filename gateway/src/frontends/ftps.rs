@@ -1307,9 +1307,9 @@ impl Conn {
                 self.audit_command("ABOR".into(), None).await;
                 Reply::new(226, "ABOR successful")
             }
-            Some(Err(why)) => {
+            Some(Err(Failed { code, why })) => {
                 job.abandon(&session, &why).await;
-                Reply::new(426, format!("Transfer failed: {why}"))
+                Reply::new(code, format!("Transfer failed: {why}"))
             }
             Some(Ok(())) => match job.finish(&session).await {
                 Ok(()) => Reply::new(226, "Transfer complete"),
@@ -1431,7 +1431,7 @@ impl Job {
         mut data: TlsStream<TcpStream>,
         binary: bool,
         idle: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failed> {
         match self {
             Job::Listing(bytes) => {
                 write_watched(&mut data, &bytes, idle).await?;
@@ -1451,7 +1451,7 @@ impl Job {
         // still buffered needs the client to read, so it is watched too.
         stalled(idle, data.shutdown())
             .await?
-            .map_err(|e| format!("data connection: {e}"))
+            .map_err(|e| Failed::from(format!("data connection: {e}")))
     }
 
     async fn abandon(&self, session: &Session, why: &str) {
@@ -1598,7 +1598,7 @@ async fn receive_file(
     binary: bool,
     input: &mut TlsStream<TcpStream>,
     idle: Duration,
-) -> Result<(), String> {
+) -> Result<(), Failed> {
     let (tx, rx) = tokio::sync::mpsc::channel(DEPTH);
     let mut writer = AbortOnDrop(tokio::spawn(write_behind(session, handle, rx)));
     let mut off = offset;
@@ -1641,8 +1641,25 @@ async fn receive_file(
     drop(tx);
     let written = (&mut writer.0)
         .await
-        .unwrap_or_else(|e| Err(format!("writer task: {e}")));
-    read.and(written)
+        .unwrap_or_else(|e| Err(format!("writer task: {e}").into()));
+    // The writer's failure comes first: a refused write (552) often ends the read as well.
+    match (read, written) {
+        (_, Err(w)) => Err(w),
+        (Err(r), Ok(())) => Err(r.into()),
+        (Ok(()), Ok(())) => Ok(()),
+    }
+}
+
+/// Why a transfer failed, and the reply code that says so (`426` unless more is known).
+struct Failed {
+    code: u16,
+    why: String,
+}
+
+impl From<String> for Failed {
+    fn from(why: String) -> Self {
+        Failed { code: 426, why }
+    }
 }
 
 /// Writes chunks to the backend in order of arrival with up to `DEPTH` writes in flight.
@@ -1650,7 +1667,7 @@ async fn write_behind(
     session: Arc<Session>,
     handle: u64,
     mut rx: tokio::sync::mpsc::Receiver<(u64, Bytes)>,
-) -> Result<(), String> {
+) -> Result<(), Failed> {
     let session = &session;
     let mut writes = FuturesUnordered::new();
     let mut open = true;
@@ -1664,7 +1681,9 @@ async fn write_behind(
             },
             Some(r) = writes.next(), if !writes.is_empty() => {
                 if let Err(e) = r {
-                    return Err(format!("endpoint: {e}"));
+                    // A file past its mount's size limit is RFC 959's 552.
+                    let code = if matches!(e, FsError::Quota(_)) { 552 } else { 426 };
+                    return Err(Failed { code, why: format!("endpoint: {e}") });
                 }
             }
         }
@@ -1739,6 +1758,7 @@ fn fs_reply(e: &FsError) -> Reply {
         FsError::BadPath(why) => Reply::new(553, format!("File name not allowed: {why}")),
         FsError::Unsupported(why) => Reply::new(504, why.clone()),
         FsError::Unavailable(why) => Reply::new(451, format!("Endpoint unavailable: {why}")),
+        FsError::Quota(why) => Reply::new(552, format!("Exceeded storage allocation: {why}")),
         FsError::BadHandle | FsError::Failure(_) => {
             Reply::new(451, format!("Local error in processing: {e}"))
         }

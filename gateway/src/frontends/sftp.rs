@@ -1182,9 +1182,11 @@ impl From<&FsError> for SftpStatus {
             FsError::Unsupported(_) => StatusCode::OpUnsupported,
             FsError::Unavailable(_) => StatusCode::NoConnection,
             FsError::BadPath(_) => StatusCode::NoSuchFile,
-            FsError::AlreadyExists | FsError::BadHandle | FsError::Failure(_) => {
-                StatusCode::Failure
-            }
+            // SFTP v3 has no quota code (SSH_FX_QUOTA_EXCEEDED is v5): the message says it.
+            FsError::AlreadyExists
+            | FsError::BadHandle
+            | FsError::Failure(_)
+            | FsError::Quota(_) => StatusCode::Failure,
         };
         SftpStatus(code, e.to_string())
     }

@@ -146,6 +146,22 @@ pub struct MountSpec {
         inner(length(min = 1, max = 64), regex(pattern = r"^\S+$"))
     )]
     pub site_commands: Vec<String>,
+    /// Permission bits (three octal digits, such as `"027"`) that no mode a client sets here
+    /// may carry: on MKDIR, SETSTAT and `SITE CHMOD`. Setuid, setgid and sticky are never
+    /// honoured. Where several roles of a user mount the same path, their umasks add up.
+    #[serde(default = "umask")]
+    #[schemars(regex(pattern = r"^0?[0-7]{3}$"))]
+    pub umask: String,
+    /// The largest a file under `path` may become, in bytes: a write or a size change past
+    /// it is refused (FTP `552`). Where several roles of a user mount the same path, the
+    /// smallest applies. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_file_bytes: Option<i64>,
+}
+
+fn umask() -> String {
+    "022".to_owned()
 }
 
 fn root() -> String {

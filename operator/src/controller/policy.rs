@@ -32,6 +32,10 @@ pub trait PolicyKind:
     const CONTROLLER: &'static str;
     fn problems(&self, world: &World) -> Vec<validate::Problem>;
     fn common_status(&self) -> Option<&CommonStatus>;
+    /// What a user of a valid object should still know, added to the `Ready` message.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl PolicyKind for TransferEndpoint {
@@ -61,6 +65,9 @@ impl PolicyKind for TransferUser {
     }
     fn common_status(&self) -> Option<&CommonStatus> {
         self.status.as_ref()
+    }
+    fn notes(&self) -> Vec<String> {
+        validate::ftps_refusal(&self.spec).into_iter().collect()
     }
 }
 
@@ -123,7 +130,14 @@ async fn reconcile<K: PolicyKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
         let world = World::load(&ctx.client, &ns).await.map_err(Error::Kube)?;
         let problems = obj.problems(&world);
         let (ok, reason, message) = match problems.first() {
-            None => (true, "Valid", "every reference resolves".to_owned()),
+            None => (
+                true,
+                "Valid",
+                std::iter::once("every reference resolves".to_owned())
+                    .chain(obj.notes())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
             Some(p) => (
                 false,
                 p.reason.as_str(),

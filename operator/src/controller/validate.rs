@@ -282,6 +282,9 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
                         backend_path: m.backend_path.clone(),
                         verbs: m.verbs.iter().map(|v| verb(*v)).collect(),
                         site_commands: m.site_commands.clone(),
+                        umask: m.umask.clone(),
+                        // The schema keeps it at 1 or more; below that it fails closed.
+                        max_file_bytes: m.max_file_bytes.map(|n| n.max(1) as u64),
                     }
                 })
                 .collect(),
@@ -589,6 +592,44 @@ pub fn user_problems(name: &str, user: &TransferUser, world: &World) -> Vec<Prob
         }
     }
     out
+}
+
+/// Why a valid user can never log in over FTPS, if so: FTPS offers only `password` and
+/// `certificate`, so a chain that needs a public key or a one-time code (a `totpSecret` is
+/// always asked for) cannot be completed there. The gateway refuses such logins; the status
+/// says so ahead of time.
+pub fn ftps_refusal(u: &portcullis_api::TransferUserSpec) -> Option<String> {
+    let chains: Vec<Vec<&str>> = if u.auth_methods.is_empty() {
+        // As the gateway derives them (`auth::Chains::new`): each credential alone, followed
+        // by the code when there is a TOTP secret.
+        let code = u.totp_secret.is_some();
+        [
+            (!u.certificate_names.is_empty(), "certificate"),
+            (!u.public_keys.is_empty(), "publickey"),
+            (u.password_hash.is_some(), "password"),
+        ]
+        .into_iter()
+        .filter(|(has, _)| *has)
+        .map(|(_, m)| {
+            let mut c = vec![m];
+            if code {
+                c.push("keyboard-interactive");
+            }
+            c
+        })
+        .collect()
+    } else {
+        u.auth_methods
+            .iter()
+            .map(|c| c.split(',').map(str::trim).collect())
+            .collect()
+    };
+    let ftps_can = chains
+        .iter()
+        .any(|c| c.iter().all(|m| matches!(*m, "password" | "certificate")));
+    (!ftps_can).then(|| {
+        "FTPS logins are refused: no authentication chain can be completed over FTPS, which offers only password and certificate (a one-time code or a public key cannot be given there); use SFTP".to_owned()
+    })
 }
 
 /// An endpoint's own problems (its credential Secret and host keys).
@@ -1124,5 +1165,27 @@ mod tests {
         assert_eq!(base.restart_hash, role_change.restart_hash);
         let moved = compile(&gateway(&SFTP_GATEWAY.replace("2222", "2223")), &w).unwrap();
         assert_ne!(base.restart_hash, moved.restart_hash);
+    }
+
+    #[test]
+    fn the_status_says_when_a_user_cannot_log_in_over_ftps() {
+        let user = |yaml: &str| -> portcullis_api::TransferUserSpec {
+            serde_yaml_ng::from_str(yaml).unwrap()
+        };
+        let base = "zones: [z]\nroles: [r]\n";
+        let pw = "passwordHash: {name: s, key: k}\n";
+        let totp = "totpSecret: {name: s, key: t}\n";
+        let key = "publicKeys: [\"ssh-ed25519 AAAA x\"]\n";
+        assert_eq!(ftps_refusal(&user(&format!("{base}{pw}"))), None);
+        assert_eq!(ftps_refusal(&user(&format!("{base}{pw}{key}"))), None);
+        // A TOTP secret is always asked for, and FTPS cannot ask.
+        assert!(ftps_refusal(&user(&format!("{base}{pw}{totp}"))).is_some());
+        assert!(ftps_refusal(&user(&format!("{base}{key}"))).is_some());
+        // An explicit chain without the code is the administrator's choice.
+        let chains = "authMethods: [\"password,keyboard-interactive\", password]\n";
+        assert_eq!(
+            ftps_refusal(&user(&format!("{base}{pw}{totp}{chains}"))),
+            None
+        );
     }
 }
