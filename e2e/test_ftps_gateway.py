@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from ftps import (
@@ -818,3 +819,30 @@ def test_unauthenticated_line_flood_is_bounded(gw):
     f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
     assert f.pwd() == "/"
     f.quit()
+
+
+def test_one_session_holds_at_most_four_ftps_backend_files(gw, vsftpd):
+    """Every file open on an FTPS endpoint is a backend connection of its own: 19 handles
+    in one SFTP session reached vsftpd's per-address limit and locked other users out. Now a
+    session holds at most limits.maxBackendConnectionsPerSession (default 4) files there at
+    once; the next open is refused with the reason, and closing one makes room."""
+    t = paramiko.Transport(("127.0.0.1", gw.port))
+    try:
+        t.connect(username="alice", password="alice-pw")
+        sftp = paramiko.SFTPClient.from_transport(t)
+        sftp.putfo(io.BytesIO(b"c" * 1000), "/vs/cap.txt")
+        held = [sftp.open("/vs/cap.txt", "rb") for _ in range(4)]
+        with pytest.raises(IOError, match="too many open files on endpoint vsftpd"):
+            sftp.open("/vs/cap.txt", "rb")
+        # Other endpoints are not held back by this one's limit.
+        sftp.putfo(io.BytesIO(b"l" * 10), "/local/cap.txt")
+        held.pop().close()
+        with sftp.open("/vs/cap.txt", "rb") as f:
+            assert f.read() == b"c" * 1000
+        for f in held:
+            assert f.read() == b"c" * 1000
+            f.close()
+        sftp.remove("/vs/cap.txt")
+        sftp.remove("/local/cap.txt")
+    finally:
+        t.close()

@@ -263,6 +263,7 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
                     username: f.username.clone(),
                     password,
                     connect_timeout: Duration::from_secs(f.connect_timeout_seconds),
+                    max_files: config.limits.max_backend_connections_per_session,
                 }))
             }
             EndpointBackend::Sftp(s) => {

@@ -514,6 +514,11 @@ pub struct Limits {
     /// SFTP requests one session may have in flight at once.
     #[serde(default = "defaults::max_in_flight_requests")]
     pub max_in_flight_requests: usize,
+    /// Files one session may have open at once on one FTPS endpoint: each is a backend
+    /// connection of its own (the session's one metadata connection comes on top), and an
+    /// FTP server limits connections per client address, which is the gateway's for all.
+    #[serde(default = "defaults::max_backend_connections_per_session")]
+    pub max_backend_connections_per_session: usize,
     /// Milliseconds every failed password or verification code takes at least, for known and
     /// unknown users alike (longer when a configured hash is slower to check).
     #[serde(default = "defaults::auth_failure_delay_millis")]
@@ -526,6 +531,7 @@ impl Default for Limits {
             max_sessions: defaults::max_sessions(),
             max_sessions_per_ip: defaults::max_sessions_per_ip(),
             max_unauthenticated_per_ip: defaults::max_unauthenticated_per_ip(),
+            max_backend_connections_per_session: defaults::max_backend_connections_per_session(),
             login_grace_seconds: defaults::login_grace_seconds(),
             idle_timeout_seconds: defaults::idle_timeout_seconds(),
             max_auth_attempts: defaults::max_auth_attempts(),
@@ -662,6 +668,9 @@ mod defaults {
     }
     pub fn max_sessions_per_ip() -> usize {
         50
+    }
+    pub fn max_backend_connections_per_session() -> usize {
+        4
     }
     pub fn max_unauthenticated_per_ip() -> usize {
         32

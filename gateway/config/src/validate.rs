@@ -337,6 +337,10 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
         ("idleTimeoutSeconds", l.idle_timeout_seconds),
         ("maxAuthAttempts", l.max_auth_attempts as u64),
         ("maxInFlightRequests", l.max_in_flight_requests as u64),
+        (
+            "maxBackendConnectionsPerSession",
+            l.max_backend_connections_per_session as u64,
+        ),
     ] {
         if v == 0 {
             errs.push(format!("limits.{name}"), "must be at least 1");

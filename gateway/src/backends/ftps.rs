@@ -39,6 +39,8 @@ pub struct FtpsSpec {
     pub username: String,
     pub password: String,
     pub connect_timeout: Duration,
+    /// Files a session may hold open at once on this endpoint, each its own connection.
+    pub max_files: usize,
 }
 
 /// Bytes buffered ahead of (reads) or behind (writes) the stream position, at most.
@@ -53,6 +55,25 @@ pub struct FtpsBackend {
     spec: Arc<FtpsSpec>,
     /// The session's metadata connection, made on first use and remade after a failure.
     control: Mutex<Option<Ftp>>,
+    /// The session's open files here, each holding a connection (see `FileSlot`).
+    files: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// An open file's place among its session's `max_files`, given back when the file goes.
+struct FileSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl FileSlot {
+    fn take(count: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<FileSlot> {
+        use std::sync::atomic::Ordering;
+        let slot = FileSlot(count.clone());
+        (count.fetch_add(1, Ordering::AcqRel) < max).then_some(slot)
+    }
+}
+
+impl Drop for FileSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl FtpsBackend {
@@ -60,6 +81,7 @@ impl FtpsBackend {
         FtpsBackend {
             spec,
             control: Mutex::new(None),
+            files: Default::default(),
         }
     }
 
@@ -348,12 +370,19 @@ impl Backend for FtpsBackend {
         }
         // A read of a missing file fails at open, as on every other backend; its attributes
         // answer `fstat` without another round trip.
+        let Some(slot) = FileSlot::take(&self.files, self.spec.max_files) else {
+            return Err(FsError::Failure(format!(
+                "too many open files on endpoint {} (at most {} a session, each its own connection)",
+                self.spec.name, self.spec.max_files
+            )));
+        };
         let opened = match mode.writes() {
             false => Some(self.stat(path, true).await?),
             true => None,
         };
         let ftp = connect(&self.spec).await?;
         Ok(Arc::new(FtpsFile {
+            _slot: slot,
             path: path.to_owned(),
             mode,
             opened,
@@ -560,6 +589,7 @@ struct FileState {
 }
 
 pub struct FtpsFile {
+    _slot: FileSlot,
     path: String,
     mode: OpenMode,
     /// A read's attributes at open.
@@ -901,5 +931,16 @@ mod tests {
             .map(|e| e.name)
             .collect();
         assert!(names.is_empty(), "{names:?}");
+    }
+
+    #[test]
+    fn file_slots_are_capped_and_given_back() {
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let held: Vec<FileSlot> = (0..2).filter_map(|_| FileSlot::take(&count, 2)).collect();
+        assert_eq!(held.len(), 2);
+        assert!(FileSlot::take(&count, 2).is_none());
+        drop(held);
+        assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert!(FileSlot::take(&count, 2).is_some());
     }
 }

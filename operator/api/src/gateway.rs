@@ -272,6 +272,11 @@ pub struct GatewayLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_unauthenticated_per_ip: Option<i32>,
+    /// Files one session may have open at once on one FTPS endpoint, each a backend
+    /// connection of its own (default 4; the session's metadata connection comes on top).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub max_backend_connections_per_session: Option<i32>,
     /// Seconds a client has to log in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 600))]

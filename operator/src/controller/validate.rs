@@ -430,6 +430,10 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
                 lim.max_unauthenticated_per_ip,
                 defaults.max_unauthenticated_per_ip,
             ),
+            max_backend_connections_per_session: pick(
+                lim.max_backend_connections_per_session,
+                defaults.max_backend_connections_per_session,
+            ),
             login_grace_seconds: pick64(lim.login_grace_seconds, defaults.login_grace_seconds),
             idle_timeout_seconds: pick64(lim.idle_timeout_seconds, defaults.idle_timeout_seconds),
             max_auth_attempts: pick(lim.max_auth_attempts, defaults.max_auth_attempts),
