@@ -846,3 +846,34 @@ def test_one_session_holds_at_most_four_ftps_backend_files(gw, vsftpd):
         sftp.remove("/local/cap.txt")
     finally:
         t.close()
+
+
+def test_a_session_holds_one_passive_port_however_often_it_asks(gw):
+    """One user sending EPSV again and again must not empty the listener's pool (32 ports
+    here): each PASV/EPSV withdraws the session's earlier offer and gives its port back. After
+    40 requests on one connection, another session still gets a port, and the last offered
+    port is the only one this session can still use."""
+    import re
+
+    a = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    b = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    try:
+        ports = []
+        for i in range(40):
+            reply = a.sendcmd("EPSV" if i % 2 else "PASV")
+            if reply.startswith("229"):
+                ports.append(int(re.search(r"\(\|\|\|(\d+)\|\)", reply).group(1)))
+            else:
+                h = re.search(r"\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)", reply).groups()
+                ports.append(int(h[4]) * 256 + int(h[5]))
+        reply = b.sendcmd("EPSV")
+        assert reply.startswith("229"), "the pool is not empty"
+        taken = {ports[-1], int(re.search(r"\(\|\|\|(\d+)\|\)", reply).group(1))}
+        # Only the last offer is open: the earlier ports were closed again.
+        for p in set(ports[-6:-1]) - taken:
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", p), timeout=2).close()
+        assert a.sendcmd("NOOP").startswith("200"), "the session goes on"
+    finally:
+        a.close()
+        b.close()
