@@ -985,7 +985,8 @@ impl Session {
             let word = words.first().copied().unwrap_or("").to_ascii_uppercase();
             let takes_path = matches!(word.as_str(), "CHMOD" | "CHGRP" | "CHOWN");
             let vpath = if takes_path {
-                let [_, arg, path] = words[..] else {
+                // The path is the rest of the line after one space: names may hold spaces.
+                let Some((arg, path)) = site_path_args(command) else {
                     return Err(FsError::BadPath(format!(
                         "SITE {word} takes two arguments: SITE {word} <{}> <path>",
                         if word == "CHMOD" { "mode" } else { "owner" }
@@ -1344,6 +1345,14 @@ fn settable(attrs: FileAttrs, t: &Target) -> Result<FileAttrs, FsError> {
         mode: attrs.mode.map(|m| m & 0o777 & !t.umask),
         ..attrs
     })
+}
+
+/// `SITE CHMOD|CHGRP|CHOWN <arg> <path>`: the argument, and the path as the rest of the line
+/// after the one space that follows it (names may hold spaces, as lftp's `mirror -R` sends).
+fn site_path_args(command: &str) -> Option<(&str, &str)> {
+    let (_, rest) = command.trim_start().split_once(char::is_whitespace)?;
+    let (arg, path) = rest.trim_start().split_once(char::is_whitespace)?;
+    (!path.is_empty()).then_some((arg, path))
 }
 
 fn over_quota(max: u64) -> FsError {
@@ -1916,5 +1925,17 @@ audit: {{stdout: false, file: "{audit}"}}
         overlap.feed(0, Bytes::from_static(b"abcd"));
         overlap.feed(2, Bytes::from_static(b"cd"));
         assert!(overlap.finish().await.is_err());
+    }
+
+    #[test]
+    fn site_path_arguments_keep_spaces_in_names() {
+        assert_eq!(
+            site_path_args("CHMOD 644 ./s p.txt"),
+            Some(("644", "./s p.txt"))
+        );
+        assert_eq!(site_path_args("chmod  600 a"), Some(("600", "a")));
+        assert_eq!(site_path_args("CHMOD 644"), None);
+        assert_eq!(site_path_args("CHMOD 644 "), None);
+        assert_eq!(site_path_args("CHMOD"), None);
     }
 }
