@@ -207,10 +207,9 @@ def test_lftp_mirror_reverse_and_pget_segments(gw, mount, tmp_path):
     """What lftp users do: `mirror -R` of a tree (nested directories, a name with spaces,
     an empty file) with parallel transfers, a second `mirror -R` that should find nothing to
     do, `mirror` back, and `pget -n 4` (four REST-offset RETRs of one file on four
-    connections), to every backend. Every file compares equal by SHA-256.
-
-    lftp's mirror sends `SITE CHMOD` after each upload; only /vs grants the verb `site`, so
-    elsewhere it runs with `--no-perms` (a refused SITE makes lftp exit 1, by policy)."""
+    connections), to every backend. Every file compares equal by SHA-256. lftp's mirror sends
+    `SITE CHMOD` after each upload: a mode change on every backend (it was refused on mounts
+    without the verb `site`, and lftp exited 1)."""
     src = tmp_path / "tree"
     (src / "a" / "b").mkdir(parents=True)
     (src / "with space").mkdir()
@@ -222,10 +221,9 @@ def test_lftp_mirror_reverse_and_pget_segments(gw, mount, tmp_path):
         "a/empty.txt": 0,
     }
     digests = {rel: make_file(src / rel, size) for rel, size in files.items()}
-    perms = "" if mount == "/vs" else "--no-perms "
     dest = f"{mount}/mirror-{mount.strip('/')}"
-    lftp(gw, f"mirror -R {perms}--parallel=3 {src} {dest}")
-    again = lftp(gw, f"mirror -R {perms}-v {src} {dest}").stdout.decode()
+    lftp(gw, f"mirror -R --parallel=3 {src} {dest}")
+    again = lftp(gw, f"mirror -R -v {src} {dest}").stdout.decode()
     if mount != "/vs":
         assert "Transferring file" not in again, f"a second mirror -R found changes: {again}"
     # Known difference (docs/compatibility.md): vsftpd lists times to the minute and has no
@@ -234,6 +232,7 @@ def test_lftp_mirror_reverse_and_pget_segments(gw, mount, tmp_path):
     lftp(gw, f"mirror --parallel=3 {dest} {back}")
     for rel, digest in digests.items():
         assert sha256_file(back / rel) == digest, rel
+        assert (back / rel).stat().st_mode & 0o777 == (src / rel).stat().st_mode & 0o777, rel
     lftp(gw, f"pget -n 4 {dest}/top.bin -o {tmp_path}/pget.bin")
     assert sha256_file(tmp_path / "pget.bin") == digests["top.bin"]
     lftp(gw, f"rm -r {dest}")
@@ -580,8 +579,9 @@ def test_site_goes_through_policy(gw, vsftpd):
         # is the backend's /site.txt (it used to reach vsftpd verbatim and miss).
         assert f.sendcmd("SITE CHMOD 640 /vs/site.txt").startswith("200")
         assert (vsftpd.root / "site.txt").stat().st_mode & 0o7777 == 0o640
-        # A path on another mount is authorized there (/local has no verb site).
-        with pytest.raises(ftplib.error_perm, match="^550.*site"):
+        # SITE CHMOD is a mode change like SETSTAT's: authorized by `setattr` on the path's
+        # own mount (here /local, which has it and no `site`), so a missing file there is 550.
+        with pytest.raises(ftplib.error_perm, match="^550 No such file"):
             f.sendcmd("SITE CHMOD 644 ../local/x")
         # setuid, setgid and sticky are never honoured; a malformed mode is refused.
         with pytest.raises(ftplib.error_perm, match="^550.*setuid"):
@@ -599,7 +599,9 @@ def test_site_goes_through_policy(gw, vsftpd):
         f.quit()
     denied = gw.events("policyDenied")
     assert any(e["op"] == "site" for e in denied)
-    assert any(e["op"] == "site" and e["path"] == "/local/x" for e in denied), denied
+    # Each CHMOD is audited as the setstat it is, with the client's path.
+    chmods = [e for e in gw.events("request") if e["op"] == "setstat"]
+    assert any(e["path"] == "/vs/site.txt" for e in chmods), chmods
 
 
 # --- Backend behaviour ---------------------------------------------------------------------------

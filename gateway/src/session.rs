@@ -972,35 +972,25 @@ impl Session {
     /// `SITE <command>` from the directory `cwd`: the verb `site` on the mount and the
     /// subcommand on the mount's allow-list, then the endpoint's own answer.
     ///
-    /// Arguments are confined like any path: for `CHMOD`, `CHGRP` and `CHOWN` the last
-    /// argument is a path, resolved against `cwd`, authorized on its own mount (`site` and
-    /// `setattr`), confined, and sent as the backend path; a `CHMOD` mode with setuid, setgid
-    /// or sticky bits is refused. Any other subcommand is sent from the cwd's backend
-    /// directory and may not carry an argument that names a path (`/`, `\`, `..`).
+    /// Arguments are confined like any path: for `CHGRP` and `CHOWN` the last argument is a
+    /// path, resolved against `cwd`, authorized on its own mount (`site` and `setattr`),
+    /// confined, and sent as the backend path. Any other subcommand is sent from the cwd's
+    /// backend directory and may not carry an argument that names a path (`/`, `\`, `..`).
+    /// `SITE CHMOD` is not sent here: front ends run it as a SETSTAT ([`site_chmod`]).
     pub async fn site(&self, cwd: &str, command: &str) -> Result<(u16, String), FsError> {
         let mut rule = None;
         let result = async {
             let user = self.user()?;
             let words: Vec<&str> = command.split_whitespace().collect();
             let word = words.first().copied().unwrap_or("").to_ascii_uppercase();
-            let takes_path = matches!(word.as_str(), "CHMOD" | "CHGRP" | "CHOWN");
+            let takes_path = matches!(word.as_str(), "CHGRP" | "CHOWN");
             let vpath = if takes_path {
                 // The path is the rest of the line after one space: names may hold spaces.
-                let Some((arg, path)) = site_path_args(command) else {
+                let Some((_, path)) = site_path_args(command) else {
                     return Err(FsError::BadPath(format!(
-                        "SITE {word} takes two arguments: SITE {word} <{}> <path>",
-                        if word == "CHMOD" { "mode" } else { "owner" }
+                        "SITE {word} takes two arguments: SITE {word} <owner> <path>"
                     )));
                 };
-                if word == "CHMOD" {
-                    let mode = u32::from_str_radix(arg, 8)
-                        .map_err(|_| FsError::BadPath(format!("{arg:?} is not an octal mode")))?;
-                    if mode & !0o777 != 0 {
-                        return Err(FsError::Denied(
-                            "setuid, setgid and sticky bits are never honoured".into(),
-                        ));
-                    }
-                }
                 parse(&crate::policy::join(cwd, path))?
             } else {
                 if let Some(a) = words[1..]
@@ -1038,15 +1028,7 @@ impl Session {
             rule = Some(t.rule.clone());
             let backend = self.confined(&t).await?;
             if takes_path {
-                // The mode as the mount's umask leaves it (validated as octal above).
-                let arg = match word.as_str() {
-                    "CHMOD" => format!(
-                        "{:o}",
-                        u32::from_str_radix(words[1], 8).unwrap_or(0) & !t.umask
-                    ),
-                    _ => words[1].to_owned(),
-                };
-                let sent = format!("{word} {arg} {}", t.backend_path);
+                let sent = format!("{word} {} {}", words[1], t.backend_path);
                 backend.site(&t.base, &sent).await
             } else {
                 backend.site(&t.backend_path, command).await
@@ -1344,6 +1326,21 @@ fn settable(attrs: FileAttrs, t: &Target) -> Result<FileAttrs, FsError> {
         gid: None,
         mode: attrs.mode.map(|m| m & 0o777 & !t.umask),
         ..attrs
+    })
+}
+
+/// `SITE CHMOD <mode> <path>`, if `command` is a CHMOD: the path and the octal mode, or why the
+/// arguments are malformed. Front ends run it as a SETSTAT of the mode.
+pub fn site_chmod(command: &str) -> Option<Result<(&str, u32), String>> {
+    let word = command.split_whitespace().next()?;
+    if !word.eq_ignore_ascii_case("CHMOD") {
+        return None;
+    }
+    Some(match site_path_args(command) {
+        None => Err("SITE CHMOD takes two arguments: SITE CHMOD <mode> <path>".to_owned()),
+        Some((mode, path)) => u32::from_str_radix(mode, 8)
+            .map(|m| (path, m))
+            .map_err(|_| format!("{mode:?} is not an octal mode")),
     })
 }
 

@@ -406,7 +406,7 @@ pub enum Verb {
     Rmdir,
     /// Rename or move within the mount's endpoint.
     Rename,
-    /// Change attributes (mode, times).
+    /// Change attributes: mode (SFTP SETSTAT, FTP `SITE CHMOD`) and times (SETSTAT, `MFMT`).
     Setattr,
     /// Send allow-listed FTP `SITE` subcommands to the endpoint.
     Site,

@@ -188,7 +188,7 @@ pub enum Verb {
     Rmdir,
     /// Rename or move within the mount's endpoint.
     Rename,
-    /// Change attributes (mode, times).
+    /// Change attributes: mode (SFTP SETSTAT, FTP `SITE CHMOD`) and times (SETSTAT, `MFMT`).
     Setattr,
     /// Send the allow-listed FTP `SITE` subcommands (`siteCommands`) to an FTPS endpoint.
     Site,
