@@ -11,6 +11,9 @@ pub enum LineError {
     TooLong,
     /// A NUL byte, which no command may contain.
     Nul,
+    /// Not UTF-8 (RFC 2640 paths are UTF-8). Replacing the bad bytes would make `STOR` create
+    /// a file under another name than the client asked for, so the command is refused.
+    NotUtf8,
 }
 
 /// Accumulates bytes and yields complete lines (without CRLF). A bare LF ends a line too,
@@ -72,9 +75,7 @@ impl LineReader {
             if line.contains(&0) {
                 return Some(Err(LineError::Nul));
             }
-            // RFC 2640: UTF-8 paths; anything else is kept, replaced, and so cannot match a
-            // real name by accident.
-            return Some(Ok(String::from_utf8_lossy(&line).into_owned()));
+            return Some(String::from_utf8(line).map_err(|_| LineError::NotUtf8));
         }
     }
 }
@@ -87,6 +88,14 @@ mod tests {
         let mut r = LineReader::new();
         r.push(input);
         std::iter::from_fn(|| r.next_line()).collect()
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_refused_and_the_next_survives() {
+        assert_eq!(
+            lines(b"STOR /a\xfe\r\nSTOR /\xef\xbf\xbd\r\n"),
+            [Err(LineError::NotUtf8), Ok("STOR /\u{fffd}".into())]
+        );
     }
 
     #[test]

@@ -335,6 +335,34 @@ fn parse_list_line(line: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Dir
     })
 }
 
+/// How many files of one `LIST` get their time from `MDTM`, one round trip each.
+const PRECISE_TIMES_MAX: usize = 1_000;
+
+/// `LIST` gives times to the minute, and only the day for files older than six months; sync
+/// tools (rclone, lftp's mirror) compare times to the second, and the gateway's `MLSD` and SFTP
+/// attributes promise seconds. So a listing without `MLSD` asks `MDTM` for each regular file's
+/// time, for the first [`PRECISE_TIMES_MAX`] files; past that, and where `MDTM` is refused, the
+/// `LIST` time stands (docs/compatibility.md).
+async fn precise_times(ftp: &mut Ftp, dir: &str, entries: &mut [DirEntry]) -> Result<(), FtpError> {
+    let files = entries.iter_mut().filter(|e| e.attrs.is_file());
+    for entry in files.take(PRECISE_TIMES_MAX) {
+        if entry.name.contains(['\r', '\n']) {
+            continue;
+        }
+        let path = format!("{}/{}", dir.trim_end_matches('/'), entry.name);
+        match ftp.mdtm(&path).await {
+            Ok(t) => {
+                let t = u32::try_from(t.and_utc().timestamp()).ok();
+                entry.attrs.mtime = t;
+                entry.attrs.atime = t;
+            }
+            Err(FtpError::UnexpectedResponse(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn file_attrs(size: u64, mtime: Option<u32>) -> FileAttrs {
     FileAttrs {
         size: Some(size),
@@ -351,7 +379,15 @@ impl Backend for FtpsBackend {
     /// relative to who knows what, and `CWD` follows it silently), so the check is the
     /// path's own: beneath the mount, no `..`. The FTP server's own confinement (vsftpd's
     /// `chroot_local_user`, the account's home) is what holds symlinks in (docs/security.md).
+    ///
+    /// A name with CR or LF cannot be sent in an FTP command (it would end the command line),
+    /// so it is refused here with a reason, before any backend connection is touched.
     async fn confine(&self, base: &str, path: &str) -> Result<(), FsError> {
+        if path.contains(['\r', '\n']) {
+            return Err(FsError::Unsupported(format!(
+                "{path:?}: an FTP endpoint cannot take a name with CR or LF"
+            )));
+        }
         if super::beneath(base, path) && !path.split('/').any(|c| c == "..") {
             Ok(())
         } else {
@@ -407,20 +443,28 @@ impl Backend for FtpsBackend {
         let path = path.to_owned();
         let lines = self
             .with_control(async |ftp| match ftp.mlsd(Some(&path)).await {
-                Ok(lines) => Ok((true, lines)),
+                Ok(lines) => Ok(listing(true, &lines, chrono::Utc::now())),
                 Err(FtpError::UnexpectedResponse(r)) if r.status.code() == 500 => {
                     // No MLSD (vsftpd): parse LIST. LIST of a missing directory is an empty
                     // 226 there, and of a file that file's line, so it must be a directory
                     // we can change into first.
                     ftp.cwd(&path).await?;
                     ftp.cwd("/").await?;
-                    ftp.list(Some(&path)).await.map(|l| (false, l))
+                    // `-a`: vsftpd and most Unix servers hide dot files from a bare LIST,
+                    // so a file uploaded as `.name` would seem lost. A server that takes
+                    // no options refuses it, and gets the bare LIST.
+                    let lines = match ftp.list(Some(&format!("-a {path}"))).await {
+                        Err(FtpError::UnexpectedResponse(_)) => ftp.list(Some(&path)).await?,
+                        other => other?,
+                    };
+                    let mut entries = listing(false, &lines, chrono::Utc::now());
+                    precise_times(ftp, &path, &mut entries).await?;
+                    Ok(entries)
                 }
                 Err(e) => Err(e),
             })
             .await?;
-        let (mlsd, lines) = lines;
-        Ok(listing(mlsd, &lines, chrono::Utc::now()))
+        Ok(lines)
     }
 
     async fn stat(&self, path: &str, _follow: bool) -> Result<FileAttrs, FsError> {

@@ -104,13 +104,15 @@ fn apply_attrs(path: &Path, file: Option<&File>, attrs: &FileAttrs) -> Result<()
         }
     };
     // Size and times go through a file handle: the caller's, or one opened once here without
-    // following a symlink.
+    // following a symlink. Times alone need no write access (the owner may set them), and so
+    // also work on a directory.
     let opened;
     let file = match file {
         Some(f) => Some(f),
         None if attrs.size.is_some() || times.is_some() => {
             opened = OpenOptions::new()
-                .write(true)
+                .read(attrs.size.is_none())
+                .write(attrs.size.is_some())
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(path)?;
             Some(&opened)
@@ -428,6 +430,28 @@ impl Backend for LocalBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn times_can_be_set_on_directories_and_read_only_files() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir(r.join("d")).unwrap();
+        std::fs::write(r.join("ro"), b"x").unwrap();
+        std::fs::set_permissions(r.join("ro"), fs::Permissions::from_mode(0o444)).unwrap();
+        let b = LocalBackend::new(r).unwrap();
+        let at = FileAttrs {
+            mtime: Some(981_173_106),
+            ..Default::default()
+        };
+        for p in ["/d", "/ro"] {
+            b.set_stat(p, at.clone()).await.unwrap();
+            assert_eq!(
+                b.stat(p, false).await.unwrap().mtime,
+                Some(981_173_106),
+                "{p}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn symlinks_cannot_lead_from_one_mount_into_another() {

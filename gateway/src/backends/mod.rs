@@ -27,6 +27,11 @@ impl FileAttrs {
     pub const S_IFMT: u32 = 0o170000;
     pub const S_IFDIR: u32 = 0o040000;
     pub const S_IFLNK: u32 = 0o120000;
+    pub const S_IFREG: u32 = 0o100000;
+
+    pub fn is_file(&self) -> bool {
+        self.mode.is_some_and(|m| m & Self::S_IFMT == Self::S_IFREG)
+    }
 
     pub fn is_dir(&self) -> bool {
         self.mode.is_some_and(|m| m & Self::S_IFMT == Self::S_IFDIR)

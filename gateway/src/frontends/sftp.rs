@@ -937,6 +937,13 @@ pub(crate) fn decode(mut bytes: Bytes) -> Decoded {
             return Decoded::Malformed(format!("undecodable packet: {e}"));
         }
     };
+    if let Some((t, id)) = name_not_utf8(&raw) {
+        return Decoded::Refused(
+            status(id, StatusCode::Failure, NOT_UTF8),
+            format!("sftp type {t}"),
+            NOT_UTF8,
+        );
+    }
     use Kind::*;
     let (id, kind, op) = match packet {
         Packet::Open(o) => {
@@ -1098,6 +1105,34 @@ fn ext_string(data: &mut Bytes) -> Option<String> {
         return None;
     }
     String::from_utf8(data.split_to(n).to_vec()).ok()
+}
+
+const NOT_UTF8: &str = "file names must be UTF-8";
+
+/// The type and id of a request whose file name is not UTF-8. russh-sftp's codec replaces
+/// such bytes with U+FFFD, and the gateway would then act on a name the client never sent (an
+/// upload would land under it); the request is refused instead. Extensions' names are checked
+/// where they are read ([`ext_string`]).
+fn name_not_utf8(raw: &[u8]) -> Option<(u8, u32)> {
+    let (&t, rest) = raw.split_first()?;
+    let names = match t {
+        // OPEN, LSTAT, SETSTAT, OPENDIR, REMOVE, MKDIR, RMDIR, REALPATH, STAT, READLINK
+        3 | 7 | 9 | 11 | 13 | 14 | 15 | 16 | 17 | 19 => 1,
+        // RENAME, SYMLINK
+        18 | 20 => 2,
+        _ => return None,
+    };
+    let (id, mut rest) = rest.split_first_chunk::<4>()?;
+    for _ in 0..names {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        let name = tail.get(..len)?;
+        if std::str::from_utf8(name).is_err() {
+            return Some((t, u32::from_be_bytes(*id)));
+        }
+        rest = &tail[len..];
+    }
+    None
 }
 
 fn decode_extended(e: russh_sftp::protocol::Extended) -> Decoded {
@@ -1303,6 +1338,27 @@ mod tests {
                 _ => panic!("prefix of {n} bytes read as something else"),
             }
         }
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_refused_not_replaced() {
+        // RENAME "/a" -> "/b\xfe": the second name is the bad one.
+        let body = Bytes::from_static(&[
+            18, 0, 0, 0, 9, 0, 0, 0, 2, b'/', b'a', 0, 0, 0, 3, b'/', b'b', 0xfe,
+        ]);
+        match decode(body) {
+            Decoded::Refused(Packet::Status(s), request, reason) => {
+                assert_eq!((s.id, s.status_code), (9, StatusCode::Failure));
+                assert_eq!((request.as_str(), reason), ("sftp type 18", NOT_UTF8));
+            }
+            _ => panic!("expected a refusal"),
+        }
+        // U+FFFD itself, sent as UTF-8, is a name like any other.
+        let body = Bytes::from_static(&[17, 0, 0, 0, 4, 0, 0, 0, 4, b'/', 0xef, 0xbf, 0xbd]);
+        assert!(matches!(
+            decode(body),
+            Decoded::Op(4, Kind::Attrs, FileOp::Stat { .. })
+        ));
     }
 
     #[test]
