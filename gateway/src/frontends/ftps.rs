@@ -915,36 +915,32 @@ impl Conn {
                 214,
                 "SITE subcommands are passed to the endpoint where a role allows them",
             ),
-            // A mode change like SETSTAT's on every backend: the verb `setattr`, the mount's
-            // umask, confinement and audit all come from `Session::execute`.
-            Site(s) if crate::session::site_chmod(s.trim()).is_some() => {
-                match crate::session::site_chmod(s.trim()).expect("checked") {
-                    Err(why) => Reply::new(501, why),
-                    Ok((_, mode)) if mode & !0o777 != 0 => Reply::new(
-                        550,
-                        "SITE refused: setuid, setgid and sticky bits are never honoured",
-                    ),
-                    Ok((path, mode)) => {
-                        let op = FileOp::SetStat {
-                            path: self.resolve(path),
-                            attrs: FileAttrs {
-                                mode: Some(mode),
-                                ..Default::default()
-                            },
-                        };
-                        match self.session().execute(op).await {
-                            Ok(_) => Reply::new(200, "SITE CHMOD command successful"),
-                            Err(e) => fs_reply(&e),
-                        }
-                    }
+            Site(s) => match crate::session::site_chmod(s.trim()) {
+                // A mode change like SETSTAT's on every backend: the verb `setattr`, the
+                // mount's umask, confinement and audit all come from `Session::execute`.
+                Some(Err(why)) => Reply::new(501, why),
+                Some(Ok((_, mode))) if mode & !0o777 != 0 => Reply::new(
+                    550,
+                    "SITE refused: setuid, setgid and sticky bits are never honoured",
+                ),
+                Some(Ok((path, mode))) => {
+                    let attrs = FileAttrs {
+                        mode: Some(mode),
+                        ..Default::default()
+                    };
+                    let op = FileOp::SetStat {
+                        path: self.resolve(path),
+                        attrs,
+                    };
+                    self.simple(op, 200, "SITE CHMOD command successful").await
                 }
-            }
-            Site(s) => match self.session().site(&self.cwd, s.trim()).await {
-                Ok((code, text)) if (200..600).contains(&code) => Reply::new(code, text),
-                Ok((code, _)) => Reply::new(451, format!("The endpoint answered {code}")),
-                Err(FsError::Denied(why)) => Reply::new(550, format!("SITE refused: {why}")),
-                Err(FsError::Unsupported(why)) => Reply::new(504, why),
-                Err(e) => fs_reply(&e),
+                None => match self.session().site(&self.cwd, s.trim()).await {
+                    Ok((code, text)) if (200..600).contains(&code) => Reply::new(code, text),
+                    Ok((code, _)) => Reply::new(451, format!("The endpoint answered {code}")),
+                    Err(FsError::Denied(why)) => Reply::new(550, format!("SITE refused: {why}")),
+                    Err(FsError::Unsupported(why)) => Reply::new(504, why),
+                    Err(e) => fs_reply(&e),
+                },
             },
             Stat(None) => Reply::multi(
                 211,
