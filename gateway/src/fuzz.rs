@@ -15,10 +15,10 @@ use bytes::{Buf, Bytes};
 use portcullis_config::{GatewayConfig, Verb, validate};
 
 use crate::{
-    backends::{FileAttrs, FsError, ftps::listing},
+    backends::ftps::listing,
     frontends::sftp::{Decoded, Kind, MAX_PACKET, decode, encode},
+    fs::{FileAttrs, FileOp, FsError, OpOutput},
     policy::{Tree, VPath},
-    session::{FileOp, OpOutput},
 };
 
 /// Splits `data` into length-prefixed SFTP packets the way the channel reader does (a zero or
@@ -115,7 +115,7 @@ pub fn ftp_listing(data: &[u8]) {
     let lines: Vec<String> = text.lines().map(str::to_owned).collect();
     let now = chrono::DateTime::from_timestamp(1_796_212_800, 0).expect("a valid time");
     for e in listing(first & 1 == 1, &lines, now) {
-        assert!(crate::backends::listable(&e.name), "{:?}", e.name);
+        assert!(crate::fs::listable(&e.name), "{:?}", e.name);
         assert!(
             lines.iter().any(|l| l.contains(e.name.as_str())),
             "{:?} is not in the listing",

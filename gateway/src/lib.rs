@@ -3,6 +3,7 @@
 //! channels only.
 //!
 //! Dependency rule: frontends → session → {policy, audit, backends}; nothing calls back up.
+//! Front ends and backends share only the protocol-neutral vocabulary in `fs`.
 
 pub mod admin;
 pub mod audit;
@@ -11,6 +12,7 @@ pub mod backends;
 pub mod defender;
 pub mod demo;
 pub mod frontends;
+pub mod fs;
 pub mod fuzz;
 pub mod gateway;
 pub mod login;

@@ -23,126 +23,12 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     audit::{Confidence, Direction, Event},
-    backends::{
-        Backend, BackendFile, DirEntry, FileAttrs, FsError, OpenMode, VfsStats, ftps::FtpsBackend,
-        sftp::SftpBackend,
-    },
+    backends::{Backend, BackendFile, ftps::FtpsBackend, sftp::SftpBackend},
+    fs::{DirEntry, FileAttrs, FileOp, FsError, OpOutput, OpenMode},
     policy::{Location, VPath},
     runtime::{BackendSpec, EndpointSpec, UserEntry},
     state::Shared,
 };
-
-/// A file operation in protocol-neutral terms. Paths are as the client sent them.
-#[derive(Debug)]
-pub enum FileOp {
-    Open {
-        path: String,
-        mode: OpenMode,
-    },
-    Read {
-        handle: u64,
-        offset: u64,
-        len: u32,
-    },
-    Write {
-        handle: u64,
-        offset: u64,
-        data: Bytes,
-    },
-    Close {
-        handle: u64,
-    },
-    OpenDir {
-        path: String,
-    },
-    ReadDir {
-        handle: u64,
-    },
-    Stat {
-        path: String,
-        follow: bool,
-    },
-    FStat {
-        handle: u64,
-    },
-    SetStat {
-        path: String,
-        attrs: FileAttrs,
-    },
-    FSetStat {
-        handle: u64,
-        attrs: FileAttrs,
-    },
-    Remove {
-        path: String,
-    },
-    Mkdir {
-        path: String,
-        attrs: FileAttrs,
-    },
-    Rmdir {
-        path: String,
-    },
-    /// Without `overwrite` an existing `to` is refused (SFTP v3); with it, `to` is replaced
-    /// if the user may also delete it (`posix-rename@openssh.com`, FTP `RNTO`).
-    Rename {
-        from: String,
-        to: String,
-        overwrite: bool,
-    },
-    RealPath {
-        path: String,
-    },
-    /// File-system figures (`statvfs@openssh.com`).
-    StatVfs {
-        path: String,
-    },
-    /// Flush a file written through `handle` (`fsync@openssh.com`).
-    Fsync {
-        handle: u64,
-    },
-}
-
-impl FileOp {
-    pub fn name(&self) -> &'static str {
-        match self {
-            FileOp::Open { .. } => "open",
-            FileOp::Read { .. } => "read",
-            FileOp::Write { .. } => "write",
-            FileOp::Close { .. } => "close",
-            FileOp::OpenDir { .. } => "opendir",
-            FileOp::ReadDir { .. } => "readdir",
-            FileOp::Stat { follow: true, .. } => "stat",
-            FileOp::Stat { follow: false, .. } => "lstat",
-            FileOp::FStat { .. } => "fstat",
-            FileOp::SetStat { .. } => "setstat",
-            FileOp::FSetStat { .. } => "fsetstat",
-            FileOp::Remove { .. } => "remove",
-            FileOp::Mkdir { .. } => "mkdir",
-            FileOp::Rmdir { .. } => "rmdir",
-            FileOp::Rename { .. } => "rename",
-            FileOp::RealPath { .. } => "realpath",
-            FileOp::StatVfs { .. } => "statvfs",
-            FileOp::Fsync { .. } => "fsync",
-        }
-    }
-
-    fn is_data(&self) -> bool {
-        matches!(self, FileOp::Read { .. } | FileOp::Write { .. })
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum OpOutput {
-    Handle(u64),
-    Data(Bytes),
-    Eof,
-    Done,
-    Attrs(FileAttrs),
-    Entries(Vec<DirEntry>),
-    Path(String),
-    VfsStats(VfsStats),
-}
 
 /// Open handles (files and directories) a session may hold at once. Each open file may be a
 /// backend connection of its own (FTPS), so this bounds what one session can make the

@@ -3,7 +3,7 @@
 
 use russh_sftp::protocol::FileAttributes;
 
-use crate::backends::FileAttrs;
+use crate::fs::FileAttrs;
 
 pub fn from_wire(a: &FileAttributes) -> FileAttrs {
     FileAttrs {

@@ -26,7 +26,8 @@ use tokio::{
 };
 use tokio_rustls::TlsConnector;
 
-use super::{Backend, BackendFile, DirEntry, FileAttrs, FsError, OpenMode};
+use super::{Backend, BackendFile};
+use crate::fs::{DirEntry, FileAttrs, FsError, OpenMode, listable};
 
 /// How to reach one FTPS endpoint, compiled from config.
 pub struct FtpsSpec {
@@ -237,7 +238,7 @@ fn attrs_of(f: &File) -> FileAttrs {
 
 /// The entries of a backend listing: `MLSD` fact lines, or `LIST` lines in the Unix shape
 /// (DOS shape as a fallback). Lines that parse as neither are left out, and so are names that
-/// are not [`listable`](super::listable). `now` dates
+/// are not [`listable`](listable). `now` dates
 /// `LIST` lines that give a time instead of a year.
 pub fn listing(mlsd: bool, lines: &[String], now: chrono::DateTime<chrono::Utc>) -> Vec<DirEntry> {
     lines
@@ -257,7 +258,7 @@ pub fn listing(mlsd: bool, lines: &[String], now: chrono::DateTime<chrono::Utc>)
                 })
             }
         })
-        .filter(|e| super::listable(&e.name))
+        .filter(|e| listable(&e.name))
         .collect()
 }
 

@@ -17,7 +17,8 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Backend, BackendFile, DirEntry, FileAttrs, FsError, OpenMode, VfsStats};
+use super::{Backend, BackendFile};
+use crate::fs::{DirEntry, FileAttrs, FsError, OpenMode, VfsStats};
 
 pub struct LocalBackend {
     root: PathBuf,

@@ -19,7 +19,8 @@ use russh_sftp::{
 };
 use tokio::{net::TcpStream, sync::Mutex};
 
-use super::{Backend, BackendFile, DirEntry, FileAttrs, FsError, OpenMode, VfsStats};
+use super::{Backend, BackendFile};
+use crate::fs::{DirEntry, FileAttrs, FsError, OpenMode, VfsStats, listable};
 use crate::{
     audit::{Auditor, Event},
     sftp_wire::{from_wire, to_wire},
@@ -427,7 +428,7 @@ impl Backend for SftpBackend {
                 Ok(name) => out.extend(
                     name.files
                         .into_iter()
-                        .filter(|f| super::listable(&f.filename))
+                        .filter(|f| listable(&f.filename))
                         .map(|f| DirEntry {
                             attrs: from_wire(&f.attrs),
                             name: f.filename,

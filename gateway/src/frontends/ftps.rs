@@ -35,10 +35,10 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use crate::{
     audit::Event,
     auth::{Method, Progress},
-    backends::{FileAttrs, FsError, OpenMode},
+    fs::{FileAttrs, FileOp, FsError, OpOutput, OpenMode},
     login::{Attempt, reason},
     runtime::UserEntry,
-    session::{FileOp, OpOutput, Session},
+    session::Session,
     state::{Shared, Slot},
     tls::{self, LiveCert},
 };

@@ -53,10 +53,10 @@ use tokio::{io::AsyncReadExt, net::TcpStream, sync::mpsc};
 use crate::{
     audit::Event,
     auth::{self, Method, Progress, TotpOutcome},
-    backends::{FsError, OpenMode},
+    fs::{FileOp, FsError, OpOutput, OpenMode},
     login::{Attempt, reason},
     runtime::{Runtime, UserEntry},
-    session::{FileOp, OpOutput, Session},
+    session::Session,
     sftp_wire::{from_wire, to_wire},
     state::{Shared, Slot},
 };
