@@ -315,6 +315,33 @@ def test_openssh_extensions_statvfs_fsync_limits(gw, tmp_path):
     gw.sftp("alice", "ls /vs\n", password="alice-pw")
 
 
+def test_openssh_hard_links_where_the_role_allows_them(gw, vsftpd, tmp_path):
+    """OpenSSH's `ln` (hardlink@openssh.com): the verb `link` on both names, a second name for
+    the same inode on the local and sshd endpoints, never replacing a name; refused where the
+    role lacks `link` (/vs), with the denial audited."""
+    src = tmp_path / "h.bin"
+    digest = make_file(src, 100_001)
+    for mount, root in (("local", gw.local), ("sftp", gw.sftp_data)):
+        gw.sftp("alice", f"put {src} /{mount}/h.bin\nln /{mount}/h.bin /{mount}/h2.bin\n",
+                password="alice-pw")
+        assert os.stat(root / "h.bin").st_ino == os.stat(root / "h2.bin").st_ino, mount
+        assert sha256_file(root / "h2.bin") == digest
+        # An existing name is never replaced.
+        (root / "taken.bin").write_bytes(b"keep")
+        r = gw.sftp("alice", f"ln /{mount}/h.bin /{mount}/taken.bin\n", password="alice-pw", check=False)
+        assert r.returncode != 0, (r.stdout + r.stderr).decode()
+        assert (root / "taken.bin").read_bytes() == b"keep"
+        gw.wait_event("request", op="hardlink", path=f"/{mount}/h.bin", result="ok")
+    # Across endpoints: refused, nothing made.
+    r = gw.sftp("alice", "ln /local/h.bin /sftp/x.bin\n", password="alice-pw", check=False)
+    assert r.returncode != 0 and not (gw.sftp_data / "x.bin").exists()
+    # /vs grants no `link`: denied by policy, audited, and the session goes on.
+    (vsftpd.root / "l.txt").write_bytes(b"l")
+    r = gw.sftp("alice", "ln /vs/l.txt /vs/l2.txt\n", password="alice-pw", check=False)
+    assert r.returncode != 0 and not (vsftpd.root / "l2.txt").exists()
+    gw.wait_event("policyDenied", op="link", path="/vs/l.txt")
+
+
 def test_times_and_modes_through_an_ftps_backend(gw, vsftpd, tmp_path):
     """SFTP setstat of times and modes on an FTP endpoint: MFMT, or MDTM with a time
     (vsftpd), and SITE CHMOD. rclone's SetModTime and OpenSSH `put -p` depend on it."""

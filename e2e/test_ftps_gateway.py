@@ -95,9 +95,9 @@ def gw(pki, vsftpd, vsftpd_implicit, sshd, passwords):
             vsftpd_implicit.endpoint("vsftpd-implicit"),
         ],
         "roles": [{"name": "all", "mounts": [
-            {"path": "/sftp", "endpoint": "sshd", "backendPath": str(sftp_data), "verbs": ALL_VERBS[:-1]},
+            {"path": "/sftp", "endpoint": "sshd", "backendPath": str(sftp_data), "verbs": ALL_VERBS[:-1] + ["link"]},
             {"path": "/vs", "endpoint": "vsftpd", "verbs": ALL_VERBS, "siteCommands": ["HELP", "CHMOD"]},
-            {"path": "/local", "endpoint": "local", "verbs": ALL_VERBS[:-1]},
+            {"path": "/local", "endpoint": "local", "verbs": ALL_VERBS[:-1] + ["link"]},
             {"path": "/vsi", "endpoint": "vsftpd-implicit", "verbs": ALL_VERBS[:-1]},
         ]}],
         "users": [

@@ -195,6 +195,18 @@ pub enum FileOp {
     Fsync {
         handle: u64,
     },
+    /// A second name `to` for the file `from` (`hardlink@openssh.com`).
+    Hardlink {
+        from: String,
+        to: String,
+    },
+    /// An FTP `SITE <command>` from the client's directory `cwd`, passed to the endpoint
+    /// where a role allows the subcommand. `SITE CHMOD` is not one: front ends send it as a
+    /// `SetStat` (see `session::site_chmod`).
+    Site {
+        cwd: String,
+        command: String,
+    },
 }
 
 impl FileOp {
@@ -218,6 +230,8 @@ impl FileOp {
             FileOp::RealPath { .. } => "realpath",
             FileOp::StatVfs { .. } => "statvfs",
             FileOp::Fsync { .. } => "fsync",
+            FileOp::Site { .. } => "site",
+            FileOp::Hardlink { .. } => "hardlink",
         }
     }
 
@@ -236,4 +250,9 @@ pub enum OpOutput {
     Entries(Vec<DirEntry>),
     Path(String),
     VfsStats(VfsStats),
+    /// The endpoint's reply to a `SITE` command, whatever its code.
+    SiteReply {
+        code: u16,
+        text: String,
+    },
 }

@@ -224,6 +224,19 @@ struct Target {
     max_file_bytes: Option<u64>,
 }
 
+impl From<crate::policy::Allowed<'_>> for Target {
+    fn from(a: crate::policy::Allowed<'_>) -> Target {
+        Target {
+            endpoint: a.mount.endpoint.clone(),
+            base: a.mount.backend_path.clone(),
+            backend_path: a.backend_path,
+            rule: a.rule,
+            umask: a.mount.umask,
+            max_file_bytes: a.mount.max_file_bytes,
+        }
+    }
+}
+
 /// A session's connection to an endpoint, with the endpoint config it was made from.
 type CachedBackend = (Arc<EndpointSpec>, Arc<dyn Backend>);
 
@@ -329,7 +342,10 @@ impl Session {
         let name = op.name();
         let data = op.is_data();
         let (path, target) = match &op {
-            FileOp::Rename { from, to, .. } => (Some(from.clone()), Some(to.clone())),
+            FileOp::Rename { from, to, .. } | FileOp::Hardlink { from, to } => {
+                (Some(from.clone()), Some(to.clone()))
+            }
+            FileOp::Site { cwd, command } => (Some(cwd.clone()), Some(command.clone())),
             FileOp::Open { path, .. }
             | FileOp::OpenDir { path }
             | FileOp::Stat { path, .. }
@@ -563,6 +579,22 @@ impl Session {
                     .await?;
                 Ok(OpOutput::Done)
             }
+            FileOp::Hardlink { from, to } => {
+                // Both names get the verb: the link shares the bytes of `from` under `to`.
+                let a = self.target(Verb::Link, &from, rule)?;
+                let b = self.target(Verb::Link, &to, rule)?;
+                if a.endpoint != b.endpoint {
+                    return Err(FsError::Unsupported(
+                        "a hard link cannot cross endpoints".into(),
+                    ));
+                }
+                self.confined(&b).await?;
+                self.confined(&a)
+                    .await?
+                    .hardlink(&a.backend_path, &b.backend_path)
+                    .await?;
+                Ok(OpOutput::Done)
+            }
             FileOp::StatVfs { path } => {
                 let t = self.target(Verb::List, &path, rule)?;
                 let b = self.confined(&t).await?;
@@ -575,6 +607,10 @@ impl Session {
                 }
                 f.file.fsync().await?;
                 Ok(OpOutput::Done)
+            }
+            FileOp::Site { cwd, command } => {
+                let (code, text) = self.site(&cwd, &command, rule).await?;
+                Ok(OpOutput::SiteReply { code, text })
             }
         }
     }
@@ -863,88 +899,58 @@ impl Session {
     /// confined, and sent as the backend path. Any other subcommand is sent from the cwd's
     /// backend directory and may not carry an argument that names a path (`/`, `\`, `..`).
     /// `SITE CHMOD` is not sent here: front ends run it as a SETSTAT ([`site_chmod`]).
-    pub async fn site(&self, cwd: &str, command: &str) -> Result<(u16, String), FsError> {
-        let mut rule = None;
-        let result = async {
-            let user = self.user()?;
-            let words: Vec<&str> = command.split_whitespace().collect();
-            let word = words.first().copied().unwrap_or("").to_ascii_uppercase();
-            let takes_path = matches!(word.as_str(), "CHGRP" | "CHOWN");
-            let vpath = if takes_path {
-                // The path is the rest of the line after one space: names may hold spaces.
-                let Some((_, path)) = site_path_args(command) else {
-                    return Err(FsError::BadPath(format!(
-                        "SITE {word} takes two arguments: SITE {word} <owner> <path>"
-                    )));
-                };
-                parse(&crate::policy::join(cwd, path))?
-            } else {
-                if let Some(a) = words[1..]
-                    .iter()
-                    .find(|a| a.contains('/') || a.contains('\\') || a.contains(".."))
-                {
-                    let why = format!(
-                        "SITE {word}: argument {a:?} names a path; only CHMOD, CHGRP and CHOWN take one"
-                    );
-                    self.deny(Verb::Site, &parse(cwd)?, &why);
-                    return Err(FsError::Denied(why));
-                }
-                parse(cwd)?
+    async fn site(
+        &self,
+        cwd: &str,
+        command: &str,
+        rule: &mut Option<String>,
+    ) -> Result<(u16, String), FsError> {
+        let user = self.user()?;
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let word = words.first().copied().unwrap_or("").to_ascii_uppercase();
+        let takes_path = matches!(word.as_str(), "CHGRP" | "CHOWN");
+        let vpath = if takes_path {
+            // The path is the rest of the line after one space: names may hold spaces.
+            let Some((_, path)) = site_path_args(command) else {
+                return Err(FsError::BadPath(format!(
+                    "SITE {word} takes two arguments: SITE {word} <owner> <path>"
+                )));
             };
-            let authorized = user.tree.authorize_site(&vpath, command).and_then(|a| {
-                if takes_path {
-                    user.tree.authorize(Verb::Setattr, &vpath)?;
-                }
-                Ok(a)
-            });
-            let t = match authorized {
-                Ok(a) => Target {
-                    endpoint: a.mount.endpoint.clone(),
-                    base: a.mount.backend_path.clone(),
-                    backend_path: a.backend_path,
-                    rule: a.rule,
-                    umask: a.mount.umask,
-                    max_file_bytes: a.mount.max_file_bytes,
-                },
-                Err(denied) => {
-                    self.deny(Verb::Site, &vpath, &denied.0);
-                    return Err(FsError::Denied(denied.0));
-                }
-            };
-            rule = Some(t.rule.clone());
-            let backend = self.confined(&t).await?;
-            if takes_path {
-                let sent = format!("{word} {} {}", words[1], t.backend_path);
-                backend.site(&t.base, &sent).await
-            } else {
-                backend.site(&t.backend_path, command).await
+            parse(&crate::policy::join(cwd, path))?
+        } else {
+            if let Some(a) = words[1..]
+                .iter()
+                .find(|a| a.contains('/') || a.contains('\\') || a.contains(".."))
+            {
+                let why = format!(
+                    "SITE {word}: argument {a:?} names a path; only CHMOD, CHGRP and CHOWN take one"
+                );
+                self.deny(Verb::Site, &parse(cwd)?, &why);
+                return Err(FsError::Denied(why));
             }
+            parse(cwd)?
+        };
+        let authorized = user.tree.authorize_site(&vpath, command).and_then(|a| {
+            if takes_path {
+                user.tree.authorize(Verb::Setattr, &vpath)?;
+            }
+            Ok(a)
+        });
+        let t = match authorized {
+            Ok(a) => Target::from(a),
+            Err(denied) => {
+                self.deny(Verb::Site, &vpath, &denied.0);
+                return Err(FsError::Denied(denied.0));
+            }
+        };
+        *rule = Some(t.rule.clone());
+        let backend = self.confined(&t).await?;
+        if takes_path {
+            let sent = format!("{word} {} {}", words[1], t.backend_path);
+            backend.site(&t.base, &sent).await
+        } else {
+            backend.site(&t.backend_path, command).await
         }
-        .await;
-        self.shared.metrics.op(
-            "site",
-            match &result {
-                Ok(_) => "ok",
-                Err(FsError::Denied(_)) => "denied",
-                Err(_) => "error",
-            },
-        );
-        self.shared
-            .audit
-            .emit(Event::Request {
-                session: self.id.clone(),
-                user: self.user.clone(),
-                op: "site",
-                path: Some(cwd.to_owned()),
-                target: Some(command.to_owned()),
-                result: match &result {
-                    Ok(_) => "ok".to_owned(),
-                    Err(e) => e.to_string(),
-                },
-                rule,
-            })
-            .await;
-        result
     }
 
     /// Ends the session: open files are closed and audited as abandoned (NoEOF).
@@ -1092,14 +1098,7 @@ impl Session {
     /// of a denial is queued without waiting (see `deny`).
     fn authorize(&self, user: &UserEntry, verb: Verb, path: &VPath) -> Result<Target, FsError> {
         match user.tree.authorize(verb, path) {
-            Ok(a) => Ok(Target {
-                endpoint: a.mount.endpoint.clone(),
-                base: a.mount.backend_path.clone(),
-                backend_path: a.backend_path,
-                rule: a.rule,
-                umask: a.mount.umask,
-                max_file_bytes: a.mount.max_file_bytes,
-            }),
+            Ok(a) => Ok(Target::from(a)),
             Err(denied) => {
                 self.deny(verb, path, &denied.0);
                 Err(FsError::Denied(denied.0))
@@ -1311,7 +1310,7 @@ users:
   - {{name: alice, passwordHash: "{hash}", zones: [lo], roles: [rw, ro, drop]}}
 roles:
   - name: rw
-    mounts: [{{path: /in, endpoint: disk, backendPath: /in, verbs: [list, read, write, mkdir, rmdir, rename, setattr]}}]
+    mounts: [{{path: /in, endpoint: disk, backendPath: /in, verbs: [list, read, write, mkdir, rmdir, rename, setattr, link]}}]
   - name: ro
     mounts: [{{path: /ro, endpoint: disk, backendPath: /ro, verbs: [list, read]}}]
   - name: drop
@@ -1552,12 +1551,45 @@ audit: {{stdout: false, file: "{audit}"}}
                 denied,
                 Some("setattr"),
             ),
+            (
+                FileOp::Hardlink {
+                    from: "/in/b.txt".into(),
+                    to: "/in/c.txt".into(),
+                },
+                ok,
+                None,
+            ),
+            (
+                FileOp::Hardlink {
+                    from: "/ro/readme.txt".into(),
+                    to: "/in/r.txt".into(),
+                },
+                denied,
+                Some("link"),
+            ),
+            (
+                FileOp::Site {
+                    cwd: "/ro".into(),
+                    command: "HELP".into(),
+                },
+                denied,
+                Some("site"),
+            ),
+            (
+                FileOp::Site {
+                    cwd: "/in".into(),
+                    command: "UMASK ../x".into(),
+                },
+                denied,
+                Some("site"),
+            ),
         ];
         let mut expected_denials = Vec::new();
         for (op, check, verb) in table {
             let shown = format!("{op:?}");
             let path = match &op {
                 FileOp::Rename { to, .. } => to.clone(),
+                FileOp::Hardlink { from, .. } => from.clone(),
                 FileOp::OpenDir { path }
                 | FileOp::Open { path, .. }
                 | FileOp::Remove { path }
@@ -1566,6 +1598,7 @@ audit: {{stdout: false, file: "{audit}"}}
                 | FileOp::Stat { path, .. }
                 | FileOp::StatVfs { path }
                 | FileOp::SetStat { path, .. } => path.clone(),
+                FileOp::Site { cwd, .. } => cwd.clone(),
                 _ => unreachable!(),
             };
             let r = f.session.execute(op).await;
@@ -1594,8 +1627,11 @@ audit: {{stdout: false, file: "{audit}"}}
         assert_eq!(denials.len(), expected_denials.len(), "{denials:?}");
         // Every request, allowed or not, has its record with the outcome.
         let requests = records.iter().filter(|r| r["event"] == "request").count();
-        assert!(requests >= 19, "{requests} request records");
-        assert_eq!(f.names("in"), ["b.txt"]);
+        assert!(requests >= 23, "{requests} request records");
+        assert_eq!(f.names("in"), ["b.txt", "c.txt"]);
+        let meta = |n: &str| std::fs::metadata(f.root.join(n)).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(meta("in/b.txt").ino(), meta("in/c.txt").ino());
         assert_eq!(f.names("ro"), ["readme.txt"]);
     }
 

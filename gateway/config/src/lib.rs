@@ -410,10 +410,13 @@ pub enum Verb {
     Setattr,
     /// Send allow-listed FTP `SITE` subcommands to the endpoint.
     Site,
+    /// Make hard links (`hardlink@openssh.com`); needed on both names, which must be on one
+    /// endpoint.
+    Link,
 }
 
 impl Verb {
-    pub const ALL: [Verb; 9] = [
+    pub const ALL: [Verb; 10] = [
         Verb::List,
         Verb::Read,
         Verb::Write,
@@ -423,6 +426,7 @@ impl Verb {
         Verb::Rename,
         Verb::Setattr,
         Verb::Site,
+        Verb::Link,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -436,6 +440,7 @@ impl Verb {
             Verb::Rename => "rename",
             Verb::Setattr => "setattr",
             Verb::Site => "site",
+            Verb::Link => "link",
         }
     }
 }

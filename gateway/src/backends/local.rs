@@ -401,6 +401,12 @@ impl Backend for LocalBackend {
         .await
     }
 
+    async fn hardlink(&self, from: &str, to: &str) -> Result<(), FsError> {
+        let (a, b) = (self.resolve(from)?, self.resolve(to)?);
+        // linkat without AT_SYMLINK_FOLLOW: a symlink is linked as itself, never its target.
+        blocking(move || Ok(fs::hard_link(&a, &b)?)).await
+    }
+
     async fn statvfs(&self, path: &str) -> Result<VfsStats, FsError> {
         let p = self.resolve_follow(path)?;
         blocking(move || {

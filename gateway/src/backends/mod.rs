@@ -63,6 +63,12 @@ pub trait Backend: Send + Sync {
     /// `AlreadyExists` on every backend (SFTP v3 `RENAME`); with it, `to` is replaced
     /// (`posix-rename@openssh.com`, FTP `RNTO`).
     async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<(), FsError>;
+    /// Makes `to` a second name for the file `from`; never replaces an existing `to`.
+    async fn hardlink(&self, _from: &str, _to: &str) -> Result<(), FsError> {
+        Err(FsError::Unsupported(
+            "this endpoint cannot make hard links".into(),
+        ))
+    }
     /// Figures of the file system holding `path`.
     async fn statvfs(&self, _path: &str) -> Result<VfsStats, FsError> {
         Err(FsError::Unsupported(

@@ -504,6 +504,17 @@ impl Backend for SftpBackend {
         exists_or(&conn, to, r.map(drop).map_err(map_err)).await
     }
 
+    async fn hardlink(&self, from: &str, to: &str) -> Result<(), FsError> {
+        let conn = self.conn().await?;
+        let r = conn
+            .sftp
+            .hardlink(from, to)
+            .await
+            .map(drop)
+            .map_err(map_err);
+        exists_or(&conn, to, r).await
+    }
+
     async fn statvfs(&self, path: &str) -> Result<VfsStats, FsError> {
         let conn = self.conn().await?;
         let v = conn.sftp.statvfs(path).await.map_err(map_err)?;

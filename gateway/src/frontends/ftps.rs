@@ -934,9 +934,21 @@ impl Conn {
                     };
                     self.simple(op, 200, "SITE CHMOD command successful").await
                 }
-                None => match self.session().site(&self.cwd, s.trim()).await {
-                    Ok((code, text)) if (200..600).contains(&code) => Reply::new(code, text),
-                    Ok((code, _)) => Reply::new(451, format!("The endpoint answered {code}")),
+                None => match self
+                    .session()
+                    .execute(FileOp::Site {
+                        cwd: self.cwd.clone(),
+                        command: s.trim().to_owned(),
+                    })
+                    .await
+                {
+                    Ok(OpOutput::SiteReply { code, text }) if (200..600).contains(&code) => {
+                        Reply::new(code, text)
+                    }
+                    Ok(OpOutput::SiteReply { code, .. }) => {
+                        Reply::new(451, format!("The endpoint answered {code}"))
+                    }
+                    Ok(other) => Reply::new(451, format!("unexpected result {other:?}")),
                     Err(FsError::Denied(why)) => Reply::new(550, format!("SITE refused: {why}")),
                     Err(FsError::Unsupported(why)) => Reply::new(504, why),
                     Err(e) => fs_reply(&e),

@@ -1084,6 +1084,7 @@ const EXTENSIONS: &[(&str, &str)] = &[
     ("statvfs@openssh.com", "2"),
     ("fsync@openssh.com", "1"),
     ("limits@openssh.com", "1"),
+    ("hardlink@openssh.com", "1"),
 ];
 
 /// The server's `SSH_FXP_VERSION`: version 3 and the extensions above.
@@ -1155,6 +1156,10 @@ fn decode_extended(e: russh_sftp::protocol::Extended) -> Decoded {
                 },
             ),
             _ => return malformed("posix-rename"),
+        },
+        "hardlink@openssh.com" => match (ext_string(&mut data), ext_string(&mut data)) {
+            (Some(from), Some(to)) => (Kind::Status, FileOp::Hardlink { from, to }),
+            _ => return malformed("hardlink"),
         },
         "statvfs@openssh.com" => match ext_string(&mut data) {
             Some(path) => (Kind::Extended, FileOp::StatVfs { path }),

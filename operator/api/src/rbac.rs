@@ -192,4 +192,8 @@ pub enum Verb {
     Setattr,
     /// Send the allow-listed FTP `SITE` subcommands (`siteCommands`) to an FTPS endpoint.
     Site,
+    /// Make hard links (SFTP `hardlink@openssh.com`); needed on both names, which must be on
+    /// one endpoint. A hard link is a second name for the same bytes, so grant it only where
+    /// both names may share them.
+    Link,
 }

@@ -876,6 +876,7 @@ fn verb(v: Verb) -> config::Verb {
         Verb::Rename => config::Verb::Rename,
         Verb::Setattr => config::Verb::Setattr,
         Verb::Site => config::Verb::Site,
+        Verb::Link => config::Verb::Link,
     }
 }
 
