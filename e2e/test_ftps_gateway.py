@@ -735,6 +735,48 @@ def test_unreachable_backend_is_a_clear_error(gw):
         wait_reloads(gw, reloads + 3)
 
 
+def test_listener_tls_follows_a_reload_and_open_sessions_keep_theirs(gw):
+    """A listener's TLS config is built once per config generation, not per connection, and a
+    reload rebuilds it: raising the floor to TLS 1.3 refuses a new TLS 1.2 handshake at once,
+    while a session opened before goes on, its data connections included."""
+    listener = gw.config["listeners"][1]
+    assert listener["name"] == "ftps"
+    old = listener["tls"]
+    reloads = len(gw.events("configReloaded"))
+
+    def tls12_login():
+        f = ReusingFTP_TLS(context=tls_context(gw.pki.ca), timeout=30)
+        f.context.maximum_version = ssl.TLSVersion.TLSv1_2
+        f.connect("localhost", gw.ftps_port)
+        f.auth()
+        f.login("alice", "alice-pw")
+        f.prot_p()
+        return f
+
+    before = tls12_login()
+    assert before.sock.version() == "TLSv1.2"
+    try:
+        listener["tls"] = {**old, "minVersion": "1.3"}
+        gw.write_config(gw.config)
+        wait_reloads(gw, reloads + 1)
+        with pytest.raises((ssl.SSLError, ConnectionError, EOFError)):
+            tls12_login()
+        f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+        assert f.sock.version() == "TLSv1.3"
+        f.quit()
+        before.storbinary("STOR /local/tls12.txt", open_bytes(b"still here"))
+        assert (gw.local / "tls12.txt").read_bytes() == b"still here"
+        assert before.sendcmd("NOOP").startswith("200")
+    finally:
+        before.quit()
+        listener["tls"] = old
+        gw.write_config(gw.config)
+        wait_reloads(gw, reloads + 2)
+    after = tls12_login()
+    assert after.sock.version() == "TLSv1.2"
+    after.quit()
+
+
 def wait_reloads(gw, n: int) -> None:
     deadline = time.monotonic() + 15
     while len(gw.events("configReloaded")) < n:
