@@ -31,6 +31,17 @@ pub enum Action {
     /// A command for a logged-in user with the data channel protected; the session
     /// authorizes and runs it.
     Forward(Command),
+    /// A transfer (`RETR`, `STOR`, `APPE`, `LIST`, `NLST`, `MLSD`) with the settings in force:
+    /// the offset of the `REST` before it (0 without one; the transfer uses it up) and the
+    /// representation type.
+    Transfer {
+        command: Command,
+        rest: u64,
+        binary: bool,
+    },
+    /// `RNTO` right after an `RNFR` the session accepted (see [`Control::rename_from`]):
+    /// rename `from` (as the session resolved it) to `to` (as the client sent it).
+    Rename { from: String, to: String },
     /// Refused before login or TLS, for the audit log: the verb and the reply code sent.
     Refused { verb: &'static str, code: u16 },
     /// Send the reply, then close the connection.
@@ -59,28 +70,42 @@ enum State {
     /// `QUIT`.
     Cleartext,
     /// TLS is up; no user yet.
-    Secured {
-        prot: Protection,
-    },
+    Secured { prot: Protection },
     /// `USER` was handed to the session; waiting for [`Control::identified`].
-    Identifying {
-        prot: Protection,
-        user: String,
-    },
+    Identifying { prot: Protection, user: String },
     /// `USER` was given; a password must follow.
-    User {
-        prot: Protection,
-        user: String,
-    },
+    User { prot: Protection, user: String },
     /// `PASS` was handed to the session; waiting for [`Control::login_result`].
-    Checking {
-        prot: Protection,
-        user: String,
-    },
+    Checking { prot: Protection, user: String },
     LoggedIn {
         prot: Protection,
         user: String,
+        settings: Settings,
     },
+}
+
+/// What a logged-in connection remembers between commands.
+#[derive(Debug)]
+struct Settings {
+    /// `TYPE I` (the default) or `TYPE A`.
+    binary: bool,
+    /// The offset of a `REST`, for the next transfer.
+    rest: u64,
+    /// After `EPSV ALL` only `EPSV` may set up a data connection (RFC 2428 §4).
+    epsv_all: bool,
+    /// The source of an `RNFR` the session accepted; only the very next command may use it.
+    rnfr: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            binary: true,
+            rest: 0,
+            epsv_all: false,
+            rnfr: None,
+        }
+    }
 }
 
 /// One control connection.
@@ -141,6 +166,27 @@ impl Control {
         }
     }
 
+    /// Whether transfers are binary (`TYPE I`, the default) rather than `TYPE A`.
+    pub fn binary(&self) -> bool {
+        match &self.state {
+            State::LoggedIn { settings, .. } => settings.binary,
+            _ => true,
+        }
+    }
+
+    /// The session accepted the `RNFR` it was forwarded (the source exists and is visible):
+    /// `from` is the source as the session resolved it. An `RNTO` must come next; any other
+    /// command forgets it (RFC 959 §4.1.3).
+    pub fn rename_from(&mut self, from: String) -> Reply {
+        match &mut self.state {
+            State::LoggedIn { settings, .. } => {
+                settings.rnfr = Some(from);
+                Reply::new(350, "Ready for RNTO")
+            }
+            _ => Reply::new(503, "Log in first"),
+        }
+    }
+
     /// A line that could not be read: the session stays.
     pub fn on_line_error(&mut self, e: LineError) -> Vec<Action> {
         vec![match e {
@@ -171,7 +217,11 @@ impl Control {
         match std::mem::replace(&mut self.state, State::Cleartext) {
             State::Identifying { prot, user } => match outcome {
                 Identified::Complete => {
-                    self.state = State::LoggedIn { prot, user };
+                    self.state = State::LoggedIn {
+                        prot,
+                        user,
+                        settings: Settings::default(),
+                    };
                     vec![reply(
                         232,
                         "Logged in, authorized by the client certificate",
@@ -193,7 +243,11 @@ impl Control {
     pub fn login_result(&mut self, ok: bool) -> Vec<Action> {
         match std::mem::replace(&mut self.state, State::Cleartext) {
             State::Checking { prot, user } if ok => {
-                self.state = State::LoggedIn { prot, user };
+                self.state = State::LoggedIn {
+                    prot,
+                    user,
+                    settings: Settings::default(),
+                };
                 vec![reply(230, "Logged in")]
             }
             State::Checking { prot, .. } => {
@@ -210,6 +264,11 @@ impl Control {
     /// One parsed command.
     pub fn on_command(&mut self, cmd: Command) -> Vec<Action> {
         use Command::*;
+        // An accepted RNFR is good for the very next command only, whatever it is.
+        let rnfr = match &mut self.state {
+            State::LoggedIn { settings, .. } => settings.rnfr.take(),
+            _ => None,
+        };
         // Valid in every state.
         match &cmd {
             Quit => return vec![Action::Close(Reply::new(221, "Goodbye"))],
@@ -296,16 +355,30 @@ impl Control {
                 State::Identifying { prot, user },
                 vec![reply(503, "Login in progress")],
             ),
-            State::LoggedIn { prot, user } => match cmd {
-                User(_) | Pass(_) => (
-                    State::LoggedIn { prot, user },
-                    vec![reply(503, "Already logged in")],
-                ),
-                other => {
-                    let (prot, a) = protection(prot, other, true);
-                    (State::LoggedIn { prot, user }, a)
-                }
-            },
+            State::LoggedIn {
+                mut prot,
+                user,
+                mut settings,
+            } => {
+                let actions = match cmd {
+                    User(_) | Pass(_) => vec![reply(503, "Already logged in")],
+                    other => {
+                        let (p, a) = protection(prot, other, true);
+                        prot = p;
+                        a.into_iter()
+                            .flat_map(|a| logged_in(&mut settings, rnfr.clone(), a))
+                            .collect()
+                    }
+                };
+                (
+                    State::LoggedIn {
+                        prot,
+                        user,
+                        settings,
+                    },
+                    actions,
+                )
+            }
         };
         self.state = state;
         actions
@@ -358,6 +431,55 @@ fn protection(mut prot: Protection, cmd: Command, logged_in: bool) -> (Protectio
         c => vec![Action::Forward(c)],
     };
     (prot, actions)
+}
+
+/// The logged-in rules for a command that passed [`protection`]: the settings that shape
+/// transfers (`TYPE`, `REST`, `EPSV ALL`) and the `RNFR`/`RNTO` pair are kept here; the rest
+/// goes to the session.
+fn logged_in(s: &mut Settings, rnfr: Option<String>, action: Action) -> Vec<Action> {
+    use Command::*;
+    let Action::Forward(cmd) = action else {
+        return vec![action];
+    };
+    match cmd {
+        Type { binary } => {
+            s.binary = binary;
+            vec![reply(
+                200,
+                if binary {
+                    "Type set to I"
+                } else {
+                    "Type set to A"
+                },
+            )]
+        }
+        Rest(n) => {
+            s.rest = n;
+            vec![Action::Reply(Reply::new(
+                350,
+                format!("Restarting at {n}; send RETR or STOR"),
+            ))]
+        }
+        Epsv { all: true, .. } => {
+            s.epsv_all = true;
+            vec![reply(200, "EPSV ALL accepted")]
+        }
+        Pasv | Port(_) | Eprt(_) if s.epsv_all => {
+            vec![reply(503, "EPSV ALL was sent: only EPSV is accepted")]
+        }
+        Rnto(to) => match rnfr {
+            Some(from) => vec![Action::Rename { from, to }],
+            None => vec![reply(503, "Send RNFR first")],
+        },
+        command @ (Retr(_) | Stor(_) | Appe(_) | List(_) | Nlst(_) | Mlsd(_)) => {
+            vec![Action::Transfer {
+                command,
+                rest: std::mem::take(&mut s.rest),
+                binary: s.binary,
+            }]
+        }
+        other => vec![Action::Forward(other)],
+    }
 }
 
 fn features() -> Reply {
@@ -462,10 +584,98 @@ mod tests {
         assert_eq!(codes(&run(&mut c, "PROT P")), [200]);
         assert_eq!(
             run(&mut c, "RETR /in/a.txt"),
-            [Action::Forward(Command::Retr("/in/a.txt".into()))]
+            [Action::Transfer {
+                command: Command::Retr("/in/a.txt".into()),
+                rest: 0,
+                binary: true
+            }]
         );
         // Non-data commands never needed protection.
         assert_eq!(run(&mut c, "PWD"), [Action::Forward(Command::Pwd)]);
+    }
+
+    fn logged_in() -> Control {
+        let mut c = Control::new(Start::Implicit);
+        run(&mut c, "USER alice");
+        c.identified(Identified::NeedPassword);
+        run(&mut c, "PASS pw");
+        c.login_result(true);
+        run(&mut c, "PBSZ 0");
+        run(&mut c, "PROT P");
+        c
+    }
+
+    fn transfer(a: &[Action]) -> (u64, bool) {
+        match a {
+            [Action::Transfer { rest, binary, .. }] => (*rest, *binary),
+            other => panic!("not a transfer: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rest_and_type_shape_the_next_transfer_only() {
+        let mut c = logged_in();
+        assert_eq!(transfer(&run(&mut c, "RETR a")), (0, true));
+        assert_eq!(codes(&run(&mut c, "REST 100")), [350]);
+        // Commands between REST and the transfer (EPSV, TYPE) keep the offset.
+        assert!(matches!(
+            run(&mut c, "EPSV")[..],
+            [Action::Forward(Command::Epsv { .. })]
+        ));
+        assert_eq!(codes(&run(&mut c, "TYPE A")), [200]);
+        assert!(!c.binary());
+        assert_eq!(transfer(&run(&mut c, "STOR a")), (100, false));
+        // Used up by that transfer.
+        assert_eq!(transfer(&run(&mut c, "RETR a")), (0, false));
+        run(&mut c, "TYPE I");
+        assert_eq!(transfer(&run(&mut c, "LIST")), (0, true));
+    }
+
+    #[test]
+    fn rnto_must_follow_an_accepted_rnfr_at_once() {
+        let mut c = logged_in();
+        assert_eq!(codes(&run(&mut c, "RNTO b")), [503]);
+        // RNFR goes to the session, which checks the source and then accepts it.
+        assert_eq!(
+            run(&mut c, "RNFR a"),
+            [Action::Forward(Command::Rnfr("a".into()))]
+        );
+        assert_eq!(c.rename_from("/in/a".into()).code, 350);
+        assert_eq!(
+            run(&mut c, "RNTO b"),
+            [Action::Rename {
+                from: "/in/a".into(),
+                to: "b".into()
+            }]
+        );
+        // Used once.
+        assert_eq!(codes(&run(&mut c, "RNTO c")), [503]);
+        // Anything in between forgets the source.
+        run(&mut c, "RNFR a");
+        c.rename_from("/in/a".into());
+        assert_eq!(codes(&run(&mut c, "NOOP")), [200]);
+        assert_eq!(codes(&run(&mut c, "RNTO b")), [503]);
+        run(&mut c, "RNFR a");
+        c.rename_from("/in/a".into());
+        run(&mut c, "PWD");
+        assert_eq!(codes(&run(&mut c, "RNTO b")), [503]);
+    }
+
+    #[test]
+    fn after_epsv_all_only_epsv_sets_up_data() {
+        let mut c = logged_in();
+        assert!(matches!(
+            run(&mut c, "PASV")[..],
+            [Action::Forward(Command::Pasv)]
+        ));
+        assert_eq!(codes(&run(&mut c, "EPSV ALL")), [200]);
+        assert_eq!(codes(&run(&mut c, "PASV")), [503]);
+        assert_eq!(codes(&run(&mut c, "PORT 127,0,0,1,4,1")), [503]);
+        assert_eq!(codes(&run(&mut c, "EPRT |1|127.0.0.1|1025|")), [503]);
+        assert!(matches!(
+            run(&mut c, "EPSV")[..],
+            [Action::Forward(Command::Epsv { .. })]
+        ));
     }
 
     #[test]

@@ -75,7 +75,18 @@ pub fn fuzz_control(data: &[u8]) {
                         );
                         let _ = control.login_result(logins.is_multiple_of(2));
                     }
-                    Action::Forward(_) => assert!(control.user().is_some() && control.secured()),
+                    Action::Forward(cmd) => {
+                        assert!(control.user().is_some() && control.secured());
+                        // The session accepts every other RNFR, so that RNTO's rules run too.
+                        if let Command::Rnfr(p) = cmd
+                            && logins.is_multiple_of(2)
+                        {
+                            assert_eq!(control.rename_from(p).code, 350);
+                        }
+                    }
+                    Action::Transfer { .. } | Action::Rename { .. } => {
+                        assert!(control.user().is_some() && control.secured());
+                    }
                     Action::Refused { .. } => {}
                 }
             }

@@ -586,6 +586,25 @@ struct Pump {
 /// Chunks the pump keeps ready: `PUMP_DEPTH × READ_CHUNK` bytes ahead at most.
 const PUMP_DEPTH: usize = 32;
 
+/// The longest an FTP endpoint may take to answer a step of a transfer (open, each write, each
+/// read, the final `226`) before the operation fails. A stalled endpoint must end in a
+/// reported failure, never a transfer that hangs with its client.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn bounded<T>(
+    what: &str,
+    step: impl std::future::Future<Output = Result<T, FsError>>,
+) -> Result<T, FsError> {
+    tokio::time::timeout(IO_TIMEOUT, step)
+        .await
+        .unwrap_or_else(|_| {
+            Err(FsError::Unavailable(format!(
+                "the endpoint did not {what} within {} s",
+                IO_TIMEOUT.as_secs()
+            )))
+        })
+}
+
 async fn pump(
     mut t: Transfer,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, String>>,
@@ -661,6 +680,10 @@ impl FtpsFile {
 
     /// Opens the transfer at `offset` (`REST` when non-zero).
     async fn start(&self, st: &mut FileState, offset: u64) -> Result<(), FsError> {
+        bounded("open the transfer", self.start_unbounded(st, offset)).await
+    }
+
+    async fn start_unbounded(&self, st: &mut FileState, offset: u64) -> Result<(), FsError> {
         let ftp = st
             .ftp
             .as_mut()
@@ -697,9 +720,12 @@ impl FtpsFile {
 
     async fn write_in_order(st: &mut FileState, data: &[u8]) -> Result<(), FsError> {
         let t = st.transfer.as_mut().expect("started");
-        t.write_all(data)
-            .await
-            .map_err(|e| FsError::Unavailable(format!("data connection: {e}")))?;
+        bounded("take the data", async {
+            t.write_all(data)
+                .await
+                .map_err(|e| FsError::Unavailable(format!("data connection: {e}")))
+        })
+        .await?;
         st.pos += data.len() as u64;
         Ok(())
     }
@@ -725,7 +751,8 @@ impl BackendFile for FtpsFile {
                 ));
             }
             let pump = st.pump.as_mut().expect("started");
-            match pump.rx.recv().await {
+            let next = bounded("send data", async { Ok(pump.rx.recv().await) }).await?;
+            match next {
                 Some(Ok(chunk)) => {
                     st.pos += chunk.len() as u64;
                     st.buf.extend_from_slice(&chunk);
@@ -826,17 +853,29 @@ impl BackendFile for FtpsFile {
         };
         let result = match transfer {
             None => Ok(()),
-            Some((t, true)) => t.finish().await.map_err(map_err),
+            Some((t, true)) => {
+                bounded("confirm the transfer", async {
+                    t.finish().await.map_err(map_err)
+                })
+                .await
+            }
             Some((t, false)) => {
                 // A download the client stopped early: abort it at the backend.
                 let ftp = st.ftp.as_mut().expect("connection kept while transferring");
-                ftp.abort(t).await.map_err(map_err)
+                bounded("abort the transfer", async {
+                    ftp.abort(t).await.map_err(map_err)
+                })
+                .await
             }
         };
         let deferred = std::mem::take(&mut *self.deferred.lock().expect("deferred lock poisoned"));
         let result = match (result, st.ftp.as_mut()) {
             (Ok(()), Some(ftp)) if deferred != FileAttrs::default() => {
-                apply_attrs(ftp, &self.path, &deferred).await
+                bounded(
+                    "set the times and mode",
+                    apply_attrs(ftp, &self.path, &deferred),
+                )
+                .await
             }
             (r, _) => r,
         };

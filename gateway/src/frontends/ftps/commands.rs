@@ -82,17 +82,6 @@ impl Conn {
             ),
             Cwd(p) => self.cwd_to(&p).await,
             Cdup => self.cwd_to("..").await,
-            Type { binary } => {
-                self.binary = binary;
-                Reply::new(
-                    200,
-                    if binary {
-                        "Type set to I"
-                    } else {
-                        "Type set to A"
-                    },
-                )
-            }
             Mode(c) if c.eq_ignore_ascii_case(&'S') => Reply::new(200, "Mode set to S"),
             Mode(_) => Reply::new(504, "Only MODE S is supported"),
             Stru(c) if c.eq_ignore_ascii_case(&'F') => Reply::new(200, "Structure set to F"),
@@ -105,15 +94,7 @@ impl Conn {
                 Reply::new(200, "UTF-8 is always on")
             }
             Opts(_) => Reply::new(501, "Unknown option"),
-            Rest(n) => {
-                self.rest = n;
-                Reply::new(350, format!("Restarting at {n}; send RETR or STOR"))
-            }
             Pasv => self.passive(false),
-            Epsv { all: true, .. } => {
-                self.epsv_all = true;
-                Reply::new(200, "EPSV ALL accepted")
-            }
             Epsv {
                 protocol: Some(p), ..
             } if p != 1 && p != 2 => Reply::new(522, "Network protocol not supported, use (1,2)"),
@@ -200,29 +181,10 @@ impl Conn {
             Rnfr(p) => {
                 let path = self.resolve(&p);
                 match self.stat(&path).await {
-                    Ok(_) => {
-                        self.rnfr = Some(path);
-                        Reply::new(350, "Ready for RNTO")
-                    }
+                    Ok(_) => self.control.rename_from(path),
                     Err(e) => fs_reply(&e),
                 }
             }
-            Rnto(p) => match self.rnfr.take() {
-                None => Reply::new(503, "Send RNFR first"),
-                Some(from) => {
-                    self.simple(
-                        FileOp::Rename {
-                            from,
-                            to: self.resolve(&p),
-                            // RNTO replaces, as on the FTP servers users know.
-                            overwrite: true,
-                        },
-                        250,
-                        "Renamed",
-                    )
-                    .await
-                }
-            },
             Site(s) if s.trim().eq_ignore_ascii_case("HELP") => Reply::new(
                 214,
                 "SITE subcommands are passed to the endpoint where a role allows them",
@@ -272,7 +234,14 @@ impl Conn {
                     "Portcullis FTPS gateway status:".into(),
                     format!("Connected from {}", self.peer.ip()),
                     format!("Logged in as {}", self.attempt.user),
-                    format!("TYPE: {}", if self.binary { "BINARY" } else { "ASCII" }),
+                    format!(
+                        "TYPE: {}",
+                        if self.control.binary() {
+                            "BINARY"
+                        } else {
+                            "ASCII"
+                        }
+                    ),
                     format!(
                         "Control and data protected by {}",
                         self.channel.as_deref().unwrap_or("TLS")
@@ -282,15 +251,24 @@ impl Conn {
             ),
             Stat(Some(_)) => Reply::new(502, "STAT with a path is not implemented: use MLST"),
             Abor => Reply::new(226, "No transfer to abort"),
-            cmd @ (List(_) | Nlst(_) | Mlsd(_) | Retr(_) | Stor(_) | Appe(_)) => {
-                return self.transfer(cmd, wire).await;
-            }
+            // TYPE, REST, EPSV ALL, RNTO and the transfers come as their own actions.
             other => Reply::new(502, format!("{} is not implemented", other.verb())),
         };
         match self.reply(wire, r).await {
             Ok(()) => Flow::Continue,
             Err(()) => Flow::End("client closed"),
         }
+    }
+
+    /// `RNTO` after an accepted `RNFR`: replaces an existing name, as on the FTP servers
+    /// users know.
+    pub(super) async fn rename(&self, from: String, to: &str) -> Reply {
+        let op = FileOp::Rename {
+            from,
+            to: self.resolve(to),
+            overwrite: true,
+        };
+        self.simple(op, 250, "Renamed").await
     }
 
     pub(super) async fn simple(&self, op: FileOp, code: u16, text: &str) -> Reply {

@@ -101,9 +101,6 @@ impl Conn {
 
     pub(super) async fn active(&mut self, hp: HostPort) -> Reply {
         self.data = None;
-        if self.epsv_all {
-            return Reply::new(503, "EPSV ALL was sent: only EPSV is accepted");
-        }
         let a = self.ctx.config.active_mode;
         let policy = ActivePolicy {
             enabled: a.enabled,

@@ -111,11 +111,7 @@ struct Conn {
     /// Commands before a login, and how many of them were refused (see `PRE_LOGIN_*`).
     pre_login: (usize, usize),
     cwd: String,
-    binary: bool,
-    rest: u64,
-    rnfr: Option<String>,
     data: Option<DataPlan>,
-    epsv_all: bool,
     last_reply: (u16, String),
     accepted: Instant,
 }
@@ -172,11 +168,7 @@ pub async fn serve_connection(
         failures: 0,
         pre_login: (0, 0),
         cwd: "/".into(),
-        binary: true,
-        rest: 0,
-        rnfr: None,
         data: None,
-        epsv_all: false,
         last_reply: (0, String::new()),
         accepted: Instant::now(),
     };
@@ -422,6 +414,18 @@ impl Conn {
                     Flow::Continue => Ok(()),
                     other => return other,
                 },
+                Action::Transfer {
+                    command,
+                    rest,
+                    binary,
+                } => match self.transfer(command, rest, binary, wire).await {
+                    Flow::Continue => Ok(()),
+                    other => return other,
+                },
+                Action::Rename { from, to } => {
+                    let r = self.rename(from, &to).await;
+                    self.reply(wire, r).await
+                }
             };
             if sent.is_err() {
                 return Flow::End("client closed");

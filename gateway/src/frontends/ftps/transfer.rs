@@ -37,10 +37,11 @@ impl Conn {
     pub(super) async fn transfer<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         cmd: Command,
+        rest: u64,
+        binary: bool,
         wire: &mut Wire<S>,
     ) -> Flow {
         let session = self.session();
-        let rest = std::mem::take(&mut self.rest);
         let (job, what) = match self.prepare(cmd, rest).await {
             Ok(j) => j,
             Err(r) => {
@@ -56,7 +57,7 @@ impl Conn {
                 return self.reply_flow(wire, r).await;
             }
         };
-        let mode = if self.binary { "BINARY" } else { "ASCII" };
+        let mode = if binary { "BINARY" } else { "ASCII" };
         if self
             .reply(
                 wire,
@@ -84,7 +85,6 @@ impl Conn {
                 return self.reply_flow(wire, Reply::new(425, why)).await;
             }
         };
-        let binary = self.binary;
         let work = job
             .clone()
             .run(session.clone(), data, binary, self.data_timeout());
