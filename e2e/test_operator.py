@@ -138,6 +138,15 @@ INVALID = {
     "names on a tlsSecret key ring (accepted and ignored before)": (
         "KeyRing", {"issuer": {"type": "tlsSecret", "secretName": "t"}, "dnsNames": ["ftp.example"]},
         "do not apply to a tlsSecret key ring"),
+    "NodePort with passive ports outside the node port range": (
+        "TransferGateway", {"service": {"type": "NodePort"}, "listeners": [
+            {"name": "a", "protocol": "ftps", "port": 2121, "zones": ["z"], "keyRing": "k",
+             "passivePorts": {"min": 20000, "max": 20003}}]},
+        "passivePorts must lie in the node port range"),
+    "DNS resolver addresses with DNS egress off": (
+        "TransferGateway", {"dns": {"enabled": False, "cidrs": ["169.254.20.10/32"]}, "listeners": [
+            {"name": "a", "protocol": "sftp", "port": 2222, "zones": ["z"]}], "hostKeyRing": "k"},
+        "cidrs apply only while DNS egress is enabled"),
     "CA issuer without a Secret": (
         "KeyRing", {"issuer": {"type": "ca"}},
         "issuer types tlsSecret and ca need secretName"),
@@ -274,6 +283,43 @@ def test_built_objects_field_by_field(cluster, operator):
     assert r.returncode == 0, r.stderr
 
 
+def test_node_port_passive_ports_and_removed_fields_reach_the_cluster(cluster, operator):
+    """Two defects a real cluster showed. A NodePort Service gave the passive ports random node
+    ports, so PASV named ports nobody listened on: they now keep their number. And a field
+    removed from the spec (a Service annotation, a resource limit) never left the built objects,
+    because "the live object has every field we want" held for a subset: now applied."""
+    ns = "examples"
+    cluster.wait_for("gateway", lambda: cluster.get("transfergateway", "dmz", ns))
+
+    def patch(spec: dict) -> None:
+        cluster.kubectl("patch", "transfergateway", "dmz", "--type=merge", "-p",
+                        json.dumps({"spec": spec}), namespace=ns)
+
+    def service():
+        return cluster.get("service", "dmz", ns)
+
+    def container():
+        return cluster.get("deployment", "dmz", ns)["spec"]["template"]["spec"]["containers"][0]
+
+    try:
+        patch({"service": {"type": "NodePort", "annotations": {"lb.example/scheme": "internal"}},
+               "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "2Gi"}}})
+        svc = cluster.wait_for("NodePort Service", lambda: (s := service())["spec"]["type"] == "NodePort"
+                               and s["metadata"].get("annotations", {}).get("lb.example/scheme") and s)
+        pasv = [p for p in svc["spec"]["ports"] if p["name"].startswith("pasv-")]
+        assert len(pasv) == 10 and all(p["nodePort"] == p["port"] for p in pasv), pasv
+        cluster.wait_for("the 2Gi limit", lambda: container()["resources"].get("limits") == {"memory": "2Gi"})
+        # Removed from the spec: gone from the objects.
+        patch({"service": {"annotations": None}, "resources": {"limits": None}})
+        cluster.wait_for("the annotation to go", lambda: "lb.example/scheme" not in
+                         (service()["metadata"].get("annotations") or {}))
+        cluster.wait_for("the limit to go", lambda: "limits" not in container()["resources"])
+    finally:
+        patch({"service": {"type": "ClusterIP", "annotations": None}, "resources": None})
+        cluster.wait_for("ClusterIP again", lambda: service()["spec"]["type"] == "ClusterIP")
+        cluster.wait_for("the default limit", lambda: container()["resources"].get("limits") == {"memory": "1Gi"})
+
+
 def test_reconciling_an_unchanged_world_writes_nothing(cluster, operator):
     ns = "examples"
     kinds = [("deployment", "dmz"), ("service", "dmz"), ("networkpolicy", "dmz"),
@@ -386,6 +432,19 @@ def test_key_ring_issuers_ca_and_tls_secret_and_trust_bundles(cluster, operator)
     assert "ssh_host_ed25519_key" not in data
     conds = {c["type"]: c["status"] for c in st["conditions"]}
     assert conds == {"Ready": "True", "Issuing": "False"}
+
+    # A duration that CEL's duration() accepts means the same to the operator: 1.5h is 1.5h
+    # (it used to fail the operator's own parser and silently become the 90-day default).
+    cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "KeyRing", "metadata": {"name": "fractional"},
+                   "spec": {"issuer": {"type": "ca", "secretName": "corp-ca"}, "dnsNames": ["f.corp.example"],
+                            "duration": "1.5h", "renewBefore": "30m", "sshHostKeys": False}}, ns)
+    cluster.wait_ready("keyring", "fractional", ns)
+    fst = cluster.get("keyring", "fractional", ns)["status"]
+    na = dt.datetime.fromisoformat(fst["notAfter"].replace("Z", "+00:00"))
+    rt = dt.datetime.fromisoformat(fst["renewalTime"].replace("Z", "+00:00"))
+    assert abs((na - rt).total_seconds() - 1800) < 2
+    left = (na - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    assert 5000 < left <= 5400 + 30, left
 
     # tlsSecret: an existing kubernetes.io/tls Secret (as cert-manager keeps) is passed on and
     # followed when it changes.
@@ -650,6 +709,53 @@ def test_leader_election_only_one_operator_reconciles(cluster, operator):
         assert second.metric("portcullis_operator_reconciles_total", controller="transfergateway") > 0
     finally:
         operator.proc, operator.metrics_port = second.proc, second.metrics_port
+
+
+def test_key_ring_secrets_outlive_the_key_ring_unless_asked_and_host_keys_import(cluster, operator, tmp_path):
+    """Partners pin the host keys and trust the CA: deleting a KeyRing keeps its Secrets by
+    default (they were garbage-collected with it), and a KeyRing made again under the same name
+    takes them up. `deletionPolicy: Delete` removes them. Host keys made elsewhere are imported
+    by putting them in the key ring's Secret before the KeyRing exists (docs/kubernetes.md)."""
+    ns = cluster.namespace("retain")
+
+    def ring(name, **spec):
+        cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "KeyRing", "metadata": {"name": name},
+                       "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["r.example"], **spec}}, ns)
+        cluster.wait_ready("keyring", name, ns)
+        return cluster.get("keyring", name, ns)["status"]
+
+    def delete(name):
+        cluster.kubectl("delete", "keyring", name, "--wait=true", namespace=ns)
+
+    first = ring("kept")
+    delete("kept")
+    time.sleep(3)  # time for the garbage collector, had it anything to collect
+    assert cluster.get("secret", "kept-keyring", ns) is not None
+    assert cluster.get("secret", "kept-ca", ns) is not None
+    again = ring("kept")
+    assert again["hostKeyFingerprints"] == first["hostKeyFingerprints"]
+    assert again["caFingerprint"] == first["caFingerprint"]
+
+    ring("gone", deletionPolicy="Delete")
+    delete("gone")
+    for s in ("gone-keyring", "gone-ca"):
+        cluster.wait_for(f"{s} to be collected", lambda: cluster.get("secret", s, ns) is None, timeout=60)
+
+    # Import: an ed25519 host key from elsewhere, in a kubernetes.io/tls Secret of the key
+    # ring's name (any certificate; the operator issues its own).
+    key = tmp_path / "imported"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    fp = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(key) + ".pub"], check=True,
+                        capture_output=True, text=True).stdout.split()[1]
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+            "-subj", "/CN=placeholder", "-keyout", str(tmp_path / "p.key"), "-out", str(tmp_path / "p.crt"))
+    cluster.kubectl("create", "secret", "tls", "imported-keyring", f"--cert={tmp_path / 'p.crt'}",
+                    f"--key={tmp_path / 'p.key'}", namespace=ns)
+    import base64
+    cluster.kubectl("patch", "secret", "imported-keyring", "--type=merge", "-p", json.dumps(
+        {"data": {"ssh_host_ed25519_key": base64.b64encode(key.read_bytes()).decode()}}), namespace=ns)
+    st = ring("imported")
+    assert fp in st["hostKeyFingerprints"], (fp, st["hostKeyFingerprints"])
 
 
 def test_deleting_a_gateway_removes_what_it_owns(cluster, operator):

@@ -49,6 +49,7 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("self.listeners.all(l, self.listeners.exists_one(m, m.port == l.port))").message("listener ports must be unique"))]
 #[x_kube(validation = Rule::new("self.listeners.all(l, l.port != self.adminPort)").message("a listener port must differ from adminPort"))]
 #[x_kube(validation = Rule::new("self.listeners.all(l, self.listeners.all(m, !has(m.passivePorts) || l.port < m.passivePorts.min || l.port > m.passivePorts.max))").message("a listener port must not fall inside a passive port range"))]
+#[x_kube(validation = Rule::new("!has(self.service) || !has(self.service.type) || self.service.type != 'NodePort' || self.listeners.all(l, !has(l.passivePorts) || (l.passivePorts.min >= 30000 && l.passivePorts.max <= 32767))").message("with service type NodePort each passive port is exposed as the node port of the same number (PASV names it), so passivePorts must lie in the node port range 30000-32767"))]
 #[x_kube(validation = Rule::new("!self.listeners.exists(l, l.protocol == 'sftp') || has(self.hostKeyRing)").message("SFTP listeners need hostKeyRing, the KeyRing holding the SSH host keys"))]
 #[serde(rename_all = "camelCase")]
 pub struct TransferGatewaySpec {
@@ -88,6 +89,10 @@ pub struct TransferGatewaySpec {
     /// Brute-force defence; on by default. Bans are shared between the replicas.
     #[serde(default)]
     pub defender: DefenderSpec,
+    /// Where the gateway pods may send DNS queries: the NetworkPolicy's only egress besides
+    /// the endpoints and the other replicas.
+    #[serde(default)]
+    pub dns: DnsEgressSpec,
     /// Seconds that running transfers get to finish when a pod stops.
     #[serde(default = "default_grace")]
     #[schemars(range(min = 0, max = 3600))]
@@ -236,7 +241,10 @@ pub struct PassivePorts {
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// `ClusterIP` (default), `NodePort` or `LoadBalancer`. A LoadBalancer admits only the
-    /// listeners' zones (`loadBalancerSourceRanges`).
+    /// listeners' zones (`loadBalancerSourceRanges`). With `NodePort`, each FTPS passive port
+    /// is the node port of the same number, since `PASV` names the pod's port; the passive
+    /// ranges must then lie in the node port range (30000-32767). The listeners get node
+    /// ports that Kubernetes picks (see the Service).
     #[serde(default, rename = "type")]
     pub type_: ServiceType,
     /// Annotations for the Service, e.g. for a cloud load balancer.
@@ -332,6 +340,59 @@ pub struct DefenderSpec {
     /// NetworkZones never banned, from which a locked user may still log in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub safe_zones: Vec<String>,
+}
+
+/// The DNS servers the gateway pods may query (UDP and TCP 53). By default the cluster DNS:
+/// pods labelled `k8s-app: kube-dns` in the namespace `kube-system`. Name the DNS pods of
+/// another distribution with the two selectors, a node-local cache or external resolvers with
+/// `cidrs`, or turn DNS off where every endpoint is named by address.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.enabled || !has(self.cidrs) || size(self.cidrs) == 0").message("cidrs apply only while DNS egress is enabled"))]
+pub struct DnsEgressSpec {
+    /// DNS egress at all (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Labels of the namespace the DNS pods run in.
+    #[serde(default = "default_dns_namespace")]
+    #[schemars(length(min = 1, max = 16))]
+    pub namespace_labels: BTreeMap<String, String>,
+    /// Labels of the DNS pods.
+    #[serde(default = "default_dns_pods")]
+    #[schemars(length(min = 1, max = 16))]
+    pub pod_labels: BTreeMap<String, String>,
+    /// Resolver addresses outside the pod network (a node-local cache such as
+    /// 169.254.20.10/32, or resolvers in the DMZ), in addition to the DNS pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("every entry must be a CIDR such as 169.254.20.10/32"))]
+    pub cidrs: Vec<String>,
+}
+
+impl Default for DnsEgressSpec {
+    fn default() -> Self {
+        DnsEgressSpec {
+            enabled: true,
+            namespace_labels: default_dns_namespace(),
+            pod_labels: default_dns_pods(),
+            cidrs: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_dns_namespace() -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        "kubernetes.io/metadata.name".to_owned(),
+        "kube-system".to_owned(),
+    )])
+}
+
+fn default_dns_pods() -> BTreeMap<String, String> {
+    BTreeMap::from([("k8s-app".to_owned(), "kube-dns".to_owned())])
 }
 
 /// Audit settings.

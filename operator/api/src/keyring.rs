@@ -77,6 +77,23 @@ pub struct KeyRingSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub backend_cas: Vec<SecretKeyRef>,
+    /// What happens to the key ring's Secrets (`<name>-keyring` with the SSH host keys, and
+    /// `<name>-ca` with a `selfSigned` key ring's CA) when the KeyRing is deleted. `Retain`
+    /// (the default) keeps them: partners pin the host keys and trust the CA, and a KeyRing
+    /// made again under the same name takes them up. `Delete` lets Kubernetes remove them with
+    /// the KeyRing (owner references).
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// What happens to a key ring's Secrets when the KeyRing is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep them.
+    #[default]
+    Retain,
+    /// Remove them with the KeyRing.
+    Delete,
 }
 
 fn yes() -> bool {

@@ -19,11 +19,13 @@ pub use endpoint::{
     TransferEndpoint, TransferEndpointSpec, UploadMode,
 };
 pub use gateway::{
-    ActiveModeSpec, AuditSpec, ClientCertificateMode, DataOpsAudit, GatewayLimits,
+    ActiveModeSpec, AuditSpec, ClientCertificateMode, DataOpsAudit, DnsEgressSpec, GatewayLimits,
     ListenerProtocol, ListenerSpec, ListenerTlsSpec, PassivePorts, ServiceSpec, ServiceType,
     TransferGateway, TransferGatewaySpec, TransferGatewayStatus,
 };
-pub use keyring::{Issuer, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus, SecretKeyRef};
+pub use keyring::{
+    DeletionPolicy, Issuer, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus, SecretKeyRef,
+};
 pub use rbac::{MountSpec, TransferRole, TransferRoleSpec, TransferUser, TransferUserSpec, Verb};
 pub use zone::{NetworkZone, NetworkZoneSpec};
 

@@ -1,5 +1,11 @@
 //! Step 4: server-side apply as `portcullis-operator`, skipping objects that already match,
 //! so that reconciling an unchanged world writes nothing (GitOps sees no drift).
+//!
+//! "Already match" is exact for what the operator wants: each applied object carries the
+//! digest of the configuration it was applied with ([`APPLIED`]). A change to that
+//! configuration (a field added, changed or *removed*) changes the digest, so it is applied,
+//! and server-side apply then drops the fields this field manager no longer sets. Fields that
+//! others (or the apiserver's defaults) add do not count as drift.
 
 use kube::{
     Api, Resource, ResourceExt,
@@ -12,8 +18,11 @@ use super::{Context, Error};
 
 pub const FIELD_MANAGER: &str = "portcullis-operator";
 
-/// Applies `desired` unless the live object already has every field it sets. Returns whether
-/// it wrote.
+/// The annotation holding the SHA-256 of the configuration an object was last applied with.
+pub const APPLIED: &str = "portcullis.dev/applied-config";
+
+/// Applies `desired` unless the live object was applied with this exact configuration and
+/// still has every field it sets. Returns whether it wrote.
 pub async fn apply<K>(ctx: &Context, desired: &K) -> Result<bool, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -26,7 +35,7 @@ where
     let ns = desired.namespace().unwrap_or_default();
     let name = desired.name_any();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    let want = serde_json::to_value(desired).map_err(Error::Serialize)?;
+    let want = with_digest(serde_json::to_value(desired).map_err(Error::Serialize)?);
     if let Some(live) = api.get_opt(&name).await.map_err(Error::Kube)? {
         let live = serde_json::to_value(&live).map_err(Error::Serialize)?;
         if contains(&live, &want) {
@@ -48,6 +57,21 @@ where
         )])
         .inc();
     Ok(true)
+}
+
+/// `want` with the [`APPLIED`] annotation: the digest of `want` itself (without it).
+pub fn with_digest(mut want: Value) -> Value {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(want.to_string().as_bytes()));
+    if let Some(meta) = want.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(APPLIED.to_owned(), Value::String(digest));
+        }
+    }
+    want
 }
 
 /// Whether `live` has every field of `want` with the same value. Lists must match element by
@@ -77,7 +101,7 @@ fn is_empty(v: &Value) -> bool {
 mod tests {
     use serde_json::json;
 
-    use super::contains;
+    use super::{contains, with_digest};
 
     #[test]
     fn defaults_added_by_the_apiserver_do_not_count_as_drift() {
@@ -94,5 +118,28 @@ mod tests {
             &want
         ));
         assert!(contains(&json!({"a": 1}), &json!({"b": {}})));
+    }
+
+    #[test]
+    fn a_removed_field_is_applied_not_mistaken_for_a_match() {
+        let before = with_digest(
+            json!({"metadata": {"name": "gw", "annotations": {"a": "1"}},
+            "spec": {"resources": {"limits": {"memory": "1Gi"}}}}),
+        );
+        // What the cluster holds after that apply, with the apiserver's additions.
+        let mut live = before.clone();
+        live["metadata"]["uid"] = json!("u-1");
+        assert!(
+            contains(&live, &before),
+            "an unchanged world writes nothing"
+        );
+        // The user removes the annotation and the limit: a subset of what is live, but not
+        // what was applied, so it is applied (and server-side apply drops them).
+        let after = with_digest(json!({"metadata": {"name": "gw", "annotations": {}},
+            "spec": {"resources": {}}}));
+        assert!(!contains(&live, &after));
+        // Someone else's field on the live object is still no drift.
+        live["metadata"]["annotations"]["other"] = json!("x");
+        assert!(contains(&live, &before));
     }
 }

@@ -377,11 +377,15 @@ fn service(gw: &TransferGateway, bundle: &Bundle) -> Service {
             ..Default::default()
         })
         .collect();
+    // PASV names the pod's port; through a NodePort Service the client must find it on the
+    // node under the same number.
+    let node_port = spec.service.type_ == ServiceType::NodePort;
     for p in passive_ports(gw) {
         ports.push(ServicePort {
             name: Some(format!("pasv-{p}")),
             port: p,
             target_port: Some(IntOrString::Int(p)),
+            node_port: node_port.then_some(p),
             protocol: Some("TCP".into()),
             ..Default::default()
         });
@@ -503,34 +507,58 @@ fn network_policy(gw: &TransferGateway, bundle: &Bundle) -> NetworkPolicy {
             ports: Some(vec![tcp(first, (last != first).then_some(last))]),
         })
         .collect();
+    // Active-mode FTPS: the gateway opens the data connection to the client, within the
+    // listener's zones and the ports its policy allows (NOLOWPORTS: 1024 and up).
+    for l in &spec.listeners {
+        let Some(a) = l.active_mode.as_ref().filter(|a| a.enabled) else {
+            continue;
+        };
+        let low = if a.no_low_ports.unwrap_or(true) {
+            1024
+        } else {
+            1
+        };
+        let to: BTreeSet<&String> = l
+            .zones
+            .iter()
+            .filter_map(|z| bundle.zone_cidrs.get(z))
+            .flatten()
+            .collect();
+        egress.push(NetworkPolicyEgressRule {
+            to: Some(to.into_iter().map(|c| ip_peer(c)).collect()),
+            ports: Some(vec![tcp(low, Some(65535))]),
+        });
+    }
     egress.push(NetworkPolicyEgressRule {
         to: replicas(),
         ports: defender_port(),
     });
-    egress.push(NetworkPolicyEgressRule {
-        to: Some(vec![NetworkPolicyPeer {
+    let dns = &spec.dns;
+    if dns.enabled {
+        let mut to = vec![NetworkPolicyPeer {
             namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    "kubernetes.io/metadata.name".into(),
-                    "kube-system".into(),
-                )])),
+                match_labels: Some(dns.namespace_labels.clone()),
                 ..Default::default()
             }),
             pod_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([("k8s-app".into(), "kube-dns".into())])),
+                match_labels: Some(dns.pod_labels.clone()),
                 ..Default::default()
             }),
             ..Default::default()
-        }]),
-        ports: Some(vec![
-            NetworkPolicyPort {
-                port: Some(IntOrString::Int(53)),
-                protocol: Some("UDP".into()),
-                end_port: None,
-            },
-            tcp(53, None),
-        ]),
-    });
+        }];
+        to.extend(dns.cidrs.iter().map(|c| ip_peer(c)));
+        egress.push(NetworkPolicyEgressRule {
+            to: Some(to),
+            ports: Some(vec![
+                NetworkPolicyPort {
+                    port: Some(IntOrString::Int(53)),
+                    protocol: Some("UDP".into()),
+                    end_port: None,
+                },
+                tcp(53, None),
+            ]),
+        });
+    }
     NetworkPolicy {
         metadata: meta(gw, gw.name_any()),
         spec: Some(NetworkPolicySpec {
@@ -652,6 +680,126 @@ mod tests {
         assert_eq!(peers.publish_not_ready_addresses, Some(true));
         let udp_in = np_ingress_udp(&o.network_policy);
         assert_eq!(udp_in, [(7946, selector(&ftps_gateway()))]);
+    }
+
+    #[test]
+    fn active_mode_may_reach_the_clients_zones_and_nothing_else() {
+        let bundle = compile(&gateway(SFTP_GATEWAY), &world()).unwrap();
+        let rules = |gw: &TransferGateway| -> Vec<(Vec<String>, i32, Option<i32>)> {
+            let np = objects(gw, &bundle).network_policy.spec.unwrap();
+            np.egress
+                .unwrap()
+                .into_iter()
+                .filter_map(|r| {
+                    let to: Vec<String> = r
+                        .to?
+                        .into_iter()
+                        .filter_map(|p| p.ip_block.map(|b| b.cidr))
+                        .collect();
+                    let p = r.ports?.into_iter().next()?;
+                    let IntOrString::Int(port) = p.port? else {
+                        return None;
+                    };
+                    (!to.is_empty()).then_some((to, port, p.end_port))
+                })
+                .collect()
+        };
+        let passive_only = rules(&ftps_gateway());
+        let active = gateway(
+            "  hostKeyRing: keys\n  listeners:\n  - {name: ftps, protocol: ftps, port: 2121, zones: [lan], keyRing: keys, passivePorts: {min: 30000, max: 30003}, activeMode: {enabled: true}}\n",
+        );
+        let with_active = rules(&active);
+        let added: Vec<_> = with_active
+            .iter()
+            .filter(|r| !passive_only.contains(r))
+            .collect();
+        assert_eq!(
+            added,
+            [&(vec!["10.1.0.0/16".to_owned()], 1024, Some(65535))]
+        );
+        // Low ports only where NOLOWPORTS is off.
+        let low = gateway(
+            "  hostKeyRing: keys\n  listeners:\n  - {name: ftps, protocol: ftps, port: 2121, zones: [lan], keyRing: keys, passivePorts: {min: 30000, max: 30003}, activeMode: {enabled: true, noLowPorts: false}}\n",
+        );
+        assert!(rules(&low).contains(&(vec!["10.1.0.0/16".to_owned()], 1, Some(65535))));
+    }
+
+    #[test]
+    fn dns_egress_goes_where_the_spec_says() {
+        let bundle = compile(&gateway(SFTP_GATEWAY), &world()).unwrap();
+        let dns = |gw: &TransferGateway| {
+            let np = objects(gw, &bundle).network_policy.spec.unwrap();
+            np.egress.unwrap().into_iter().find(|r| {
+                r.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| p.port == Some(IntOrString::Int(53)))
+            })
+        };
+        let labels = |m: &[(&str, &str)]| -> BTreeMap<String, String> {
+            m.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        // The default: the cluster DNS in kube-system.
+        let rule = dns(&gateway(SFTP_GATEWAY)).expect("DNS egress by default");
+        let peer = &rule.to.unwrap()[0];
+        assert_eq!(
+            peer.namespace_selector
+                .clone()
+                .unwrap()
+                .match_labels
+                .unwrap(),
+            labels(&[("kubernetes.io/metadata.name", "kube-system")])
+        );
+        assert_eq!(
+            peer.pod_selector.clone().unwrap().match_labels.unwrap(),
+            labels(&[("k8s-app", "kube-dns")])
+        );
+        // Another distribution's DNS pods, and a node-local cache.
+        let mut gw = gateway(SFTP_GATEWAY);
+        gw.spec.dns.namespace_labels = labels(&[("kubernetes.io/metadata.name", "dns")]);
+        gw.spec.dns.pod_labels = labels(&[("app", "coredns")]);
+        gw.spec.dns.cidrs = vec!["169.254.20.10/32".into()];
+        let to = dns(&gw).unwrap().to.unwrap();
+        assert_eq!(
+            to[0].pod_selector.clone().unwrap().match_labels.unwrap(),
+            labels(&[("app", "coredns")])
+        );
+        assert_eq!(to[1].ip_block.clone().unwrap().cidr, "169.254.20.10/32");
+        // Off: no port 53 anywhere.
+        gw.spec.dns.enabled = false;
+        gw.spec.dns.cidrs.clear();
+        assert!(dns(&gw).is_none());
+    }
+
+    #[test]
+    fn node_port_passive_ports_keep_their_number_on_the_node() {
+        let bundle = compile(&gateway(SFTP_GATEWAY), &world()).unwrap();
+        let mut gw = ftps_gateway();
+        gw.spec.service.type_ = ServiceType::NodePort;
+        let svc = objects(&gw, &bundle).service.spec.unwrap();
+        assert_eq!(svc.type_.as_deref(), Some("NodePort"));
+        let nodes: Vec<(String, Option<i32>)> = svc
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.node_port))
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                ("sftp".into(), None),
+                ("ftps".into(), None),
+                ("pasv-30000".into(), Some(30000)),
+                ("pasv-30001".into(), Some(30001)),
+                ("pasv-30002".into(), Some(30002)),
+                ("pasv-30003".into(), Some(30003)),
+            ]
+        );
+        // Not with a LoadBalancer: the cloud maps the ports.
+        let svc = objects(&ftps_gateway(), &bundle).service.spec.unwrap();
+        assert!(svc.ports.unwrap().iter().all(|p| p.node_port.is_none()));
     }
 
     #[test]

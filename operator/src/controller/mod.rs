@@ -306,7 +306,17 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, stopped: impl Fn() -
     let kr_controller = Controller::new(Api::<KeyRing>::all(client.clone()), wc.clone());
     let kr_store = kr_controller.store();
     let kr = kr_controller
-        .owns(Api::<Secret>::all(client.clone()), wc.clone())
+        // The key ring's own Secrets, which carry no owner reference unless its
+        // deletionPolicy is Delete: found by their labels.
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().labels("app.kubernetes.io/name=portcullis-keyring"),
+            |s: Secret| {
+                crate::keyring::keyring_of(&s).map(|name| {
+                    ObjectRef::<KeyRing>::new(&name).within(&s.namespace().unwrap_or_default())
+                })
+            },
+        )
         .watches(
             Api::<Secret>::all(client.clone()),
             foreign_secrets.clone(),

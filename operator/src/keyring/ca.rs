@@ -157,28 +157,54 @@ pub fn renewal_time(facts: &CertFacts, renew_before: Option<Duration>) -> i64 {
     facts.not_after - before
 }
 
-/// Parses a Go-style duration: `2160h`, `45m`, `1h30m`, `90s`.
+/// Parses a duration exactly as Go's `time.ParseDuration` does, which is what the CRD's CEL
+/// `duration()` rules accept: decimal numbers with an optional fraction, each with a unit
+/// (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), such as `2160h`, `1.5h` or `1h30m`. Negative
+/// durations are refused (no key ring duration can be one).
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    if s.is_empty() {
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    if rest.is_empty() {
         return None;
     }
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let digits = |r: &str| r.bytes().take_while(u8::is_ascii_digit).count();
+        let (int, r) = rest.split_at(digits(rest));
+        let (frac, r) = match r.strip_prefix('.') {
+            Some(r) => r.split_at(digits(r)),
+            None => ("", r),
+        };
+        if int.is_empty() && frac.is_empty() {
+            return None;
         }
-        let n: u64 = num.parse().ok()?;
-        num.clear();
-        total = total.checked_add(n.checked_mul(match c {
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
+        let (unit, r) = r.split_at(
+            r.find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(r.len()),
+        );
+        let scale: u128 = match unit {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return None,
-        })?)?;
+        };
+        let whole: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
+        let mut nanos = whole.checked_mul(scale)?;
+        let mut place = scale;
+        for d in frac.bytes() {
+            place /= 10;
+            nanos += u128::from(d - b'0') * place;
+        }
+        total = total.checked_add(nanos)?;
+        rest = r;
     }
-    num.is_empty().then_some(Duration::from_secs(total))
+    // Go's limit: an int64 of nanoseconds.
+    (total <= i64::MAX as u128).then(|| Duration::from_nanos(total as u64))
 }
 
 /// A new OpenSSH private key: ed25519 or ECDSA P-256.
@@ -217,6 +243,23 @@ mod tests {
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("5d"), None);
         assert_eq!(parse_duration(""), None);
+        // What CEL's duration() accepts, this accepts with the same value.
+        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration(".5h"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1.h"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_duration("2h45m30.5s"),
+            Some(Duration::from_millis(9_930_500))
+        );
+        assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("3us"), Some(Duration::from_nanos(3000)));
+        assert_eq!(parse_duration("3\u{b5}s"), Some(Duration::from_nanos(3000)));
+        assert_eq!(parse_duration("+90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        // And what it refuses, this refuses.
+        for bad in ["1.5", ".h", "-1h", "1h-5m", "1 h", "h", "1hh", "3000000h"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
     }
 
     #[test]

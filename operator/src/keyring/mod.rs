@@ -16,7 +16,7 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::controller::Action,
 };
-use portcullis_api::{IssuerType, KeyRing, KeyRingStatus, READY};
+use portcullis_api::{DeletionPolicy, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus, READY};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -44,6 +44,15 @@ fn ca_secret_name(kr: &KeyRing) -> String {
 }
 
 /// Whether key ring `kr` reads Secret `name` (its issuer or a trusted CA).
+/// The KeyRing a Secret the operator made for one belongs to (by its instance label), owner
+/// reference or not.
+pub fn keyring_of(s: &Secret) -> Option<String> {
+    let labels = s.metadata.labels.as_ref()?;
+    (labels.get("app.kubernetes.io/name")? == "portcullis-keyring")
+        .then(|| labels.get("app.kubernetes.io/instance").cloned())
+        .flatten()
+}
+
 pub fn uses_secret(kr: &KeyRing, name: &str) -> bool {
     kr.spec.issuer.secret_name.as_deref() == Some(name)
         || kr
@@ -64,7 +73,10 @@ fn owned_meta(kr: &KeyRing, name: String) -> ObjectMeta {
             ("app.kubernetes.io/part-of".into(), "portcullis".into()),
             ("app.kubernetes.io/managed-by".into(), MANAGED_BY.into()),
         ])),
-        owner_references: kr.controller_owner_ref(&()).map(|o| vec![o]),
+        // Retained by default: host keys and a CA outlive the KeyRing object.
+        owner_references: (kr.spec.deletion_policy == DeletionPolicy::Delete)
+            .then(|| kr.controller_owner_ref(&()).map(|o| vec![o]))
+            .flatten(),
         ..Default::default()
     }
 }
@@ -103,26 +115,15 @@ async fn reconcile_inner(kr: &KeyRing, ctx: &Context) -> Result<Action, Error> {
     let current = current.as_ref();
     let now = OffsetDateTime::now_utc();
     let spec = &kr.spec;
-    let lifetime = spec
-        .duration
-        .as_deref()
-        .and_then(ca::parse_duration)
-        .unwrap_or(ca::DEFAULT_DURATION);
-    let renew_before = spec.renew_before.as_deref().and_then(ca::parse_duration);
+    let durations = durations(spec);
+    let renew_before = durations.as_ref().ok().and_then(|d| d.1);
 
     let mut data: BTreeMap<String, ByteString> = BTreeMap::new();
     let mut issuing = false;
-    let outcome = gather(
-        kr,
-        ctx,
-        &secrets,
-        current,
-        now,
-        (lifetime, renew_before),
-        &mut data,
-        &mut issuing,
-    )
-    .await?;
+    let outcome = match durations {
+        Ok(d) => gather(kr, ctx, &secrets, current, now, d, &mut data, &mut issuing).await?,
+        Err(nr) => Err(nr),
+    };
 
     let old = kr.status.clone().unwrap_or_default();
     let generation = kr.meta().generation;
@@ -222,6 +223,29 @@ async fn reconcile_inner(kr: &KeyRing, ctx: &Context) -> Result<Action, Error> {
         }
     }
     Ok(Action::requeue(requeue))
+}
+
+/// The certificate lifetime and renewal lead from the spec. The CRD's CEL rules check them
+/// with the same grammar, so a failure here means an object that bypassed them: it is
+/// reported, never replaced by a default.
+fn durations(spec: &KeyRingSpec) -> Result<(Duration, Option<Duration>), NotReady> {
+    let parse = |field: &str, v: &str| {
+        ca::parse_duration(v).ok_or_else(|| {
+            not_ready(
+                "InvalidDuration",
+                format!("{field} {v:?} is not a duration such as 2160h or 1.5h"),
+            )
+        })
+    };
+    let lifetime = match &spec.duration {
+        Some(d) => parse("duration", d)?,
+        None => ca::DEFAULT_DURATION,
+    };
+    let renew_before = match &spec.renew_before {
+        Some(r) => Some(parse("renewBefore", r)?),
+        None => None,
+    };
+    Ok((lifetime, renew_before))
 }
 
 /// What a leaf is issued for: a change re-issues it.
