@@ -303,17 +303,25 @@ def test_node_port_passive_ports_and_removed_fields_reach_the_cluster(cluster, o
 
     try:
         patch({"service": {"type": "NodePort", "annotations": {"lb.example/scheme": "internal"}},
-               "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "2Gi"}}})
+               "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "2Gi"}},
+               "placement": {"nodeSelector": {"node-pool": "dmz"},
+                             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "dmz",
+                                              "effect": "NoSchedule"}]}})
         svc = cluster.wait_for("NodePort Service", lambda: (s := service())["spec"]["type"] == "NodePort"
                                and s["metadata"].get("annotations", {}).get("lb.example/scheme") and s)
         pasv = [p for p in svc["spec"]["ports"] if p["name"].startswith("pasv-")]
         assert len(pasv) == 10 and all(p["nodePort"] == p["port"] for p in pasv), pasv
         cluster.wait_for("the 2Gi limit", lambda: container()["resources"].get("limits") == {"memory": "2Gi"})
+        pod = cluster.get("deployment", "dmz", ns)["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"node-pool": "dmz"}
+        assert pod["tolerations"][0]["effect"] == 'NoSchedule'
         # Removed from the spec: gone from the objects.
-        patch({"service": {"annotations": None}, "resources": {"limits": None}})
+        patch({"service": {"annotations": None}, "resources": {"limits": None}, "placement": None})
         cluster.wait_for("the annotation to go", lambda: "lb.example/scheme" not in
                          (service()["metadata"].get("annotations") or {}))
         cluster.wait_for("the limit to go", lambda: "limits" not in container()["resources"])
+        cluster.wait_for("the placement to go", lambda: "nodeSelector" not in
+                         cluster.get("deployment", "dmz", ns)["spec"]["template"]["spec"])
     finally:
         patch({"service": {"type": "ClusterIP", "annotations": None}, "resources": None})
         cluster.wait_for("ClusterIP again", lambda: service()["spec"]["type"] == "ClusterIP")

@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::ResourceRequirements, apimachinery::pkg::apis::meta::v1::Condition,
+    api::core::v1::{
+        Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+    },
+    apimachinery::pkg::apis::meta::v1::Condition,
 };
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -70,6 +73,13 @@ pub struct TransferGatewaySpec {
     #[serde(default = "default_image")]
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
+    /// Secrets for pulling `image` from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Where the gateway pods may run: a DMZ node pool, its taints, spread and priority.
+    #[serde(default)]
+    pub placement: PlacementSpec,
     /// The port of the admin HTTP server (`/healthz`, `/readyz`, `/metrics`), used by the probes.
     #[serde(default = "default_admin_port")]
     #[schemars(range(min = 1, max = 65535))]
@@ -340,6 +350,31 @@ pub struct DefenderSpec {
     /// NetworkZones never banned, from which a locked user may still log in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub safe_zones: Vec<String>,
+}
+
+/// Where the gateway pods run. Each field goes to the pod spec as it is; `affinity` replaces
+/// the default (replicas preferred on different nodes) only in the parts it sets.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementSpec {
+    /// Node labels the pods' nodes must carry, e.g. `{node-pool: dmz}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate, e.g. a DMZ pool's `dedicated=dmz:NoSchedule`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<Toleration>,
+    /// Node and pod (anti-)affinity. Without `podAntiAffinity`, replicas prefer distinct nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How replicas spread over zones or nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// The pods' PriorityClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
 }
 
 /// The DNS servers the gateway pods may query (UDP and TCP 53). By default the cluster DNS:

@@ -20,8 +20,8 @@ pub use endpoint::{
 };
 pub use gateway::{
     ActiveModeSpec, AuditSpec, ClientCertificateMode, DataOpsAudit, DnsEgressSpec, GatewayLimits,
-    ListenerProtocol, ListenerSpec, ListenerTlsSpec, PassivePorts, ServiceSpec, ServiceType,
-    TransferGateway, TransferGatewaySpec, TransferGatewayStatus,
+    ListenerProtocol, ListenerSpec, ListenerTlsSpec, PassivePorts, PlacementSpec, ServiceSpec,
+    ServiceType, TransferGateway, TransferGatewaySpec, TransferGatewayStatus,
 };
 pub use keyring::{
     DeletionPolicy, Issuer, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus, SecretKeyRef,

@@ -313,25 +313,16 @@ fn deployment(gw: &TransferGateway, bundle: &Bundle) -> Deployment {
                 }),
                 ..Default::default()
             }]),
-            affinity: (spec.replicas > 1).then(|| Affinity {
-                pod_anti_affinity: Some(PodAntiAffinity {
-                    preferred_during_scheduling_ignored_during_execution: Some(vec![
-                        WeightedPodAffinityTerm {
-                            weight: 100,
-                            pod_affinity_term: PodAffinityTerm {
-                                label_selector: Some(LabelSelector {
-                                    match_labels: Some(selector(gw)),
-                                    ..Default::default()
-                                }),
-                                topology_key: "kubernetes.io/hostname".into(),
-                                ..Default::default()
-                            },
-                        },
-                    ]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            affinity: affinity(gw),
+            node_selector: (!spec.placement.node_selector.is_empty())
+                .then(|| spec.placement.node_selector.clone()),
+            tolerations: (!spec.placement.tolerations.is_empty())
+                .then(|| spec.placement.tolerations.clone()),
+            topology_spread_constraints: (!spec.placement.topology_spread_constraints.is_empty())
+                .then(|| spec.placement.topology_spread_constraints.clone()),
+            priority_class_name: spec.placement.priority_class_name.clone(),
+            image_pull_secrets: (!spec.image_pull_secrets.is_empty())
+                .then(|| spec.image_pull_secrets.clone()),
             ..Default::default()
         }),
     };
@@ -355,6 +346,31 @@ fn deployment(gw: &TransferGateway, bundle: &Bundle) -> Deployment {
         }),
         ..Default::default()
     }
+}
+
+/// The user's affinity, with replicas preferring distinct nodes unless it says otherwise
+/// about pods.
+fn affinity(gw: &TransferGateway) -> Option<Affinity> {
+    let mut a = gw.spec.placement.affinity.clone().unwrap_or_default();
+    if a.pod_anti_affinity.is_none() && gw.spec.replicas > 1 {
+        a.pod_anti_affinity = Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector(gw)),
+                            ..Default::default()
+                        }),
+                        topology_key: "kubernetes.io/hostname".into(),
+                        ..Default::default()
+                    },
+                },
+            ]),
+            ..Default::default()
+        });
+    }
+    (a != Affinity::default()).then_some(a)
 }
 
 fn has_ftps(gw: &TransferGateway) -> bool {
@@ -722,6 +738,50 @@ mod tests {
             "  hostKeyRing: keys\n  listeners:\n  - {name: ftps, protocol: ftps, port: 2121, zones: [lan], keyRing: keys, passivePorts: {min: 30000, max: 30003}, activeMode: {enabled: true, noLowPorts: false}}\n",
         );
         assert!(rules(&low).contains(&(vec!["10.1.0.0/16".to_owned()], 1, Some(65535))));
+    }
+
+    #[test]
+    fn placement_reaches_the_pod_and_keeps_the_default_spread() {
+        let bundle = compile(&gateway(SFTP_GATEWAY), &world()).unwrap();
+        let gw = gateway(concat!(
+            "  hostKeyRing: keys\n  replicas: 2\n",
+            "  imagePullSecrets: [{name: registry}]\n",
+            "  placement:\n",
+            "    nodeSelector: {node-pool: dmz}\n",
+            "    tolerations: [{key: dedicated, operator: Equal, value: dmz, effect: NoSchedule}]\n",
+            "    priorityClassName: dmz-critical\n",
+            "    topologySpreadConstraints: [{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule}]\n",
+            "    affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: In, values: [dmz-a]}]}]}}}\n",
+            "  listeners:\n  - {name: sftp, protocol: sftp, port: 2222, zones: [lan]}\n",
+        ));
+        let pod = objects(&gw, &bundle)
+            .deployment
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert_eq!(pod.node_selector.unwrap()["node-pool"], "dmz");
+        assert_eq!(pod.tolerations.unwrap()[0].value.as_deref(), Some("dmz"));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("dmz-critical"));
+        assert_eq!(pod.topology_spread_constraints.unwrap()[0].max_skew, 1);
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "registry");
+        let a = pod.affinity.unwrap();
+        assert!(a.node_affinity.is_some(), "the user's node affinity");
+        assert!(
+            a.pod_anti_affinity.is_some(),
+            "and the default spread of replicas"
+        );
+        // Unset: nothing added but the default spread.
+        let plain = objects(&ftps_gateway(), &bundle)
+            .deployment
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert!(plain.node_selector.is_none() && plain.tolerations.is_none());
+        assert!(plain.affinity.unwrap().node_affinity.is_none());
     }
 
     #[test]
