@@ -445,6 +445,93 @@ def test_names_with_leading_and_trailing_spaces_round_trip(gw, vsftpd, mount):
         t.close()
 
 
+# Names as bytes: Latin-1 (a Windows client's "café"), bytes that no decoder accepts, U+FFFD
+# sent as UTF-8 (a lossy decoder's output, which must stay a name of its own), a code point of
+# the block the gateway carries raw bytes in (it must not be mistaken for one), and UTF-8.
+BYTE_NAMES = [b"caf\xe9.txt", b"bad\xfe\xff.bin", "\ufffd.txt".encode(),
+              "\uefe9.txt".encode(), "plain-\u00e9.txt".encode()]
+
+
+def raw_listdir(sftp, path: bytes) -> list[bytes]:
+    """The names of an SFTP directory as the server sent them (paramiko's `listdir` decodes
+    them as UTF-8 and fails on anything else)."""
+    from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
+
+    t, msg = sftp._request(CMD_OPENDIR, path)
+    assert t == CMD_HANDLE
+    handle = msg.get_binary()
+    names = []
+    try:
+        while True:
+            try:
+                t, msg = sftp._request(CMD_READDIR, handle)
+            except EOFError:
+                return names
+            assert t == CMD_NAME
+            for _ in range(msg.get_int()):
+                names.append(msg.get_string())
+                msg.get_string()  # longname
+                paramiko.SFTPAttributes._from_msg(msg)
+    finally:
+        sftp._request(CMD_CLOSE, handle)
+
+
+@pytest.mark.parametrize("mount", MOUNTS)
+def test_names_that_are_not_utf8_round_trip_byte_for_byte(gw, vsftpd, mount):
+    """SFTP v3 and FTP names are bytes. A backend's `caf\\xe9.txt` was listed as
+    `caf\\ufffd.txt`, a name that reached no file, and a client's was refused; now each name
+    is listed, read, written, renamed and deleted as the bytes it is, over SFTP and FTPS, on
+    every backend, and lands on the backend under exactly those bytes."""
+    d = bytes(backend_file(gw, vsftpd, f"{mount}/bytenames"))
+    os.makedirs(d, exist_ok=True)
+    owner = os.stat(vsftpd.root).st_uid if mount == "/vs" else -1
+    os.chown(d, owner, -1)
+    on_backend, by_sftp = BYTE_NAMES[:2], BYTE_NAMES[2:]
+    for n in on_backend:
+        with open(os.path.join(d, n), "wb") as f:
+            f.write(n)
+        os.chown(os.path.join(d, n), owner, -1)
+    base = mount.encode() + b"/bytenames/"
+    sftp, t = paramiko_session(gw)
+    try:
+        for n in by_sftp:
+            with sftp.open(base + n, "wb") as f:
+                f.write(n)
+        assert sorted(raw_listdir(sftp, base.rstrip(b"/"))) == sorted(BYTE_NAMES)
+        for n in BYTE_NAMES:
+            with sftp.open(base + n, "rb") as f:
+                assert f.read() == n, n
+            assert sftp.stat(base + n).st_size == len(n), n
+        sftp.rename(base + BYTE_NAMES[0], base + b"moved\xe9")
+        sftp.remove(base + b"moved\xe9")
+    finally:
+        t.close()
+    assert sorted(os.listdir(d)) == sorted(BYTE_NAMES[1:])
+
+    # FTP: Latin-1 maps each byte to one character, so ftplib sends and reads bytes unchanged.
+    f = ftps(gw)
+    f.encoding = "latin-1"
+    try:
+        lat = [n.decode("latin-1") for n in BYTE_NAMES[1:]]
+        folder = f"{mount}/bytenames"
+        assert sorted(f.nlst(folder)) == sorted(lat)
+        for n in lat:
+            got = io.BytesIO()
+            f.retrbinary(f"RETR {folder}/{n}", got.write)
+            assert got.getvalue() == n.encode("latin-1"), n
+        name = b"ftp\xe9\xfe.txt".decode("latin-1")
+        f.storbinary(f"STOR {folder}/{name}", io.BytesIO(b"by ftp"))
+        assert open(os.path.join(d, b"ftp\xe9\xfe.txt"), "rb").read() == b"by ftp"
+        f.rename(f"{folder}/{name}", f"{folder}/{name}2")
+        f.delete(f"{folder}/{name}2")
+        assert f.mkd(f"{folder}/dir\xe9").endswith("dir\xe9")
+        assert os.path.isdir(os.path.join(d, b"dir\xe9"))
+        f.rmd(f"{folder}/dir\xe9")
+    finally:
+        f.quit()
+    assert sorted(os.listdir(d)) == sorted(BYTE_NAMES[1:])
+
+
 def test_noop_during_a_transfer_is_answered_after_it_and_freezes_nothing(gw):
     """A NOOP (or any command but ABOR) sent during a transfer used to spin a worker at
     100%: the line went back on the backlog and came straight back out. Now it is held and

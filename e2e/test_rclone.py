@@ -23,16 +23,13 @@ MOUNTS = ["local", "sftp", "vs"]
 
 # Tests the baseline passes and the gateway does not, by (listener, mount), with the reason.
 # A listed test that passes after all fails the run too, so that this list stays true.
-NOT_UTF8 = ("names must be UTF-8: the gateway refuses other bytes with a reason (SFTP failure "
-            "'file names must be UTF-8', FTP 501) instead of storing a name the client did not send")
 AT_ROOT = ("runs only when the remote is the server's root ('gw:'); through the gateway the suite "
            "runs inside a mount ('gw:MOUNT'), so rclone skips it; it tests rclone's own URL handling")
 FTP_CRLF = ("an FTP backend cannot carry CR or LF in a name (it would end the command line); the "
             "gateway refuses it as unsupported, with the reason")
 KNOWN: dict[tuple[str, str], dict[str, str]] = {
-    **{("sftp", m): {"TestIntegration/FsMkdir/FsEncoding/invalid_UTF-8": NOT_UTF8} for m in MOUNTS},
-    **{("ftps", m): {"TestIntegration/FsMkdir/FsEncoding/invalid_UTF-8": NOT_UTF8,
-                     "TestIntegration/FsRootCannotChangeHost": AT_ROOT} for m in MOUNTS},
+    **{("sftp", m): {} for m in MOUNTS},
+    **{("ftps", m): {"TestIntegration/FsRootCannotChangeHost": AT_ROOT} for m in MOUNTS},
 }
 KNOWN[("sftp", "vs")].update({
     "TestIntegration/FsMkdir/FsDirSetModTime":

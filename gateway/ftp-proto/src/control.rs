@@ -192,9 +192,6 @@ impl Control {
         vec![match e {
             LineError::TooLong => reply(500, "Line too long"),
             LineError::Nul => reply(501, "NUL in command"),
-            LineError::NotUtf8 => {
-                reply(501, "Command is not UTF-8; names must be UTF-8 (RFC 2640)")
-            }
         }]
     }
 

@@ -11,9 +11,6 @@ pub enum LineError {
     TooLong,
     /// A NUL byte, which no command may contain.
     Nul,
-    /// Not UTF-8 (RFC 2640 paths are UTF-8). Replacing the bad bytes would make `STOR` create
-    /// a file under another name than the client asked for, so the command is refused.
-    NotUtf8,
 }
 
 /// Accumulates bytes and yields complete lines (without CRLF). A bare LF ends a line too,
@@ -75,7 +72,10 @@ impl LineReader {
             if line.contains(&0) {
                 return Some(Err(LineError::Nul));
             }
-            return Some(String::from_utf8(line).map_err(|_| LineError::NotUtf8));
+            // Names are bytes (RFC 959; RFC 2640 only asks for UTF-8): bytes that are not UTF-8
+            // are kept as `portcullis_names` escapes, so `STOR` creates the name the client
+            // sent, not one with U+FFFD in it, and `Reply::encode` gives them back.
+            return Some(Ok(portcullis_names::escape(&line).into_owned()));
         }
     }
 }
@@ -91,11 +91,14 @@ mod tests {
     }
 
     #[test]
-    fn a_line_that_is_not_utf8_is_refused_and_the_next_survives() {
-        assert_eq!(
-            lines(b"STOR /a\xfe\r\nSTOR /\xef\xbf\xbd\r\n"),
-            [Err(LineError::NotUtf8), Ok("STOR /\u{fffd}".into())]
-        );
+    fn a_name_that_is_not_utf8_is_kept_byte_for_byte() {
+        let got = lines(b"STOR /a\xfe\r\nSTOR /\xef\xbf\xbd\r\n");
+        let Ok(first) = &got[0] else {
+            panic!("{got:?}")
+        };
+        assert_eq!(&*portcullis_names::unescape(first), b"STOR /a\xfe");
+        // U+FFFD sent as UTF-8 is another name.
+        assert_eq!(got[1], Ok("STOR /\u{fffd}".into()));
     }
 
     #[test]

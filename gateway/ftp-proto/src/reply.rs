@@ -22,6 +22,7 @@ impl Reply {
 
     /// The bytes on the wire: `CODE text` for one line; `CODE-first`, the middle lines
     /// (indented by one space so none can look like an end line), `CODE last` for several.
+    /// A name echoed in the text goes out as the bytes it stands for (`portcullis_names`).
     pub fn encode(&self) -> Vec<u8> {
         debug_assert!((100..=599).contains(&self.code));
         let clean = |s: &str| s.replace(['\r', '\n'], " ");
@@ -37,7 +38,7 @@ impl Reply {
                 out.push_str(&format!("{} {}\r\n", self.code, clean(last)));
             }
         }
-        out.into_bytes()
+        portcullis_names::unescape(&out).into_owned()
     }
 }
 
@@ -67,5 +68,12 @@ mod tests {
     fn crlf_in_text_cannot_forge_a_reply() {
         let r = Reply::new(550, "no such file: a\r\n230 Logged in");
         assert_eq!(r.encode(), b"550 no such file: a  230 Logged in\r\n");
+    }
+
+    #[test]
+    fn an_echoed_name_goes_out_as_its_bytes() {
+        let name = portcullis_names::escape(b"/caf\xe9").into_owned();
+        let r = Reply::new(257, format!("\"{name}\" created"));
+        assert_eq!(r.encode(), b"257 \"/caf\xe9\" created\r\n");
     }
 }

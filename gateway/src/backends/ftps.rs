@@ -169,7 +169,24 @@ async fn connect_one(spec: &FtpsSpec, addr: &str) -> Result<Ftp, FtpError> {
         .await?;
     ftp.transfer_type(FileType::Binary).await?;
     ftp.set_mode(Mode::ExtendedPassive);
+    ftp.set_encoding(ByteNames).await;
     Ok(ftp)
+}
+
+/// FTP names are bytes: commands carry the bytes a gateway name stands for, and `LIST`/`MLSD`
+/// lines are read without loss (`portcullis_names`), so a name that is not UTF-8 is listed,
+/// reached and stored exactly as on the other backends.
+#[derive(Debug)]
+struct ByteNames;
+
+impl suppaftp::Encoding for ByteNames {
+    fn decode(&self, bytes: &[u8]) -> String {
+        portcullis_names::escape(bytes).into_owned()
+    }
+
+    fn encode(&self, text: &str) -> std::io::Result<Vec<u8>> {
+        Ok(portcullis_names::unescape(text).into_owned())
+    }
 }
 
 /// The endpoint's TLS config with a session store of this control connection's own.

@@ -8,8 +8,12 @@
 //! its parent against the root, and opens the final component with `O_NOFOLLOW`.
 
 use std::{
+    ffi::OsStr,
     fs::{self, File, OpenOptions},
-    os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+    os::unix::{
+        ffi::OsStrExt,
+        fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+    },
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -38,7 +42,10 @@ impl LocalBackend {
         if rel.split('/').any(|s| s == "..") || rel.contains('\0') {
             return Err(FsError::BadPath(path.to_owned()));
         }
-        let full = self.root.join(rel);
+        // The bytes the name stands for: a name that is not UTF-8 is stored as it was sent.
+        let full = self
+            .root
+            .join(OsStr::from_bytes(&portcullis_names::unescape(rel)));
         if full == self.root {
             return Ok(full);
         }
@@ -64,7 +71,6 @@ impl LocalBackend {
 }
 
 fn cstring(p: &Path) -> Result<std::ffi::CString, FsError> {
-    use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(p.as_os_str().as_bytes())
         .map_err(|_| FsError::BadPath(p.display().to_string()))
 }
@@ -311,7 +317,7 @@ impl Backend for LocalBackend {
                     continue;
                 };
                 out.push(DirEntry {
-                    name: entry.file_name().to_string_lossy().into_owned(),
+                    name: portcullis_names::escape(entry.file_name().as_bytes()).into_owned(),
                     attrs: attrs_of(&meta),
                 });
             }

@@ -937,13 +937,6 @@ pub(crate) fn decode(mut bytes: Bytes) -> Decoded {
             return Decoded::Malformed(format!("undecodable packet: {e}"));
         }
     };
-    if let Some((t, id)) = name_not_utf8(&raw) {
-        return Decoded::Refused(
-            status(id, StatusCode::Failure, NOT_UTF8),
-            format!("sftp type {t}"),
-            NOT_UTF8,
-        );
-    }
     use Kind::*;
     let (id, kind, op) = match packet {
         Packet::Open(o) => {
@@ -1096,7 +1089,8 @@ fn version() -> Packet {
     Packet::Version(v)
 }
 
-/// Reads an SSH string from an extension's request data.
+/// Reads an SSH string from an extension's request data: a name, kept byte for byte as the
+/// codec keeps the names of the other requests (`portcullis_names`).
 fn ext_string(data: &mut Bytes) -> Option<String> {
     if data.remaining() < 4 {
         return None;
@@ -1105,35 +1099,7 @@ fn ext_string(data: &mut Bytes) -> Option<String> {
     if data.remaining() < n {
         return None;
     }
-    String::from_utf8(data.split_to(n).to_vec()).ok()
-}
-
-const NOT_UTF8: &str = "file names must be UTF-8";
-
-/// The type and id of a request whose file name is not UTF-8. russh-sftp's codec replaces
-/// such bytes with U+FFFD, and the gateway would then act on a name the client never sent (an
-/// upload would land under it); the request is refused instead. Extensions' names are checked
-/// where they are read ([`ext_string`]).
-fn name_not_utf8(raw: &[u8]) -> Option<(u8, u32)> {
-    let (&t, rest) = raw.split_first()?;
-    let names = match t {
-        // OPEN, LSTAT, SETSTAT, OPENDIR, REMOVE, MKDIR, RMDIR, REALPATH, STAT, READLINK
-        3 | 7 | 9 | 11 | 13 | 14 | 15 | 16 | 17 | 19 => 1,
-        // RENAME, SYMLINK
-        18 | 20 => 2,
-        _ => return None,
-    };
-    let (id, mut rest) = rest.split_first_chunk::<4>()?;
-    for _ in 0..names {
-        let (len, tail) = rest.split_first_chunk::<4>()?;
-        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
-        let name = tail.get(..len)?;
-        if std::str::from_utf8(name).is_err() {
-            return Some((t, u32::from_be_bytes(*id)));
-        }
-        rest = &tail[len..];
-    }
-    None
+    Some(portcullis_names::escape(&data.split_to(n)).into_owned())
 }
 
 fn decode_extended(e: russh_sftp::protocol::Extended) -> Decoded {
@@ -1301,6 +1267,8 @@ pub(crate) fn encode(id: u32, kind: Kind, result: Result<OpOutput, FsError>) -> 
 mod tests {
     use russh_sftp::protocol::Open;
 
+    use crate::fs::{DirEntry, FileAttrs};
+
     use super::*;
 
     fn open_packet() -> Bytes {
@@ -1346,24 +1314,49 @@ mod tests {
     }
 
     #[test]
-    fn a_name_that_is_not_utf8_is_refused_not_replaced() {
-        // RENAME "/a" -> "/b\xfe": the second name is the bad one.
+    fn names_are_kept_byte_for_byte_in_requests_and_replies() {
+        // RENAME "/a" -> "/b\xfe": a lossy decode made it "/b\u{FFFD}", a name the client
+        // never sent.
         let body = Bytes::from_static(&[
             18, 0, 0, 0, 9, 0, 0, 0, 2, b'/', b'a', 0, 0, 0, 3, b'/', b'b', 0xfe,
         ]);
-        match decode(body) {
-            Decoded::Refused(Packet::Status(s), request, reason) => {
-                assert_eq!((s.id, s.status_code), (9, StatusCode::Failure));
-                assert_eq!((request.as_str(), reason), ("sftp type 18", NOT_UTF8));
-            }
-            _ => panic!("expected a refusal"),
-        }
-        // U+FFFD itself, sent as UTF-8, is a name like any other.
+        let Decoded::Op(9, _, FileOp::Rename { from, to, .. }) = decode(body) else {
+            panic!("expected a rename");
+        };
+        assert_eq!(
+            (&*from, &*portcullis_names::unescape(&to)),
+            ("/a", &b"/b\xfe"[..])
+        );
+        // U+FFFD itself, sent as UTF-8, is a name like any other, and not the same one.
         let body = Bytes::from_static(&[17, 0, 0, 0, 4, 0, 0, 0, 4, b'/', 0xef, 0xbf, 0xbd]);
-        assert!(matches!(
-            decode(body),
-            Decoded::Op(4, Kind::Attrs, FileOp::Stat { .. })
-        ));
+        let Decoded::Op(4, Kind::Attrs, FileOp::Stat { path, .. }) = decode(body) else {
+            panic!("expected a stat");
+        };
+        assert_eq!(path, "/\u{FFFD}");
+        // An extension's names too.
+        let mut body = BytesMut::new();
+        body.put_u8(200);
+        body.put_u32(5);
+        for s in [&b"hardlink@openssh.com"[..], b"/x\xe9", b"/y"] {
+            body.put_u32(s.len() as u32);
+            body.put_slice(s);
+        }
+        let Decoded::Op(5, _, FileOp::Hardlink { from, .. }) = decode(body.freeze()) else {
+            panic!("expected a hardlink");
+        };
+        assert_eq!(&*portcullis_names::unescape(&from), b"/x\xe9");
+        // A listed name goes back out as the bytes it was read as.
+        let name = portcullis_names::escape(b"caf\xe9").into_owned();
+        let entry = DirEntry {
+            name,
+            attrs: FileAttrs::default(),
+        };
+        let reply = encode(1, Kind::Name, Ok(OpOutput::Entries(vec![entry])));
+        let needle: &[u8] = b"\0\0\0\x04caf\xe9";
+        assert!(
+            reply.windows(needle.len()).any(|w| w == needle),
+            "{reply:x?}"
+        );
     }
 
     #[test]

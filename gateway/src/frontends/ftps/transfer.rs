@@ -213,6 +213,8 @@ impl Conn {
                         out.push_str("\r\n");
                     }
                 }
+                // Names go out as the bytes they stand for.
+                let out = portcullis_names::unescape(&out).into_owned();
                 Ok((Job::Listing(Bytes::from(out)), path))
             }
             _ => Err(Reply::new(502, "not a data command")),
