@@ -174,10 +174,10 @@ def tls_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> 
 
 def ftps_login(port: int, ca: Path, user: str, password: str | None = "",
                cert: Path | None = None, key: Path | None = None,
-               reuse: bool = True) -> ftplib.FTP_TLS:
+               reuse: bool = True, encoding: str = "utf-8") -> ftplib.FTP_TLS:
     """An explicit FTPS session (AUTH TLS, login, PBSZ 0, PROT P) with ftplib."""
     cls = ReusingFTP_TLS if reuse else ftplib.FTP_TLS
-    f = cls(context=tls_context(ca, cert, key), timeout=30)
+    f = cls(context=tls_context(ca, cert, key), timeout=30, encoding=encoding)
     f.connect("localhost", port)
     f.auth()
     if password is None:

@@ -255,10 +255,10 @@ def test_fifty_concurrent_sessions_to_every_backend(gw, vsftpd, tmp_path):
         assert [p.name for p in d.iterdir() if p.is_file() and p.stat().st_size == 0] == [], mount
 
 
-def ftps(gw):
+def ftps(gw, encoding="utf-8"):
     from ftps import ftps_login
 
-    return ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    return ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw", encoding=encoding)
 
 
 @pytest.mark.parametrize("mount", MOUNTS)
@@ -448,7 +448,7 @@ def test_names_with_leading_and_trailing_spaces_round_trip(gw, vsftpd, mount):
 # Names as bytes: Latin-1 (a Windows client's "café"), bytes that no decoder accepts, U+FFFD
 # sent as UTF-8 (a lossy decoder's output, which must stay a name of its own), a code point of
 # the block the gateway carries raw bytes in (it must not be mistaken for one), and UTF-8.
-BYTE_NAMES = [b"caf\xe9.txt", b"bad\xfe\xff.bin", "\ufffd.txt".encode(),
+BYTE_NAMES = [b"caf\xe9.txt", b"bad\xfe\x80.bin", "\ufffd.txt".encode(),
               "\uefe9.txt".encode(), "plain-\u00e9.txt".encode()]
 
 
@@ -508,9 +508,27 @@ def test_names_that_are_not_utf8_round_trip_byte_for_byte(gw, vsftpd, mount):
         t.close()
     assert sorted(os.listdir(d)) == sorted(BYTE_NAMES[1:])
 
+    # 0xFF is Telnet's IAC: suppaftp sends it doubled (RFC 959) and vsftpd reads command lines
+    # literally, so on vsftpd such a name lists but cannot be reached. It must fail, never
+    # reach another file.
+    iac = os.path.join(d, b"iac\xff")
+    with open(iac, "wb") as f:
+        f.write(b"iac")
+    os.chown(iac, owner, -1)
+    sftp, t = paramiko_session(gw)
+    try:
+        assert b"iac\xff" in raw_listdir(sftp, base.rstrip(b"/"))
+        if mount == "/vs":
+            with pytest.raises(FileNotFoundError):
+                sftp.open(base + b"iac\xff", "rb").read()
+        else:
+            assert sftp.open(base + b"iac\xff", "rb").read() == b"iac"
+    finally:
+        t.close()
+    os.remove(iac)
+
     # FTP: Latin-1 maps each byte to one character, so ftplib sends and reads bytes unchanged.
-    f = ftps(gw)
-    f.encoding = "latin-1"
+    f = ftps(gw, encoding="latin-1")
     try:
         lat = [n.decode("latin-1") for n in BYTE_NAMES[1:]]
         folder = f"{mount}/bytenames"

@@ -175,7 +175,10 @@ async fn connect_one(spec: &FtpsSpec, addr: &str) -> Result<Ftp, FtpError> {
 
 /// FTP names are bytes: commands carry the bytes a gateway name stands for, and `LIST`/`MLSD`
 /// lines are read without loss (`portcullis_names`), so a name that is not UTF-8 is listed,
-/// reached and stored exactly as on the other backends.
+/// reached and stored exactly as on the other backends. One byte is the exception: suppaftp
+/// sends a data byte 0xFF as Telnet's `IAC IAC` (RFC 959), and vsftpd, which reads command
+/// lines literally, then looks for a name with two; such a name lists but cannot be reached
+/// on vsftpd (docs/compatibility.md).
 #[derive(Debug)]
 struct ByteNames;
 

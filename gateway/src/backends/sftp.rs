@@ -487,8 +487,10 @@ impl Backend for SftpBackend {
         if overwrite {
             let mut data = Vec::with_capacity(8 + from.len() + to.len());
             for s in [from, to] {
+                // The bytes the names stand for, as the codec writes every other name.
+                let s = portcullis_names::unescape(s);
                 data.extend_from_slice(&(s.len() as u32).to_be_bytes());
-                data.extend_from_slice(s.as_bytes());
+                data.extend_from_slice(&s);
             }
             return match conn.sftp.extended(POSIX_RENAME, data).await {
                 Ok(russh_sftp::protocol::Packet::Status(s)) if s.status_code == StatusCode::Ok => {
