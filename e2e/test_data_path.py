@@ -4,9 +4,11 @@ sessions at once), through the SFTP and FTPS listeners to every backend (sshd, v
 local directory). Every file arrives whole with a matching SHA-256, or the client is told."""
 
 import concurrent.futures
+import contextlib
 import hashlib
 import io
 import os
+import signal
 import subprocess
 import time
 
@@ -548,6 +550,85 @@ def test_names_that_are_not_utf8_round_trip_byte_for_byte(gw, vsftpd, mount):
     finally:
         f.quit()
     assert sorted(os.listdir(d)) == sorted(BYTE_NAMES[1:])
+
+
+def descendants(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    kids = [int(p) for p in out]
+    return kids + [g for k in kids for g in descendants(k)]
+
+
+@contextlib.contextmanager
+def stopped(pid: int):
+    """The server's per-connection processes stopped (SIGSTOP): connections stay open and
+    nothing answers, the way a hung backend looks; the listener itself keeps running."""
+    procs = descendants(pid)
+    assert procs, "no connection process to stop"
+    for p in procs:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for p in procs:
+            try:
+                os.kill(p, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.parametrize("mount", ["/vstall", "/sstall"])
+def test_a_stalled_backend_fails_the_transfer_within_its_io_timeout(gw, vsftpd_implicit, sshd, mount):
+    """An endpoint that stops answering mid-transfer (its processes stopped) must end in a
+    failure the client sees within the endpoint's ioTimeoutSeconds (3 s here), never a hang;
+    the upload is not left under its name, the audit says so, and the session goes on."""
+    server = vsftpd_implicit if mount == "/vstall" else sshd
+    root = vsftpd_implicit.root if mount == "/vstall" else gw.sftp_data / "stall"
+    (root / "dl.bin").write_bytes(os.urandom(48 * MIB))
+    os.chown(root / "dl.bin", os.stat(root).st_uid, -1)
+    sftp, t = paramiko_session(gw, timeout=60)
+    try:
+        # Upload: the backend stops taking data.
+        f = sftp.open(f"{mount}/up.bin", "wb")
+        f.write(b"u" * MIB)
+        with stopped(server.proc.pid):
+            began = time.monotonic()
+            with pytest.raises(OSError):
+                for _ in range(256):
+                    f.write(b"u" * MIB)
+                f.close()
+            failed_after = time.monotonic() - began
+            # The handle is closed while the backend is still stopped; the close fails too.
+            with contextlib.suppress(OSError):
+                f.close()
+        print(f"{mount} upload failed {failed_after:.1f} s into the stall")
+        assert failed_after < 30, failed_after
+        end = gw.wait_event("transferEnd", path=f"{mount}/up.bin")
+        assert end["confidence"] != "High", end
+        assert not (root / "up.bin").exists()
+
+        # Download: the backend stops sending.
+        f = sftp.open(f"{mount}/dl.bin", "rb")
+        f.read(MIB)
+        with stopped(server.proc.pid):
+            began = time.monotonic()
+            with pytest.raises(OSError):
+                while f.read(MIB):
+                    pass
+            failed_after = time.monotonic() - began
+            with contextlib.suppress(OSError):
+                f.close()
+        print(f"{mount} download failed {failed_after:.1f} s into the stall")
+        assert failed_after < 30, failed_after
+        end = gw.wait_event("transferEnd", path=f"{mount}/dl.bin")
+        assert end["confidence"] != "High", end
+    finally:
+        t.close()
+    # The gateway reconnects once the backend answers again.
+    sftp, t = paramiko_session(gw)
+    try:
+        assert "dl.bin" in sftp.listdir(mount)
+    finally:
+        t.close()
 
 
 def test_noop_during_a_transfer_is_answered_after_it_and_freezes_nothing(gw):

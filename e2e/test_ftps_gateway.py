@@ -67,6 +67,7 @@ def gw(pki, vsftpd, vsftpd_implicit, sshd, passwords):
     sftp_data = sshd.root / "ftps-gateway"
     shutil.rmtree(sftp_data, ignore_errors=True)
     sftp_data.mkdir()
+    (sftp_data / "stall").mkdir()
     g = Gateway(d, {}, start=False)
     g.sftp_data = sftp_data
     g.ftps_port, g.implicit_port, g.active_port = free_port(), free_port(), free_port()
@@ -93,12 +94,18 @@ def gw(pki, vsftpd, vsftpd_implicit, sshd, passwords):
             vsftpd.endpoint("vsftpd"),
             {"name": "local", "type": "local", "root": str(local)},
             vsftpd_implicit.endpoint("vsftpd-implicit"),
+            # test_data_path stops these backends' processes mid-transfer.
+            vsftpd_implicit.endpoint("vsftpd-stall", ioTimeoutSeconds=3),
+            sshd.endpoint("sshd-stall", ioTimeoutSeconds=3),
         ],
         "roles": [{"name": "all", "mounts": [
             {"path": "/sftp", "endpoint": "sshd", "backendPath": str(sftp_data), "verbs": ALL_VERBS[:-1] + ["link"]},
             {"path": "/vs", "endpoint": "vsftpd", "verbs": ALL_VERBS, "siteCommands": ["HELP", "CHMOD"]},
             {"path": "/local", "endpoint": "local", "verbs": ALL_VERBS[:-1] + ["link"]},
             {"path": "/vsi", "endpoint": "vsftpd-implicit", "verbs": ALL_VERBS[:-1]},
+            {"path": "/vstall", "endpoint": "vsftpd-stall", "verbs": ALL_VERBS[:-1]},
+            {"path": "/sstall", "endpoint": "sshd-stall", "backendPath": str(sftp_data / "stall"),
+             "verbs": ALL_VERBS[:-1]},
         ]}],
         "users": [
             {"name": "alice", "passwordHash": passwords["alice-pw"], "zones": ["loopback"], "roles": ["all"]},

@@ -263,6 +263,7 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
                     username: f.username.clone(),
                     password,
                     connect_timeout: Duration::from_secs(f.connect_timeout_seconds),
+                    io_timeout: Duration::from_secs(f.io_timeout_seconds),
                     max_files: config.limits.max_backend_connections_per_session,
                 }))
             }
@@ -309,6 +310,7 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
                     username: s.username.clone(),
                     credential,
                     connect_timeout: Duration::from_secs(s.connect_timeout_seconds),
+                    io_timeout: Duration::from_secs(s.io_timeout_seconds),
                 }))
             }
         };

@@ -283,6 +283,11 @@ pub struct FtpsEndpoint {
     /// Seconds to wait for TCP connect, TLS and login, per address.
     #[serde(default = "defaults::connect_timeout_seconds")]
     pub connect_timeout_seconds: u64,
+    /// Seconds one backend step may take once connected (a request and its answer, a chunk of
+    /// a transfer, the final confirmation) before the operation fails and the client is told.
+    /// A stalled backend ends in a reported failure, never a hung client.
+    #[serde(default = "defaults::io_timeout_seconds")]
+    pub io_timeout_seconds: u64,
 }
 
 /// How to reach and log in to a backend SFTP server.
@@ -306,6 +311,11 @@ pub struct SftpEndpoint {
     /// Seconds to wait for TCP connect plus SSH handshake, per address.
     #[serde(default = "defaults::connect_timeout_seconds")]
     pub connect_timeout_seconds: u64,
+    /// Seconds one backend step may take once connected (a request and its answer, a chunk of
+    /// a transfer, the final confirmation) before the operation fails and the client is told.
+    /// A stalled backend ends in a reported failure, never a hung client.
+    #[serde(default = "defaults::io_timeout_seconds")]
+    pub io_timeout_seconds: u64,
 }
 
 /// A local directory backend.
@@ -658,6 +668,9 @@ mod defaults {
     }
     pub fn connect_timeout_seconds() -> u64 {
         10
+    }
+    pub fn io_timeout_seconds() -> u64 {
+        60
     }
     pub fn data_timeout_seconds() -> u64 {
         30

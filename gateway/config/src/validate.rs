@@ -121,6 +121,9 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
                 if s.connect_timeout_seconds == 0 {
                     errs.push(format!("{at}.connectTimeoutSeconds"), "must be at least 1");
                 }
+                if s.io_timeout_seconds == 0 {
+                    errs.push(format!("{at}.ioTimeoutSeconds"), "must be at least 1");
+                }
             }
             EndpointBackend::Ftps(f) => {
                 check_addresses(&mut errs, &at, &f.addresses);
@@ -144,6 +147,9 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
                 }
                 if f.connect_timeout_seconds == 0 {
                     errs.push(format!("{at}.connectTimeoutSeconds"), "must be at least 1");
+                }
+                if f.io_timeout_seconds == 0 {
+                    errs.push(format!("{at}.ioTimeoutSeconds"), "must be at least 1");
                 }
             }
             EndpointBackend::Local(l) => {

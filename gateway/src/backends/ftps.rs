@@ -40,6 +40,9 @@ pub struct FtpsSpec {
     pub username: String,
     pub password: String,
     pub connect_timeout: Duration,
+    /// How long one step may take once connected (`ioTimeoutSeconds`): a command and its
+    /// reply, a chunk of a transfer, the final `226`.
+    pub io_timeout: Duration,
     /// Files a session may hold open at once on this endpoint, each its own connection.
     pub max_files: usize,
 }
@@ -94,13 +97,23 @@ impl FtpsBackend {
     ) -> Result<T, FsError> {
         let mut guard = self.control().await?;
         let ftp = guard.as_mut().expect("connected by control()");
-        match f(ftp).await {
-            Ok(t) => Ok(t),
-            Err(e) => {
+        let limit = self.spec.io_timeout;
+        match tokio::time::timeout(limit, f(ftp)).await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(e)) => {
                 if !matches!(e, FtpError::UnexpectedResponse(_)) {
                     *guard = None;
                 }
                 Err(map_err(e))
+            }
+            Err(_) => {
+                // Where the reply stream stands is unknown: the connection cannot be reused.
+                *guard = None;
+                Err(FsError::Unavailable(format!(
+                    "endpoint {} did not answer within {} s",
+                    self.spec.name,
+                    limit.as_secs()
+                )))
             }
         }
     }
@@ -440,6 +453,7 @@ impl Backend for FtpsBackend {
         let ftp = connect(&self.spec).await?;
         Ok(Arc::new(FtpsFile {
             _slot: slot,
+            io_timeout: self.spec.io_timeout,
             path: path.to_owned(),
             mode,
             opened,
@@ -606,23 +620,20 @@ struct Pump {
 /// Chunks the pump keeps ready: `PUMP_DEPTH × READ_CHUNK` bytes ahead at most.
 const PUMP_DEPTH: usize = 32;
 
-/// The longest an FTP endpoint may take to answer a step of a transfer (open, each write, each
-/// read, the final `226`) before the operation fails. A stalled endpoint must end in a
-/// reported failure, never a transfer that hangs with its client.
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
-
+/// A step of a transfer (open, each write, each read, the final `226`) bounded by the
+/// endpoint's `ioTimeoutSeconds`: a stalled endpoint must end in a reported failure, never a
+/// transfer that hangs with its client.
 async fn bounded<T>(
+    limit: Duration,
     what: &str,
     step: impl std::future::Future<Output = Result<T, FsError>>,
 ) -> Result<T, FsError> {
-    tokio::time::timeout(IO_TIMEOUT, step)
-        .await
-        .unwrap_or_else(|_| {
-            Err(FsError::Unavailable(format!(
-                "the endpoint did not {what} within {} s",
-                IO_TIMEOUT.as_secs()
-            )))
-        })
+    tokio::time::timeout(limit, step).await.unwrap_or_else(|_| {
+        Err(FsError::Unavailable(format!(
+            "the endpoint did not {what} within {} s",
+            limit.as_secs()
+        )))
+    })
 }
 
 async fn pump(
@@ -674,6 +685,8 @@ struct FileState {
 
 pub struct FtpsFile {
     _slot: FileSlot,
+    /// The endpoint's `ioTimeoutSeconds`, for each step of the transfer.
+    io_timeout: Duration,
     path: String,
     mode: OpenMode,
     /// A read's attributes at open.
@@ -700,7 +713,12 @@ impl FtpsFile {
 
     /// Opens the transfer at `offset` (`REST` when non-zero).
     async fn start(&self, st: &mut FileState, offset: u64) -> Result<(), FsError> {
-        bounded("open the transfer", self.start_unbounded(st, offset)).await
+        bounded(
+            self.io_timeout,
+            "open the transfer",
+            self.start_unbounded(st, offset),
+        )
+        .await
     }
 
     async fn start_unbounded(&self, st: &mut FileState, offset: u64) -> Result<(), FsError> {
@@ -738,9 +756,13 @@ impl FtpsFile {
         Ok(())
     }
 
-    async fn write_in_order(st: &mut FileState, data: &[u8]) -> Result<(), FsError> {
+    async fn write_in_order(
+        st: &mut FileState,
+        data: &[u8],
+        limit: Duration,
+    ) -> Result<(), FsError> {
         let t = st.transfer.as_mut().expect("started");
-        bounded("take the data", async {
+        bounded(limit, "take the data", async {
             t.write_all(data)
                 .await
                 .map_err(|e| FsError::Unavailable(format!("data connection: {e}")))
@@ -771,7 +793,10 @@ impl BackendFile for FtpsFile {
                 ));
             }
             let pump = st.pump.as_mut().expect("started");
-            let next = bounded("send data", async { Ok(pump.rx.recv().await) }).await?;
+            let next = bounded(self.io_timeout, "send data", async {
+                Ok(pump.rx.recv().await)
+            })
+            .await?;
             match next {
                 Some(Ok(chunk)) => {
                     st.pos += chunk.len() as u64;
@@ -821,14 +846,14 @@ impl BackendFile for FtpsFile {
             st.pending.insert(offset, data);
             return Ok(());
         }
-        Self::write_in_order(&mut st, &data).await?;
+        Self::write_in_order(&mut st, &data, self.io_timeout).await?;
         loop {
             let pos = st.pos;
             let Some(next) = st.pending.remove(&pos) else {
                 break;
             };
             st.pending_bytes -= next.len();
-            Self::write_in_order(&mut st, &next).await?;
+            Self::write_in_order(&mut st, &next, self.io_timeout).await?;
         }
         Ok(())
     }
@@ -862,11 +887,19 @@ impl BackendFile for FtpsFile {
         }
         let transfer = match st.pump.take() {
             // Stopping the pump hands the stream back, and says whether it reached the end.
-            Some(Pump { rx, task }) => {
+            // A pump blocked on a stalled endpoint is abandoned after the step limit.
+            Some(Pump { rx, mut task }) => {
                 drop(rx);
-                match task.await {
-                    Ok((t, eof)) => Some((t, eof)),
-                    Err(e) => return Err(FsError::Failure(format!("read task: {e}"))),
+                match tokio::time::timeout(self.io_timeout, &mut task).await {
+                    Ok(Ok((t, eof))) => Some((t, eof)),
+                    Ok(Err(e)) => return Err(FsError::Failure(format!("read task: {e}"))),
+                    Err(_) => {
+                        task.abort();
+                        return Err(FsError::Unavailable(format!(
+                            "the endpoint did not end the download within {} s",
+                            self.io_timeout.as_secs()
+                        )));
+                    }
                 }
             }
             None => st.transfer.take().map(|t| (t, true)),
@@ -874,7 +907,7 @@ impl BackendFile for FtpsFile {
         let result = match transfer {
             None => Ok(()),
             Some((t, true)) => {
-                bounded("confirm the transfer", async {
+                bounded(self.io_timeout, "confirm the transfer", async {
                     t.finish().await.map_err(map_err)
                 })
                 .await
@@ -882,7 +915,7 @@ impl BackendFile for FtpsFile {
             Some((t, false)) => {
                 // A download the client stopped early: abort it at the backend.
                 let ftp = st.ftp.as_mut().expect("connection kept while transferring");
-                bounded("abort the transfer", async {
+                bounded(self.io_timeout, "abort the transfer", async {
                     ftp.abort(t).await.map_err(map_err)
                 })
                 .await
@@ -892,6 +925,7 @@ impl BackendFile for FtpsFile {
         let result = match (result, st.ftp.as_mut()) {
             (Ok(()), Some(ftp)) if deferred != FileAttrs::default() => {
                 bounded(
+                    self.io_timeout,
                     "set the times and mode",
                     apply_attrs(ftp, &self.path, &deferred),
                 )

@@ -34,6 +34,8 @@ pub struct SftpSpec {
     pub username: String,
     pub credential: Credential,
     pub connect_timeout: Duration,
+    /// How long one request may wait for its answer (`ioTimeoutSeconds`).
+    pub io_timeout: Duration,
 }
 
 pub enum Credential {
@@ -214,7 +216,7 @@ impl SftpBackend {
             .await
             .map_err(|e| e.to_string())?;
         let sftp = RawSftpSession::new(channel.into_stream());
-        sftp.set_timeout(120);
+        sftp.set_timeout(self.spec.io_timeout.as_secs());
         sftp.init().await.map_err(|e| e.to_string())?;
         Ok(Conn { ssh, sftp })
     }

@@ -66,6 +66,12 @@ pub struct TransferEndpointSpec {
     #[serde(default = "default_connect_timeout")]
     #[schemars(range(min = 1, max = 300))]
     pub connect_timeout_seconds: u32,
+    /// Seconds one backend step may take once connected (a request and its answer, a chunk of
+    /// a transfer, the final confirmation) before the operation fails and the client is told.
+    /// A stalled backend ends in a reported failure, never a hung client.
+    #[serde(default = "default_io_timeout")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub io_timeout_seconds: u32,
     /// How uploads land: `atomic` (the default) writes a new file under a hidden temporary
     /// name beside the target and renames it into place only when the transfer completed, so
     /// a failed upload never looks like a whole file; `direct` writes under the real name
@@ -87,6 +93,10 @@ pub enum UploadMode {
 
 fn default_connect_timeout() -> u32 {
     10
+}
+
+fn default_io_timeout() -> u32 {
+    60
 }
 
 /// The backend protocols.

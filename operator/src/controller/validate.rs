@@ -352,6 +352,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
                 private_key_file,
                 password_file,
                 connect_timeout_seconds: u64::from(e.connect_timeout_seconds),
+                io_timeout_seconds: u64::from(e.io_timeout_seconds),
             }),
         });
     }
@@ -844,6 +845,7 @@ fn ftps_endpoint(
         password_file: password_file.unwrap_or_default(),
         allow_plaintext: f.allow_plaintext,
         connect_timeout_seconds: u64::from(e.connect_timeout_seconds),
+        io_timeout_seconds: u64::from(e.io_timeout_seconds),
     }))
 }
 
