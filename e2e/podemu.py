@@ -11,11 +11,17 @@ What it takes from the Deployment's pod template, as a kubelet would:
   - `defaultMode` for the files, `fsGroup` as their group, and `runAsUser`/`runAsGroup` for the
     process (the emulator runs as root and drops to them).
 
+  - the readiness probe (`httpGet`) of the emulated process, reported as a kubelet reports it:
+    the status of one of the Deployment's pods (phase Running, `Ready` and `ContainersReady`
+    conditions, the container's `ready`), so that the ReplicaSet and Deployment controllers
+    count it and the operator's Ready condition can be tested against pods that are ready.
+
 What it maps, because there is no image: `command[0]` is looked up in the binary directory
 (the workspace's target/release), and a mount path that appears in `args` is replaced by the
 local directory that stands in for it. Listeners bind on the host, so a test picks free ports.
-What it does not emulate: the image, readOnlyRootFilesystem, seccomp, capabilities, probes,
-resource limits and pod networking. Those are checked on the built object instead.
+What it does not emulate: the image, readOnlyRootFilesystem, seccomp, capabilities,
+liveness probes, resource limits and pod networking. Those are checked on the built object
+instead.
 
 Usage: podemu.py --namespace NS --deployment NAME [--dir DIR] [--bin DIR] (KUBECONFIG from env)
 """
@@ -30,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +58,8 @@ class PodEmulator:
         self.versions = {}  # secret name -> resourceVersion written
         self.stop_event = threading.Event()
         self.syncs = 0
+        self.pod_name = None  # the Deployment's pod whose status this process reports
+        self.reported = None  # the readiness last reported
         dir.mkdir(parents=True, exist_ok=True)
 
     def _kubectl(self, *args) -> dict:
@@ -70,6 +79,16 @@ class PodEmulator:
         self.gid = sc.get("runAsGroup")
         self.fs_group = sc.get("fsGroup")
         self.grace = pod.get("terminationGracePeriodSeconds", 30)
+        self.selector = d["spec"]["selector"]["matchLabels"]
+        self.container_name = container["name"]
+        probe = (container.get("readinessProbe") or {}).get("httpGet")
+        if probe:
+            port = probe["port"]
+            if isinstance(port, str):
+                port = next(p["containerPort"] for p in container.get("ports", []) if p.get("name") == port)
+            self.probe_url = f"http://127.0.0.1:{port}{probe.get('path', '/')}"
+        else:
+            self.probe_url = None
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         path_map = {}
         for m in container.get("volumeMounts", []):
@@ -121,8 +140,46 @@ class PodEmulator:
         while not self.stop_event.wait(self.sync_interval):
             try:
                 self.sync()
+                self.report_readiness()
             except Exception as e:  # a transient API error; the next round retries
                 print(f"podemu: sync failed: {e}", file=sys.stderr)
+
+    def probe(self) -> bool:
+        if self.probe_url is None or self.proc is None or self.proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(self.probe_url, timeout=1) as r:
+                return 200 <= r.status < 400
+        except OSError:
+            return False
+
+    def report_readiness(self, ready: bool | None = None) -> None:
+        """Writes the probe's answer into the status of the pod this process stands for (the
+        newest of the Deployment's live pods, chosen once), when it changed."""
+        ready = self.probe() if ready is None else ready
+        if ready == self.reported:
+            return
+        if self.pod_name is None:
+            labels = ",".join(f"{k}={v}" for k, v in self.selector.items())
+            pods = [p for p in self._kubectl("get", "pods", "-l", labels)["items"]
+                    if not p["metadata"].get("deletionTimestamp")]
+            if not pods:
+                return
+            self.pod_name = max(pods, key=lambda p: p["metadata"]["creationTimestamp"])["metadata"]["name"]
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        flag = "True" if ready else "False"
+        status = {"status": {
+            "phase": "Running", "startTime": now,
+            "conditions": [{"type": t, "status": v, "lastTransitionTime": now} for t, v in
+                           [("PodScheduled", "True"), ("Initialized", "True"),
+                            ("ContainersReady", flag), ("Ready", flag)]],
+            "containerStatuses": [{"name": self.container_name, "ready": ready, "started": True,
+                                   "restartCount": 0, "image": self.template["spec"]["containers"][0]["image"],
+                                   "imageID": "", "state": {"running": {"startedAt": now}}}],
+        }}
+        self._kubectl("patch", "pod", self.pod_name, "--subresource=status", "--type=merge",
+                      "-p", json.dumps(status))
+        self.reported = ready
 
     def sync(self) -> bool:
         """Writes every Secret volume whose Secret changed. Returns whether anything changed."""
@@ -173,6 +230,13 @@ class PodEmulator:
 
     def stop(self) -> int | None:
         self.stop_event.set()
+        if getattr(self, "thread", None):
+            self.thread.join(10)
+        if self.reported:
+            try:
+                self.report_readiness(False)
+            except Exception as e:
+                print(f"podemu: could not report the pod unready: {e}", file=sys.stderr)
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -82,7 +82,8 @@ def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
         ]
         for doc in docs:
             cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **doc}, app)
-        cluster.wait_ready("transfergateway", "gw", app)
+        # Compiled and applied (no kubelet runs the pods here: Reconciling, not Stalled).
+        cluster.wait_ready("transfergateway", "gw", app, status="False", reason="PodsNotReady")
         for kind in ["deployment", "service", "networkpolicy", "poddisruptionbudget"]:
             assert cluster.get(kind, "gw", app) is not None, kind
         assert cluster.get("lease", "portcullis-operator", ns) is not None

@@ -46,10 +46,13 @@ def test_examples_apply_and_every_object_becomes_ready(cluster, operator):
                     "pod-security.kubernetes.io/enforce-version=v1.33")
     credentials_secret(cluster, ns, "mainframe-sftp-credentials", keygen(fresh_dir("examples") / "id"))
     cluster.kubectl("apply", "-f", str(ROOT / "examples"), namespace=ns)
-    for kind in ["networkzone", "keyring", "transferendpoint", "transferrole", "transferuser",
-                 "transfergateway"]:
+    for kind in ["networkzone", "keyring", "transferendpoint", "transferrole", "transferuser"]:
         for obj in cluster.items(kind, ns):
             cluster.wait_ready(kind, obj["metadata"]["name"], ns)
+    # The gateway compiled and every object is applied; Ready waits for its pods, which no
+    # kubelet runs here: Reconciling, with the count.
+    c = cluster.wait_ready("transfergateway", "dmz", ns, status="False", reason="PodsNotReady")
+    assert c["message"] == "0 of 2 pods ready", c
     # A valid user who can never log in over FTPS (a key only) is told so in its status.
     c = cluster.condition("transferuser", "acme-payroll", ns)
     assert "FTPS logins are refused" in c["message"], c
@@ -57,7 +60,7 @@ def test_examples_apply_and_every_object_becomes_ready(cluster, operator):
     out = cluster.kubectl("get", "tgw", namespace=ns).stdout
     assert out.split("\n")[0].split() == ["NAME", "READY", "REASON", "REPLICAS", "LISTENERS",
                                           "CERT-EXPIRY", "AGE"]
-    assert "sftp:2222" in out and "True" in out
+    assert "sftp:2222" in out and "PodsNotReady" in out and "0/2" in out, out
     # `kubectl explain` documents fields.
     explain = cluster.kubectl("explain", "transfergateway.spec.listeners.zones").stdout
     assert "NetworkZones whose peers may connect" in explain
@@ -361,6 +364,9 @@ def test_a_broken_reference_names_itself_and_fixing_it_recovers(cluster, operato
     cluster.apply(role, ns)
     c = cluster.wait_ready("transfergateway", "dmz", ns, status="False", reason="EndpointNotFound")
     assert "role ops names endpoint mainframe2, which does not exist" in c["message"]
+    # kstatus: a person must act.
+    assert cluster.condition("transfergateway", "dmz", ns, "Stalled")["status"] == "True"
+    assert cluster.condition("transfergateway", "dmz", ns, "Reconciling")["status"] == "False"
     rc = cluster.wait_ready("transferrole", "ops", ns, status="False", reason="EndpointNotFound")
     assert "mainframe2" in rc["message"]
     events = cluster.wait_for("a Warning event", lambda: [
@@ -373,7 +379,13 @@ def test_a_broken_reference_names_itself_and_fixing_it_recovers(cluster, operato
 
     role["spec"]["mounts"][0]["endpoint"] = "mainframe"
     cluster.apply(role, ns)
-    cluster.wait_ready("transfergateway", "dmz", ns, status="True")
+    # Compiled and applied; no kubelet runs its pods here, so it is not Ready but Reconciling
+    # (the new config's pods wait for the old ones, which wait for new ones to be ready).
+    c = cluster.wait_for("the gateway to reconcile again", lambda: (
+        c if (c := cluster.condition("transfergateway", "dmz", ns, "Reconciling"))["status"] == "True"
+        else None))
+    assert c["reason"] in ("RollingOut", "PodsNotReady"), c
+    assert cluster.condition("transfergateway", "dmz", ns, "Stalled")["status"] == "False"
     cluster.wait_ready("transferrole", "ops", ns, status="True")
     cluster.wait_for("the new role in the bundle",
                      lambda: b"/ops" in cluster.secret_data("dmz-config", ns)["config.yaml"])
@@ -529,9 +541,18 @@ def deployed(cluster, operator, sshd, passwords):
     ]
     for doc in docs:
         cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **doc}, ns)
-    cluster.wait_ready("transfergateway", "edge", ns)
+    # Compiled and applied, but no pod is ready yet: not Ready (it used to say Ready with 0 of
+    # 1 pods ready), Reconciling, not Stalled.
+    c = cluster.wait_ready("transfergateway", "edge", ns, status="False", reason="PodsNotReady")
+    assert c["message"] == "0 of 1 pods ready", c
+    assert cluster.condition("transfergateway", "edge", ns, "Reconciling")["status"] == "True"
+    assert cluster.condition("transfergateway", "edge", ns, "Stalled")["status"] == "False"
     pod = PodEmulator(ns, "edge", d / "pod", env=cluster.env, kubectl=str(cluster.bin / "kubectl"))
     pod.start()
+    # The pod's readiness probe passes, its status says so, the Deployment counts it: Ready.
+    c = cluster.wait_ready("transfergateway", "edge", ns, timeout=60)
+    assert c["message"].endswith("1 of 1 pods ready"), c
+    assert cluster.condition("transfergateway", "edge", ns, "Reconciling")["status"] == "False"
     wait_port(port)
     wait_port(ftps_port)
 
@@ -687,7 +708,13 @@ def test_operator_restart_converges(cluster, operator):
         cluster.wait_for("the restarted operator to lead", restarted.is_leader, timeout=30)
         cluster.wait_for("the Deployment to converge",
                          lambda: cluster.get("deployment", "dmz", ns)["spec"]["replicas"] == 3)
-        cluster.wait_ready("transfergateway", "dmz", ns)
+        # Applied, and the restarted operator reports the rollout (no kubelet runs it here).
+        c = cluster.wait_for("Reconciling after the restart", lambda: (
+            c if (c := cluster.condition("transfergateway", "dmz", ns, "Reconciling"))["status"] == "True"
+            and c["observedGeneration"] == cluster.get("transfergateway", "dmz", ns)["metadata"]["generation"]
+            else None))
+        assert c["reason"] in ("RollingOut", "PodsNotReady"), c
+        assert cluster.get("transfergateway", "dmz", ns)["status"]["replicas"] == "0/3"
     finally:
         # Hand the module's operator fixture a live process again.
         operator.proc, operator.metrics_port = restarted.proc, restarted.metrics_port

@@ -12,7 +12,9 @@ use kube::{
 use portcullis_api::{READY, TransferGateway, TransferGatewayStatus};
 use serde_json::json;
 
-use super::{Context, Error, apply::apply, build, dereference::World, status, validate};
+use super::{
+    Context, Error, apply::apply, build, dereference::World, rollout::rollout, status, validate,
+};
 
 pub async fn reconcile(gw: Arc<TransferGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -66,23 +68,29 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
             )
         }
     };
-    // 5. status
+    // 5. status (kstatus: Ready, Reconciling, Stalled; Available as before)
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let ready_replicas = deployments
+    let deployment = deployments
         .get_opt(&gw.name_any())
         .await
-        .map_err(Error::Kube)?
-        .and_then(|d| d.status)
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
-    let (ok, reason, message) = match &compiled {
-        Ok(_) => (
+        .map_err(Error::Kube)?;
+    let pods = rollout(gw.spec.replicas, deployment.as_ref());
+    let ready_replicas = pods.ready;
+    // Ready: the config compiled, every object is applied, and the pods run it.
+    let (ok, stalled, reason, message) = match &compiled {
+        Ok(_) if pods.done => (
             true,
+            false,
             "Reconciled",
-            "the config compiled and every object is applied".to_owned(),
+            format!(
+                "the config compiled, every object is applied, and {}",
+                pods.message
+            ),
         ),
+        Ok(_) => (false, pods.stalled, pods.reason, pods.message.clone()),
         Err(problems) => (
             false,
+            true,
             problems[0].reason.as_str(),
             problems
                 .iter()
@@ -91,23 +99,46 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
                 .join("; "),
         ),
     };
+    let reconciling = !ok && !stalled;
     let old = gw.status.clone().unwrap_or_default();
-    let mut wants = vec![status::Want {
-        type_: READY,
-        status: ok,
-        reason,
-        message: message.clone(),
-    }];
-    wants.push(status::Want {
-        type_: "Available",
-        status: ready_replicas >= 1,
-        reason: if ready_replicas >= 1 {
-            "PodsReady"
-        } else {
-            "NoPodsReady"
+    let wants = vec![
+        status::Want {
+            type_: READY,
+            status: ok,
+            reason,
+            message: message.clone(),
         },
-        message: format!("{ready_replicas} of {} pods ready", gw.spec.replicas),
-    });
+        status::Want {
+            type_: "Reconciling",
+            status: reconciling,
+            reason: if reconciling { reason } else { "Settled" },
+            message: if reconciling {
+                message.clone()
+            } else {
+                String::new()
+            },
+        },
+        status::Want {
+            type_: "Stalled",
+            status: stalled,
+            reason: if stalled { reason } else { "Progressing" },
+            message: if stalled {
+                message.clone()
+            } else {
+                String::new()
+            },
+        },
+        status::Want {
+            type_: "Available",
+            status: ready_replicas >= 1,
+            reason: if ready_replicas >= 1 {
+                "PodsReady"
+            } else {
+                "NoPodsReady"
+            },
+            message: format!("{ready_replicas} of {} pods ready", gw.spec.replicas),
+        },
+    ];
     let new = TransferGatewayStatus {
         conditions: status::merge(&old.conditions, wants, gw.meta().generation),
         observed_generation: gw.meta().generation,
@@ -134,7 +165,8 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
         .map_err(Error::Kube)?;
         ctx.count_write("TransferGateway/status");
         if status::ready_changed(&old.conditions, &new.conditions) {
-            ctx.event(gw, !ok, reason, message).await;
+            // A warning only when a person must act; pods starting is news, not a problem.
+            ctx.event(gw, stalled, reason, message).await;
         }
     }
     Ok(Action::requeue(std::time::Duration::from_secs(600)))

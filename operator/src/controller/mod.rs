@@ -33,6 +33,7 @@ pub mod dereference;
 mod fixtures;
 mod gateway;
 mod policy;
+mod rollout;
 pub mod status;
 pub mod validate;
 
