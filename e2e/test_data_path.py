@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import paramiko
 import pytest
@@ -553,9 +554,21 @@ def test_names_that_are_not_utf8_round_trip_byte_for_byte(gw, vsftpd, mount):
 
 
 def descendants(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    kids = [int(p) for p in out]
-    return kids + [g for k in kids for g in descendants(k)]
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+            text = stat.read_text()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(text.rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        kids = [c for c, p in parents.items() if p == parent]
+        out += kids
+        todo += kids
+    return out
 
 
 @contextlib.contextmanager
