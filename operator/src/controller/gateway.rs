@@ -108,26 +108,8 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
             reason,
             message: message.clone(),
         },
-        status::Want {
-            type_: "Reconciling",
-            status: reconciling,
-            reason: if reconciling { reason } else { "Settled" },
-            message: if reconciling {
-                message.clone()
-            } else {
-                String::new()
-            },
-        },
-        status::Want {
-            type_: "Stalled",
-            status: stalled,
-            reason: if stalled { reason } else { "Progressing" },
-            message: if stalled {
-                message.clone()
-            } else {
-                String::new()
-            },
-        },
+        status::Want::flag("Reconciling", reconciling, reason, &message, "Settled"),
+        status::Want::flag("Stalled", stalled, reason, &message, "Progressing"),
         status::Want {
             type_: "Available",
             status: ready_replicas >= 1,

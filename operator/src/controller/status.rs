@@ -15,6 +15,29 @@ pub struct Want<'a> {
     pub message: String,
 }
 
+impl<'a> Want<'a> {
+    /// A kstatus flag (`Reconciling`, `Stalled`): set, it carries the reason and message; unset,
+    /// only the `unset` reason.
+    pub fn flag(
+        type_: &'a str,
+        set: bool,
+        reason: &'a str,
+        message: &str,
+        unset: &'a str,
+    ) -> Want<'a> {
+        Want {
+            type_,
+            status: set,
+            reason: if set { reason } else { unset },
+            message: if set {
+                message.to_owned()
+            } else {
+                String::new()
+            },
+        }
+    }
+}
+
 /// The new condition list: each wanted condition replaces its type, keeping
 /// `lastTransitionTime` when the status did not change, so re-reconciling writes nothing.
 pub fn merge(old: &[Condition], wants: Vec<Want<'_>>, generation: Option<i64>) -> Vec<Condition> {
