@@ -169,7 +169,8 @@ class PodEmulator:
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         flag = "True" if ready else "False"
         status = {"status": {
-            "phase": "Running", "startTime": now,
+            # The process listens on this host's loopback; the operator asks its admin port.
+            "phase": "Running", "startTime": now, "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
             "conditions": [{"type": t, "status": v, "lastTransitionTime": now} for t, v in
                            [("PodScheduled", "True"), ("Initialized", "True"),
                             ("ContainersReady", flag), ("Ready", flag)]],

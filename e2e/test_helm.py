@@ -87,6 +87,11 @@ def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
         for kind in ["deployment", "service", "networkpolicy", "poddisruptionbudget"]:
             assert cluster.get(kind, "gw", app) is not None, kind
         assert cluster.get("lease", "portcullis-operator", ns) is not None
+        # Once pods are ready, it lists them to ask each which config it serves; read-only.
+        sa = f"--as=system:serviceaccount:{ns}:portcullis-operator"
+        for verb, want in [("list", "yes"), ("delete", "no"), ("create", "no")]:
+            r = cluster.kubectl("auth", "can-i", verb, "pods", sa, namespace=app, check=False)
+            assert r.stdout.strip() == want, (verb, r.stdout, r.stderr)
         # Forbidden errors would have been counted by category.
         assert op.metric("portcullis_operator_reconcile_errors_total", category="Forbidden") == 0
         log = op.log.read_text()

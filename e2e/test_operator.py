@@ -550,8 +550,13 @@ def deployed(cluster, operator, sshd, passwords):
     pod = PodEmulator(ns, "edge", d / "pod", env=cluster.env, kubectl=str(cluster.bin / "kubectl"))
     pod.start()
     # The pod's readiness probe passes, its status says so, the Deployment counts it: Ready.
+    # Ready also needs the pod to confirm, on its admin port, that it serves the config the
+    # operator wrote: one hash definition on both sides.
     c = cluster.wait_ready("transfergateway", "edge", ns, timeout=60)
-    assert c["message"].endswith("1 of 1 pods ready"), c
+    assert "1 of 1 pods ready" in c["message"], c
+    st = cluster.get("transfergateway", "edge", ns)["status"]
+    assert c["message"].endswith(f"1 of 1 ready pods serve config {st['configHash'][:12]}"), c
+    assert st["servedConfigHash"] == st["configHash"], st
     assert cluster.condition("transfergateway", "edge", ns, "Reconciling")["status"] == "False"
     wait_port(port)
     wait_port(ftps_port)
@@ -589,6 +594,7 @@ def test_full_path_sftp_through_the_emulated_pod_and_a_live_role_change(cluster,
     assert not (x.sshd.root / "upload.txt").exists()
 
     pid = x.pod.proc.pid
+    before = cluster.get("transfergateway", "edge", x.ns)["status"]["configHash"]
     cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferRole",
                    "metadata": {"name": "exchange"},
                    "spec": {"mounts": [{"path": "/exchange", "endpoint": "backend",
@@ -601,6 +607,13 @@ def test_full_path_sftp_through_the_emulated_pod_and_a_live_role_change(cluster,
 
     cluster.wait_for("the new rule in the running gateway", uploaded, timeout=30, interval=0.5)
     assert (x.sshd.root / "upload.txt").read_text() == up.read_text()
+    # The status follows: the pod confirms the new config.
+    def confirmed():
+        st = cluster.get("transfergateway", "edge", x.ns)["status"]
+        return st.get("servedConfigHash") == st["configHash"] != before and st
+
+    st = cluster.wait_for("the pod to confirm the new config", confirmed, timeout=30, interval=0.5)
+    assert cluster.condition("transfergateway", "edge", x.ns, "Ready")["status"] == "True", st
     assert x.pod.proc.pid == pid and x.pod.proc.poll() is None, "the gateway restarted"
     assert x.pod.audit("configReloaded"), "no configReloaded audit record"
 

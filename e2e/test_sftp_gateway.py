@@ -1,6 +1,7 @@
 """End to end: real OpenSSH sftp and paramiko clients, the real gateway binary, a real sshd
 backend with its own host key, all on loopback."""
 
+import json
 import os
 import signal
 import socket
@@ -361,6 +362,19 @@ def test_hot_reload_adds_a_user_and_refuses_a_bad_config(sshd, passwords, gatewa
         tr.close()
     _, metrics = g.http("/metrics")
     assert 'portcullis_config_reloads_total{result="rejected"} 1' in metrics
+    # The admin port says which config is served and which was refused (the operator reads it).
+    served = json.loads(g.http("/config")[1])
+    assert served["configHash"] == reloaded["configHash"], served
+    assert served["refused"]["configHash"] not in (None, reloaded["configHash"]), served
+    assert served["refused"]["errors"] == rejected["errors"], served
+    # Back to the config in force: nothing is refused any more.
+    publish(c2, 4)
+
+    deadline = time.monotonic() + 20
+    while (served := json.loads(g.http("/config")[1]))["refused"] is not None:
+        assert time.monotonic() < deadline, f"the refusal did not clear: {served}"
+        time.sleep(0.2)
+    assert served["configHash"] == reloaded["configHash"], served
 
 
 def test_malformed_packet_ends_only_that_session(sshd, passwords, gateways):

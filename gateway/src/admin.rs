@@ -1,6 +1,7 @@
 //! The admin port: `/healthz` (the process runs), `/readyz` (listeners are up and the gateway is
-//! not draining), `/metrics` (Prometheus text format) and `/defender/bans` (the bans in force
-//! here, JSON).
+//! not draining), `/metrics` (Prometheus text format), `/defender/bans` (the bans in force
+//! here, JSON) and `/config` (the hash of the config in force and of one refused, JSON: what the
+//! operator reads to confirm that a pod serves the config it wrote).
 
 use std::{
     convert::Infallible,
@@ -16,6 +17,16 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::state::Shared;
+
+/// `{"configHash": …, "refused": {"configHash": …, "errors": […]} | null}`: hashes only, no
+/// secret (see `portcullis_config::material_hash`).
+fn served_config(shared: &Shared) -> serde_json::Value {
+    let refused = shared.refused.lock().expect("not poisoned").clone();
+    serde_json::json!({
+        "configHash": shared.runtime.load().hash,
+        "refused": refused,
+    })
+}
 
 pub async fn serve(shared: Arc<Shared>, tcp: TcpListener, ready: Arc<AtomicBool>) {
     let mut shutdown = shared.shutdown.subscribe();
@@ -56,6 +67,11 @@ fn route(shared: &Shared, ready: &AtomicBool, path: &str) -> Response<Full<Bytes
             StatusCode::OK,
             shared.metrics.encode(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        "/config" => (
+            StatusCode::OK,
+            served_config(shared).to_string() + "\n",
+            "application/json",
         ),
         "/defender/bans" => (
             StatusCode::OK,

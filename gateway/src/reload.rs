@@ -11,7 +11,11 @@ use std::{
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::{audit::Event, runtime, state::Shared};
+use crate::{
+    audit::Event,
+    runtime,
+    state::{RefusedConfig, Shared},
+};
 
 /// How often the file is re-read even without a notification.
 const POLL: Duration = Duration::from_secs(5);
@@ -68,7 +72,13 @@ pub async fn reload(shared: &Shared, path: &Path, last_rejected: &mut String) ->
     let current = shared.runtime.load_full();
     let base = config_base(path);
     let hash = runtime::hash_on_disk(&text, &base);
-    if hash == current.hash || hash == *last_rejected {
+    if hash == current.hash {
+        // Back to the config in force: nothing on disk is refused any more.
+        *shared.refused.lock().expect("not poisoned") = None;
+        last_rejected.clear();
+        return false;
+    }
+    if hash == *last_rejected {
         return false;
     }
     match tokio::task::spawn_blocking(move || runtime::compile(&text, &base)).await {
@@ -102,6 +112,10 @@ pub async fn reload(shared: &Shared, path: &Path, last_rejected: &mut String) ->
                 .config_reloads
                 .get_or_create(&vec![("result", "rejected".to_owned())])
                 .inc();
+            *shared.refused.lock().expect("not poisoned") = Some(RefusedConfig {
+                config_hash: hash.clone(),
+                errors: errors.clone(),
+            });
             shared
                 .audit
                 .emit(Event::ConfigRejected {

@@ -198,10 +198,10 @@ static SERVER_ID: LazyLock<String> =
 pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
     let mut config = GatewayConfig::parse(text).map_err(|e| e.0)?;
     validate(&config)?;
-    resolve_paths(&mut config, base);
     // Hash before loading: if a file is swapped while we load, the next poll sees a hash that
     // differs from ours and loads again, instead of taking the new files as already loaded.
-    let hash = material_hash(text, &config);
+    let hash = material_hash(text, &config, base);
+    resolve_paths(&mut config, base);
     let mut errs = Vec::new();
     let mut err = |path: String, msg: String| errs.push(ConfigError::new(path, msg));
 
@@ -570,95 +570,25 @@ fn failure_cost(config: &GatewayConfig) -> FailureCost {
     }
 }
 
-/// The identity of a config and every file it names: SHA-256 over the text and each file's
-/// path and contents. A rotated key or certificate changes it even when the text does not.
-fn material_hash(text: &str, config: &GatewayConfig) -> String {
-    let mut h = Sha256::new();
-    h.update(text.as_bytes());
-    let mut files: Vec<&String> = config.ssh.host_key_files.iter().collect();
-    for e in &config.endpoints {
-        match &e.backend {
-            EndpointBackend::Sftp(s) => {
-                files.extend(s.private_key_file.iter().chain(&s.password_file))
-            }
-            EndpointBackend::Ftps(f) => {
-                files.push(&f.password_file);
-                files.extend(
-                    f.ca_file
-                        .iter()
-                        .chain(&f.client_certificate_file)
-                        .chain(&f.client_key_file),
-                );
-            }
-            EndpointBackend::Local(_) => {}
-        }
-    }
-    files.extend(
-        config
-            .users
-            .iter()
-            .filter_map(|u| u.totp_secret_file.as_ref()),
-    );
-    files.extend(config.defender.peers.iter().map(|p| &p.key_file));
-    for k in &config.key_rings {
-        files.extend([&k.certificate_file, &k.private_key_file]);
-        files.extend(k.client_ca_file.iter().chain(&k.backend_ca_file));
-    }
-    for f in files {
-        h.update(f.as_bytes());
-        h.update([0]);
-        // An unreadable file hashes as empty; compiling reports it.
-        h.update(std::fs::read(f).unwrap_or_default());
-        h.update([0]);
-    }
-    hex::encode(h.finalize())
-}
-
-/// The material hash of a config text as it stands on disk, or of the text alone when it does
-/// not parse (compiling will say why).
+/// The material hash (see [`portcullis_config::material_hash`]) of a config text, with the
+/// files it names read relative to `base`; of the text alone when it does not parse (compiling
+/// will say why).
 pub fn hash_on_disk(text: &str, base: &Path) -> String {
     match GatewayConfig::parse(text) {
-        Ok(mut config) => {
-            resolve_paths(&mut config, base);
-            material_hash(text, &config)
-        }
+        Ok(config) => material_hash(text, &config, base),
         Err(_) => hex::encode(Sha256::digest(text.as_bytes())),
     }
 }
 
+fn material_hash(text: &str, config: &GatewayConfig, base: &Path) -> String {
+    portcullis_config::material_hash(text, config, |f| std::fs::read(base.join(f)).ok())
+}
+
 /// Makes every relative file path in `config` relative to `base`.
 fn resolve_paths(config: &mut GatewayConfig, base: &Path) {
-    let fix = |f: &mut String| {
+    for f in config.named_files_mut() {
         if Path::new(f.as_str()).is_relative() {
             *f = base.join(&*f).to_string_lossy().into_owned();
         }
-    };
-    config.ssh.host_key_files.iter_mut().for_each(fix);
-    for e in &mut config.endpoints {
-        match &mut e.backend {
-            EndpointBackend::Sftp(s) => {
-                s.private_key_file.as_mut().map(fix);
-                s.password_file.as_mut().map(fix);
-            }
-            EndpointBackend::Ftps(f) => {
-                fix(&mut f.password_file);
-                f.ca_file.as_mut().map(fix);
-                f.client_certificate_file.as_mut().map(fix);
-                f.client_key_file.as_mut().map(fix);
-            }
-            EndpointBackend::Local(_) => {}
-        }
-    }
-    for u in &mut config.users {
-        u.totp_secret_file.as_mut().map(fix);
-    }
-    if let Some(p) = &mut config.defender.peers {
-        fix(&mut p.key_file);
-    }
-    for k in &mut config.key_rings {
-        fix(&mut k.certificate_file);
-        fix(&mut k.private_key_file);
-        k.client_ca_file.as_mut().map(fix);
-        k.backend_ca_file.as_mut().map(fix);
     }
 }

@@ -27,6 +27,17 @@ pub struct Shared {
     pub conns: ConnTracker,
     pub password_checks: PasswordChecks,
     pub defender: Defender,
+    /// The last config on disk that a reload refused, while it is still the one on disk; the
+    /// admin port's `/config` reports it.
+    pub refused: Mutex<Option<RefusedConfig>>,
+}
+
+/// A config the gateway refused to put in force.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedConfig {
+    pub config_hash: String,
+    pub errors: Vec<String>,
 }
 
 impl Shared {
@@ -44,12 +55,14 @@ impl Shared {
                 PASSWORD_QUEUE,
             ),
             defender: Defender::default(),
+            refused: Mutex::new(None),
         })
     }
 
     /// Puts a reloaded config in force and tells the sessions.
     pub fn install(&self, runtime: Runtime) {
         self.runtime.store(Arc::new(runtime));
+        *self.refused.lock().expect("not poisoned") = None;
         self.reloads.send_modify(|n| *n += 1);
     }
 

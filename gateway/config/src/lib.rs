@@ -10,8 +10,10 @@ use std::{collections::BTreeSet, fmt, path::Path};
 
 use serde::{Deserialize, Serialize};
 
+mod identity;
 mod validate;
 
+pub use identity::material_hash;
 pub use validate::{AUTH_METHODS, asks_for_code, parse_cidr, parse_umask, validate};
 
 /// The whole gateway config bundle.
@@ -778,6 +780,40 @@ impl GatewayConfig {
                 .unwrap_or_else(|| "(document)".to_owned());
             ConfigErrors(vec![ConfigError::new(path, e.to_string())])
         })
+    }
+
+    /// Every file the config names (key material, CAs, secrets), in a fixed order. The gateway
+    /// resolves them against the config's directory; the identity below hashes them.
+    pub fn named_files_mut(&mut self) -> Vec<&mut String> {
+        let mut files: Vec<&mut String> = self.ssh.host_key_files.iter_mut().collect();
+        for e in &mut self.endpoints {
+            match &mut e.backend {
+                EndpointBackend::Sftp(s) => {
+                    files.extend(s.private_key_file.iter_mut().chain(&mut s.password_file))
+                }
+                EndpointBackend::Ftps(f) => {
+                    files.push(&mut f.password_file);
+                    files.extend(
+                        f.ca_file
+                            .iter_mut()
+                            .chain(&mut f.client_certificate_file)
+                            .chain(&mut f.client_key_file),
+                    );
+                }
+                EndpointBackend::Local(_) => {}
+            }
+        }
+        files.extend(
+            self.users
+                .iter_mut()
+                .filter_map(|u| u.totp_secret_file.as_mut()),
+        );
+        files.extend(self.defender.peers.iter_mut().map(|p| &mut p.key_file));
+        for k in &mut self.key_rings {
+            files.extend([&mut k.certificate_file, &mut k.private_key_file]);
+            files.extend(k.client_ca_file.iter_mut().chain(&mut k.backend_ca_file));
+        }
+        files
     }
 
     /// Reads, parses and validates a config file.

@@ -471,7 +471,12 @@ pub struct TransferGatewayStatus {
     /// The earliest expiry of the certificates the listeners present (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_not_after: Option<String>,
-    /// SHA-256 of the config bundle in force.
+    /// The identity of the config bundle the operator wrote: SHA-256 over the config and every
+    /// file it names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// `configHash` once every ready pod confirms, on its admin port, that it serves that
+    /// config; absent while any pod serves another, refused it, or does not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_config_hash: Option<String>,
 }

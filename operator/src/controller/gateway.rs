@@ -13,7 +13,8 @@ use portcullis_api::{READY, TransferGateway, TransferGatewayStatus};
 use serde_json::json;
 
 use super::{
-    Context, Error, apply::apply, build, dereference::World, rollout::rollout, status, validate,
+    Context, Error, apply::apply, build, dereference::World, rollout::rollout, served, status,
+    validate,
 };
 
 pub async fn reconcile(gw: Arc<TransferGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -76,19 +77,28 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
         .map_err(Error::Kube)?;
     let pods = rollout(gw.spec.replicas, deployment.as_ref());
     let ready_replicas = pods.ready;
-    // Ready: the config compiled, every object is applied, and the pods run it.
-    let (ok, stalled, reason, message) = match &compiled {
-        Ok(_) if pods.done => (
+    // Once the rollout is done, the pods are asked which config they serve.
+    let served = match &compiled {
+        Ok(bundle) if pods.done => Some(served::judge(
+            &bundle.hash,
+            &served::ask(ctx, gw, &ns).await?,
+        )),
+        _ => None,
+    };
+    // Ready: the config compiled, every object is applied, and the pods run and serve it.
+    let (ok, stalled, reason, message) = match (&compiled, &served) {
+        (Ok(_), Some(s)) if s.done => (
             true,
             false,
             "Reconciled",
             format!(
-                "the config compiled, every object is applied, and {}",
-                pods.message
+                "the config compiled, every object is applied, {}, and {}",
+                pods.message, s.message
             ),
         ),
-        Ok(_) => (false, pods.stalled, pods.reason, pods.message.clone()),
-        Err(problems) => (
+        (Ok(_), Some(s)) => (false, s.stalled, s.reason, s.message.clone()),
+        (Ok(_), None) => (false, pods.stalled, pods.reason, pods.message.clone()),
+        (Err(problems), _) => (
             false,
             true,
             problems[0].reason.as_str(),
@@ -134,6 +144,7 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
                 .join(","),
         ),
         certificate_not_after: not_after,
+        served_config_hash: served.as_ref().filter(|s| s.done).and(config_hash.clone()),
         config_hash,
     };
     if new != old {
@@ -151,5 +162,10 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
             ctx.event(gw, stalled, reason, message).await;
         }
     }
-    Ok(Action::requeue(std::time::Duration::from_secs(600)))
+    // Nothing in the cluster changes when a pod picks up its Secret volume or reloads: look
+    // again soon while the pods do not serve the config yet.
+    let waiting = served.as_ref().is_some_and(|s| !s.done && !s.stalled);
+    Ok(Action::requeue(std::time::Duration::from_secs(
+        if waiting { 5 } else { 600 },
+    )))
 }

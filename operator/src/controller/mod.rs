@@ -34,6 +34,7 @@ mod fixtures;
 mod gateway;
 mod policy;
 mod rollout;
+mod served;
 pub mod status;
 pub mod validate;
 

@@ -128,7 +128,8 @@ pub struct Bundle {
     pub config: config::GatewayConfig,
     /// Secret keys → contents; `config.yaml` among them. Paths in the config are relative.
     pub files: BTreeMap<String, Vec<u8>>,
-    /// SHA-256 of every file: what the gateway runs.
+    /// The identity of what the gateway runs (`portcullis_config::material_hash`): the gateway
+    /// reports the same hash for the config it serves.
     pub hash: String,
     /// Changes only when a change needs a pod restart (listeners, admin port).
     pub restart_hash: String,
@@ -475,17 +476,12 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
     }
 
     let yaml = serde_yaml_ng::to_string(&config).expect("the config serializes");
+    // The hash the gateway computes over what it reads from the mounted Secret.
+    let hash = portcullis_config::material_hash(&yaml, &config, |f| files.get(f).cloned());
     files.insert("config.yaml".to_owned(), yaml.into_bytes());
-    let mut h = Sha256::new();
-    for (k, v) in &files {
-        h.update(k.as_bytes());
-        h.update([0]);
-        h.update(v);
-        h.update([0]);
-    }
     let restart = serde_json::to_vec(&(&config.listeners, &config.admin)).expect("serializes");
     Ok(Bundle {
-        hash: hex::encode(h.finalize()),
+        hash,
         restart_hash: hex::encode(&Sha256::digest(&restart)[..8]),
         config,
         files,
