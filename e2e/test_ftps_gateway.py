@@ -612,6 +612,36 @@ def test_site_goes_through_policy(gw, vsftpd):
     assert any(e["path"] == "/vs/site.txt" for e in chmods), chmods
 
 
+def test_a_denial_is_in_the_audit_chain_before_the_reply_that_reports_it(gw):
+    """The denial record is queued before the command's own record (it used to be spawned, so
+    the two could land in either order): fifty denied commands on one session alternate
+    denial, command, denial, command in seq order."""
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    try:
+        f.cwd("/vs")
+        for i in range(50):
+            with pytest.raises(ftplib.error_perm, match="^550.*names a path"):
+                f.sendcmd(f"SITE HELP ../order{i}")
+        session = None
+        deadline = time.monotonic() + 10
+        while True:
+            recs = [e for e in gw.events() if
+                    (e["event"] == "policyDenied" and "order" in e["reason"]) or
+                    (e["event"] == "ftpCommand" and e["verb"] == "SITE" and "order" in (e.get("argument") or ""))]
+            if len(recs) == 100 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        f.quit()
+    recs.sort(key=lambda e: e["seq"])
+    assert len(recs) == 100, recs
+    assert len({e["session"] for e in recs}) == 1, recs
+    kinds = [e["event"] for e in recs]
+    assert kinds == ["policyDenied", "ftpCommand"] * 50, kinds
+    for d, c in zip(recs[::2], recs[1::2]):
+        assert c["reply"] == 550 and c["argument"].split("../")[1] in d["reason"], (d, c)
+
+
 # --- Backend behaviour ---------------------------------------------------------------------------
 
 

@@ -393,7 +393,7 @@ impl Session {
                 if !f.mode.read {
                     return Err(FsError::Denied("handle not opened for reading".into()));
                 }
-                self.still_allowed(Verb::Read, &f.path)?;
+                self.still_allowed(Verb::Read, &f.path).await?;
                 let got = f.file.read_at(offset, len).await?;
                 let mut t = f.transfer.lock().expect("transfer lock poisoned");
                 match got {
@@ -444,7 +444,7 @@ impl Session {
                         } else {
                             Verb::Read
                         };
-                        if let Err(e) = self.still_allowed(verb, &f.path) {
+                        if let Err(e) = self.still_allowed(verb, &f.path).await {
                             let _ = self.close_file(&f, Some("access withdrawn")).await;
                             return Err(e);
                         }
@@ -461,15 +461,15 @@ impl Session {
             }
             FileOp::FStat { handle } => {
                 let f = self.file(handle)?;
-                self.still_allowed(Verb::List, &f.path)?;
+                self.still_allowed(Verb::List, &f.path).await?;
                 Ok(OpOutput::Attrs(f.file.stat().await?))
             }
             FileOp::FSetStat { handle, attrs } => {
                 let f = self.file(handle)?;
                 let user = self.user()?;
-                let t = self.authorize(&user, Verb::Setattr, &f.path)?;
+                let t = self.authorize(&user, Verb::Setattr, &f.path).await?;
                 if attrs.size.is_some() {
-                    self.authorize(&user, Verb::Write, &f.path)?;
+                    self.authorize(&user, Verb::Write, &f.path).await?;
                 }
                 *rule = Some(t.rule.clone());
                 let attrs = settable(attrs, &t)?;
@@ -511,7 +511,7 @@ impl Session {
                     Location::Virtual { .. } => Ok(OpOutput::Attrs(FileAttrs::virtual_dir())),
                     Location::Nowhere => Err(FsError::NotFound),
                     Location::Mounted { .. } => {
-                        let t = self.authorize(&user, Verb::List, &vpath)?;
+                        let t = self.authorize(&user, Verb::List, &vpath).await?;
                         *rule = Some(t.rule.clone());
                         let b = self.confined(&t).await?;
                         Ok(OpOutput::Attrs(b.stat(&t.backend_path, follow).await?))
@@ -521,9 +521,9 @@ impl Session {
             FileOp::SetStat { path, attrs } => {
                 let vpath = parse(&path)?;
                 let user = self.user()?;
-                let t = self.authorize(&user, Verb::Setattr, &vpath)?;
+                let t = self.authorize(&user, Verb::Setattr, &vpath).await?;
                 if attrs.size.is_some() {
-                    self.authorize(&user, Verb::Write, &vpath)?;
+                    self.authorize(&user, Verb::Write, &vpath).await?;
                 }
                 *rule = Some(t.rule.clone());
                 let attrs = settable(attrs, &t)?;
@@ -532,12 +532,12 @@ impl Session {
                 Ok(OpOutput::Done)
             }
             FileOp::Remove { path } => {
-                let t = self.target(Verb::Delete, &path, rule)?;
+                let t = self.target(Verb::Delete, &path, rule).await?;
                 self.confined(&t).await?.remove(&t.backend_path).await?;
                 Ok(OpOutput::Done)
             }
             FileOp::Mkdir { path, attrs } => {
-                let t = self.target(Verb::Mkdir, &path, rule)?;
+                let t = self.target(Verb::Mkdir, &path, rule).await?;
                 // Only the permission bits: a `[list, mkdir]` role asked for 0o47777.
                 let attrs = FileAttrs {
                     mode: attrs.mode.map(|m| m & 0o777 & !t.umask),
@@ -550,7 +550,7 @@ impl Session {
                 Ok(OpOutput::Done)
             }
             FileOp::Rmdir { path } => {
-                let t = self.target(Verb::Rmdir, &path, rule)?;
+                let t = self.target(Verb::Rmdir, &path, rule).await?;
                 self.confined(&t).await?.rmdir(&t.backend_path).await?;
                 Ok(OpOutput::Done)
             }
@@ -559,8 +559,8 @@ impl Session {
                 to,
                 overwrite,
             } => {
-                let a = self.target(Verb::Rename, &from, rule)?;
-                let b = self.target(Verb::Rename, &to, rule)?;
+                let a = self.target(Verb::Rename, &from, rule).await?;
+                let b = self.target(Verb::Rename, &to, rule).await?;
                 if a.endpoint != b.endpoint {
                     return Err(FsError::Unsupported(
                         "rename across endpoints; copy and delete instead".into(),
@@ -581,8 +581,8 @@ impl Session {
             }
             FileOp::Hardlink { from, to } => {
                 // Both names get the verb: the link shares the bytes of `from` under `to`.
-                let a = self.target(Verb::Link, &from, rule)?;
-                let b = self.target(Verb::Link, &to, rule)?;
+                let a = self.target(Verb::Link, &from, rule).await?;
+                let b = self.target(Verb::Link, &to, rule).await?;
                 if a.endpoint != b.endpoint {
                     return Err(FsError::Unsupported(
                         "a hard link cannot cross endpoints".into(),
@@ -596,7 +596,7 @@ impl Session {
                 Ok(OpOutput::Done)
             }
             FileOp::StatVfs { path } => {
-                let t = self.target(Verb::List, &path, rule)?;
+                let t = self.target(Verb::List, &path, rule).await?;
                 let b = self.confined(&t).await?;
                 Ok(OpOutput::VfsStats(b.statvfs(&t.backend_path).await?))
             }
@@ -625,10 +625,10 @@ impl Session {
         let user = self.user()?;
         let mut target = None;
         if mode.read || !mode.writes() {
-            target = Some(self.authorize(&user, Verb::Read, &vpath)?);
+            target = Some(self.authorize(&user, Verb::Read, &vpath).await?);
         }
         if mode.writes() {
-            target = Some(self.authorize(&user, Verb::Write, &vpath)?);
+            target = Some(self.authorize(&user, Verb::Write, &vpath).await?);
         }
         let t = target.expect("one of the branches ran");
         *rule = Some(t.rule.clone());
@@ -721,7 +721,7 @@ impl Session {
                 .collect()),
             Location::Nowhere => Err(FsError::NotFound),
             Location::Mounted { .. } => {
-                let t = self.authorize(&user, Verb::List, vpath)?;
+                let t = self.authorize(&user, Verb::List, vpath).await?;
                 *rule = Some(t.rule.clone());
                 let b = self.confined(&t).await?;
                 b.list(&t.backend_path).await
@@ -733,7 +733,7 @@ impl Session {
     /// the client never closed it.
     /// One write of an upload: still allowed, within the mount's size limit, hashed, sent.
     async fn write(&self, f: &OpenFile, offset: u64, data: Bytes) -> Result<(), FsError> {
-        self.still_allowed(Verb::Write, &f.path)?;
+        self.still_allowed(Verb::Write, &f.path).await?;
         let len = data.len();
         {
             let mut t = f.transfer.lock().expect("transfer lock poisoned");
@@ -925,7 +925,7 @@ impl Session {
                 let why = format!(
                     "SITE {word}: argument {a:?} names a path; only CHMOD, CHGRP and CHOWN take one"
                 );
-                self.deny(Verb::Site, &parse(cwd)?, &why);
+                self.deny(Verb::Site, &parse(cwd)?, &why).await;
                 return Err(FsError::Denied(why));
             }
             parse(cwd)?
@@ -939,7 +939,7 @@ impl Session {
         let t = match authorized {
             Ok(a) => Target::from(a),
             Err(denied) => {
-                self.deny(Verb::Site, &vpath, &denied.0);
+                self.deny(Verb::Site, &vpath, &denied.0).await;
                 return Err(FsError::Denied(denied.0));
             }
         };
@@ -1078,29 +1078,39 @@ impl Session {
     /// An operation on an open handle is judged again: the user must still be allowed in
     /// (not disabled, not expired, not removed) and still hold the verb on the handle's path
     /// under the policy in force. A reload that withdraws either stops the next read or write.
-    fn still_allowed(&self, verb: Verb, path: &VPath) -> Result<(), FsError> {
+    async fn still_allowed(&self, verb: Verb, path: &VPath) -> Result<(), FsError> {
         let user = self.user()?;
         if user.tree.grants(verb, path) {
             return Ok(());
         }
-        self.authorize(&user, verb, path).map(drop)
+        self.authorize(&user, verb, path).await.map(drop)
     }
 
-    fn target(&self, verb: Verb, path: &str, rule: &mut Option<String>) -> Result<Target, FsError> {
+    async fn target(
+        &self,
+        verb: Verb,
+        path: &str,
+        rule: &mut Option<String>,
+    ) -> Result<Target, FsError> {
         let vpath = parse(path)?;
         let user = self.user()?;
-        let t = self.authorize(&user, verb, &vpath)?;
+        let t = self.authorize(&user, verb, &vpath).await?;
         *rule = Some(t.rule.clone());
         Ok(t)
     }
 
-    /// The policy decision, audited when it denies. Synchronous on purpose: the audit record
-    /// of a denial is queued without waiting (see `deny`).
-    fn authorize(&self, user: &UserEntry, verb: Verb, path: &VPath) -> Result<Target, FsError> {
+    /// The policy decision, audited when it denies; the denial record is queued before the
+    /// caller sees the error.
+    async fn authorize(
+        &self,
+        user: &UserEntry,
+        verb: Verb,
+        path: &VPath,
+    ) -> Result<Target, FsError> {
         match user.tree.authorize(verb, path) {
             Ok(a) => Ok(Target::from(a)),
             Err(denied) => {
-                self.deny(verb, path, &denied.0);
+                self.deny(verb, path, &denied.0).await;
                 Err(FsError::Denied(denied.0))
             }
         }
@@ -1119,8 +1129,7 @@ impl Session {
             .await;
     }
 
-    fn deny(&self, verb: Verb, path: &VPath, reason: &str) {
-        let audit = self.shared.audit.clone();
+    async fn deny(&self, verb: Verb, path: &VPath, reason: &str) {
         let event = Event::PolicyDenied {
             session: self.id.clone(),
             user: self.user.clone(),
@@ -1128,7 +1137,8 @@ impl Session {
             path: path.to_string(),
             reason: reason.to_owned(),
         };
-        tokio::spawn(async move { audit.emit(event).await });
+        // Awaited: the denial is in the chain before anything the session does next.
+        self.shared.audit.emit(event).await;
     }
 
     /// How uploads land on `endpoint`, from the config in force.
