@@ -68,7 +68,9 @@ class Vsftpd:
         ensure_backend_user(self.root)
         subprocess.run(["chown", BACKEND_USER, str(self.root)], check=True)
         self.port = free_port()
-        self.pasv = free_port_range(16)
+        # vsftpd picks a passive port at random and ends the session after 10 picks that are in
+        # use; 16 ports were suspected of a rare "No connection" under fifty concurrent sessions.
+        self.pasv = free_port_range(64)
         cert, key = pki.issue("vsftpd", "localhost")
         self.ca = pki.ca
         Path("/var/run/vsftpd/empty").mkdir(parents=True, exist_ok=True)
@@ -87,7 +89,7 @@ chroot_local_user=YES
 allow_writeable_chroot=YES
 pasv_enable=YES
 pasv_min_port={self.pasv}
-pasv_max_port={self.pasv + 15}
+pasv_max_port={self.pasv + 63}
 pasv_address=127.0.0.1
 ssl_enable=YES
 rsa_cert_file={cert}

@@ -125,6 +125,25 @@ def test_one_gib_through_the_gateway_in_bounded_memory(sshd, passwords, gateways
     assert peak < 100 * 1024, f"gateway peak RSS {peak} KiB"
 
 
+def test_sftp_transfer_records_name_the_channel_the_client_negotiated(sshd, passwords, gateways):
+    """SFTP transfer records carry the SSH transport's algorithms (they were null), as the
+    client itself negotiated them."""
+    data = backend_dir(sshd, "channel")
+    (data / "r.txt").write_text("read me")
+    g = gateways("channel", config(sshd, passwords, data))
+    sftp, t = g.paramiko("alice", password="alice-pw")
+    try:
+        assert sftp.open("/files/r.txt").read() == b"read me"
+        cipher, kex = t.local_cipher, t.kex_engine.__class__.__name__
+    finally:
+        t.close()
+    rec = g.wait_event("transferEnd", direction="download")
+    channel = rec["channel"]
+    assert channel and channel.startswith(f"SSH-2.0 {cipher} "), (channel, cipher, kex)
+    assert channel.split()[-1] == "ssh-ed25519", channel
+    assert g.wait_event("transferStart", direction="download")["channel"] == channel
+
+
 def test_denied_write_is_refused_and_audited(sshd, passwords, gateways, tmp_path):
     data = backend_dir(sshd, "denied")
     (data / "existing.txt").write_text("keep me")

@@ -257,7 +257,9 @@ pub struct Session {
     pub user: String,
     pub peer: SocketAddr,
     protocol: &'static str,
-    channel: Option<String>,
+    /// The client channel's protection: known at login for FTPS; for SFTP set when the
+    /// subsystem starts (russh's auth callbacks do not see the transport).
+    channel: std::sync::OnceLock<String>,
     shared: Arc<Shared>,
     started: Instant,
     backends: tokio::sync::Mutex<HashMap<String, CachedBackend>>,
@@ -288,7 +290,7 @@ impl Session {
             user: login.user.to_owned(),
             peer: login.peer,
             protocol: login.protocol,
-            channel: login.channel.clone(),
+            channel: login.channel.clone().map(Into::into).unwrap_or_default(),
             shared,
             started: Instant::now(),
             backends: tokio::sync::Mutex::new(HashMap::new()),
@@ -699,7 +701,7 @@ impl Session {
                 endpoint: t.endpoint,
                 direction,
                 mode: mode_str(mode),
-                channel: self.channel.clone(),
+                channel: self.channel.get().cloned(),
             })
             .await;
         Ok(OpOutput::Handle(id))
@@ -861,7 +863,7 @@ impl Session {
                 sha256,
                 confidence,
                 detail,
-                channel: self.channel.clone(),
+                channel: self.channel.get().cloned(),
             })
             .await;
         closed
@@ -1139,6 +1141,11 @@ impl Session {
         };
         // Awaited: the denial is in the chain before anything the session does next.
         self.shared.audit.emit(event).await;
+    }
+
+    /// Names the client channel's protection once it is known (a second call is ignored).
+    pub fn set_channel(&self, protection: String) {
+        let _ = self.channel.set(protection);
     }
 
     /// How uploads land on `endpoint`, from the config in force.

@@ -441,6 +441,9 @@ impl Handler for SshHandler {
             session.channel_failure(channel_id)?;
             return Ok(());
         };
+        if let Some(algorithms) = session.negotiated() {
+            s.set_channel(algorithms.to_owned());
+        }
         session.channel_success(channel_id)?;
         self.serving = true;
         let shared = self.shared.clone();

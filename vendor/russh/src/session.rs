@@ -59,6 +59,8 @@ pub(crate) struct Encrypted {
     pub rekey_wanted: bool,
     pub received_extensions: Vec<String>,
     pub extension_info_awaiters: HashMap<String, Vec<oneshot::Sender<()>>>,
+    /// PORTCULLIS PATCH: the algorithms of the last key exchange, for the audit trail.
+    pub negotiated: String,
 }
 
 pub(crate) struct CommonSession<Config> {
@@ -156,6 +158,7 @@ impl<C> CommonSession<C> {
             enc.key = newkeys.key;
             enc.client_mac = newkeys.names.client_mac;
             enc.server_mac = newkeys.names.server_mac;
+            enc.negotiated = negotiated(&newkeys.names);
             self.remote_to_local = newkeys.cipher.remote_to_local;
             self.packet_writer
                 .set_cipher(newkeys.cipher.local_to_remote);
@@ -170,6 +173,7 @@ impl<C> CommonSession<C> {
 
     pub fn encrypted(&mut self, state: EncryptedState, newkeys: NewKeys) {
         let strict_kex = newkeys.names.strict_kex();
+        let negotiated = negotiated(&newkeys.names); // PORTCULLIS PATCH
         self.encrypted = Some(Encrypted {
             exchange: Some(newkeys.exchange),
             kex: newkeys.kex,
@@ -189,6 +193,7 @@ impl<C> CommonSession<C> {
             rekey_wanted: false,
             received_extensions: Vec::new(),
             extension_info_awaiters: HashMap::new(),
+            negotiated,
         });
         self.remote_to_local = newkeys.cipher.remote_to_local;
         self.packet_writer
@@ -822,6 +827,19 @@ impl Exchange {
     }
 }
 
+/// PORTCULLIS PATCH: `SSH-2.0 <cipher>[ <mac>] <kex> <host key>`, the MAC only where the cipher
+/// is not an AEAD (its client-to-server MAC is then `none`).
+fn negotiated(names: &negotiation::Names) -> String {
+    let mac: &str = names.client_mac.as_ref();
+    let mac = if mac == "none" { String::new() } else { format!(" {mac}") };
+    format!(
+        "SSH-2.0 {}{mac} {} {}",
+        AsRef::<str>::as_ref(&names.cipher),
+        AsRef::<str>::as_ref(&names.kex),
+        names.key
+    )
+}
+
 #[derive(Debug)]
 pub(crate) struct NewKeys {
     pub exchange: Exchange,
@@ -891,6 +909,7 @@ mod tests {
             rekey_wanted: false,
             received_extensions: Vec::new(),
             extension_info_awaiters: HashMap::new(),
+            negotiated: String::new(), // PORTCULLIS PATCH
         }
     }
 

@@ -2178,6 +2178,7 @@ mod tests {
                     rekey_wanted: false,
                     received_extensions: Vec::new(),
                     extension_info_awaiters: HashMap::new(),
+                    negotiated: String::new(), // PORTCULLIS PATCH
                 }),
                 config,
                 wants_reply: false,
@@ -2485,6 +2486,7 @@ mod tests {
                     rekey_wanted: false,
                     received_extensions: Vec::new(),
                     extension_info_awaiters: HashMap::new(),
+                    negotiated: String::new(), // PORTCULLIS PATCH
                 }),
                 config,
                 wants_reply: false,

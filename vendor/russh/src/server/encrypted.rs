@@ -900,6 +900,7 @@ mod tests {
             rekey_wanted: false,
             received_extensions: Vec::new(),
             extension_info_awaiters: std::collections::HashMap::new(),
+            negotiated: String::new(), // PORTCULLIS PATCH
         }
     }
 }

@@ -1510,6 +1510,12 @@ impl Session {
         &self.common.remote_sshid
     }
 
+    /// PORTCULLIS PATCH: the algorithms of the last key exchange (`SSH-2.0 <cipher>[ <mac>]
+    /// <kex> <host key>`), once the transport is encrypted.
+    pub fn negotiated(&self) -> Option<&str> {
+        self.common.encrypted.as_ref().map(|e| e.negotiated.as_str())
+    }
+
     pub(crate) fn maybe_send_ext_info(&mut self) -> Result<(), Error> {
         if let Some(ref mut enc) = self.common.encrypted {
             // If client sent a ext-info-c message in the kex list, it supports RFC 8308 extension negotiation.
@@ -1651,6 +1657,7 @@ mod tests {
                     rekey_wanted: false,
                     received_extensions: Vec::new(),
                     extension_info_awaiters: HashMap::new(),
+                    negotiated: String::new(), // PORTCULLIS PATCH
                 }),
                 auth_method: None,
                 auth_attempts: 0,
