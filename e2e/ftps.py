@@ -9,7 +9,7 @@ import ssl
 import subprocess
 from pathlib import Path
 
-from harness import free_port, wait_port
+from harness import HANDED_OUT, free_port, wait_port
 
 BACKEND_USER = "portcullis-ftp"
 BACKEND_PASSWORD = "backend-pw"
@@ -137,7 +137,8 @@ def free_port_range(n: int) -> int:
     port that gets taken meanwhile)."""
     for _ in range(200):
         base = free_port()
-        if base + n > 65000:
+        # Disjoint from every port and range handed out before (see harness.HANDED_OUT).
+        if base + n > 65000 or any(p in HANDED_OUT for p in range(base + 1, base + n)):
             continue
         socks = []
         try:
@@ -145,6 +146,7 @@ def free_port_range(n: int) -> int:
                 s = socket.socket()
                 s.bind(("127.0.0.1", p))
                 socks.append(s)
+            HANDED_OUT.update(range(base, base + n))
             return base
         except OSError:
             continue

@@ -26,10 +26,20 @@ SSH_OPTS = [
 ]
 
 
+# Every port this process has handed out, singly or in ranges. Ranges are not bound until a
+# server uses them, so without this a vsftpd passive range and a gateway passive range could
+# overlap, and a data connection meant for one would reach the other.
+HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in HANDED_OUT:
+            HANDED_OUT.add(port)
+            return port
 
 
 def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> None:
