@@ -68,8 +68,8 @@ class Vsftpd:
         ensure_backend_user(self.root)
         subprocess.run(["chown", BACKEND_USER, str(self.root)], check=True)
         self.port = free_port()
-        # vsftpd picks a passive port at random and ends the session after 10 picks that are in
-        # use; 16 ports were suspected of a rare "No connection" under fifty concurrent sessions.
+        # 16 passive ports were suspected (not proven) of a rare "No connection" under fifty
+        # concurrent sessions: as we read vsftpd, it gives up after a few random picks in use.
         self.pasv = free_port_range(64)
         cert, key = pki.issue("vsftpd", "localhost")
         self.ca = pki.ca

@@ -622,7 +622,6 @@ def test_a_denial_is_in_the_audit_chain_before_the_reply_that_reports_it(gw):
         for i in range(50):
             with pytest.raises(ftplib.error_perm, match="^550.*names a path"):
                 f.sendcmd(f"SITE HELP ../order{i}")
-        session = None
         deadline = time.monotonic() + 10
         while True:
             recs = [e for e in gw.events() if
