@@ -9,7 +9,7 @@ import ssl
 import subprocess
 from pathlib import Path
 
-from harness import HANDED_OUT, free_port, wait_port
+from harness import HANDED_OUT, SERVERS, free_port, wait_port
 
 BACKEND_USER = "portcullis-ftp"
 BACKEND_PASSWORD = "backend-pw"
@@ -100,12 +100,14 @@ require_ssl_reuse=YES
 ssl_ciphers=HIGH
 seccomp_sandbox=NO
 xferlog_enable=YES
+log_ftp_protocol=YES
 vsftpd_log_file={dir}/vsftpd.log
 secure_chroot_dir=/var/run/vsftpd/empty
 implicit_ssl={"YES" if implicit else "NO"}
 """ + (f"require_cert=YES\nvalidate_cert=YES\nca_certs_file={client_ca}\n" if client_ca else ""))
         os.chmod(self.config, 0o600)
         self.implicit = implicit
+        SERVERS.append(self)
         self.proc = subprocess.Popen(["/usr/sbin/vsftpd", str(self.config)],
                                      stdout=subprocess.DEVNULL, stderr=open(dir / "stderr.log", "wb"))
         wait_port(self.port)

@@ -32,6 +32,11 @@ SSH_OPTS = [
 HANDED_OUT: set[int] = set()
 
 
+# Every server a test started (sshd, vsftpd, gateway), so that a failing test can show and keep
+# their logs (conftest.py) before a later module recreates the same directories.
+SERVERS: list = []
+
+
 def free_port() -> int:
     while True:
         with socket.socket() as s:
@@ -151,6 +156,7 @@ LogLevel ERROR
 """
         )
         Path("/run/sshd").mkdir(exist_ok=True)
+        SERVERS.append(self)
         self.proc = subprocess.Popen(
             ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config)],
             stdout=subprocess.DEVNULL,
@@ -206,6 +212,7 @@ class Gateway:
         self.config = config
         self.write_config(config)
         self.proc = None
+        SERVERS.append(self)
         if start:
             self.start()
 
