@@ -12,7 +12,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from harness import ROOT, Gateway, fresh_dir, keygen, make_file, pubkey, sha256_file, totp
+from harness import GATEWAY_BIN, ROOT, Gateway, fresh_dir, keygen, make_file, pubkey, sha256_file, totp
 
 ALL_VERBS = ["list", "read", "write", "delete", "mkdir", "rmdir", "rename", "setattr"]
 TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
@@ -572,9 +572,16 @@ def test_demo_as_the_readme_says(tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
     audit = proc.stdout.read().decode().splitlines()
-    import json
     events = [json.loads(line)["event"] for line in audit if line.startswith("{")]
     assert "daemonStart" in events and "transferEnd" in events and "sessionEnd" in events
+    # The demo's trail on disk is chained and signed; after a clean stop it verifies whole,
+    # with the public key the demo wrote beside it.
+    demo_dir = files.parent
+    assert b"audit verify --key" in banner + proc.stderr.read()
+    r = subprocess.run([str(GATEWAY_BIN), "audit", "verify", "--key", str(demo_dir / "audit-signing.pub"),
+                        str(demo_dir / "audit")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("ok: ") and "signatures checked" in r.stdout, r.stdout
 
 
 def test_user_zones_disabled_and_expired_accounts_are_refused(sshd, passwords, gateways):

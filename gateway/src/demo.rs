@@ -1,8 +1,9 @@
 //! `portcullis-gateway demo`: the embedded default. SFTP on 127.0.0.1:2222, explicit FTPS on
 //! 127.0.0.1:2121 and implicit FTPS on 127.0.0.1:2990 (passive ports 30000-30099), user `demo`
 //! with password `demo`, one mount `/files` on a local directory with every verb, audit as JSON
-//! lines on stdout. The host key and a demo CA with its server certificate are made once and
-//! kept in the state directory.
+//! lines on stdout and chained, checkpointed and signed in `DIR/audit/`. The host key, a demo CA
+//! with its server certificate, and the audit signing key are made once and kept in the state
+//! directory; the signing key's public half is `DIR/audit-signing.pub`.
 
 use std::path::{Path, PathBuf};
 
@@ -64,6 +65,22 @@ pub fn prepare(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
         )?;
     }
 
+    let audit_dir = dir.join("audit");
+    std::fs::create_dir_all(&audit_dir)?;
+    let signing_key = state.join("audit-signing.pem");
+    if !signing_key.exists() {
+        let private = crate::audit::chain::generate_pem();
+        std::fs::write(&signing_key, &private)?;
+        std::fs::set_permissions(
+            &signing_key,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        std::fs::write(
+            dir.join("audit-signing.pub"),
+            crate::audit::chain::public_key_pem(&private).map_err(anyhow::Error::msg)?,
+        )?;
+    }
+
     let verbs: Vec<&str> = Verb::ALL.iter().map(|v| v.as_str()).collect();
     let config = format!(
         r#"# Written by `portcullis-gateway demo`; edits are picked up live (hot reload).
@@ -99,7 +116,7 @@ roles:
 ssh:
   hostKeyFiles: ["{key}"]
 admin: {{ address: "{ADMIN}" }}
-audit: {{ stdout: true }}
+audit: {{ stdout: true, file: "{audit_file}", signingKeyFile: "{signing_key}" }}
 shutdownGraceSeconds: 10
 "#,
         files = files.display(),
@@ -108,6 +125,8 @@ shutdownGraceSeconds: 10
         key = key_path.display(),
         cert = cert_pem.display(),
         key_file = key_pem.display(),
+        audit_file = audit_dir.join("audit.jsonl").display(),
+        signing_key = signing_key.display(),
     );
     let config_path = state.join("demo-config.yaml");
     std::fs::write(&config_path, config)?;
@@ -122,11 +141,15 @@ shutdownGraceSeconds: 10
          \x20           curl --cacert {ca} ftps://demo:demo@localhost:2990/files/  (implicit)\n\
          \x20 demo CA:  {ca}\n\
          \x20 admin:    http://{ADMIN}/metrics\n\
-         \x20 audit records follow on stdout as JSON lines; Ctrl-C stops.",
+         \x20 audit:    {audit}/ (chained, with signed checkpoints)\n\
+         \x20 verify:   portcullis-gateway audit verify --key {pubkey} {audit}\n\
+         \x20 audit records also follow on stdout as JSON lines; Ctrl-C stops.",
         files = files.display(),
         state = state.display(),
         fp = key.public_key().fingerprint(HashAlg::Sha256),
         ca = ca_pem.display(),
+        audit = audit_dir.display(),
+        pubkey = dir.join("audit-signing.pub").display(),
     );
     Ok(config_path)
 }

@@ -38,8 +38,8 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         )
     })?;
     let metrics = Arc::new(Metrics::default());
-    let audit =
-        Auditor::start(&rt.config.audit, metrics.clone()).context("opening the audit sink")?;
+    let audit = Auditor::start(&rt.config.audit, rt.audit_signer.clone(), metrics.clone())
+        .context("opening the audit sink")?;
 
     let mut bound = Vec::new();
     for l in &rt.config.listeners {
@@ -126,7 +126,7 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
             sessions_left: shared.conns.open(),
         })
         .await;
-    audit.flush().await;
+    audit.seal().await;
     Ok(())
 }
 

@@ -1,6 +1,11 @@
 //! `portcullis-gateway`: run, check, or demo the gateway.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+use std::{
+    io::{IsTerminal, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand};
 use portcullis_gateway::{auth, demo, gateway};
@@ -38,6 +43,33 @@ enum Command {
     },
     /// Read a password on stdin and print its argon2id PHC hash for `passwordHash`.
     HashPassword,
+    /// Check or sign the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the chain and the checkpoint signatures of audit files (a directory: its files
+    /// in name order, as one trail). Names the first bad record and the kind of tampering;
+    /// exits 1 on any, 0 with a one-line summary when all is well.
+    Verify {
+        /// A trusted Ed25519 public key (PEM `PUBLIC KEY`); repeat for rotated keys. Without
+        /// one, only the chain is checked.
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+        /// The trail is still being written: records after the last checkpoint, or a last
+        /// line being written, are not a finding.
+        #[arg(long)]
+        live: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Write a new Ed25519 signing key (PKCS#8 PEM, mode 0600) for `audit.signingKeyFile`,
+    /// and its public key (PEM) beside it, with the extension `.pub`.
+    Keygen { file: PathBuf },
+    /// Print the public key (PEM) of a signing key, for `audit verify --key`.
+    PublicKey { file: PathBuf },
 }
 
 fn init_tracing() {
@@ -77,8 +109,72 @@ fn main() -> ExitCode {
             println!("{}", auth::hash_password(pw.trim_end_matches(['\r', '\n'])));
             ExitCode::SUCCESS
         }
+        Command::Audit(command) => audit(command),
         Command::Run { config } => serve(Ok(config)),
         Command::Demo { dir } => serve(demo::prepare(dir.as_deref())),
+    }
+}
+
+fn audit(command: AuditCommand) -> ExitCode {
+    use portcullis_gateway::audit::{chain, verify};
+    let fail = |e: String| {
+        eprintln!("portcullis-gateway audit: {e}");
+        ExitCode::from(2)
+    };
+    match command {
+        AuditCommand::Verify { keys, live, paths } => {
+            let keys = match keys
+                .iter()
+                .map(|k| chain::Verifier::from_pem_file(k))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(k) => k,
+                Err(e) => return fail(e),
+            };
+            let report =
+                verify::files_of(&paths).and_then(|files| verify::verify(&files, &keys, live));
+            match report {
+                Ok(r) if r.finding.is_none() => {
+                    println!("{r}");
+                    ExitCode::SUCCESS
+                }
+                Ok(r) => {
+                    println!("{r}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => fail(e.to_string()),
+            }
+        }
+        AuditCommand::Keygen { file } => {
+            let private = chain::generate_pem();
+            let public = chain::public_key_pem(&private).expect("a key just made");
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .and_then(|mut f| f.write_all(private.as_bytes()))
+                .and_then(|()| std::fs::write(file.with_extension("pub"), &public));
+            match written {
+                Ok(()) => {
+                    print!("{public}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("{}: {e}", file.display())),
+            }
+        }
+        AuditCommand::PublicKey { file } => {
+            match std::fs::read_to_string(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| chain::public_key_pem(&pem))
+            {
+                Ok(public) => {
+                    print!("{public}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("{}: {e}", file.display())),
+            }
+        }
     }
 }
 

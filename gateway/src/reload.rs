@@ -63,6 +63,23 @@ pub fn spawn(shared: Arc<Shared>, path: PathBuf) -> notify::Result<()> {
     Ok(())
 }
 
+/// Refuses a reload that changes what only a restart applies: the audit sinks and signing key
+/// belong to the writer started with the process, so accepting them would ignore them.
+fn restart_only(
+    current: &runtime::Runtime,
+    new: runtime::Runtime,
+) -> Result<runtime::Runtime, Vec<portcullis_config::ConfigError>> {
+    let key_id = |rt: &runtime::Runtime| rt.audit_signer.as_ref().map(|s| s.key_id.clone());
+    if new.config.audit.sinks() != current.config.audit.sinks() || key_id(&new) != key_id(current) {
+        return Err(vec![portcullis_config::ConfigError::new(
+            "audit",
+            "the audit sinks, signing key and checkpoint interval change only at a restart \
+             (the operator rolls the pods); the running gateway keeps its own",
+        )]);
+    }
+    Ok(new)
+}
+
 /// Re-reads the config; swaps it in if it changed and compiles. Returns whether it swapped.
 pub async fn reload(shared: &Shared, path: &Path, last_rejected: &mut String) -> bool {
     let Ok(text) = tokio::fs::read_to_string(path).await else {
@@ -81,7 +98,10 @@ pub async fn reload(shared: &Shared, path: &Path, last_rejected: &mut String) ->
     if hash == *last_rejected {
         return false;
     }
-    match tokio::task::spawn_blocking(move || runtime::compile(&text, &base)).await {
+    let compiled = tokio::task::spawn_blocking(move || runtime::compile(&text, &base))
+        .await
+        .map(|r| r.and_then(|rt| restart_only(&current, rt)));
+    match compiled {
         Ok(Ok(rt)) => {
             if rt.config.listeners != current.config.listeners {
                 tracing::warn!("listener changes take effect at the next restart");

@@ -49,6 +49,8 @@ pub struct Runtime {
     pub failure: FailureCost,
     /// The key defender datagrams between replicas are authenticated with.
     pub defender_key: Option<Arc<[u8]>>,
+    /// The key audit checkpoints are signed with.
+    pub audit_signer: Option<Arc<crate::audit::chain::Signer>>,
 }
 
 /// Keeps refusals from telling who exists or how their password is hashed: an unknown user's
@@ -471,6 +473,13 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
         },
     };
 
+    let audit_signer = config.audit.signing_key_file.as_ref().and_then(|f| {
+        crate::audit::chain::Signer::from_pem_file(Path::new(f))
+            .map(Arc::new)
+            .map_err(|e| err("audit.signingKeyFile".into(), e))
+            .ok()
+    });
+
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -542,6 +551,7 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
         certificates,
         failure,
         defender_key,
+        audit_signer,
     })
 }
 

@@ -1341,7 +1341,7 @@ audit: {{stdout: false, file: "{audit}"}}
         );
         let rt = crate::runtime::compile(&text, dir.path()).expect("test config compiles");
         let metrics = Arc::new(Metrics::default());
-        let auditor = Auditor::start(&rt.config.audit, metrics.clone()).unwrap();
+        let auditor = Auditor::start(&rt.config.audit, None, metrics.clone()).unwrap();
         let shared = Shared::new(rt, auditor, metrics);
         let session = Session::start(
             shared.clone(),

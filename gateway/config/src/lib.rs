@@ -636,6 +636,27 @@ pub struct AuditSettings {
     /// start/end records count them (`summary`, the default).
     #[serde(default)]
     pub data_ops: DataOpsAudit,
+    /// An Ed25519 private key (PKCS#8 PEM, e.g. `openssl genpkey -algorithm ed25519`). With
+    /// it the trail carries signed checkpoints, each naming the key's id, that
+    /// `portcullis-gateway audit verify --key` checks against the public key.
+    #[serde(default)]
+    pub signing_key_file: Option<String>,
+    /// Seconds between signed checkpoints while records are written (one is also written at
+    /// shutdown).
+    #[serde(default = "defaults::checkpoint_seconds")]
+    pub checkpoint_seconds: u64,
+}
+
+impl AuditSettings {
+    /// The settings the audit writer was started with; a reload cannot change them.
+    pub fn sinks(&self) -> (bool, Option<&str>, Option<&str>, u64) {
+        (
+            self.stdout,
+            self.file.as_deref(),
+            self.signing_key_file.as_deref(),
+            self.checkpoint_seconds,
+        )
+    }
 }
 
 impl Default for AuditSettings {
@@ -644,6 +665,8 @@ impl Default for AuditSettings {
             stdout: true,
             file: None,
             data_ops: DataOpsAudit::default(),
+            signing_key_file: None,
+            checkpoint_seconds: defaults::checkpoint_seconds(),
         }
     }
 }
@@ -672,6 +695,9 @@ mod defaults {
         10
     }
     pub fn io_timeout_seconds() -> u64 {
+        60
+    }
+    pub fn checkpoint_seconds() -> u64 {
         60
     }
     pub fn data_timeout_seconds() -> u64 {
@@ -809,6 +835,7 @@ impl GatewayConfig {
                 .filter_map(|u| u.totp_secret_file.as_mut()),
         );
         files.extend(self.defender.peers.iter_mut().map(|p| &mut p.key_file));
+        files.extend(self.audit.signing_key_file.iter_mut());
         for k in &mut self.key_rings {
             files.extend([&mut k.certificate_file, &mut k.private_key_file]);
             files.extend(k.client_ca_file.iter_mut().chain(&mut k.backend_ca_file));

@@ -401,6 +401,9 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
             "at least one audit sink is required (stdout or file)",
         );
     }
+    if config.audit.checkpoint_seconds == 0 || config.audit.checkpoint_seconds > 86_400 {
+        errs.push("audit.checkpointSeconds", "must be between 1 and 86400");
+    }
     if let Some(admin) = &config.admin
         && admin.address.parse::<SocketAddr>().is_err()
     {

@@ -452,6 +452,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
                 portcullis_api::DataOpsAudit::Summary => config::DataOpsAudit::Summary,
                 portcullis_api::DataOpsAudit::Each => config::DataOpsAudit::Each,
             },
+            ..Default::default()
         },
         defender,
         admin: Some(config::AdminSettings {

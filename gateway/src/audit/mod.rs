@@ -1,15 +1,21 @@
 //! Audit: typed records, hash-chained, written as JSON lines to stdout and/or a file.
 //!
-//! Each line carries `seq` and `prev`, the SHA-256 of the previous line's bytes, so removing or
-//! editing a record breaks the chain (`verify_chain`). Records are written by one thread in the
-//! order they were emitted; emitters wait when the queue is full rather than drop records.
+//! Each line carries `v` (the schema), `seq` and `prev`, the SHA-256 of the previous line's
+//! bytes, so removing or editing a record breaks the chain. A file's chain continues across
+//! restarts (`chain::resume`), and with a signing key, checkpoints sign it (`chain`);
+//! `verify` checks all of it. Records are written by one thread in the order they were
+//! emitted; emitters wait when the queue is full rather than drop records.
+
+pub mod chain;
+pub mod verify;
 
 use std::{
-    fs::OpenOptions,
+    fs::{File, OpenOptions},
     io::{self, Write},
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
+    time::Duration,
 };
 
 use portcullis_config::AuditSettings;
@@ -17,6 +23,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use self::chain::{GENESIS, Resume, SCHEMA, Signer};
 use crate::metrics::Metrics;
 
 /// How sure we are that a transfer's bytes arrived whole.
@@ -209,6 +216,19 @@ pub enum Event {
     ShutdownComplete {
         sessions_left: usize,
     },
+    /// The first record after a restart: the chain goes on from the file's last complete
+    /// record (`prev`). `tornBytes`: an unfinished record a crash left behind it, which the
+    /// writer ended with a newline. `headLost`: no record could be found to go on from, so a
+    /// new chain begins here (a gap that `audit verify` reports).
+    ChainResumed {
+        torn_bytes: u64,
+        head_lost: Option<String>,
+    },
+    /// Signs `(seq, prev, time)` of the record before it with the key `keyId` (Ed25519, hex).
+    Checkpoint {
+        key_id: String,
+        signature: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -231,8 +251,9 @@ pub struct AlgorithmInfo {
 
 #[derive(Serialize)]
 struct Record<'a> {
+    v: u32,
     seq: u64,
-    time: String,
+    time: &'a str,
     prev: &'a str,
     #[serde(flatten)]
     event: &'a Event,
@@ -241,6 +262,8 @@ struct Record<'a> {
 enum Msg {
     Event(Event),
     Flush(oneshot::Sender<()>),
+    /// Write a checkpoint if records were written since the last one.
+    Checkpoint,
 }
 
 /// The handle every component emits through. Cheap to clone.
@@ -250,25 +273,78 @@ pub struct Auditor {
 }
 
 impl Auditor {
-    /// Starts the writer thread. Fails if the file sink cannot be opened: a gateway that cannot
-    /// audit does not start.
-    pub fn start(settings: &AuditSettings, metrics: Arc<Metrics>) -> io::Result<Auditor> {
-        let file = match &settings.file {
-            Some(path) => Some((
-                PathBuf::from(path),
-                OpenOptions::new().create(true).append(true).open(path)?,
-            )),
-            None => None,
+    /// Starts the writer thread, going on with the chain of an existing file. Fails if the
+    /// file sink cannot be opened: a gateway that cannot audit does not start.
+    pub fn start(
+        settings: &AuditSettings,
+        signer: Option<Arc<Signer>>,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Auditor> {
+        let mut writer = Writer {
+            seq: 0,
+            prev: GENESIS.to_owned(),
+            since_checkpoint: 0,
+            signer,
+            file: None,
+            stdout: settings.stdout.then(|| io::BufWriter::new(io::stdout())),
+            metrics,
         };
-        let stdout = settings.stdout;
+        let mut first = None;
+        if let Some(path) = &settings.file {
+            let path = PathBuf::from(path);
+            let resume = chain::resume(&path)?;
+            let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+            first = match resume {
+                Resume::Fresh => None,
+                Resume::Continue {
+                    seq,
+                    head,
+                    torn,
+                    terminate,
+                } => {
+                    if terminate {
+                        f.write_all(b"\n")?;
+                    }
+                    writer.seq = seq;
+                    writer.prev = head;
+                    Some(Event::ChainResumed {
+                        torn_bytes: torn,
+                        head_lost: None,
+                    })
+                }
+                Resume::Lost { reason, torn } => {
+                    if torn > 0 {
+                        f.write_all(b"\n")?;
+                    }
+                    Some(Event::ChainResumed {
+                        torn_bytes: torn,
+                        head_lost: Some(reason),
+                    })
+                }
+            };
+            writer.file = Some((path, io::BufWriter::new(f)));
+        }
         let (tx, mut rx) = mpsc::channel::<Msg>(8192);
+        if writer.signer.is_some() {
+            let interval = Duration::from_secs(settings.checkpoint_seconds);
+            let tick = tx.clone();
+            std::thread::Builder::new()
+                .name("audit-checkpoint".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(interval);
+                        if tick.blocking_send(Msg::Checkpoint).is_err() {
+                            break;
+                        }
+                    }
+                })?;
+        }
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                let mut prev = hex::encode([0u8; 32]);
-                let mut seq = 0u64;
-                let mut file = file.map(|(p, f)| (p, io::BufWriter::new(f)));
-                let mut out = io::BufWriter::new(io::stdout());
+                if let Some(event) = first {
+                    writer.write(&event, now());
+                }
                 while let Some(msg) = rx.blocking_recv() {
                     let mut flushes = Vec::new();
                     let mut batch = vec![msg];
@@ -278,40 +354,11 @@ impl Auditor {
                     for msg in batch {
                         match msg {
                             Msg::Flush(done) => flushes.push(done),
-                            Msg::Event(event) => {
-                                seq += 1;
-                                let record = Record {
-                                    seq,
-                                    time: chrono::Utc::now()
-                                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                                    prev: &prev,
-                                    event: &event,
-                                };
-                                let mut line = escape_line_breaks(
-                                    serde_json::to_vec(&record)
-                                        .expect("audit records always serialize"),
-                                );
-                                line.push(b'\n');
-                                if stdout && out.write_all(&line).is_err() {
-                                    metrics.audit_write_errors.inc();
-                                }
-                                if let Some((path, f)) = file.as_mut()
-                                    && let Err(e) = f.write_all(&line)
-                                {
-                                    metrics.audit_write_errors.inc();
-                                    tracing::error!(path = %path.display(), error = %e, "audit file write failed");
-                                }
-                                prev = hex::encode(Sha256::digest(&line));
-                            }
+                            Msg::Event(event) => writer.write(&event, now()),
+                            Msg::Checkpoint => writer.checkpoint(),
                         }
                     }
-                    let _ = out.flush();
-                    if let Some((path, f)) = file.as_mut()
-                        && let Err(e) = f.flush()
-                    {
-                        metrics.audit_write_errors.inc();
-                        tracing::error!(path = %path.display(), error = %e, "audit file flush failed");
-                    }
+                    writer.flush();
                     for done in flushes {
                         let _ = done.send(());
                     }
@@ -334,22 +381,90 @@ impl Auditor {
             let _ = wait.await;
         }
     }
+
+    /// Signs what was written so far (with a signing key), and flushes: the trail's last
+    /// record is then a checkpoint. Called at shutdown.
+    pub async fn seal(&self) {
+        let _ = self.tx.send(Msg::Checkpoint).await;
+        self.flush().await;
+    }
 }
 
-/// Checks a JSON-lines audit log's hash chain. Returns the number of records, or the 1-based
-/// line number where the chain breaks.
-pub fn verify_chain(text: &str) -> Result<u64, usize> {
-    let mut prev = hex::encode([0u8; 32]);
-    let mut n = 0;
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|_| i + 1)?;
-        if v.get("prev").and_then(|p| p.as_str()) != Some(prev.as_str()) {
-            return Err(i + 1);
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// The writer thread's end of the chain.
+struct Writer {
+    seq: u64,
+    /// The hash of the last line written.
+    prev: String,
+    since_checkpoint: u64,
+    signer: Option<Arc<Signer>>,
+    file: Option<(PathBuf, io::BufWriter<File>)>,
+    stdout: Option<io::BufWriter<io::Stdout>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    fn write(&mut self, event: &Event, time: String) {
+        self.seq += 1;
+        let record = Record {
+            v: SCHEMA,
+            seq: self.seq,
+            time: &time,
+            prev: &self.prev,
+            event,
+        };
+        let mut line = escape_line_breaks(
+            serde_json::to_vec(&record).expect("audit records always serialize"),
+        );
+        line.push(b'\n');
+        if let Some(out) = self.stdout.as_mut()
+            && out.write_all(&line).is_err()
+        {
+            self.metrics.audit_write_errors.inc();
         }
-        prev = hex::encode(Sha256::digest(line.as_bytes()));
-        n += 1;
+        if let Some((path, f)) = self.file.as_mut()
+            && let Err(e) = f.write_all(&line)
+        {
+            self.metrics.audit_write_errors.inc();
+            tracing::error!(path = %path.display(), error = %e, "audit file write failed");
+        }
+        self.prev = hex::encode(Sha256::digest(&line));
+        self.since_checkpoint = match event {
+            Event::Checkpoint { .. } => 0,
+            _ => self.since_checkpoint + 1,
+        };
     }
-    Ok(n)
+
+    fn checkpoint(&mut self) {
+        let Some(signer) = self.signer.clone() else {
+            return;
+        };
+        if self.since_checkpoint == 0 {
+            return;
+        }
+        let time = now();
+        let signature = signer.sign(self.seq, &self.prev, &time);
+        let event = Event::Checkpoint {
+            key_id: signer.key_id.clone(),
+            signature,
+        };
+        self.write(&event, time);
+    }
+
+    fn flush(&mut self) {
+        if let Some(out) = self.stdout.as_mut() {
+            let _ = out.flush();
+        }
+        if let Some((path, f)) = self.file.as_mut()
+            && let Err(e) = f.flush()
+        {
+            self.metrics.audit_write_errors.inc();
+            tracing::error!(path = %path.display(), error = %e, "audit file flush failed");
+        }
+    }
 }
 
 /// JSON allows U+0085, U+2028 and U+2029 raw inside strings, but log shippers and JavaScript
@@ -393,42 +508,5 @@ mod tests {
         assert_eq!(text, r#"{"path":"a\u2028b\u2029c\u0085d é"}"#);
         let back: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(back["path"], "a\u{2028}b\u{2029}c\u{85}d é");
-    }
-
-    #[tokio::test]
-    async fn records_are_chained_and_tampering_is_detected() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let settings = AuditSettings {
-            stdout: false,
-            file: Some(path.display().to_string()),
-            ..Default::default()
-        };
-        let audit = Auditor::start(&settings, Arc::new(Metrics::default())).unwrap();
-        for i in 0..5 {
-            audit
-                .emit(Event::ConfigRejected {
-                    kept_hash: format!("h{i}"),
-                    errors: vec![],
-                })
-                .await;
-        }
-        audit.flush().await;
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(verify_chain(&text), Ok(5));
-        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-        assert_eq!(first["event"], "configRejected");
-        assert_eq!(first["keptHash"], "h0");
-        assert_eq!(first["seq"], 1);
-
-        let tampered = text.replacen("\"h2\"", "\"hX\"", 1);
-        assert_eq!(verify_chain(&tampered), Err(4));
-        let dropped: String = text
-            .lines()
-            .enumerate()
-            .filter(|(i, _)| *i != 1)
-            .map(|(_, l)| format!("{l}\n"))
-            .collect();
-        assert_eq!(verify_chain(&dropped), Err(2));
     }
 }
