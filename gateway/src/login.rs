@@ -147,7 +147,7 @@ impl Attempt {
         self.shared.metrics.auth_failure(reason);
         self.shared
             .audit
-            .emit(Event::LogonFailure {
+            .record(Event::LogonFailure {
                 user: self.user.clone(),
                 peer: self.peer,
                 zone: Some(self.zone.clone()),

@@ -309,8 +309,9 @@ impl Session {
                 methods: login.methods,
             })
             .await;
+        // Durable before the client is told it is logged in (this follows LogonSuccess).
         audit
-            .emit(Event::SessionStart {
+            .record(Event::SessionStart {
                 session: session.id.clone(),
                 user: session.user.clone(),
                 peer: login.peer,
@@ -370,7 +371,7 @@ impl Session {
         if !data || each {
             self.shared
                 .audit
-                .emit(Event::Request {
+                .record(Event::Request {
                     session: self.id.clone(),
                     user: self.user.clone(),
                     op: name,
@@ -852,7 +853,7 @@ impl Session {
         };
         self.shared
             .audit
-            .emit(Event::TransferEnd {
+            .record(Event::TransferEnd {
                 session: self.id.clone(),
                 user: self.user.clone(),
                 path: f.path.to_string(),
@@ -1139,8 +1140,8 @@ impl Session {
             path: path.to_string(),
             reason: reason.to_owned(),
         };
-        // Awaited: the denial is in the chain before anything the session does next.
-        self.shared.audit.emit(event).await;
+        // Durable before the caller learns of the denial (and tells the client).
+        self.shared.audit.record(event).await;
     }
 
     /// Names the client channel's protection once it is known (a second call is ignored).

@@ -645,16 +645,35 @@ pub struct AuditSettings {
     /// shutdown).
     #[serde(default = "defaults::checkpoint_seconds")]
     pub checkpoint_seconds: u64,
+    /// When the file sink forces records to disk.
+    #[serde(default)]
+    pub fsync: AuditFsync,
+}
+
+/// When the audit file is forced to disk (`fsync`). A record that reports an outcome to a
+/// client (a login, a request's result, a denial, a transfer's end) is written, and with
+/// `batch` or `record` made durable, before the client is told.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFsync {
+    /// After each batch the writer takes from its queue: concurrent sessions share one sync.
+    #[default]
+    Batch,
+    /// After every record.
+    Record,
+    /// Never: the operating system writes back when it will (a crash can lose records).
+    None,
 }
 
 impl AuditSettings {
     /// The settings the audit writer was started with; a reload cannot change them.
-    pub fn sinks(&self) -> (bool, Option<&str>, Option<&str>, u64) {
+    pub fn sinks(&self) -> (bool, Option<&str>, Option<&str>, u64, AuditFsync) {
         (
             self.stdout,
             self.file.as_deref(),
             self.signing_key_file.as_deref(),
             self.checkpoint_seconds,
+            self.fsync,
         )
     }
 }
@@ -667,6 +686,7 @@ impl Default for AuditSettings {
             data_ops: DataOpsAudit::default(),
             signing_key_file: None,
             checkpoint_seconds: defaults::checkpoint_seconds(),
+            fsync: AuditFsync::default(),
         }
     }
 }

@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use portcullis_config::AuditSettings;
+use portcullis_config::{AuditFsync, AuditSettings};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -261,6 +261,8 @@ struct Record<'a> {
 
 enum Msg {
     Event(Event),
+    /// An event whose sender waits until it is written (and synced, per `fsync`).
+    Durable(Event, oneshot::Sender<()>),
     Flush(oneshot::Sender<()>),
     /// Write a checkpoint if records were written since the last one.
     Checkpoint,
@@ -285,6 +287,8 @@ impl Auditor {
             prev: GENESIS.to_owned(),
             since_checkpoint: 0,
             signer,
+            fsync: settings.fsync,
+            unsynced: false,
             file: None,
             stdout: settings.stdout.then(|| io::BufWriter::new(io::stdout())),
             metrics,
@@ -355,6 +359,10 @@ impl Auditor {
                         match msg {
                             Msg::Flush(done) => flushes.push(done),
                             Msg::Event(event) => writer.write(&event, now()),
+                            Msg::Durable(event, done) => {
+                                writer.write(&event, now());
+                                flushes.push(done);
+                            }
                             Msg::Checkpoint => writer.checkpoint(),
                         }
                     }
@@ -370,6 +378,15 @@ impl Auditor {
     /// Records an event. Waits while the writer is behind; never drops.
     pub async fn emit(&self, event: Event) {
         if self.tx.send(Msg::Event(event)).await.is_err() {
+            tracing::error!("audit writer is gone; record lost");
+        }
+    }
+
+    /// Records an event that reports an outcome, and returns once it is written and, per
+    /// `audit.fsync`, on disk: the caller tells the client only after that.
+    pub async fn record(&self, event: Event) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Durable(event, done)).await.is_err() || wait.await.is_err() {
             tracing::error!("audit writer is gone; record lost");
         }
     }
@@ -401,6 +418,9 @@ struct Writer {
     prev: String,
     since_checkpoint: u64,
     signer: Option<Arc<Signer>>,
+    fsync: AuditFsync,
+    /// Written to the file since its last sync.
+    unsynced: bool,
     file: Option<(PathBuf, io::BufWriter<File>)>,
     stdout: Option<io::BufWriter<io::Stdout>>,
     metrics: Arc<Metrics>,
@@ -425,11 +445,15 @@ impl Writer {
         {
             self.metrics.audit_write_errors.inc();
         }
-        if let Some((path, f)) = self.file.as_mut()
-            && let Err(e) = f.write_all(&line)
-        {
-            self.metrics.audit_write_errors.inc();
-            tracing::error!(path = %path.display(), error = %e, "audit file write failed");
+        if let Some((path, f)) = self.file.as_mut() {
+            self.unsynced = true;
+            if let Err(e) = f.write_all(&line) {
+                self.metrics.audit_write_errors.inc();
+                tracing::error!(path = %path.display(), error = %e, "audit file write failed");
+            }
+        }
+        if self.fsync == AuditFsync::Record {
+            self.flush();
         }
         self.prev = hex::encode(Sha256::digest(&line));
         self.since_checkpoint = match event {
@@ -458,11 +482,19 @@ impl Writer {
         if let Some(out) = self.stdout.as_mut() {
             let _ = out.flush();
         }
-        if let Some((path, f)) = self.file.as_mut()
-            && let Err(e) = f.flush()
-        {
+        let Some((path, f)) = self.file.as_mut() else {
+            return;
+        };
+        let synced = f.flush().and_then(|()| {
+            if self.fsync != AuditFsync::None && self.unsynced {
+                f.get_ref().sync_data()?;
+            }
+            Ok(())
+        });
+        self.unsynced = false;
+        if let Err(e) = synced {
             self.metrics.audit_write_errors.inc();
-            tracing::error!(path = %path.display(), error = %e, "audit file flush failed");
+            tracing::error!(path = %path.display(), error = %e, "audit file flush or sync failed");
         }
     }
 }
@@ -508,5 +540,32 @@ mod tests {
         assert_eq!(text, r#"{"path":"a\u2028b\u2029c\u0085d é"}"#);
         let back: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(back["path"], "a\u{2028}b\u{2029}c\u{85}d é");
+    }
+
+    #[tokio::test]
+    async fn a_recorded_outcome_is_in_the_file_when_record_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        for fsync in [AuditFsync::Batch, AuditFsync::Record, AuditFsync::None] {
+            let settings = AuditSettings {
+                stdout: false,
+                file: Some(path.display().to_string()),
+                fsync,
+                ..Default::default()
+            };
+            let audit = Auditor::start(&settings, None, Arc::new(Metrics::default())).unwrap();
+            for i in 0..50 {
+                audit
+                    .record(Event::ConfigRejected {
+                        kept_hash: format!("{fsync:?}{i}"),
+                        errors: vec![],
+                    })
+                    .await;
+                let text = std::fs::read_to_string(&path).unwrap();
+                let last: serde_json::Value =
+                    serde_json::from_str(text.lines().last().unwrap()).unwrap();
+                assert_eq!(last["keptHash"], format!("{fsync:?}{i}"));
+            }
+        }
     }
 }
