@@ -53,7 +53,7 @@ def figure():
 LOG_TAILS = {
     "gateway.log": (re.compile(r"WARN|ERROR|panicked"), 40),
     "audit.jsonl": (re.compile(r'"(error|reason|detail)":"|"outcome":"(failed|denied)"|"confidence":"(Low|NoEOF)"'), 30),
-    "vsftpd.log": (re.compile(r"FAIL|500|421|425|426|450|451|452|522|550|553"), 40),
+    "vsftpd.log": (re.compile(r'FAIL|"[45]\d\d '), 40),
     "sshd.log": (re.compile(r"."), 20),
 }
 

@@ -68,15 +68,13 @@ pub fn prepare(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     let audit_dir = dir.join("audit");
     std::fs::create_dir_all(&audit_dir)?;
     let signing_key = state.join("audit-signing.pem");
+    let public_key = dir.join("audit-signing.pub");
     if !signing_key.exists() {
-        let private = crate::audit::chain::generate_pem();
-        std::fs::write(&signing_key, &private)?;
-        std::fs::set_permissions(
-            &signing_key,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )?;
+        crate::audit::chain::write_key_pair(&signing_key, &public_key)?;
+    } else if !public_key.exists() {
+        let private = std::fs::read_to_string(&signing_key)?;
         std::fs::write(
-            dir.join("audit-signing.pub"),
+            &public_key,
             crate::audit::chain::public_key_pem(&private).map_err(anyhow::Error::msg)?,
         )?;
     }

@@ -1,11 +1,6 @@
 //! `portcullis-gateway`: run, check, or demo the gateway.
 
-use std::{
-    io::{IsTerminal, Write},
-    os::unix::fs::OpenOptionsExt,
-    path::PathBuf,
-    process::ExitCode,
-};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use portcullis_gateway::{auth, demo, gateway};
@@ -146,21 +141,12 @@ fn audit(command: AuditCommand) -> ExitCode {
             }
         }
         AuditCommand::Keygen { file } => {
-            let private = chain::generate_pem();
-            let public = chain::public_key_pem(&private).expect("a key just made");
-            let written = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&file)
-                .and_then(|mut f| f.write_all(private.as_bytes()))
-                .and_then(|()| std::fs::write(file.with_extension("pub"), &public));
-            match written {
-                Ok(()) => {
+            match chain::write_key_pair(&file, &file.with_extension("pub")) {
+                Ok(public) => {
                     print!("{public}");
                     ExitCode::SUCCESS
                 }
-                Err(e) => fail(format!("{}: {e}", file.display())),
+                Err(e) => fail(e.to_string()),
             }
         }
         AuditCommand::PublicKey { file } => {

@@ -128,6 +128,27 @@ pub fn generate_pem() -> String {
         .serialize_pem()
 }
 
+/// Makes a new signing key: the private half goes to `private` (mode 0600 from its creation,
+/// never over an existing file), the public half to `public`. Returns the public PEM.
+pub fn write_key_pair(private: &Path, public: &Path) -> io::Result<String> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let private_pem = generate_pem();
+    let public_pem = public_key_pem(&private_pem).expect("a key just made is Ed25519");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(private)
+        .and_then(|mut f| {
+            f.write_all(private_pem.as_bytes())
+                .and_then(|()| f.sync_all())
+        })
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", private.display())))?;
+    std::fs::write(public, &public_pem)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", public.display())))?;
+    Ok(public_pem)
+}
+
 /// Where an existing audit file leaves the chain.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resume {

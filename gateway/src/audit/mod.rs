@@ -261,8 +261,6 @@ struct Record<'a> {
 
 enum Msg {
     Event(Event),
-    /// An event whose sender waits until it is written (and synced, per `fsync`).
-    Durable(Event, oneshot::Sender<()>),
     Flush(oneshot::Sender<()>),
     /// Write a checkpoint if records were written since the last one.
     Checkpoint,
@@ -331,13 +329,15 @@ impl Auditor {
         let (tx, mut rx) = mpsc::channel::<Msg>(8192);
         if writer.signer.is_some() {
             let interval = Duration::from_secs(settings.checkpoint_seconds);
-            let tick = tx.clone();
+            // Weak, so that the writer ends when the last Auditor is dropped.
+            let tick = tx.downgrade();
             std::thread::Builder::new()
                 .name("audit-checkpoint".into())
                 .spawn(move || {
                     loop {
                         std::thread::sleep(interval);
-                        if tick.blocking_send(Msg::Checkpoint).is_err() {
+                        let Some(tx) = tick.upgrade() else { break };
+                        if tx.blocking_send(Msg::Checkpoint).is_err() {
                             break;
                         }
                     }
@@ -359,10 +359,6 @@ impl Auditor {
                         match msg {
                             Msg::Flush(done) => flushes.push(done),
                             Msg::Event(event) => writer.write(&event, now()),
-                            Msg::Durable(event, done) => {
-                                writer.write(&event, now());
-                                flushes.push(done);
-                            }
                             Msg::Checkpoint => writer.checkpoint(),
                         }
                     }
@@ -385,10 +381,8 @@ impl Auditor {
     /// Records an event that reports an outcome, and returns once it is written and, per
     /// `audit.fsync`, on disk: the caller tells the client only after that.
     pub async fn record(&self, event: Event) {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Msg::Durable(event, done)).await.is_err() || wait.await.is_err() {
-            tracing::error!("audit writer is gone; record lost");
-        }
+        self.emit(event).await;
+        self.flush().await;
     }
 
     /// Waits until everything emitted so far is written and flushed.

@@ -88,8 +88,6 @@ pub struct Report {
     pub first_seq: Option<u64>,
     pub last_seq: u64,
     pub checkpoints: u64,
-    /// The last seq a checkpoint covers.
-    pub signed_through: u64,
     /// The seq of the last checkpoint record.
     pub last_checkpoint: u64,
     /// Whether checkpoint signatures were checked (keys were given).
@@ -111,7 +109,7 @@ impl fmt::Display for Report {
             self.first_seq.unwrap_or(0),
             self.last_seq,
             self.checkpoints,
-            self.signed_through,
+            self.last_checkpoint.saturating_sub(1),
             self.restarts,
             if self.signatures_checked {
                 "checked"
@@ -341,7 +339,6 @@ impl State {
                     );
                 }
             }
-            self.report.signed_through = self.seq;
             self.report.last_checkpoint = r.seq;
         }
         if r.event == "chainResumed" {
@@ -532,7 +529,7 @@ mod tests {
             (r.records, r.last_seq, r.checkpoints, r.restarts),
             (11, 11, 2, 1)
         );
-        assert_eq!(r.signed_through, 10);
+        assert_eq!(r.last_checkpoint, 11);
         assert!(r.to_string().starts_with("ok: 11 records"), "{r}");
         let lines = t.lines();
         let resumed: serde_json::Value = serde_json::from_str(&lines[6]).unwrap();
@@ -655,5 +652,16 @@ mod tests {
         lost.run(1, true).await;
         let f = lost.check(false).finding.unwrap();
         assert_eq!(f.kind, Tamper::NotARecord, "{f}");
+
+        // A lost head whose torn bytes the restart declares: the torn line is accepted, and
+        // the new chain is reported as the gap it is.
+        let torn_head = Trail::new();
+        std::fs::write(&torn_head.file, "garbage").unwrap();
+        torn_head.run(1, true).await;
+        let resumed: serde_json::Value = serde_json::from_str(&torn_head.lines()[1]).unwrap();
+        assert_eq!(resumed["tornBytes"], 7);
+        assert!(resumed["headLost"].is_string(), "{resumed}");
+        let f = torn_head.check(false).finding.unwrap();
+        assert_eq!((f.kind, f.line), (Tamper::Gap, 2), "{f}");
     }
 }
