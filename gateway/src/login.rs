@@ -24,6 +24,7 @@ pub mod reason {
     pub const TOO_MANY_LOGINS: &str = "too many logins in progress";
     pub const BANNED: &str = "source address banned by the defender";
     pub const LOCKED: &str = "user locked by the defender";
+    pub const AUDIT_UNAVAILABLE: &str = "the audit trail cannot be made durable (failClosed)";
 }
 
 pub struct Attempt {
@@ -158,10 +159,36 @@ impl Attempt {
         defender::failed_login(&self.shared, self.peer.ip(), &self.user, method, reason).await;
     }
 
-    /// The chain is complete: the session starts (audited as logon and session start).
-    pub async fn start_session(&mut self, u: &UserEntry, channel: Option<String>) -> Arc<Session> {
+    /// The chain is complete: the session starts (audited as logon and session start), unless
+    /// the audit trail cannot be made durable now: then the login is refused, audited as a
+    /// failure (not counted by the defender: it is not the client's doing), and the error
+    /// says why, for the reply.
+    pub async fn start_session(
+        &mut self,
+        u: &UserEntry,
+        channel: Option<String>,
+    ) -> Result<Arc<Session>, Arc<String>> {
+        if let Some(why) = self.shared.audit.refusal() {
+            self.shared
+                .metrics
+                .audit_refusals
+                .get_or_create(&vec![("refused", "login".to_owned())])
+                .inc();
+            self.shared
+                .audit
+                .emit(Event::LogonFailure {
+                    user: self.user.clone(),
+                    peer: self.peer,
+                    zone: Some(self.zone.clone()),
+                    method: self.done.last().map(|m| m.to_string()).unwrap_or_default(),
+                    reason: format!("{}: {why}", reason::AUDIT_UNAVAILABLE),
+                })
+                .await;
+            self.done.clear();
+            return Err(why);
+        }
         self.pre_auth = None;
-        Session::start(
+        Ok(Session::start(
             self.shared.clone(),
             Login {
                 user: &u.name,
@@ -173,6 +200,6 @@ impl Attempt {
                 channel,
             },
         )
-        .await
+        .await)
     }
 }

@@ -17,6 +17,11 @@ pub struct Metrics {
     pub operations: Family<Labels, Counter>,
     pub config_reloads: Family<Labels, Counter>,
     pub audit_write_errors: Counter,
+    /// 1 while new logins and transfers are refused because the audit cannot be made durable.
+    pub audit_refusing: Gauge,
+    pub audit_refusals: Family<Labels, Counter>,
+    pub audit_spool_bytes: Gauge,
+    pub audit_rotations: Counter,
     pub defender_bans: Family<Labels, Counter>,
     pub defender_dropped: Family<Labels, Counter>,
     registry: Registry,
@@ -34,6 +39,10 @@ impl Default for Metrics {
             operations: Family::default(),
             config_reloads: Family::default(),
             audit_write_errors: Counter::default(),
+            audit_refusing: Gauge::default(),
+            audit_refusals: Family::default(),
+            audit_spool_bytes: Gauge::default(),
+            audit_rotations: Counter::default(),
             defender_bans: Family::default(),
             defender_dropped: Family::default(),
             registry: Registry::default(),
@@ -73,6 +82,26 @@ impl Default for Metrics {
             "audit_write_errors",
             "Audit sink write failures",
             m.audit_write_errors.clone(),
+        );
+        registry.register(
+            "audit_refusing",
+            "1 while new logins and transfers are refused: the audit trail cannot be made durable (failClosed, or a full spool)",
+            m.audit_refusing.clone(),
+        );
+        registry.register(
+            "audit_refusals",
+            "Logins and transfers refused while the audit trail could not be made durable, by what was refused",
+            m.audit_refusals.clone(),
+        );
+        registry.register(
+            "audit_spool_bytes",
+            "Bytes in the audit file sink's active and rotated files",
+            m.audit_spool_bytes.clone(),
+        );
+        registry.register(
+            "audit_rotations",
+            "Audit files rotated",
+            m.audit_rotations.clone(),
         );
         registry.register(
             "defender_bans",

@@ -73,8 +73,9 @@ fn restart_only(
     if new.config.audit.sinks() != current.config.audit.sinks() || key_id(&new) != key_id(current) {
         return Err(vec![portcullis_config::ConfigError::new(
             "audit",
-            "the audit sinks, signing key and checkpoint interval change only at a restart \
-             (the operator rolls the pods); the running gateway keeps its own",
+            "the audit settings but dataOps (sinks, signing key, checkpoints, fsync, rotation, \
+             spool) change only at a restart (the operator rolls the pods); the running \
+             gateway keeps its own",
         )]);
     }
     Ok(new)

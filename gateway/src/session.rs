@@ -624,6 +624,16 @@ impl Session {
         mode: OpenMode,
         rule: &mut Option<String>,
     ) -> Result<OpOutput, FsError> {
+        // A transfer that could not be audited does not start (failClosed, or a full spool);
+        // transfers already open go on.
+        if let Some(why) = self.shared.audit.refusal() {
+            self.shared
+                .metrics
+                .audit_refusals
+                .get_or_create(&vec![("refused", "transfer".to_owned())])
+                .inc();
+            return Err(FsError::Failure(format!("transfer refused: {why}")));
+        }
         let vpath = parse(path)?;
         let user = self.user()?;
         let mut target = None;

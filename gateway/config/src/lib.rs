@@ -648,6 +648,37 @@ pub struct AuditSettings {
     /// When the file sink forces records to disk.
     #[serde(default)]
     pub fsync: AuditFsync,
+    /// The file sink starts a new file when the active one reaches this size (default
+    /// 64 MiB). The full one is renamed `STEM-SEQ.EXT` after its first record's seq, never
+    /// over an existing file.
+    #[serde(default)]
+    pub rotate_bytes: Option<u64>,
+    /// ... or when its first record is this old (default 86400: daily).
+    #[serde(default)]
+    pub rotate_seconds: Option<u64>,
+    /// The spool: the most the active and rotated files may hold together (default 1 GiB).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// What happens when the spool is full (default `refuse`).
+    #[serde(default)]
+    pub when_full: Option<AuditWhenFull>,
+    /// When a record cannot be made durable (a write or sync error), new logins and new
+    /// transfers are refused until it can (default true). Running transfers go on; their
+    /// records wait in memory and are written, in order, once the disk takes them.
+    #[serde(default)]
+    pub fail_closed: Option<bool>,
+}
+
+/// What the file sink does when its spool (`maxBytes`) is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AuditWhenFull {
+    /// New logins and new transfers are refused until files are taken away (shipped and
+    /// deleted); running sessions go on and are recorded.
+    #[default]
+    Refuse,
+    /// The oldest rotated files are deleted, and the deletion is recorded in the trail.
+    DeleteOldest,
 }
 
 /// When the audit file is forced to disk (`fsync`). A record that reports an outcome to a
@@ -666,15 +697,33 @@ pub enum AuditFsync {
 }
 
 impl AuditSettings {
-    /// The settings the audit writer was started with; a reload cannot change them.
-    pub fn sinks(&self) -> (bool, Option<&str>, Option<&str>, u64, AuditFsync) {
-        (
-            self.stdout,
-            self.file.as_deref(),
-            self.signing_key_file.as_deref(),
-            self.checkpoint_seconds,
-            self.fsync,
-        )
+    /// The settings the audit writer was started with, as a reload compares them: everything
+    /// but `dataOps`, which the sessions read.
+    pub fn sinks(&self) -> AuditSettings {
+        AuditSettings {
+            data_ops: DataOpsAudit::default(),
+            ..self.clone()
+        }
+    }
+
+    pub fn rotate_bytes(&self) -> u64 {
+        self.rotate_bytes.unwrap_or(64 << 20)
+    }
+
+    pub fn rotate_seconds(&self) -> u64 {
+        self.rotate_seconds.unwrap_or(86_400)
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes.unwrap_or(1 << 30)
+    }
+
+    pub fn when_full(&self) -> AuditWhenFull {
+        self.when_full.unwrap_or_default()
+    }
+
+    pub fn fail_closed(&self) -> bool {
+        self.fail_closed.unwrap_or(true)
     }
 }
 
@@ -687,6 +736,11 @@ impl Default for AuditSettings {
             signing_key_file: None,
             checkpoint_seconds: defaults::checkpoint_seconds(),
             fsync: AuditFsync::default(),
+            rotate_bytes: None,
+            rotate_seconds: None,
+            max_bytes: None,
+            when_full: None,
+            fail_closed: None,
         }
     }
 }

@@ -404,6 +404,38 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
     if config.audit.checkpoint_seconds == 0 || config.audit.checkpoint_seconds > 86_400 {
         errs.push("audit.checkpointSeconds", "must be between 1 and 86400");
     }
+    let a = &config.audit;
+    if a.file.is_none() {
+        for (set, field) in [
+            (a.rotate_bytes.is_some(), "audit.rotateBytes"),
+            (a.rotate_seconds.is_some(), "audit.rotateSeconds"),
+            (a.max_bytes.is_some(), "audit.maxBytes"),
+            (a.when_full.is_some(), "audit.whenFull"),
+            (a.fail_closed.is_some(), "audit.failClosed"),
+        ] {
+            if set {
+                errs.push(
+                    field,
+                    "applies to the file sink only: set audit.file, or remove it",
+                );
+            }
+        }
+    }
+    if a.rotate_bytes() < 4096 {
+        errs.push("audit.rotateBytes", "must be at least 4096");
+    }
+    if a.rotate_seconds() == 0 || a.rotate_seconds() > 31_536_000 {
+        errs.push("audit.rotateSeconds", "must be between 1 and 31536000");
+    }
+    if a.max_bytes() < 2 * a.rotate_bytes() {
+        errs.push(
+            "audit.maxBytes",
+            format!(
+                "must be at least twice rotateBytes ({}), so a full file can rotate",
+                a.rotate_bytes()
+            ),
+        );
+    }
     if let Some(admin) = &config.admin
         && admin.address.parse::<SocketAddr>().is_err()
     {
@@ -669,6 +701,33 @@ users:
             "password".into(),
             "publickey, keyboard-interactive".into()
         ]));
+    }
+
+    #[test]
+    fn audit_file_settings_need_the_file_sink_and_sane_sizes() {
+        let with = |audit: &str| paths(&format!("{GOOD}audit: {audit}\n"));
+        assert_eq!(
+            with(
+                "{ file: /a/audit.jsonl, rotateBytes: 65536, maxBytes: 262144, whenFull: deleteOldest, failClosed: false }"
+            ),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            with("{ rotateBytes: 65536, failClosed: true }"),
+            ["audit.rotateBytes", "audit.failClosed"]
+        );
+        assert_eq!(
+            with("{ file: /a, rotateBytes: 100, rotateSeconds: 0 }"),
+            ["audit.rotateBytes", "audit.rotateSeconds"]
+        );
+        assert_eq!(
+            with("{ file: /a, rotateBytes: 65536, maxBytes: 65537 }"),
+            ["audit.maxBytes"]
+        );
+        assert!(
+            GatewayConfig::parse(&format!("{GOOD}audit: {{ file: /a, whenFull: drop }}\n"))
+                .is_err()
+        );
     }
 
     #[test]

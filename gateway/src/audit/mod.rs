@@ -7,23 +7,27 @@
 //! emitted; emitters wait when the queue is full rather than drop records.
 
 pub mod chain;
+pub mod spool;
 pub mod verify;
 
 use std::{
-    fs::{File, OpenOptions},
     io::{self, Write},
     net::SocketAddr,
-    path::PathBuf,
+    path::Path,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use portcullis_config::{AuditFsync, AuditSettings};
+use arc_swap::ArcSwapOption;
+use portcullis_config::{AuditFsync, AuditSettings, AuditWhenFull};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use self::chain::{GENESIS, Resume, SCHEMA, Signer};
+use self::{
+    chain::{GENESIS, Resume, SCHEMA, Signer},
+    spool::FileSink,
+};
 use crate::metrics::Metrics;
 
 /// How sure we are that a transfer's bytes arrived whole.
@@ -229,6 +233,33 @@ pub enum Event {
         key_id: String,
         signature: String,
     },
+    /// The first record of a file after rotation: the previous file's name and last seq
+    /// (`prev` is its last record's hash). `reason`: `size` or `age`.
+    FileStart {
+        previous_file: String,
+        previous_seq: u64,
+        reason: &'static str,
+    },
+    /// The audit trail cannot be made durable; `refusing`: new logins and transfers are
+    /// refused until it can.
+    AuditDegraded {
+        cause: Degraded,
+        detail: String,
+        refusing: bool,
+        spool_bytes: u64,
+        max_bytes: u64,
+    },
+    /// The trail is durable again after `afterMs`; service resumes.
+    AuditRestored {
+        cause: Degraded,
+        after_ms: u64,
+    },
+    /// Rotated files deleted to keep the spool under `maxBytes` (`whenFull: deleteOldest`).
+    AuditFilesDeleted {
+        files: Vec<String>,
+        bytes: u64,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -261,16 +292,31 @@ struct Record<'a> {
 
 enum Msg {
     Event(Event),
+    /// Answered once everything before it is written and, per `fsync`, synced (with
+    /// `failClosed: false`, once that was tried).
     Flush(oneshot::Sender<()>),
     /// Write a checkpoint if records were written since the last one.
     Checkpoint,
+    /// Once a second: checkpoints, rotation by age, the spool, retries after a failure.
+    Tick,
+}
+
+/// Whether new logins and transfers may start: closed while the audit trail cannot be made
+/// durable (`failClosed`) or its spool is full (`whenFull: refuse`).
+#[derive(Default)]
+struct Gate {
+    refusal: ArcSwapOption<String>,
 }
 
 /// The handle every component emits through. Cheap to clone.
 #[derive(Clone)]
 pub struct Auditor {
     tx: mpsc::Sender<Msg>,
+    gate: Arc<Gate>,
 }
+
+/// Records held in memory while the disk refuses them, beyond which emitters wait.
+const MAX_PENDING: usize = 64 << 20;
 
 impl Auditor {
     /// Starts the writer thread, going on with the chain of an existing file. Fails if the
@@ -280,22 +326,31 @@ impl Auditor {
         signer: Option<Arc<Signer>>,
         metrics: Arc<Metrics>,
     ) -> io::Result<Auditor> {
+        let gate = Arc::new(Gate::default());
         let mut writer = Writer {
             seq: 0,
             prev: GENESIS.to_owned(),
             since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            checkpoint_every: Duration::from_secs(settings.checkpoint_seconds),
             signer,
             fsync: settings.fsync,
-            unsynced: false,
             file: None,
+            rotate_bytes: settings.rotate_bytes(),
+            rotate_age: Duration::from_secs(settings.rotate_seconds()),
+            max_bytes: settings.max_bytes(),
+            when_full: settings.when_full(),
+            fail_closed: settings.fail_closed(),
+            degraded: None,
+            waiting: Vec::new(),
+            gate: gate.clone(),
             stdout: settings.stdout.then(|| io::BufWriter::new(io::stdout())),
             metrics,
         };
         let mut first = None;
         if let Some(path) = &settings.file {
-            let path = PathBuf::from(path);
-            let resume = chain::resume(&path)?;
-            let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+            let (mut sink, resume) =
+                FileSink::open(Path::new(path), settings.fsync != AuditFsync::None)?;
             first = match resume {
                 Resume::Fresh => None,
                 Resume::Continue {
@@ -305,7 +360,7 @@ impl Auditor {
                     terminate,
                 } => {
                     if terminate {
-                        f.write_all(b"\n")?;
+                        sink.push_raw(b"\n");
                     }
                     writer.seq = seq;
                     writer.prev = head;
@@ -316,7 +371,7 @@ impl Auditor {
                 }
                 Resume::Lost { reason, torn } => {
                     if torn > 0 {
-                        f.write_all(b"\n")?;
+                        sink.push_raw(b"\n");
                     }
                     Some(Event::ChainResumed {
                         torn_bytes: torn,
@@ -324,51 +379,52 @@ impl Auditor {
                     })
                 }
             };
-            writer.file = Some((path, io::BufWriter::new(f)));
+            writer.file = Some(sink);
         }
         let (tx, mut rx) = mpsc::channel::<Msg>(8192);
-        if writer.signer.is_some() {
-            let interval = Duration::from_secs(settings.checkpoint_seconds);
-            // Weak, so that the writer ends when the last Auditor is dropped.
-            let tick = tx.downgrade();
-            std::thread::Builder::new()
-                .name("audit-checkpoint".into())
-                .spawn(move || {
-                    loop {
-                        std::thread::sleep(interval);
-                        let Some(tx) = tick.upgrade() else { break };
-                        if tx.blocking_send(Msg::Checkpoint).is_err() {
-                            break;
-                        }
+        // Weak, so that the writer ends when the last Auditor is dropped.
+        let tick = tx.downgrade();
+        std::thread::Builder::new()
+            .name("audit-tick".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    let Some(tx) = tick.upgrade() else { break };
+                    if tx.blocking_send(Msg::Tick).is_err() {
+                        break;
                     }
-                })?;
-        }
+                }
+            })?;
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
                 if let Some(event) = first {
                     writer.write(&event, now());
+                    writer.flush();
                 }
                 while let Some(msg) = rx.blocking_recv() {
-                    let mut flushes = Vec::new();
                     let mut batch = vec![msg];
                     while let Ok(more) = rx.try_recv() {
                         batch.push(more);
                     }
                     for msg in batch {
                         match msg {
-                            Msg::Flush(done) => flushes.push(done),
+                            Msg::Flush(done) => writer.waiting.push(done),
                             Msg::Event(event) => writer.write(&event, now()),
                             Msg::Checkpoint => writer.checkpoint(),
+                            Msg::Tick => writer.tick(),
                         }
                     }
                     writer.flush();
-                    for done in flushes {
-                        let _ = done.send(());
+                    // While the disk refuses records they wait in memory, up to a bound;
+                    // then emitters wait too.
+                    while writer.pending() > MAX_PENDING {
+                        std::thread::sleep(Duration::from_secs(1));
+                        writer.flush();
                     }
                 }
             })?;
-        Ok(Auditor { tx })
+        Ok(Auditor { tx, gate })
     }
 
     /// Records an event. Waits while the writer is behind; never drops.
@@ -379,7 +435,8 @@ impl Auditor {
     }
 
     /// Records an event that reports an outcome, and returns once it is written and, per
-    /// `audit.fsync`, on disk: the caller tells the client only after that.
+    /// `audit.fsync`, on disk: the caller tells the client only after that. Records emitted
+    /// together share one write and one sync.
     pub async fn record(&self, event: Event) {
         self.emit(event).await;
         self.flush().await;
@@ -399,10 +456,26 @@ impl Auditor {
         let _ = self.tx.send(Msg::Checkpoint).await;
         self.flush().await;
     }
+
+    /// Why new logins and transfers are refused now, if they are: the audit trail cannot be
+    /// made durable. Every front end asks here, through the login and open paths.
+    pub fn refusal(&self) -> Option<Arc<String>> {
+        self.gate.refusal.load_full()
+    }
 }
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Why the trail is degraded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Degraded {
+    /// A write or sync failed; records wait in memory.
+    WriteError,
+    /// The spool reached `maxBytes` (`whenFull: refuse`).
+    SpoolFull,
 }
 
 /// The writer thread's end of the chain.
@@ -411,17 +484,34 @@ struct Writer {
     /// The hash of the last line written.
     prev: String,
     since_checkpoint: u64,
+    last_checkpoint: Instant,
+    checkpoint_every: Duration,
     signer: Option<Arc<Signer>>,
     fsync: AuditFsync,
-    /// Written to the file since its last sync.
-    unsynced: bool,
-    file: Option<(PathBuf, io::BufWriter<File>)>,
+    file: Option<FileSink>,
+    rotate_bytes: u64,
+    rotate_age: Duration,
+    max_bytes: u64,
+    when_full: AuditWhenFull,
+    fail_closed: bool,
+    /// Since when, and why, the trail is degraded.
+    degraded: Option<(Degraded, Instant)>,
+    /// Flushes to answer once what came before them is durable.
+    waiting: Vec<oneshot::Sender<()>>,
+    gate: Arc<Gate>,
     stdout: Option<io::BufWriter<io::Stdout>>,
     metrics: Arc<Metrics>,
 }
 
 impl Writer {
     fn write(&mut self, event: &Event, time: String) {
+        // A file is rotated when a record comes for it once it is full or old, so that a
+        // file never ends in an unsigned header, and an idle gateway makes no empty files.
+        if !matches!(event, Event::Checkpoint { .. } | Event::FileStart { .. })
+            && let Some(reason) = self.rotation_due()
+        {
+            self.rotate(reason);
+        }
         self.seq += 1;
         let record = Record {
             v: SCHEMA,
@@ -439,27 +529,24 @@ impl Writer {
         {
             self.metrics.audit_write_errors.inc();
         }
-        if let Some((path, f)) = self.file.as_mut() {
-            self.unsynced = true;
-            if let Err(e) = f.write_all(&line) {
-                self.metrics.audit_write_errors.inc();
-                tracing::error!(path = %path.display(), error = %e, "audit file write failed");
-            }
-        }
-        if self.fsync == AuditFsync::Record {
-            self.flush();
+        if let Some(sink) = self.file.as_mut() {
+            sink.push(self.seq, &line);
         }
         self.prev = hex::encode(Sha256::digest(&line));
         self.since_checkpoint = match event {
             Event::Checkpoint { .. } => 0,
             _ => self.since_checkpoint + 1,
         };
+        if self.fsync == AuditFsync::Record {
+            self.flush_sinks();
+        }
     }
 
     fn checkpoint(&mut self) {
         let Some(signer) = self.signer.clone() else {
             return;
         };
+        self.last_checkpoint = Instant::now();
         if self.since_checkpoint == 0 {
             return;
         }
@@ -472,24 +559,169 @@ impl Writer {
         self.write(&event, time);
     }
 
+    fn tick(&mut self) {
+        if self.last_checkpoint.elapsed() >= self.checkpoint_every {
+            self.checkpoint();
+        }
+        if let Some(sink) = self.file.as_mut() {
+            sink.count_rotated();
+        }
+    }
+
+    fn rotation_due(&self) -> Option<&'static str> {
+        let sink = self.file.as_ref()?;
+        if sink.error.is_some() {
+            None
+        } else if sink.active_bytes() >= self.rotate_bytes {
+            Some("size")
+        } else if sink
+            .started()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= self.rotate_age)
+        {
+            Some("age")
+        } else {
+            None
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.file.as_ref().map_or(0, FileSink::pending)
+    }
+
+    /// Writes what is pending, watches the spool, and answers the flushes that are now
+    /// durable.
     fn flush(&mut self) {
+        self.flush_sinks();
+        self.watch_spool();
+        self.flush_sinks();
+        let durable = self.file.as_ref().is_none_or(|f| f.pending() == 0);
+        if durable || !self.fail_closed {
+            for done in self.waiting.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn flush_sinks(&mut self) {
         if let Some(out) = self.stdout.as_mut() {
             let _ = out.flush();
         }
-        let Some((path, f)) = self.file.as_mut() else {
+        let Some(sink) = self.file.as_mut() else {
             return;
         };
-        let synced = f.flush().and_then(|()| {
-            if self.fsync != AuditFsync::None && self.unsynced {
-                f.get_ref().sync_data()?;
+        let failed = sink.flush().err();
+        match (failed, self.degraded) {
+            (Some(e), _) => {
+                self.metrics.audit_write_errors.inc();
+                if self.degraded.is_none() {
+                    tracing::error!(error = %e, "audit file write failed; records wait in memory");
+                    self.degrade(Degraded::WriteError, e);
+                }
             }
-            Ok(())
-        });
-        self.unsynced = false;
-        if let Err(e) = synced {
-            self.metrics.audit_write_errors.inc();
-            tracing::error!(path = %path.display(), error = %e, "audit file flush or sync failed");
+            (None, Some((Degraded::WriteError, _))) => self.restore(),
+            (None, _) => {}
         }
+    }
+
+    /// Closes the file: a checkpoint signs it, and the next file begins by naming it.
+    fn rotate(&mut self, reason: &'static str) {
+        self.checkpoint();
+        self.flush_sinks();
+        let Some(sink) = self.file.as_mut() else {
+            return;
+        };
+        if sink.error.is_some() {
+            return;
+        }
+        match sink.rotate() {
+            Ok(previous_file) => {
+                self.metrics.audit_rotations.inc();
+                let event = Event::FileStart {
+                    previous_file,
+                    previous_seq: self.seq,
+                    reason,
+                };
+                self.write(&event, now());
+            }
+            Err(e) => {
+                self.metrics.audit_write_errors.inc();
+                tracing::error!(error = %e, "audit file rotation failed");
+                self.degrade(Degraded::WriteError, e);
+            }
+        }
+    }
+
+    fn watch_spool(&mut self) {
+        let Some(sink) = self.file.as_mut() else {
+            return;
+        };
+        let bytes = sink.spool_bytes();
+        self.metrics.audit_spool_bytes.set(bytes as i64);
+        match (self.when_full, self.degraded) {
+            (AuditWhenFull::DeleteOldest, _) if bytes > self.max_bytes => {
+                // Down to the limit less one file, so that it is not done again at once.
+                let deleted = sink.delete_oldest(self.max_bytes.saturating_sub(self.rotate_bytes));
+                if !deleted.is_empty() {
+                    let event = Event::AuditFilesDeleted {
+                        bytes: deleted.iter().map(|(_, n)| n).sum(),
+                        files: deleted.into_iter().map(|(f, _)| f).collect(),
+                        reason: format!("the spool reached maxBytes ({})", self.max_bytes),
+                    };
+                    self.write(&event, now());
+                }
+            }
+            (AuditWhenFull::Refuse, None) if bytes > self.max_bytes => {
+                let why = format!(
+                    "the audit spool is full ({bytes} of {} bytes)",
+                    self.max_bytes
+                );
+                tracing::error!(
+                    "{why}; new logins and transfers are refused until files are shipped and deleted"
+                );
+                self.degrade(Degraded::SpoolFull, why);
+            }
+            // Room for a file again: service resumes.
+            (_, Some((Degraded::SpoolFull, _)))
+                if bytes <= self.max_bytes.saturating_sub(self.rotate_bytes) =>
+            {
+                self.restore()
+            }
+            _ => {}
+        }
+    }
+
+    fn degrade(&mut self, cause: Degraded, detail: String) {
+        let refusing = cause == Degraded::SpoolFull || self.fail_closed;
+        self.degraded = Some((cause, Instant::now()));
+        if refusing {
+            self.gate.refusal.store(Some(Arc::new(format!(
+                "the audit trail cannot be made durable: {detail}"
+            ))));
+            self.metrics.audit_refusing.set(1);
+        }
+        let event = Event::AuditDegraded {
+            cause,
+            detail,
+            refusing,
+            spool_bytes: self.file.as_ref().map_or(0, FileSink::spool_bytes),
+            max_bytes: self.max_bytes,
+        };
+        self.write(&event, now());
+    }
+
+    fn restore(&mut self) {
+        let Some((cause, since)) = self.degraded.take() else {
+            return;
+        };
+        self.gate.refusal.store(None);
+        self.metrics.audit_refusing.set(0);
+        tracing::info!(?cause, "the audit trail is durable again; service resumes");
+        let event = Event::AuditRestored {
+            cause,
+            after_ms: since.elapsed().as_millis() as u64,
+        };
+        self.write(&event, now());
     }
 }
 
@@ -561,5 +793,190 @@ mod tests {
                 assert_eq!(last["keptHash"], format!("{fsync:?}{i}"));
             }
         }
+    }
+
+    fn event(i: usize) -> Event {
+        Event::ConfigRejected {
+            kept_hash: format!("h{i:04}"),
+            errors: vec!["x".repeat(60)],
+        }
+    }
+
+    fn records(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_one_signed_chain_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        let public = chain::write_key_pair(&key, &dir.path().join("k.pub")).unwrap();
+        std::fs::create_dir(dir.path().join("audit")).unwrap();
+        let path = dir.path().join("audit/audit.jsonl");
+        let settings = AuditSettings {
+            stdout: false,
+            file: Some(path.display().to_string()),
+            rotate_bytes: Some(4096),
+            ..Default::default()
+        };
+        let signer = Arc::new(Signer::from_pem_file(&key).unwrap());
+        let audit = Auditor::start(&settings, Some(signer), Arc::new(Metrics::default())).unwrap();
+        for i in 0..200 {
+            audit.emit(event(i)).await;
+            if i % 10 == 0 {
+                audit.flush().await;
+            }
+        }
+        audit.seal().await;
+        let files = verify::files_of(&[dir.path().join("audit")]).unwrap();
+        assert!(files.len() >= 5, "{files:?}");
+        assert_eq!(
+            files.last().unwrap(),
+            &path,
+            "the active file holds the newest records"
+        );
+        for f in &files[..files.len() - 1] {
+            // Each rotated file ends signed and is no bigger than the limit and a batch.
+            let recs = records(f);
+            assert_eq!(
+                recs.last().unwrap()["event"],
+                "checkpoint",
+                "{}",
+                f.display()
+            );
+            assert!(std::fs::metadata(f).unwrap().len() < 4096 + 11 * 200);
+        }
+        for f in &files[1..] {
+            let first = &records(f)[0];
+            assert_eq!(first["event"], "fileStart", "{}", f.display());
+            assert_eq!(first["reason"], "size");
+        }
+        std::fs::write(dir.path().join("k.pub"), public).unwrap();
+        let key = chain::Verifier::from_pem_file(&dir.path().join("k.pub")).unwrap();
+        let all = verify::verify(&files, std::slice::from_ref(&key), false).unwrap();
+        assert!(all.finding.is_none(), "{all}");
+        assert_eq!(all.files, files.len());
+        assert_eq!(all.begins_after, None);
+        // The newest files alone verify, as a trail that begins after the ones not given.
+        let tail = verify::verify(&files[2..], std::slice::from_ref(&key), false).unwrap();
+        assert!(tail.finding.is_none(), "{tail}");
+        let begins = records(&files[1])
+            .first()
+            .map(|_| files[1].file_name().unwrap().to_string_lossy().into_owned());
+        assert_eq!(tail.begins_after, begins, "{tail}");
+        // A file taken from the middle is named.
+        std::fs::remove_file(&files[2]).unwrap();
+        let gone = verify::verify(
+            &verify::files_of(&[dir.path().join("audit")]).unwrap(),
+            std::slice::from_ref(&key),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            gone.finding.map(|f| (f.kind, f.line)),
+            Some((verify::Tamper::MissingFile, 1))
+        );
+    }
+
+    /// `/dev/full` refuses every write (ENOSPC) and cannot be truncated: the writer keeps the
+    /// records, closes the gate, and writes them all, in order, once a file takes them.
+    #[tokio::test]
+    async fn a_disk_that_refuses_records_closes_the_gate_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let settings = AuditSettings {
+            stdout: false,
+            file: Some(path.display().to_string()),
+            ..Default::default()
+        };
+        let metrics = Arc::new(Metrics::default());
+        let audit = Auditor::start(&settings, None, metrics.clone()).unwrap();
+        audit.emit(event(0)).await;
+        // Not durable, so not answered (failClosed).
+        let waited = tokio::time::timeout(Duration::from_millis(500), audit.record(event(1))).await;
+        assert!(waited.is_err(), "a record reported durable on a full disk");
+        let why = audit.refusal().expect("the gate is closed");
+        assert!(why.contains("No space left on device"), "{why}");
+        assert_eq!(metrics.audit_refusing.get(), 1);
+        // The disk comes back.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), audit.record(event(2)))
+            .await
+            .expect("durable again once the disk takes records");
+        assert!(audit.refusal().is_none());
+        assert_eq!(metrics.audit_refusing.get(), 0);
+        let recs = records(&path);
+        let events: Vec<&str> = recs.iter().map(|r| r["event"].as_str().unwrap()).collect();
+        let at = |name: &str| events.iter().position(|e| *e == name).unwrap();
+        assert!(at("auditDegraded") < at("auditRestored"), "{events:?}");
+        let kept: Vec<&str> = recs.iter().filter_map(|r| r["keptHash"].as_str()).collect();
+        assert_eq!(kept, ["h0000", "h0001", "h0002"], "every record, in order");
+        let degraded = &recs[at("auditDegraded")];
+        assert_eq!(degraded["cause"], "writeError");
+        assert_eq!(degraded["refusing"], true);
+        let r = verify::verify(&[path], &[], true).unwrap();
+        assert!(r.finding.is_none(), "{r}");
+        assert_eq!(r.records, 5);
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_refuses_until_files_are_taken_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let settings = AuditSettings {
+            stdout: false,
+            file: Some(path.display().to_string()),
+            rotate_bytes: Some(4096),
+            max_bytes: Some(3 * 4096),
+            ..Default::default()
+        };
+        let audit = Auditor::start(&settings, None, Arc::new(Metrics::default())).unwrap();
+        let mut i = 0;
+        while audit.refusal().is_none() {
+            audit.record(event(i)).await;
+            i += 1;
+            assert!(i < 1000, "the spool never filled");
+        }
+        // Records still go on (the sessions running are recorded).
+        audit.record(event(i)).await;
+        let trail: Vec<serde_json::Value> = verify::files_of(&[dir.path().to_owned()])
+            .unwrap()
+            .iter()
+            .flat_map(|f| records(f))
+            .collect();
+        let degraded = trail
+            .iter()
+            .find(|r| r["event"] == "auditDegraded")
+            .expect("the refusal is recorded");
+        assert_eq!(degraded["cause"], "spoolFull");
+        assert_eq!(degraded["refusing"], true);
+        assert!(degraded["spoolBytes"].as_u64().unwrap() > 3 * 4096);
+        // Ship and delete the rotated files.
+        for f in verify::files_of(&[dir.path().to_owned()]).unwrap() {
+            if f != path {
+                std::fs::remove_file(f).unwrap();
+            }
+        }
+        let resumed = tokio::time::timeout(Duration::from_secs(5), async {
+            while audit.refusal().is_some() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(
+            resumed.is_ok(),
+            "service did not resume after the spool was emptied"
+        );
+        audit.flush().await;
+        let recs = records(&path);
+        let kinds: Vec<&str> = recs.iter().map(|r| r["event"].as_str().unwrap()).collect();
+        assert_eq!(kinds.last(), Some(&"auditRestored"), "{kinds:?}");
+        assert_eq!(recs.last().unwrap()["cause"], "spoolFull");
     }
 }

@@ -93,6 +93,9 @@ pub struct Report {
     /// Whether checkpoint signatures were checked (keys were given).
     pub signatures_checked: bool,
     pub restarts: u64,
+    /// The trail given begins with a rotated file's first record, after this earlier file
+    /// (not given: shipped elsewhere, or deleted by retention).
+    pub begins_after: Option<String>,
     pub finding: Option<Finding>,
 }
 
@@ -116,7 +119,15 @@ impl fmt::Display for Report {
             } else {
                 "NOT checked (no --key given)"
             }
-        )
+        )?;
+        if let Some(file) = &self.begins_after {
+            write!(
+                f,
+                "; begins after {file} (not given), at seq {}",
+                self.first_seq.unwrap_or(0)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -139,30 +150,39 @@ struct Fields<'a> {
     torn_bytes: Option<u64>,
     #[serde(borrow, default)]
     head_lost: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    previous_file: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// The files of `paths` in the order they are verified.
+/// The files of `paths` in the order they are verified: by the seq of their first record
+/// (rotated files are named after it, but names can be changed), then by name.
 pub fn files_of(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let mut names: Vec<PathBuf> = std::fs::read_dir(p)?
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.is_file()
-                        && !p
-                            .file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-                })
-                .collect();
-            names.sort();
-            out.extend(names);
+            for entry in std::fs::read_dir(p)? {
+                let path = entry?.path();
+                let hidden = path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                if path.is_file() && !hidden {
+                    out.push(path);
+                }
+            }
         } else {
             out.push(p.clone());
         }
     }
-    Ok(out)
+    let mut keyed = Vec::with_capacity(out.len());
+    for path in out {
+        let mut first = Vec::new();
+        BufReader::new(std::io::Read::take(std::fs::File::open(&path)?, 1 << 20))
+            .read_until(b'\n', &mut first)?;
+        let seq = serde_json::from_slice::<Fields>(&first).map_or(u64::MAX, |f| f.seq);
+        keyed.push((seq, path));
+    }
+    keyed.sort();
+    Ok(keyed.into_iter().map(|(_, p)| p).collect())
 }
 
 /// Verifies `files` as one trail. `keys` empty: signatures are not checked. `live`: the trail
@@ -271,8 +291,15 @@ impl State {
                 ),
             );
         }
-        let expected = self.seq + 1;
         let first = self.report.records == 0;
+        if first && r.event == "fileStart" {
+            // A trail that begins mid-chain, at a rotated file: it goes on from the head
+            // that file names.
+            self.seq = r.seq.saturating_sub(1);
+            self.head = r.prev.to_string();
+            self.report.begins_after = Some(r.previous_file.as_deref().unwrap_or("?").to_owned());
+        }
+        let expected = self.seq + 1;
         if r.seq > expected {
             let at_file_start = n == 1;
             self.gap = Some((expected, r.seq, file.to_owned(), n, at_file_start));

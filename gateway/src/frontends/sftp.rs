@@ -126,6 +126,7 @@ pub async fn serve_connection(
         }
     };
     let handle = running.handle();
+    let _ = conn.handle.set(handle.clone());
     let watchdog_conn = conn.clone();
     let watchdog = tokio::spawn(async move {
         tokio::time::sleep(grace).await;
@@ -164,6 +165,8 @@ pub async fn serve_connection(
 struct ConnState {
     authenticated: AtomicBool,
     session: Mutex<Option<Arc<Session>>>,
+    /// The connection's handle, to disconnect with a reason from inside the handler.
+    handle: std::sync::OnceLock<russh::server::Handle>,
 }
 
 struct SshHandler {
@@ -236,12 +239,32 @@ impl SshHandler {
                 proceed_with_methods: Some(method_set(&next)),
                 partial_success: true,
             }),
-            Progress::Complete => {
-                let session = self.attempt.start_session(u, None).await;
-                *self.conn.session.lock().expect("conn lock poisoned") = Some(session);
-                self.conn.authenticated.store(true, Ordering::SeqCst);
-                Ok(Auth::Accept)
-            }
+            Progress::Complete => match self.attempt.start_session(u, None).await {
+                Ok(session) => {
+                    *self.conn.session.lock().expect("conn lock poisoned") = Some(session);
+                    self.conn.authenticated.store(true, Ordering::SeqCst);
+                    Ok(Auth::Accept)
+                }
+                Err(why) => {
+                    // SSH has no reply text for a refused login: the disconnect carries it
+                    // (OpenSSH prints "Received disconnect ...: 7: ...").
+                    if let Some(handle) = self.conn.handle.get().cloned() {
+                        tokio::spawn(async move {
+                            let _ = handle
+                                .disconnect(
+                                    Disconnect::ServiceNotAvailable,
+                                    format!("login refused: {why}"),
+                                    String::new(),
+                                )
+                                .await;
+                        });
+                    }
+                    Ok(Auth::Reject {
+                        proceed_with_methods: None,
+                        partial_success: false,
+                    })
+                }
+            },
         }
     }
 

@@ -42,10 +42,7 @@ impl Conn {
             .chains
             .advance(&mut self.attempt.done, Method::Certificate)
         {
-            Progress::Complete => {
-                self.start_session(&u).await;
-                Identified::Complete
-            }
+            Progress::Complete if self.start_session(&u).await => Identified::Complete,
             _ => Identified::NeedPassword,
         }
     }
@@ -59,10 +56,7 @@ impl Conn {
             }
         };
         match u.chains.advance(&mut self.attempt.done, Method::Password) {
-            Progress::Complete => {
-                self.start_session(&u).await;
-                true
-            }
+            Progress::Complete => self.start_session(&u).await,
             Progress::Partial(_) => {
                 self.fail(
                     Method::Password,
@@ -86,8 +80,17 @@ impl Conn {
         self.attempt.done.clear();
     }
 
-    pub(super) async fn start_session(&mut self, u: &UserEntry) {
-        let session = self.attempt.start_session(u, self.channel.clone()).await;
-        self.session = Some(session);
+    /// Starts the session; false if the login was refused (`refused_login` says why).
+    pub(super) async fn start_session(&mut self, u: &UserEntry) -> bool {
+        match self.attempt.start_session(u, self.channel.clone()).await {
+            Ok(session) => {
+                self.session = Some(session);
+                true
+            }
+            Err(why) => {
+                self.refused_login = Some(why);
+                false
+            }
+        }
     }
 }

@@ -108,6 +108,9 @@ struct Conn {
     /// e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384`.
     channel: Option<String>,
     failures: usize,
+    /// A login refused because the audit trail cannot be made durable: the reply is 421, and
+    /// the connection ends.
+    refused_login: Option<Arc<String>>,
     /// Commands before a login, and how many of them were refused (see `PRE_LOGIN_*`).
     pre_login: (usize, usize),
     cwd: String,
@@ -166,6 +169,7 @@ pub async fn serve_connection(
         cert_names: Vec::new(),
         channel: None,
         failures: 0,
+        refused_login: None,
         pre_login: (0, 0),
         cwd: "/".into(),
         data: None,
@@ -365,6 +369,21 @@ impl Conn {
         wire.send(&r).await.map_err(drop)
     }
 
+    /// 421 for a login refused while the audit trail cannot be made durable, and the end.
+    async fn unavailable<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        wire: &mut Wire<S>,
+        why: &str,
+    ) -> Flow {
+        let _ = self
+            .reply(
+                wire,
+                Reply::new(421, format!("Service not available, login refused: {why}")),
+            )
+            .await;
+        Flow::End("login refused: audit unavailable")
+    }
+
     async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         actions: Vec<Action>,
@@ -386,11 +405,17 @@ impl Conn {
                 }
                 Action::Identify { user } => {
                     let outcome = self.identify(&user).await;
+                    if let Some(why) = self.refused_login.take() {
+                        return self.unavailable(wire, &why).await;
+                    }
                     queue.extend(self.control.identified(outcome));
                     Ok(())
                 }
                 Action::Authenticate { user, password } => {
                     let ok = self.authenticate(&user, password).await;
+                    if let Some(why) = self.refused_login.take() {
+                        return self.unavailable(wire, &why).await;
+                    }
                     queue.extend(self.control.login_result(ok));
                     if !ok && self.failures >= self.max_attempts() {
                         while let Some(Action::Reply(r)) = queue.pop_front() {
