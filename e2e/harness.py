@@ -222,7 +222,9 @@ class Gateway:
         tmp.write_text(json.dumps(config, indent=2))
         tmp.rename(path)
 
-    def start(self, config_arg: Path | None = None) -> None:
+    def start(self, config_arg: Path | None = None, ready: str = "/readyz") -> None:
+        """Starts the gateway and waits until `ready` answers 200 (`/healthz` for a gateway that
+        is up but not ready)."""
         self.stderr = open(self.dir / "gateway.log", "ab")
         self.proc = subprocess.Popen(
             [str(GATEWAY_BIN), "run", "--config", str(config_arg or self.config_path)],
@@ -234,7 +236,7 @@ class Gateway:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited: {(self.dir / 'gateway.log').read_text()[-2000:]}")
             try:
-                if self.http("/readyz")[0] == 200:
+                if self.http(ready)[0] == 200:
                     return
             except OSError:
                 pass

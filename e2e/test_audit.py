@@ -17,7 +17,7 @@ import paramiko
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from harness import GATEWAY_BIN, Gateway, fresh_dir
+from harness import GATEWAY_BIN, Gateway, free_port, fresh_dir
 
 VERBS = ["list", "read", "write", "delete", "mkdir", "rmdir", "rename", "setattr"]
 
@@ -200,3 +200,207 @@ def test_a_reload_cannot_change_the_audit_settings(signed):
     assert any(e.startswith("audit: ") and "only at a restart" in e for e in rejected["errors"]), rejected
     status, body = g.http("/config")
     assert status == 200 and json.loads(body)["refused"] is not None, body
+
+
+def failclosed_gateway(name: str, sshd, passwords, audit: dict, before_start=None) -> tuple[Gateway, Path, Path, object]:
+    """A gateway with SFTP and explicit FTPS listeners in front of the real sshd, its trail in
+    its own directory with the given audit settings, signed."""
+    from ftps import Pki, free_port_range
+
+    d = fresh_dir(name)
+    pki = Pki(d / "pki")
+    cert, key = pki.issue("gateway", "localhost")
+    data = sshd.root / name
+    subprocess.run(["rm", "-rf", str(data)], check=True)
+    data.mkdir()
+    assert cli("audit", "keygen", str(d / "signing.pem")).returncode == 0
+    trail = d / "trail"
+    trail.mkdir()
+    if before_start:
+        before_start(trail / "audit.jsonl")
+    g = Gateway(d, {}, start=False)
+    g.audit_path = trail / "audit.jsonl"
+    g.ftps_port = free_port()
+    g.pki = pki
+    g.config.update({
+        "listeners": [
+            {"name": "sftp", "protocol": "sftp", "address": f"127.0.0.1:{g.port}", "zones": ["loopback"]},
+            {"name": "ftps", "protocol": "ftps", "address": f"127.0.0.1:{g.ftps_port}", "zones": ["loopback"],
+             "tls": {"keyRing": "gw"}, "passivePorts": {"min": (p := free_port_range(8)), "max": p + 7}},
+        ],
+        "keyRings": [{"name": "gw", "certificateFile": str(cert), "privateKeyFile": str(key)}],
+        "endpoints": [sshd.endpoint("backend")],
+        "users": [{"name": "alice", "passwordHash": passwords["alice-pw"], "zones": ["loopback"], "roles": ["rw"]}],
+        "roles": [{"name": "rw", "mounts": [{"path": "/files", "endpoint": "backend", "backendPath": str(data),
+                                              "verbs": VERBS}]}],
+        "audit": {"stdout": False, "file": str(g.audit_path), "signingKeyFile": str(d / "signing.pem"),
+                  "checkpointSeconds": 1, **audit},
+    })
+    g.write_config(g.config)
+    return g, trail, d / "signing.pub", pki
+
+
+def metric(g: Gateway, name: str, **labels) -> float:
+    for line in g.http("/metrics")[1].splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def trail_records(trail: Path) -> list[dict]:
+    out = []
+    for f in sorted(trail.iterdir()):
+        out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return sorted(out, key=lambda r: r["seq"])
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+REFUSED = "the audit trail cannot be made durable"
+
+
+def test_a_full_spool_refuses_new_logins_and_transfers_until_files_are_shipped(sshd, passwords):
+    """whenFull: refuse. Sessions fill a 16 KiB spool (4 KiB files); then OpenSSH sftp and
+    ftplib logins are refused with the reason (SSH disconnect, FTP 421), sessions already in
+    can list but not start a transfer (SFTP failure, FTP 451), and /readyz says 503. Shipping
+    (deleting) the rotated files resumes service within seconds; the refusal and the recovery
+    are in the trail, which verifies with the key."""
+    import ftplib
+
+    from ftps import ftps_login
+
+    g, trail, pub, pki = failclosed_gateway(
+        "audit-spool", sshd, passwords, {"rotateBytes": 4096, "maxBytes": 16384, "whenFull": "refuse"})
+    g.start()
+    try:
+        sftp_a, t_a = g.paramiko("alice", password="alice-pw")
+        ftp = ftps_login(g.ftps_port, pki.ca, "alice", "alice-pw")
+        sessions = 0
+        while metric(g, "portcullis_audit_refusing") == 0:
+            try:
+                s, t = g.paramiko("alice", password="alice-pw")
+                s.listdir("/files")
+                t.close()
+            except Exception:
+                pass  # the login that found the spool full
+            sessions += 1
+            assert sessions < 300, "the spool never filled"
+        status, body = g.http("/readyz")
+        assert status == 503 and REFUSED in body and "spool is full" in body, body
+
+        r = g.sftp("alice", "ls /files\n", password="alice-pw", check=False)
+        assert r.returncode != 0, r.stdout
+        assert f"login refused: {REFUSED}".encode() in r.stderr, r.stderr
+        with pytest.raises(ftplib.error_temp, match=r"^421 Service not available, login refused"):
+            ftps_login(g.ftps_port, pki.ca, "alice", "alice-pw")
+
+        # Sessions already in go on, but start no transfer.
+        assert isinstance(sftp_a.listdir("/files"), list)
+        with pytest.raises(IOError, match="transfer refused"):
+            sftp_a.open("/files/refused.bin", "w")
+        with pytest.raises(ftplib.error_temp, match=r"^451 .*transfer refused"):
+            ftp.storbinary("STOR /files/refused-ftp.bin", io.BytesIO(b"x" * 100))
+        assert metric(g, "portcullis_audit_refusals_total", refused="login") >= 2
+        assert metric(g, "portcullis_audit_refusals_total", refused="transfer") >= 2
+        before = trail_records(trail)
+        degraded = [e for e in before if e["event"] == "auditDegraded"]
+        assert len(degraded) == 1 and degraded[0]["cause"] == "spoolFull" and degraded[0]["refusing"], degraded
+        refused_logins = [e for e in before if e["event"] == "logonFailure" and "failClosed" in e["reason"]]
+        assert len(refused_logins) >= 2, refused_logins
+
+        # Ship the rotated files (here: delete them); service resumes.
+        for f in trail.iterdir():
+            if f.name != "audit.jsonl":
+                f.unlink()
+        wait_until(lambda: metric(g, "portcullis_audit_refusing") == 0, 10, "service did not resume")
+        assert g.http("/readyz")[0] == 200
+        sftp_a.putfo(io.BytesIO(b"a" * 1000), "/files/after-a.bin")
+        assert ftp.storbinary("STOR /files/after-ftp.bin", io.BytesIO(b"f" * 1000)).startswith("226")
+        ftp.quit()
+        g.sftp("alice", "ls /files\n", password="alice-pw")
+        t_a.close()
+    finally:
+        assert g.stop() == 0
+    restored = [e for e in trail_records(trail) if e["event"] == "auditRestored"]
+    assert [e["cause"] for e in restored] == ["spoolFull"], restored
+    r = verify(trail, pub)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "begins after " in r.stdout, r.stdout
+
+
+def test_a_disk_that_refuses_records_closes_the_gateway_and_loses_nothing(sshd, passwords):
+    """failClosed (the default): the trail's file is /dev/full, so every write fails (ENOSPC).
+    The gateway starts but is not ready, refuses logins with the reason, and keeps every record
+    in memory; once the file takes writes, all of them land in order from daemonStart on,
+    service resumes, and the trail verifies."""
+    g, trail, pub, _ = failclosed_gateway(
+        "audit-devfull", sshd, passwords, {}, before_start=lambda p: p.symlink_to("/dev/full"))
+    g.start(ready="/healthz")
+    try:
+        wait_until(lambda: g.http("/readyz")[0] == 503, 10, "ready with an unwritable trail")
+        assert "No space left on device" in g.http("/readyz")[1]
+        r = g.sftp("alice", "ls /files\n", password="alice-pw", check=False)
+        assert r.returncode != 0 and f"login refused: {REFUSED}".encode() in r.stderr, r.stderr
+        # The disk takes writes again.
+        g.audit_path.unlink()
+        g.audit_path.write_text("")
+        wait_until(lambda: g.http("/readyz")[0] == 200, 10, "service did not resume")
+        g.sftp("alice", "put /etc/hostname /files/h\n", password="alice-pw")
+    finally:
+        assert g.stop() == 0
+    events = g.events()
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "daemonStart", kinds[:3]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert kinds.index("auditDegraded") < kinds.index("auditRestored"), kinds
+    assert events[kinds.index("auditDegraded")]["cause"] == "writeError"
+    refused = [e for e in events if e["event"] == "logonFailure"]
+    assert refused and all("failClosed" in e["reason"] for e in refused), refused
+    assert any(e["event"] == "transferEnd" and e["path"] == "/files/h" for e in events)
+    r = verify(trail, pub)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_transfer_receipt_is_checked_offline_with_the_public_key(signed, tmp_path):
+    """Every transfer's record is signed on its own (a checkpoint follows it at once), so
+    `audit receipt` gives a partner two lines that prove the transfer and nothing about anyone
+    else's; `audit check-receipt` and an independent check with `cryptography` accept them, and
+    any change to the record is refused."""
+    g, trail, pub = signed
+    payload = b"receipt me " * 1000
+    s, t = g.paramiko("alice", password="alice-pw")
+    s.putfo(io.BytesIO(payload), "/files/receipt.bin")
+    t.close()
+    end = g.wait_event("transferEnd", path="/files/receipt.bin")
+    assert end["sha256"] == hashlib.sha256(payload).hexdigest()
+    r = cli("audit", "receipt", "--transfer", end["transfer"], str(trail))
+    assert r.returncode == 0, r.stderr
+    receipt = tmp_path / "receipt.jsonl"
+    receipt.write_text(r.stdout)
+    lines = r.stdout.encode().split(b"\n")[:-1]
+    assert len(lines) == 2 and json.loads(lines[0])["transfer"] == end["transfer"]
+
+    r = cli("audit", "check-receipt", "--key", str(pub), str(receipt))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith(f"ok: transfer {end['transfer']}: upload of /files/receipt.bin by alice"), r.stdout
+    assert f"{len(payload)} bytes, sha256 {end['sha256']}, confidence High" in r.stdout, r.stdout
+
+    # Independently: the checkpoint signs (seq, sha256 of the record's line, its time).
+    record, checkpoint = lines[0] + b"\n", json.loads(lines[1])
+    seq, head = json.loads(record)["seq"], hashlib.sha256(record).hexdigest()
+    assert checkpoint["seq"] == seq + 1 and checkpoint["prev"] == head
+    message = f"portcullis-audit-checkpoint/1\n{seq}\n{head}\n{checkpoint['time']}\n".encode()
+    load_pem_public_key(pub.read_bytes()).verify(bytes.fromhex(checkpoint["signature"]), message)
+
+    forged = tmp_path / "forged.jsonl"
+    forged.write_text(receipt.read_text().replace(end["sha256"], "0" * 64, 1))
+    r = cli("audit", "check-receipt", "--key", str(pub), str(forged))
+    assert r.returncode == 1 and r.stdout.startswith("NOT VALID"), r.stdout
+    r = cli("audit", "receipt", "--transfer", "no-such-transfer", str(trail))
+    assert r.returncode == 1 and "no transferEnd record" in r.stderr, r.stderr

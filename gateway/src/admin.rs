@@ -1,5 +1,5 @@
-//! The admin port: `/healthz` (the process runs), `/readyz` (listeners are up and the gateway is
-//! not draining), `/metrics` (Prometheus text format), `/defender/bans` (the bans in force
+//! The admin port: `/healthz` (the process runs), `/readyz` (listeners are up, the gateway is
+//! not draining, and its audit trail can be made durable), `/metrics` (Prometheus text format), `/defender/bans` (the bans in force
 //! here, JSON) and `/config` (the hash of the config in force and of one refused, JSON: what the
 //! operator reads to confirm that a pod serves the config it wrote).
 
@@ -55,6 +55,13 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpListener, ready: Arc<AtomicBool>
 fn route(shared: &Shared, ready: &AtomicBool, path: &str) -> Response<Full<Bytes>> {
     let (status, body, ctype) = match path {
         "/healthz" => (StatusCode::OK, "ok\n".to_owned(), "text/plain"),
+        // While new logins are refused for want of an audit trail, the pod is taken out of
+        // its Service: clients go to a replica that can serve them.
+        "/readyz" if let Some(why) = shared.audit.refusal() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+            "text/plain",
+        ),
         "/readyz" if ready.load(Ordering::SeqCst) && !shared.shutting_down() => {
             (StatusCode::OK, "ready\n".to_owned(), "text/plain")
         }

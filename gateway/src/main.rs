@@ -45,8 +45,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the chain and the checkpoint signatures of audit files (a directory: its files
-    /// in name order, as one trail). Names the first bad record and the kind of tampering;
+    /// Check the chain and the checkpoint signatures of audit files (a directory: its files,
+    /// ordered by their first record's seq, as one trail). Names the first bad record and the kind of tampering;
     /// exits 1 on any, 0 with a one-line summary when all is well.
     Verify {
         /// A trusted Ed25519 public key (PEM `PUBLIC KEY`); repeat for rotated keys. Without
@@ -65,6 +65,22 @@ enum AuditCommand {
     Keygen { file: PathBuf },
     /// Print the public key (PEM) of a signing key, for `audit verify --key`.
     PublicKey { file: PathBuf },
+    /// Print a transfer's receipt: its `transferEnd` record and the checkpoint that signs it,
+    /// two lines a partner checks offline with `audit check-receipt` and the public key.
+    Receipt {
+        /// The transfer's id (`transfer` in its records).
+        #[arg(long)]
+        transfer: String,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Check a receipt with the public key(s): exits 0 and says what it proves, 1 if it does
+    /// not hold.
+    CheckReceipt {
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        file: PathBuf,
+    },
 }
 
 fn init_tracing() {
@@ -147,6 +163,43 @@ fn audit(command: AuditCommand) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e.to_string()),
+            }
+        }
+        AuditCommand::Receipt { transfer, paths } => {
+            match verify::files_of(&paths).and_then(|files| verify::receipt(&files, &transfer)) {
+                Ok(Ok(receipt)) => {
+                    print!("{receipt}");
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(why)) => {
+                    eprintln!("portcullis-gateway audit: {why}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => fail(e.to_string()),
+            }
+        }
+        AuditCommand::CheckReceipt { keys, file } => {
+            let keys = match keys
+                .iter()
+                .map(|k| chain::Verifier::from_pem_file(k))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(k) => k,
+                Err(e) => return fail(e),
+            };
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => return fail(format!("{}: {e}", file.display())),
+            };
+            match verify::check_receipt(&text, &keys) {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    println!("NOT VALID: {why}");
+                    ExitCode::FAILURE
+                }
             }
         }
         AuditCommand::PublicKey { file } => {

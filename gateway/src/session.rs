@@ -173,6 +173,8 @@ impl Transfer {
 }
 
 struct OpenFile {
+    /// The transfer's id in the audit trail.
+    id: String,
     file: Arc<dyn BackendFile>,
     path: VPath,
     backend_path: String,
@@ -279,6 +281,7 @@ fn too_many_handles() -> FsError {
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 static NEXT_TEMP: AtomicU64 = AtomicU64::new(1);
+static NEXT_TRANSFER: AtomicU64 = AtomicU64::new(1);
 
 impl Session {
     /// Starts the session of a user who has just logged in: audits the logon and the session
@@ -678,6 +681,11 @@ impl Session {
             }
         };
         let open = Arc::new(OpenFile {
+            id: format!(
+                "{}-t{}",
+                self.id,
+                NEXT_TRANSFER.fetch_add(1, Ordering::Relaxed)
+            ),
             file,
             path: vpath.clone(),
             backend_path: t.backend_path,
@@ -707,6 +715,7 @@ impl Session {
             .audit
             .emit(Event::TransferStart {
                 session: self.id.clone(),
+                transfer: open.id.clone(),
                 user: self.user.clone(),
                 path: vpath.to_string(),
                 endpoint: t.endpoint,
@@ -865,6 +874,7 @@ impl Session {
             .audit
             .record(Event::TransferEnd {
                 session: self.id.clone(),
+                transfer: f.id.clone(),
                 user: self.user.clone(),
                 path: f.path.to_string(),
                 endpoint: f.endpoint.clone(),

@@ -159,6 +159,8 @@ pub enum Event {
     },
     TransferStart {
         session: String,
+        /// Unique in the trail; `audit receipt --transfer` finds the transfer by it.
+        transfer: String,
         user: String,
         path: String,
         endpoint: String,
@@ -167,8 +169,11 @@ pub enum Event {
         /// The client channel's protection, e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384`.
         channel: Option<String>,
     },
+    /// With a signing key, a checkpoint follows at once: the two lines are the transfer's
+    /// receipt (`audit receipt`).
     TransferEnd {
         session: String,
+        transfer: String,
         user: String,
         path: String,
         endpoint: String,
@@ -291,7 +296,7 @@ struct Record<'a> {
 }
 
 enum Msg {
-    Event(Event),
+    Event(Box<Event>),
     /// Answered once everything before it is written and, per `fsync`, synced (with
     /// `failClosed: false`, once that was tried).
     Flush(oneshot::Sender<()>),
@@ -429,7 +434,7 @@ impl Auditor {
 
     /// Records an event. Waits while the writer is behind; never drops.
     pub async fn emit(&self, event: Event) {
-        if self.tx.send(Msg::Event(event)).await.is_err() {
+        if self.tx.send(Msg::Event(Box::new(event))).await.is_err() {
             tracing::error!("audit writer is gone; record lost");
         }
     }
@@ -537,6 +542,10 @@ impl Writer {
             Event::Checkpoint { .. } => 0,
             _ => self.since_checkpoint + 1,
         };
+        if matches!(event, Event::TransferEnd { .. }) {
+            // The transfer's receipt: its record, signed on its own.
+            self.checkpoint();
+        }
         if self.fsync == AuditFsync::Record {
             self.flush_sinks();
         }
@@ -563,8 +572,22 @@ impl Writer {
         if self.last_checkpoint.elapsed() >= self.checkpoint_every {
             self.checkpoint();
         }
-        if let Some(sink) = self.file.as_mut() {
-            sink.count_rotated();
+        let Some(sink) = self.file.as_mut() else {
+            return;
+        };
+        sink.count_rotated();
+        if sink.pending() == 0 && sink.lost_active() {
+            // Removed or replaced under the writer: the records since are in a file nobody
+            // can read. The new file begins by saying so, and `audit verify` shows the trail
+            // beginning there.
+            let previous_file = format!("{} (removed while open)", sink.active_name());
+            tracing::error!("the audit file was removed or replaced while open; starting it anew");
+            let event = Event::FileStart {
+                previous_file,
+                previous_seq: self.seq,
+                reason: "replaced",
+            };
+            self.write(&event, now());
         }
     }
 
@@ -978,5 +1001,102 @@ mod tests {
         let kinds: Vec<&str> = recs.iter().map(|r| r["event"].as_str().unwrap()).collect();
         assert_eq!(kinds.last(), Some(&"auditRestored"), "{kinds:?}");
         assert_eq!(recs.last().unwrap()["cause"], "spoolFull");
+    }
+
+    #[tokio::test]
+    async fn a_file_removed_while_open_is_started_anew_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let settings = AuditSettings {
+            stdout: false,
+            file: Some(path.display().to_string()),
+            ..Default::default()
+        };
+        let audit = Auditor::start(&settings, None, Arc::new(Metrics::default())).unwrap();
+        audit.record(event(0)).await;
+        std::fs::remove_file(&path).unwrap();
+        let reopened = tokio::time::timeout(Duration::from_secs(5), async {
+            while !path.exists() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(reopened.is_ok(), "the writer went on into the removed file");
+        audit.record(event(1)).await;
+        let recs = records(&path);
+        assert_eq!(recs[0]["event"], "fileStart");
+        assert_eq!(recs[0]["reason"], "replaced");
+        assert_eq!(recs[0]["previousSeq"], 1);
+        assert_eq!(recs[1]["keptHash"], "h0001");
+        let r = verify::verify(&[path], &[], true).unwrap();
+        assert!(r.finding.is_none(), "{r}");
+        assert!(
+            r.to_string()
+                .contains("begins after audit.jsonl (removed while open)"),
+            "{r}"
+        );
+    }
+
+    fn transfer_end(id: &str, bytes: u64) -> Event {
+        Event::TransferEnd {
+            session: "s-1".into(),
+            transfer: id.into(),
+            user: "alice".into(),
+            path: "/files/a.bin".into(),
+            endpoint: "e".into(),
+            direction: Direction::Upload,
+            bytes,
+            duration_ms: 1,
+            sha256: Some("ab".repeat(32)),
+            confidence: Confidence::High,
+            detail: None,
+            channel: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_transfer_gets_a_receipt_checked_offline_with_the_public_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        chain::write_key_pair(&key, &dir.path().join("k.pub")).unwrap();
+        let verifier = chain::Verifier::from_pem_file(&dir.path().join("k.pub")).unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let settings = AuditSettings {
+            stdout: false,
+            file: Some(path.display().to_string()),
+            ..Default::default()
+        };
+        let signer = Arc::new(Signer::from_pem_file(&key).unwrap());
+        let audit = Auditor::start(&settings, Some(signer), Arc::new(Metrics::default())).unwrap();
+        audit.emit(event(0)).await;
+        audit.record(transfer_end("s-1-t1", 10)).await;
+        audit.emit(event(1)).await;
+        audit.record(transfer_end("s-1-t2", 20)).await;
+        audit.seal().await;
+        let files = [path.clone()];
+        let receipt = verify::receipt(&files, "s-1-t2").unwrap().unwrap();
+        assert_eq!(receipt.lines().count(), 2);
+        let ok = verify::check_receipt(&receipt, std::slice::from_ref(&verifier)).unwrap();
+        assert!(
+            ok.starts_with("ok: transfer s-1-t2: upload of /files/a.bin by alice"),
+            "{ok}"
+        );
+        assert!(ok.contains(", 20 bytes, "), "{ok}");
+        // Any change to the record, or another key, and it does not hold.
+        let forged = receipt.replacen("\"bytes\":20", "\"bytes\":21", 1);
+        assert!(verify::check_receipt(&forged, std::slice::from_ref(&verifier)).is_err());
+        let other = dir.path().join("o.pem");
+        chain::write_key_pair(&other, &dir.path().join("o.pub")).unwrap();
+        let stranger = chain::Verifier::from_pem_file(&dir.path().join("o.pub")).unwrap();
+        let e = verify::check_receipt(&receipt, &[stranger]).unwrap_err();
+        assert!(e.contains("not one given"), "{e}");
+        assert!(verify::receipt(&files, "s-1-t9").unwrap().is_err());
+        // The trail with its per-transfer checkpoints verifies as a whole.
+        let r = verify::verify(&files, &[verifier], false).unwrap();
+        assert!(r.finding.is_none(), "{r}");
+        assert_eq!(
+            r.checkpoints, 2,
+            "one per transfer; the seal finds nothing unsigned"
+        );
     }
 }

@@ -154,6 +154,36 @@ impl FileSink {
         e
     }
 
+    /// Whether the active path still names the file being written. If it was removed or
+    /// replaced, the next flush opens the path anew (the caller records why), so that records
+    /// do not go on into a file nobody can read.
+    pub fn lost_active(&mut self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(f) = &self.file else {
+            return false;
+        };
+        let Ok(open) = f.metadata() else {
+            return false;
+        };
+        let same = fs::metadata(&self.active)
+            .is_ok_and(|named| named.dev() == open.dev() && named.ino() == open.ino());
+        if same {
+            return false;
+        }
+        self.file = None;
+        self.len = 0;
+        self.first = None;
+        true
+    }
+
+    /// The active file's name.
+    pub fn active_name(&self) -> String {
+        self.active
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     /// The active file's size with what is pending.
     pub fn active_bytes(&self) -> u64 {
         self.len + self.pending.len() as u64

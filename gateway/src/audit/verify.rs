@@ -440,6 +440,120 @@ impl State {
     }
 }
 
+/// A transfer's receipt: its `transferEnd` line and the checkpoint that follows it and signs it,
+/// byte for byte as in the trail. `Ok(Err(why))` when there is none to give.
+pub fn receipt(files: &[PathBuf], transfer: &str) -> std::io::Result<Result<String, String>> {
+    let needle = format!("\"transfer\":{}", serde_json::Value::from(transfer));
+    let mut found: Vec<String> = Vec::new();
+    for file in files {
+        let mut reader = BufReader::with_capacity(1 << 20, std::fs::File::open(file)?);
+        let mut line = Vec::with_capacity(4096);
+        let mut want_checkpoint: Option<String> = None;
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&line).into_owned();
+            if let Some(end) = want_checkpoint.take() {
+                let signed =
+                    serde_json::from_slice::<Fields>(&line).is_ok_and(|f| f.event == "checkpoint");
+                if !signed {
+                    return Ok(Err(format!(
+                        "transfer {transfer}: no checkpoint follows its record ({}): the gateway had no signing key",
+                        file.display()
+                    )));
+                }
+                found.push(end + &text);
+                continue;
+            }
+            if text.contains(&needle)
+                && serde_json::from_slice::<Fields>(&line).is_ok_and(|f| f.event == "transferEnd")
+            {
+                want_checkpoint = Some(text);
+            }
+        }
+        if want_checkpoint.is_some() {
+            return Ok(Err(format!(
+                "transfer {transfer}: its record is the last line of {}: not signed yet",
+                file.display()
+            )));
+        }
+    }
+    Ok(match found.len() {
+        0 => Err(format!("no transferEnd record for transfer {transfer}")),
+        1 => Ok(found.remove(0)),
+        n => Err(format!(
+            "{n} transferEnd records name transfer {transfer} (trails of different gateways?)"
+        )),
+    })
+}
+
+/// Checks a receipt (`receipt`'s two lines) with the public keys, offline. `Ok`: a one-line
+/// account of the transfer it proves.
+pub fn check_receipt(text: &str, keys: &[Verifier]) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct End {
+        transfer: String,
+        time: String,
+        user: String,
+        path: String,
+        direction: String,
+        bytes: u64,
+        sha256: Option<String>,
+        confidence: String,
+    }
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let [end_line, checkpoint_line] = lines[..] else {
+        return Err(format!(
+            "a receipt is two lines (a transferEnd record and its checkpoint), not {}",
+            lines.len()
+        ));
+    };
+    let end_fields: Fields =
+        serde_json::from_str(end_line).map_err(|e| format!("line 1 is not a record: {e}"))?;
+    let end: End = serde_json::from_str(end_line)
+        .map_err(|e| format!("line 1 is not a transferEnd record: {e}"))?;
+    if end_fields.event != "transferEnd" {
+        return Err(format!(
+            "line 1 is a {} record, not transferEnd",
+            end_fields.event
+        ));
+    }
+    let cp: Fields = serde_json::from_str(checkpoint_line)
+        .map_err(|e| format!("line 2 is not a record: {e}"))?;
+    let head = hex::encode(Sha256::digest(end_line.as_bytes()));
+    if cp.event != "checkpoint" || cp.seq != end_fields.seq + 1 || cp.prev != head {
+        return Err("line 2 is not the checkpoint that follows line 1".into());
+    }
+    let key_id = cp.key_id.as_deref().unwrap_or("");
+    let key = keys
+        .iter()
+        .find(|k| k.key_id == key_id)
+        .ok_or_else(|| format!("signed by key {key_id:?}, not one given"))?;
+    let time = cp.time.as_deref().unwrap_or("");
+    if !key.verify(
+        end_fields.seq,
+        &head,
+        time,
+        cp.signature.as_deref().unwrap_or(""),
+    ) {
+        return Err("bad signature: the record is not the one that was signed".into());
+    }
+    Ok(format!(
+        "ok: transfer {}: {} of {} by {} at {}, {} bytes, sha256 {}, confidence {}; signed by key {key_id} at {time}",
+        end.transfer,
+        end.direction,
+        end.path,
+        end.user,
+        end.time,
+        end.bytes,
+        end.sha256.as_deref().unwrap_or("none"),
+        end.confidence
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

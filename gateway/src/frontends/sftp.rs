@@ -97,6 +97,7 @@ pub async fn serve_connection(
         conn: conn.clone(),
         channels: HashMap::new(),
         serving: false,
+        held: None,
     };
     // A second handle on the socket lets the watchdog close it from outside the SSH session.
     let (killer, stream) = match stream
@@ -167,6 +168,15 @@ struct ConnState {
     session: Mutex<Option<Arc<Session>>>,
     /// The connection's handle, to disconnect with a reason from inside the handler.
     handle: std::sync::OnceLock<russh::server::Handle>,
+    /// A login refused after its methods passed (the audit trail cannot be made durable):
+    /// the disconnect message.
+    refused: Mutex<Option<String>>,
+}
+
+async fn disconnect_refused(handle: &russh::server::Handle, message: String) {
+    let _ = handle
+        .disconnect(Disconnect::ServiceNotAvailable, message, String::new())
+        .await;
 }
 
 struct SshHandler {
@@ -178,6 +188,8 @@ struct SshHandler {
     /// An SFTP subsystem is running: the connection's one channel is taken for good (each
     /// would have its own in-flight requests and handles otherwise).
     serving: bool,
+    /// A channel open held unanswered while a refused login is disconnected.
+    held: Option<ChannelOpenHandle>,
 }
 
 fn method_set(methods: &[Method]) -> MethodSet {
@@ -246,23 +258,27 @@ impl SshHandler {
                     Ok(Auth::Accept)
                 }
                 Err(why) => {
-                    // SSH has no reply text for a refused login: the disconnect carries it
-                    // (OpenSSH prints "Received disconnect ...: 7: ...").
-                    if let Some(handle) = self.conn.handle.get().cloned() {
-                        tokio::spawn(async move {
-                            let _ = handle
-                                .disconnect(
-                                    Disconnect::ServiceNotAvailable,
-                                    format!("login refused: {why}"),
-                                    String::new(),
-                                )
-                                .await;
+                    // SSH has no reply text for a refused login, and a client told
+                    // USERAUTH_FAILURE gives up and closes before a disconnect sent after it
+                    // arrives. So the method is accepted at the protocol level, but no
+                    // session exists; the client's next message, opening its session channel,
+                    // is held unanswered and the disconnect that carries the reason follows
+                    // (OpenSSH prints "Received disconnect ...: 7: login refused: ..."). The
+                    // client is then waiting, with nothing of its in flight, so it reads it.
+                    let Some(handle) = self.conn.handle.get().cloned() else {
+                        return Ok(Auth::Reject {
+                            proceed_with_methods: None,
+                            partial_success: false,
                         });
-                    }
-                    Ok(Auth::Reject {
-                        proceed_with_methods: None,
-                        partial_success: false,
-                    })
+                    };
+                    let message = format!("login refused: {why}");
+                    *self.conn.refused.lock().expect("conn lock poisoned") = Some(message.clone());
+                    // A client that opens no channel is disconnected all the same.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        disconnect_refused(&handle, message).await;
+                    });
+                    Ok(Auth::Accept)
                 }
             },
         }
@@ -416,6 +432,13 @@ impl Handler for SshHandler {
         reply: ChannelOpenHandle,
         _session: &mut SshSession,
     ) -> Result<(), Self::Error> {
+        let refused = self.conn.refused.lock().expect("conn lock poisoned").take();
+        if let (Some(message), Some(handle)) = (refused, self.conn.handle.get().cloned()) {
+            // Held, not answered: the disconnect is the answer.
+            self.held = Some(reply);
+            disconnect_refused(&handle, message).await;
+            return Ok(());
+        }
         if self.session().is_none() || self.serving {
             // One SFTP channel per connection keeps limits per connection meaningful.
             self.refuse(
