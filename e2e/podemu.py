@@ -9,7 +9,10 @@ What it takes from the Deployment's pod template, as a kubelet would:
     key (`config.yaml -> ..data/config.yaml`); an update writes a new timestamped directory
     and swaps `..data` with one rename, so readers see the old set or the new set, never a mix;
   - `defaultMode` for the files, `fsGroup` as their group, and `runAsUser`/`runAsGroup` for the
-    process (the emulator runs as root and drops to them).
+    process (the emulator runs as root and drops to them);
+  - every `emptyDir` volume: a local directory owned by the pod's user and `fsGroup`, bind
+    mounted at its `mountPath` in a private mount namespace of the process (so that paths in
+    the config, such as the audit file's, resolve as in the pod). `sizeLimit` is not enforced.
 
   - the readiness probe (`httpGet`) of the emulated process, reported as a kubelet reports it:
     the status of one of the Deployment's pods (phase Running, `Ready` and `ContainersReady`
@@ -28,6 +31,7 @@ Usage: podemu.py --namespace NS --deployment NAME [--dir DIR] [--bin DIR] (KUBEC
 
 import argparse
 import base64
+import ctypes
 import datetime
 import json
 import os
@@ -91,10 +95,19 @@ class PodEmulator:
             self.probe_url = None
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         path_map = {}
+        self.binds = []  # (local dir, mount path) of emptyDir volumes
         for m in container.get("volumeMounts", []):
             v = volumes[m["name"]]
+            if "emptyDir" in v:
+                local = self.dir / "volumes" / m["name"]
+                local.mkdir(parents=True, exist_ok=True)
+                os.chown(local, self.uid if self.uid is not None else -1,
+                         self.fs_group if self.fs_group is not None else -1)
+                os.chmod(local, 0o2770)
+                self.binds.append((str(local), m["mountPath"]))
+                continue
             if "secret" not in v:
-                raise RuntimeError(f"volume {m['name']}: only Secret volumes are emulated")
+                raise RuntimeError(f"volume {m['name']}: only Secret and emptyDir volumes are emulated")
             local = self.dir / "volumes" / m["name"]
             local.mkdir(parents=True, exist_ok=True)
             os.chmod(local, 0o755)
@@ -123,7 +136,20 @@ class PodEmulator:
         self.stdout = open(self.dir / "stdout.log", "ab")
         self.stderr = open(self.dir / "stderr.log", "ab")
 
+        binds = self.binds
+
         def drop_privileges():
+            if binds:
+                libc = ctypes.CDLL(None, use_errno=True)
+                clone_newns, ms_bind, ms_rec, ms_private = 0x20000, 4096, 16384, 1 << 18
+                if libc.unshare(clone_newns) != 0:
+                    raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+                if libc.mount(b"none", b"/", None, ms_rec | ms_private, None) != 0:
+                    raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+                for local, target in binds:
+                    os.makedirs(target, exist_ok=True)
+                    if libc.mount(local.encode(), target.encode(), None, ms_bind, None) != 0:
+                        raise OSError(ctypes.get_errno(), f"bind mount {local} on {target}")
             if os.getuid() == 0 and self.uid is not None:
                 gid = self.gid if self.gid is not None else self.uid
                 groups = [g for g in (gid, self.fs_group) if g is not None]

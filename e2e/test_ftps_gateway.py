@@ -896,13 +896,18 @@ def test_audit_never_holds_a_password_or_a_raw_line_separator(gw, tmp_path):
     with pytest.raises(ftplib.error_perm):
         f.sendcmd("SIZE /local/a\u2028b\u2029c\u0085d")
     f.quit()
+    # ftpCommand records are queued, not awaited: wait until the SIZE one is written.
+    deadline = time.monotonic() + 10
+    while not (sizes := [e for e in gw.events("ftpCommand")
+                         if e["verb"] == "SIZE" and "\u2028" in (e["argument"] or "")]):
+        assert time.monotonic() < deadline, "the SIZE command was not recorded"
+        time.sleep(0.05)
     written = gw.audit_path.read_bytes()[before:]
     for secret in (b"Tab-Secret", b"TAB-SECRET", b"Glued-Secret", b"GLUED-SECRET", b"alice-pw"):
         assert secret not in written, secret
     for raw in ("\u2028", "\u2029", "\u0085"):
         assert raw.encode() not in written, repr(raw)
-    sizes = [e for e in gw.events("ftpCommand") if e["verb"] == "SIZE" and "\u2028" in (e["argument"] or "")]
-    assert sizes and sizes[-1]["argument"] == "/local/a\u2028b\u2029c\u0085d", "the path is kept, escaped"
+    assert sizes[-1]["argument"] == "/local/a\u2028b\u2029c\u0085d", "the path is kept, escaped"
     passes = [e for e in gw.events("ftpCommand") if e["verb"] == "PASS"]
     assert passes[-3:] and all(e["argument"] in (None, "********") for e in passes[-3:])
 

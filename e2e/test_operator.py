@@ -515,6 +515,9 @@ def deployed(cluster, operator, sshd, passwords):
          "spec": {"protocol": "sftp", "addresses": [{"host": "127.0.0.1", "port": sshd.port}],
                   "hostKeys": [pubkey(sshd.host_key)], "username": sshd.user,
                   "credentials": {"secretName": "backend-credentials"}}},
+        {"kind": "KeyRing", "metadata": {"name": "audit-keys"},
+         "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["audit.local"], "sshHostKeys": False,
+                  "auditSigningKey": True}},
         {"kind": "KeyRing", "metadata": {"name": "backend-trust"},
          "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["gateway.local"],
                   "backendCas": [{"name": "vsftpd-ca", "key": "ca.crt"}]}},
@@ -533,6 +536,8 @@ def deployed(cluster, operator, sshd, passwords):
                   "roles": ["exchange", "batch"]}},
         {"kind": "TransferGateway", "metadata": {"name": "edge"},
          "spec": {"hostKeyRing": "gw-keys", "replicas": 1, "adminPort": admin,
+                  "audit": {"signingKeyRing": "audit-keys", "checkpointSeconds": 1,
+                            "file": {"rotateBytes": 65536, "maxBytes": 1048576}},
                   "listeners": [
                       {"name": "sftp", "protocol": "sftp", "port": port, "zones": ["loopback"]},
                       {"name": "ftps", "protocol": "ftps", "port": ftps_port, "zones": ["loopback"],
@@ -657,6 +662,46 @@ def test_full_path_ftps_through_the_emulated_pod_to_vsftpd_and_sshd(cluster, dep
     assert [(e["direction"], e["confidence"], e["sha256"]) for e in ends] == [
         ("upload", "High", digest), ("download", "High", digest)]
     assert all(e["channel"].startswith("TLSv1_3") for e in ends)
+
+
+def test_the_pod_trail_verifies_with_the_key_ring_public_key(cluster, deployed):
+    """spec.audit through the operator: the KeyRing makes the signing key and publishes its
+    public half; the pod writes a signed, rotated trail into its emptyDir; `audit verify --key`
+    with the key from the KeyRing status passes over it, and a transfer's receipt checks."""
+    x = deployed
+    st = cluster.get("keyring", "audit-keys", x.ns)["status"]
+    assert st["auditPublicKey"].startswith("-----BEGIN PUBLIC KEY-----"), st
+    assert len(st["auditKeyId"]) == 16, st
+    secret = cluster.secret_data("audit-keys-keyring", x.ns)
+    assert b"PRIVATE KEY" in secret["audit-signing.pem"]
+    pub = x.dir / "audit-keys.pub"
+    pub.write_text(st["auditPublicKey"])
+    up = x.dir / "audited.txt"
+    up.write_text("audited through kubernetes\n" * 100)
+    sftp(x, f"put {up} /mf/audited.txt\n")
+    trail = x.pod.dir / "volumes" / "audit"
+
+    def end_and_checkpoint():
+        recs = [json.loads(line) for f in sorted(trail.iterdir()) for line in f.read_text().splitlines()
+                if line.startswith("{")]
+        ends = [r for r in recs if r["event"] == "transferEnd" and r["path"] == "/mf/audited.txt"]
+        return ends and any(r["event"] == "checkpoint" and r["seq"] > ends[-1]["seq"] for r in recs) and ends[-1]
+
+    end = cluster.wait_for("the pod's trail to sign the transfer", end_and_checkpoint, timeout=30, interval=0.5)
+    assert end["confidence"] == "High", end
+    gateway_bin = str(ROOT / "target" / "release" / "portcullis-gateway")
+    r = subprocess.run([gateway_bin, "audit", "verify", "--live", "--key", str(pub), str(trail)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "signatures checked" in r.stdout, r.stdout
+    receipt = subprocess.run([gateway_bin, "audit", "receipt", "--transfer", end["transfer"], str(trail)],
+                             capture_output=True, text=True)
+    assert receipt.returncode == 0, receipt.stderr
+    (x.dir / "receipt.jsonl").write_text(receipt.stdout)
+    r = subprocess.run([gateway_bin, "audit", "check-receipt", "--key", str(pub), str(x.dir / "receipt.jsonl")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith(f"ok: transfer {end['transfer']}: upload of /mf/audited.txt"), r.stdout
+    assert f"signed by key {st['auditKeyId']}" in r.stdout, r.stdout
 
 
 def test_certificate_renewal_reaches_the_running_gateway_without_dropping_sessions(cluster, deployed):

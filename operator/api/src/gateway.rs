@@ -431,13 +431,79 @@ fn default_dns_pods() -> BTreeMap<String, String> {
 }
 
 /// Audit settings.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.stdout) || self.stdout || has(self.file)").message("at least one audit sink is required: stdout, or file"))]
 #[serde(rename_all = "camelCase")]
 pub struct AuditSpec {
     /// `summary` (default): transfers are recorded at start and end. `each`: every read and
     /// write request gets its own record too.
     #[serde(default)]
     pub data_ops: DataOpsAudit,
+    /// JSON lines on the container's standard output, for cluster logging (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<bool>,
+    /// The file sink: a chained trail in an `emptyDir` volume of the pod, rotated, and the
+    /// spool a log agent ships from. Without it, nothing outlives the container but stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<AuditFileSpec>,
+    /// A KeyRing with `auditSigningKey: true`: its key signs checkpoints of the trail (every
+    /// `checkpointSeconds`, at rotation and shutdown, and after every transfer), and its status
+    /// publishes the public key that `portcullis-gateway audit verify --key` checks them with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub signing_key_ring: Option<String>,
+    /// Seconds between signed checkpoints while records are written (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub checkpoint_seconds: Option<i32>,
+}
+
+/// The audit file sink in the pod.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.maxBytes) || self.maxBytes >= 2 * (has(self.rotateBytes) ? self.rotateBytes : 67108864)").message("maxBytes must be at least twice rotateBytes (default 64 MiB)"))]
+#[serde(rename_all = "camelCase")]
+pub struct AuditFileSpec {
+    /// Rotate the active file at this size (default 64 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 4096))]
+    pub rotate_bytes: Option<i64>,
+    /// ... or once its first record is this old, in seconds (default 86400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31536000))]
+    pub rotate_seconds: Option<i64>,
+    /// The spool: the active and rotated files together (default 1 GiB). The `emptyDir`'s
+    /// size limit is this plus one file and 16 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8192))]
+    pub max_bytes: Option<i64>,
+    /// `refuse` (default): new logins and transfers are refused while the spool is full.
+    /// `deleteOldest`: the oldest rotated files are deleted, and that is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_full: Option<AuditWhenFull>,
+    /// Refuse new logins and transfers (and report not ready) while a record cannot be
+    /// written (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_closed: Option<bool>,
+    /// `batch` (default), `record` or `none`: when the file is forced to disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsync: Option<AuditFsync>,
+}
+
+/// What the file sink does when its spool is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AuditWhenFull {
+    Refuse,
+    DeleteOldest,
+}
+
+/// When the audit file is forced to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFsync {
+    Batch,
+    Record,
+    None,
 }
 
 /// How much of the data traffic is audited.

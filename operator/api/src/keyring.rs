@@ -69,6 +69,11 @@ pub struct KeyRingSpec {
     /// Generate SSH host keys (ed25519 and ECDSA P-256) once and keep them stable.
     #[serde(default = "yes")]
     pub ssh_host_keys: bool,
+    /// Generate an Ed25519 key once and keep it, to sign the audit trail's checkpoints of the
+    /// gateways that name this key ring in `spec.audit.signingKeyRing`. The status publishes
+    /// its public key and key id.
+    #[serde(default)]
+    pub audit_signing_key: bool,
     /// CAs that verify client certificates on FTPS listeners (PEM, `ca.crt` by default).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
@@ -173,4 +178,12 @@ pub struct KeyRingStatus {
     /// OpenSSH fingerprints (`SHA256:...`) of the SSH host keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_key_fingerprints: Vec<String>,
+    /// The audit signing key's public half (PEM `PUBLIC KEY`), for
+    /// `portcullis-gateway audit verify --key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_public_key: Option<String>,
+    /// The id checkpoints signed with it name (`keyId`): the first 8 bytes of the SHA-256 of
+    /// the raw public key, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_key_id: Option<String>,
 }

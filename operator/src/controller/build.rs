@@ -8,11 +8,11 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            Affinity, Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction,
-            PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-            ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
-            Service, ServiceAccount, ServicePort, ServiceSpec, Sysctl, Volume, VolumeMount,
-            WeightedPodAffinityTerm,
+            Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+            HTTPGetAction, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+            PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+            SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+            Sysctl, Volume, VolumeMount, WeightedPodAffinityTerm,
         },
         networking::v1::{
             IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule,
@@ -29,7 +29,7 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 use portcullis_api::{ListenerProtocol, ServiceType, TransferGateway};
 
-use super::validate::{Bundle, CONFIG_MOUNT};
+use super::validate::{AUDIT_MOUNT, Bundle, CONFIG_MOUNT};
 
 /// The annotation whose change restarts the pods: only listener and admin changes need that;
 /// everything else the gateway hot-reloads from the mounted Secret.
@@ -126,6 +126,23 @@ fn peers_service(gw: &TransferGateway) -> Service {
         }),
         ..Default::default()
     }
+}
+
+/// The audit file sink's `emptyDir`, sized for the spool plus one file and 16 MiB, so that the
+/// gateway's own `maxBytes` acts (refusing, or deleting the oldest) before the kubelet evicts
+/// the pod.
+fn audit_volume(bundle: &Bundle) -> Option<Volume> {
+    let a = &bundle.config.audit;
+    a.file.as_ref()?;
+    let limit = a.max_bytes() + a.rotate_bytes() + (16 << 20);
+    Some(Volume {
+        name: "audit".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity(limit.to_string())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
 }
 
 pub fn config_secret_name(gw: &TransferGateway) -> String {
@@ -250,12 +267,20 @@ fn deployment(gw: &TransferGateway, bundle: &Bundle) -> Deployment {
         resources: Some(resources),
         liveness_probe: Some(probe("/healthz", spec.admin_port, 10)),
         readiness_probe: Some(probe("/readyz", spec.admin_port, 5)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "config".into(),
-            mount_path: CONFIG_MOUNT.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: "config".into(),
+                mount_path: CONFIG_MOUNT.into(),
+                read_only: Some(true),
+                ..Default::default()
+            })
+            .chain(spec.audit.file.is_some().then(|| VolumeMount {
+                name: "audit".into(),
+                mount_path: AUDIT_MOUNT.into(),
+                ..Default::default()
+            }))
+            .collect(),
+        ),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             privileged: Some(false),
@@ -304,15 +329,19 @@ fn deployment(gw: &TransferGateway, bundle: &Bundle) -> Deployment {
                 ..Default::default()
             }),
             containers: vec![container],
-            volumes: Some(vec![Volume {
-                name: "config".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(config_secret_name(gw)),
-                    default_mode: Some(0o440),
+            volumes: Some(
+                std::iter::once(Volume {
+                    name: "config".into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(config_secret_name(gw)),
+                        default_mode: Some(0o440),
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }]),
+                })
+                .chain(audit_volume(bundle))
+                .collect(),
+            ),
             affinity: affinity(gw),
             node_selector: (!spec.placement.node_selector.is_empty())
                 .then(|| spec.placement.node_selector.clone()),

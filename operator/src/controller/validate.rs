@@ -445,15 +445,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
                 defaults.auth_failure_delay_millis,
             ),
         },
-        audit: config::AuditSettings {
-            stdout: true,
-            file: None,
-            data_ops: match spec.audit.data_ops {
-                portcullis_api::DataOpsAudit::Summary => config::DataOpsAudit::Summary,
-                portcullis_api::DataOpsAudit::Each => config::DataOpsAudit::Each,
-            },
-            ..Default::default()
-        },
+        audit: audit_settings(gw, world, &mut files, &mut problems),
         defender,
         admin: Some(config::AdminSettings {
             address: format!("0.0.0.0:{}", spec.admin_port),
@@ -480,7 +472,18 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
     // The hash the gateway computes over what it reads from the mounted Secret.
     let hash = portcullis_config::material_hash(&yaml, &config, |f| files.get(f).cloned());
     files.insert("config.yaml".to_owned(), yaml.into_bytes());
-    let restart = serde_json::to_vec(&(&config.listeners, &config.admin)).expect("serializes");
+    // What a running gateway cannot take on by reloading: listeners, the admin port, and the
+    // audit writer (its settings and signing key).
+    let signing_key = files
+        .get(AUDIT_SIGNING_KEY)
+        .map(|k| hex::encode(Sha256::digest(k)));
+    let restart = serde_json::to_vec(&(
+        &config.listeners,
+        &config.admin,
+        config.audit.sinks(),
+        signing_key,
+    ))
+    .expect("serializes");
     Ok(Bundle {
         hash,
         restart_hash: hex::encode(&Sha256::digest(&restart)[..8]),
@@ -490,6 +493,74 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
         egress,
         certificate_not_after: not_after,
     })
+}
+
+/// Where the pod mounts its audit `emptyDir`, and the trail's active file in it.
+pub const AUDIT_MOUNT: &str = "/var/log/portcullis";
+pub const AUDIT_FILE: &str = "/var/log/portcullis/audit.jsonl";
+/// The bundle file holding the audit signing key, from the signing key ring.
+const AUDIT_SIGNING_KEY: &str = "audit-signing.pem";
+
+/// The gateway's audit settings: sinks, the file sink's rotation and spool, and the signing key
+/// from the key ring `spec.audit.signingKeyRing` (into the bundle).
+fn audit_settings(
+    gw: &TransferGateway,
+    world: &World,
+    files: &mut BTreeMap<String, Vec<u8>>,
+    problems: &mut Vec<Problem>,
+) -> config::AuditSettings {
+    use portcullis_api::{AuditFsync, AuditWhenFull, DataOpsAudit};
+    let a = &gw.spec.audit;
+    let defaults = config::AuditSettings::default();
+    let mut signing_key_file = None;
+    if let Some(ring) = &a.signing_key_ring
+        && let Some(kr) = check_key_ring(world, ring, "audit.signingKeyRing", problems)
+    {
+        let secret = kr.status.as_ref().and_then(|s| s.secret_name.as_deref());
+        match secret.map(|s| world.secret_value(s, kr_keys::AUDIT_SIGNING)) {
+            _ if !kr.spec.audit_signing_key => problems.push(Problem::new(
+                Reason::KeyRingNotReady,
+                format!(
+                    "audit.signingKeyRing {ring} has no audit signing key: set auditSigningKey: true on it"
+                ),
+            )),
+            Some(Ok(pem)) => {
+                files.insert(AUDIT_SIGNING_KEY.to_owned(), pem.to_vec());
+                signing_key_file = Some(AUDIT_SIGNING_KEY.to_owned());
+            }
+            _ => problems.push(Problem::new(
+                Reason::KeyRingNotReady,
+                format!("audit.signingKeyRing {ring} has not made its audit signing key yet"),
+            )),
+        }
+    }
+    let f = a.file.as_ref();
+    let u64_of = |v: Option<i64>| v.map(|v| v.max(0) as u64);
+    config::AuditSettings {
+        stdout: a.stdout.unwrap_or(true),
+        file: f.map(|_| AUDIT_FILE.to_owned()),
+        data_ops: match a.data_ops {
+            DataOpsAudit::Summary => config::DataOpsAudit::Summary,
+            DataOpsAudit::Each => config::DataOpsAudit::Each,
+        },
+        signing_key_file,
+        checkpoint_seconds: a
+            .checkpoint_seconds
+            .map_or(defaults.checkpoint_seconds, |s| s.max(1) as u64),
+        fsync: match f.and_then(|f| f.fsync) {
+            None | Some(AuditFsync::Batch) => config::AuditFsync::Batch,
+            Some(AuditFsync::Record) => config::AuditFsync::Record,
+            Some(AuditFsync::None) => config::AuditFsync::None,
+        },
+        rotate_bytes: u64_of(f.and_then(|f| f.rotate_bytes)),
+        rotate_seconds: u64_of(f.and_then(|f| f.rotate_seconds)),
+        max_bytes: u64_of(f.and_then(|f| f.max_bytes)),
+        when_full: f.and_then(|f| f.when_full).map(|w| match w {
+            AuditWhenFull::Refuse => config::AuditWhenFull::Refuse,
+            AuditWhenFull::DeleteOldest => config::AuditWhenFull::DeleteOldest,
+        }),
+        fail_closed: f.and_then(|f| f.fail_closed),
+    }
 }
 
 fn check_key_ring<'w>(
@@ -1010,6 +1081,99 @@ mod tests {
                 .any(|p| p.reason == Reason::ZoneNotFound && p.message.contains("nowhere")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn the_audit_file_sink_and_signing_key_ring_compile_into_the_pod() {
+        let audited = format!(
+            "{SFTP_GATEWAY}  audit: {{signingKeyRing: keys, checkpointSeconds: 5, stdout: false, file: {{rotateBytes: 1048576, maxBytes: 8388608, whenFull: deleteOldest, failClosed: true, fsync: record}}}}\n"
+        );
+        // The key ring does not make an audit key: named, and nothing compiles.
+        let mut w = world();
+        let problems = compile(&gateway(&audited), &w).unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.reason == Reason::KeyRingNotReady
+                && p.message.contains("set auditSigningKey: true")),
+            "{problems:?}"
+        );
+        // It does, but has not made it yet.
+        w.key_rings.get_mut("keys").unwrap().spec.audit_signing_key = true;
+        let problems = compile(&gateway(&audited), &w).unwrap_err();
+        assert!(
+            problems[0]
+                .message
+                .contains("has not made its audit signing key yet"),
+            "{problems:?}"
+        );
+        // It has.
+        let key = crate::keyring::ca::new_audit_signing_key().unwrap();
+        w.secrets
+            .get_mut("keys-keyring")
+            .unwrap()
+            .data
+            .as_mut()
+            .unwrap()
+            .insert(
+                kr_keys::AUDIT_SIGNING.into(),
+                k8s_openapi::ByteString(key.clone().into_bytes()),
+            );
+        let plain = compile(&gateway(SFTP_GATEWAY), &w).unwrap();
+        let b = compile(&gateway(&audited), &w).unwrap();
+        config::validate(&b.config).expect("the contract's own checks pass");
+        assert_eq!(b.files[AUDIT_SIGNING_KEY], key.as_bytes());
+        let a = &b.config.audit;
+        assert_eq!(a.file.as_deref(), Some(AUDIT_FILE));
+        assert!(!a.stdout);
+        assert_eq!(a.signing_key_file.as_deref(), Some(AUDIT_SIGNING_KEY));
+        assert_eq!(a.checkpoint_seconds, 5);
+        assert_eq!(a.fsync, config::AuditFsync::Record);
+        assert_eq!(
+            (
+                a.rotate_bytes(),
+                a.max_bytes(),
+                a.when_full(),
+                a.fail_closed()
+            ),
+            (1 << 20, 8 << 20, config::AuditWhenFull::DeleteOldest, true)
+        );
+        // The running gateway cannot take an audit change on by reloading: the pods restart.
+        assert_ne!(b.restart_hash, plain.restart_hash);
+        let pod = build::objects(&gateway(&audited), &b)
+            .deployment
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "audit")
+            .unwrap();
+        assert_eq!(
+            volume.empty_dir.unwrap().size_limit.unwrap().0,
+            ((8u64 << 20) + (1 << 20) + (16 << 20)).to_string()
+        );
+        let mount = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "audit")
+            .cloned()
+            .unwrap();
+        assert_eq!(mount.mount_path, AUDIT_MOUNT);
+        assert_eq!(mount.read_only, None);
+        // Without the file sink, no volume.
+        let plain_pod = build::objects(&gateway(SFTP_GATEWAY), &plain)
+            .deployment
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert!(plain_pod.volumes.unwrap().iter().all(|v| v.name != "audit"));
     }
 
     #[test]

@@ -228,9 +228,44 @@ pub fn host_key_fingerprint(private_pem: &str) -> Option<String> {
     Some(key.public_key().fingerprint(HashAlg::Sha256).to_string())
 }
 
+/// A new Ed25519 audit signing key, PKCS#8 PEM (what `audit.signingKeyFile` reads).
+pub fn new_audit_signing_key() -> Result<String, CaError> {
+    Ok(rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?.serialize_pem())
+}
+
+/// An audit signing key's public half (PEM `PUBLIC KEY`) and key id (the first 8 bytes of the
+/// SHA-256 of the raw public key, hex, as the gateway's checkpoints name it); `None` if it is
+/// not an Ed25519 private key.
+pub fn audit_key_facts(private_pem: &str) -> Option<(String, String)> {
+    let pair = rcgen::KeyPair::from_pem(private_pem).ok()?;
+    if !pair.is_compatible(&rcgen::PKCS_ED25519) {
+        return None;
+    }
+    let id = hex::encode(&Sha256::digest(pair.public_key_raw())[..8]);
+    Some((pair.public_key_pem(), id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_audit_signing_key_is_ed25519_and_its_id_is_stable() {
+        let pem = new_audit_signing_key().unwrap();
+        let (public, id) = audit_key_facts(&pem).unwrap();
+        assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
+        assert_eq!(id.len(), 16);
+        assert_eq!(audit_key_facts(&pem).unwrap().1, id);
+        assert_ne!(
+            audit_key_facts(&new_audit_signing_key().unwrap())
+                .unwrap()
+                .1,
+            id
+        );
+        let ecdsa = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        assert_eq!(audit_key_facts(&ecdsa), None);
+        assert_eq!(audit_key_facts("not a key"), None);
+    }
 
     #[test]
     fn durations_parse_like_go() {

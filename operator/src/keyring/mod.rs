@@ -30,6 +30,7 @@ pub mod keys {
     pub const SSH_ECDSA: &str = "ssh_host_ecdsa_key";
     pub const CLIENT_CAS: &str = "client-cas.crt";
     pub const BACKEND_CAS: &str = "backend-cas.crt";
+    pub const AUDIT_SIGNING: &str = "audit-signing.pem";
 }
 
 /// The annotation recording what the leaf was issued for, so a spec change re-issues.
@@ -162,6 +163,11 @@ async fn reconcile_inner(kr: &KeyRing, ctx: &Context) -> Result<Action, Error> {
                         .and_then(|v| ca::host_key_fingerprint(&String::from_utf8_lossy(&v.0)))
                 })
                 .collect();
+            let audit_key = data
+                .get(keys::AUDIT_SIGNING)
+                .and_then(|v| ca::audit_key_facts(&String::from_utf8_lossy(&v.0)));
+            new.audit_public_key = audit_key.as_ref().map(|(public, _)| public.clone());
+            new.audit_key_id = audit_key.map(|(_, id)| id);
             if issuing {
                 ctx.event(
                     kr,
@@ -313,6 +319,15 @@ async fn gather(
             };
             put(key, pem);
         }
+    }
+    // The audit signing key: generated once, then kept.
+    if spec.audit_signing_key {
+        let pem =
+            match text(current, keys::AUDIT_SIGNING).filter(|k| ca::audit_key_facts(k).is_some()) {
+                Some(k) => k,
+                None => ca::new_audit_signing_key()?,
+            };
+        put(keys::AUDIT_SIGNING, pem);
     }
     // Trusted CAs.
     for (list, key) in [
