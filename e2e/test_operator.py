@@ -150,6 +150,18 @@ INVALID = {
         "TransferGateway", {"dns": {"enabled": False, "cidrs": ["169.254.20.10/32"]}, "listeners": [
             {"name": "a", "protocol": "sftp", "port": 2222, "zones": ["z"]}], "hostKeyRing": "k"},
         "cidrs apply only while DNS egress is enabled"),
+    "no audit sink at all": (
+        "TransferGateway", {"audit": {"stdout": False}, "listeners": [
+            {"name": "a", "protocol": "sftp", "port": 2222, "zones": ["z"]}], "hostKeyRing": "k"},
+        "at least one audit sink is required"),
+    "an audit spool smaller than two files": (
+        "TransferGateway", {"audit": {"file": {"rotateBytes": 1048576, "maxBytes": 1048576}}, "listeners": [
+            {"name": "a", "protocol": "sftp", "port": 2222, "zones": ["z"]}], "hostKeyRing": "k"},
+        "maxBytes must be at least twice rotateBytes"),
+    "an audit file rotated below 4 KiB": (
+        "TransferGateway", {"audit": {"file": {"rotateBytes": 100}}, "listeners": [
+            {"name": "a", "protocol": "sftp", "port": 2222, "zones": ["z"]}], "hostKeyRing": "k"},
+        "rotateBytes"),
     "CA issuer without a Secret": (
         "KeyRing", {"issuer": {"type": "ca"}},
         "issuer types tlsSecret and ca need secretName"),
