@@ -40,6 +40,9 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let audit = Auditor::start(&rt.config.audit, rt.audit_signer.clone(), metrics.clone())
         .context("opening the audit sink")?;
+    let shipper = crate::audit::ship::Shipper::start(&rt.config.audit, metrics.clone())
+        .map_err(anyhow::Error::msg)
+        .context("starting the audit collector")?;
 
     let mut bound = Vec::new();
     for l in &rt.config.listeners {
@@ -127,6 +130,13 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
         })
         .await;
     audit.seal().await;
+    if let Some(shipper) = &shipper
+        && !shipper.drain(Duration::from_secs(5)).await
+    {
+        tracing::warn!(
+            "the audit collector has not taken every record; the rest go at the next start"
+        );
+    }
     Ok(())
 }
 

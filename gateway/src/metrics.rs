@@ -22,6 +22,8 @@ pub struct Metrics {
     pub audit_refusals: Family<Labels, Counter>,
     pub audit_spool_bytes: Gauge,
     pub audit_rotations: Counter,
+    pub audit_shipped: Counter,
+    pub audit_ship_failures: Counter,
     pub defender_bans: Family<Labels, Counter>,
     pub defender_dropped: Family<Labels, Counter>,
     registry: Registry,
@@ -43,6 +45,8 @@ impl Default for Metrics {
             audit_refusals: Family::default(),
             audit_spool_bytes: Gauge::default(),
             audit_rotations: Counter::default(),
+            audit_shipped: Counter::default(),
+            audit_ship_failures: Counter::default(),
             defender_bans: Family::default(),
             defender_dropped: Family::default(),
             registry: Registry::default(),
@@ -102,6 +106,16 @@ impl Default for Metrics {
             "audit_rotations",
             "Audit files rotated",
             m.audit_rotations.clone(),
+        );
+        registry.register(
+            "audit_shipped_records",
+            "Audit records the collector took (a record sent again after an outage counts again)",
+            m.audit_shipped.clone(),
+        );
+        registry.register(
+            "audit_ship_failures",
+            "Batches the audit collector did not take (refused, unreachable, no answer)",
+            m.audit_ship_failures.clone(),
         );
         registry.register(
             "defender_bans",

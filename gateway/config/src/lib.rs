@@ -662,11 +662,79 @@ pub struct AuditSettings {
     /// What happens when the spool is full (default `refuse`).
     #[serde(default)]
     pub when_full: Option<AuditWhenFull>,
+    /// Ships the file sink's records to a collector over HTTPS, at least once; shipped
+    /// rotated files are deleted, so the file sink is the spool.
+    #[serde(default)]
+    pub collector: Option<AuditCollector>,
     /// When a record cannot be made durable (a write or sync error), new logins and new
     /// transfers are refused until it can (default true). Running transfers go on; their
     /// records wait in memory and are written, in order, once the disk takes them.
     #[serde(default)]
     pub fail_closed: Option<bool>,
+}
+
+/// An HTTPS collector: the file sink's lines are POSTed in order, byte for byte, as NDJSON
+/// batches (`Content-Type: application/x-ndjson`), each with the header `Portcullis-Source`.
+/// A 2xx answer moves the shipped position on; anything else, or no answer, sends the same
+/// batch again after a backoff. A collector deduplicates by (`Portcullis-Source`, `seq`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditCollector {
+    /// `https://HOST[:PORT]/PATH` (cleartext `http` is refused).
+    pub url: String,
+    /// The CA certificates (PEM) that verify the collector.
+    pub ca_file: String,
+    /// A client certificate and key (PEM) for a collector that asks for one.
+    #[serde(default)]
+    pub client_certificate_file: Option<String>,
+    #[serde(default)]
+    pub client_key_file: Option<String>,
+    /// Records per POST (default 500, 1-10000).
+    #[serde(default)]
+    pub batch_records: Option<u32>,
+    /// Names this trail to the collector (default: the host name, a pod's name).
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// An `https://HOST[:PORT]/PATH` URL, taken apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpsUrl {
+    /// Without brackets for IPv6.
+    pub host: String,
+    pub port: u16,
+    /// `HOST[:PORT]` as written, for the `Host` header.
+    pub authority: String,
+    /// `/` when the URL has none.
+    pub path: String,
+}
+
+impl HttpsUrl {
+    /// `None` unless `url` is `https://HOST[:PORT][/PATH]` (cleartext `http` never passes).
+    pub fn parse(url: &str) -> Option<HttpsUrl> {
+        let rest = url.strip_prefix("https://")?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            // A colon inside an unbracketed IPv6 address is not a port.
+            Some((h, p)) if !h.contains(':') || (h.starts_with('[') && h.ends_with(']')) => {
+                (h, p.parse::<u16>().ok()?)
+            }
+            _ => (authority, 443),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(['@', ' ', '?', '#']) {
+            return None;
+        }
+        Some(HttpsUrl {
+            host: host.to_owned(),
+            port,
+            authority: authority.to_owned(),
+            path: path.to_owned(),
+        })
+    }
 }
 
 /// What the file sink does when its spool (`maxBytes`) is full.
@@ -741,6 +809,7 @@ impl Default for AuditSettings {
             max_bytes: None,
             when_full: None,
             fail_closed: None,
+            collector: None,
         }
     }
 }
@@ -910,6 +979,13 @@ impl GatewayConfig {
         );
         files.extend(self.defender.peers.iter_mut().map(|p| &mut p.key_file));
         files.extend(self.audit.signing_key_file.iter_mut());
+        if let Some(c) = &mut self.audit.collector {
+            files.extend(
+                std::iter::once(&mut c.ca_file)
+                    .chain(&mut c.client_certificate_file)
+                    .chain(&mut c.client_key_file),
+            );
+        }
         for k in &mut self.key_rings {
             files.extend([&mut k.certificate_file, &mut k.private_key_file]);
             files.extend(k.client_ca_file.iter_mut().chain(&mut k.backend_ca_file));

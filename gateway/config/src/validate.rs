@@ -412,6 +412,7 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
             (a.max_bytes.is_some(), "audit.maxBytes"),
             (a.when_full.is_some(), "audit.whenFull"),
             (a.fail_closed.is_some(), "audit.failClosed"),
+            (a.collector.is_some(), "audit.collector"),
         ] {
             if set {
                 errs.push(
@@ -426,6 +427,30 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
     }
     if a.rotate_seconds() == 0 || a.rotate_seconds() > 31_536_000 {
         errs.push("audit.rotateSeconds", "must be between 1 and 31536000");
+    }
+    if let Some(c) = &a.collector {
+        match c.url.strip_prefix("https://") {
+            Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {}
+            _ => errs.push(
+                "audit.collector.url",
+                format!(
+                    "{:?} is not https://HOST[:PORT]/PATH (records never go in cleartext)",
+                    c.url
+                ),
+            ),
+        }
+        if c.batch_records.is_some_and(|n| n == 0 || n > 10_000) {
+            errs.push(
+                "audit.collector.batchRecords",
+                "must be between 1 and 10000",
+            );
+        }
+        if c.client_certificate_file.is_some() != c.client_key_file.is_some() {
+            errs.push(
+                "audit.collector",
+                "clientCertificateFile and clientKeyFile go together",
+            );
+        }
     }
     if a.max_bytes() < 2 * a.rotate_bytes() {
         errs.push(
@@ -728,6 +753,51 @@ users:
             GatewayConfig::parse(&format!("{GOOD}audit: {{ file: /a, whenFull: drop }}\n"))
                 .is_err()
         );
+        assert_eq!(
+            with("{ collector: { url: 'https://c:1/', caFile: /ca } }"),
+            ["audit.collector"]
+        );
+        assert_eq!(
+            with(
+                "{ file: /a, collector: { url: 'http://c/in', caFile: /ca, batchRecords: 0, clientKeyFile: /k } }"
+            ),
+            [
+                "audit.collector.url",
+                "audit.collector.batchRecords",
+                "audit.collector"
+            ]
+        );
+        assert_eq!(
+            with("{ file: /a, collector: { url: 'https://c.example:8443/in', caFile: /ca } }"),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn https_urls_are_taken_apart() {
+        let u = crate::HttpsUrl::parse("https://c.example:8443/v1/in").unwrap();
+        assert_eq!(
+            (
+                u.host.as_str(),
+                u.port,
+                u.authority.as_str(),
+                u.path.as_str()
+            ),
+            ("c.example", 8443, "c.example:8443", "/v1/in")
+        );
+        let u = crate::HttpsUrl::parse("https://c.example").unwrap();
+        assert_eq!((u.port, u.path.as_str()), (443, "/"));
+        let u = crate::HttpsUrl::parse("https://[2001:db8::1]:9000/x").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("2001:db8::1", 9000));
+        for bad in [
+            "http://c/",
+            "https://",
+            "https://c:port/",
+            "https://u@c/",
+            "ftp://c/",
+        ] {
+            assert_eq!(crate::HttpsUrl::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

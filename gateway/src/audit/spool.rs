@@ -41,18 +41,12 @@ impl FileSink {
     /// Opens the active file `path` for appending, and says where the chain stands: at the
     /// end of the active file, or, if there is none, of the newest rotated file.
     pub fn open(path: &Path, sync: bool) -> io::Result<(FileSink, Resume)> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let name = |s: Option<&std::ffi::OsStr>| s.map(|s| s.to_string_lossy().into_owned());
+        let (dir, stem, ext) = parts(path);
         let mut sink = FileSink {
             active: path.to_owned(),
             dir,
-            stem: name(path.file_stem()).unwrap_or_else(|| "audit".into()),
-            ext: name(path.extension())
-                .map(|e| format!(".{e}"))
-                .unwrap_or_default(),
+            stem,
+            ext,
             file: None,
             len: 0,
             pending: Vec::new(),
@@ -283,35 +277,93 @@ impl FileSink {
         deleted
     }
 
-    /// This sink's rotated files and their sizes, oldest first: by modification time, as a
-    /// chain begun again after a lost head starts its seqs anew, so names alone do not order
-    /// it.
+    /// This sink's rotated files and their sizes, oldest first.
     fn rotated_files(&self) -> io::Result<Vec<(PathBuf, u64)>> {
-        let prefix = format!("{}-", self.stem);
-        let mut files = Vec::new();
-        for entry in fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(middle) = name
-                .strip_prefix(&prefix)
-                .and_then(|rest| rest.strip_suffix(&self.ext))
-            else {
-                continue;
-            };
-            let seq = middle.split('-').next().unwrap_or("");
-            if seq.len() == 20 && seq.bytes().all(|b| b.is_ascii_digit()) {
-                let meta = entry.metadata()?;
-                let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                files.push((modified, entry.path(), meta.len()));
-            }
-        }
-        files.sort();
-        Ok(files.into_iter().map(|(_, p, len)| (p, len)).collect())
+        Ok(rotated(&self.dir, &self.stem, &self.ext)?
+            .into_iter()
+            .map(|f| (f.path, f.len))
+            .collect())
     }
 }
 
+/// A rotated file of a spool.
+pub struct Rotated {
+    pub path: PathBuf,
+    /// The seq of its first record, from its name.
+    pub first_seq: u64,
+    pub len: u64,
+}
+
+/// The rotated files `STEM-SEQ[-N]EXT` in `dir`, oldest first: by modification time, as a
+/// chain begun again after a lost head starts its seqs anew, so names alone do not order it.
+fn rotated(dir: &Path, stem: &str, ext: &str) -> io::Result<Vec<Rotated>> {
+    let prefix = format!("{stem}-");
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(middle) = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(ext))
+        else {
+            continue;
+        };
+        let seq = middle.split('-').next().unwrap_or("");
+        if seq.len() == 20
+            && let Ok(first_seq) = seq.parse::<u64>()
+        {
+            let meta = entry.metadata()?;
+            let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            files.push((
+                modified,
+                Rotated {
+                    path: entry.path(),
+                    first_seq,
+                    len: meta.len(),
+                },
+            ));
+        }
+    }
+    files.sort_by(|a, b| (a.0, &a.1.path).cmp(&(b.0, &b.1.path)));
+    Ok(files.into_iter().map(|(_, f)| f).collect())
+}
+
+/// The files of the spool whose active file is `active`, in the order they were written, each
+/// with the seq of its first record: the rotated ones, then the active one (if it has a
+/// record).
+pub fn files_in_order(active: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let (dir, stem, ext) = parts(active);
+    let mut out: Vec<(u64, PathBuf)> = rotated(&dir, &stem, &ext)?
+        .into_iter()
+        .map(|f| (f.first_seq, f.path))
+        .collect();
+    match first_record(active) {
+        Ok(Some((seq, _))) => out.push((seq, active.to_owned())),
+        Ok(None) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(out)
+}
+
+/// The directory, stem and extension (`.jsonl`, or empty) of an active file's path.
+fn parts(path: &Path) -> (PathBuf, String, String) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = |s: Option<&std::ffi::OsStr>| s.map(|s| s.to_string_lossy().into_owned());
+    (
+        dir,
+        name(path.file_stem()).unwrap_or_else(|| "audit".into()),
+        name(path.extension())
+            .map(|e| format!(".{e}"))
+            .unwrap_or_default(),
+    )
+}
+
 /// The seq and time of a file's first record.
-fn first_record(path: &Path) -> io::Result<Option<(u64, SystemTime)>> {
+pub fn first_record(path: &Path) -> io::Result<Option<(u64, SystemTime)>> {
     let mut line = Vec::new();
     // Bounded: a record is far shorter, and the path may not be a regular file.
     BufReader::new(File::open(path)?.take(1 << 20)).read_until(b'\n', &mut line)?;

@@ -433,6 +433,7 @@ fn default_dns_pods() -> BTreeMap<String, String> {
 /// Audit settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[x_kube(validation = Rule::new("!has(self.stdout) || self.stdout || has(self.file)").message("at least one audit sink is required: stdout, or file"))]
+#[x_kube(validation = Rule::new("!has(self.collector) || has(self.file)").message("a collector ships the file sink: set file too"))]
 #[serde(rename_all = "camelCase")]
 pub struct AuditSpec {
     /// `summary` (default): transfers are recorded at start and end. `each`: every read and
@@ -456,6 +457,33 @@ pub struct AuditSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86400))]
     pub checkpoint_seconds: Option<i32>,
+    /// An HTTPS collector the pod ships its audit file to, at least once: NDJSON batches,
+    /// deduplicated by the collector on (`Portcullis-Source`, the pod's name, and `seq`).
+    /// Shipped rotated files are deleted from the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<AuditCollectorSpec>,
+}
+
+/// Where the audit file is shipped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("self.url.startsWith('https://')").message("the collector url must be https:// (records never go in cleartext)"))]
+#[serde(rename_all = "camelCase")]
+pub struct AuditCollectorSpec {
+    /// `https://HOST[:PORT]/PATH`.
+    #[schemars(length(min = 9, max = 2048))]
+    pub url: String,
+    /// The CA certificate(s) that verify the collector (PEM; key `ca.crt` by default).
+    pub ca: crate::SecretKeyRef,
+    /// For a collector named by DNS: the CIDRs its addresses lie in, which the NetworkPolicy
+    /// lets the pods reach on its port (an IP address needs none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("egressCidrs must be CIDRs such as 10.0.0.0/24"))]
+    pub egress_cidrs: Vec<String>,
+    /// Records per POST (default 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub batch_records: Option<i32>,
 }
 
 /// The audit file sink in the pod.

@@ -19,10 +19,10 @@ pub use endpoint::{
     TransferEndpoint, TransferEndpointSpec, UploadMode,
 };
 pub use gateway::{
-    ActiveModeSpec, AuditFileSpec, AuditFsync, AuditSpec, AuditWhenFull, ClientCertificateMode,
-    DataOpsAudit, DnsEgressSpec, GatewayLimits, ListenerProtocol, ListenerSpec, ListenerTlsSpec,
-    PassivePorts, PlacementSpec, ServiceSpec, ServiceType, TransferGateway, TransferGatewaySpec,
-    TransferGatewayStatus,
+    ActiveModeSpec, AuditCollectorSpec, AuditFileSpec, AuditFsync, AuditSpec, AuditWhenFull,
+    ClientCertificateMode, DataOpsAudit, DnsEgressSpec, GatewayLimits, ListenerProtocol,
+    ListenerSpec, ListenerTlsSpec, PassivePorts, PlacementSpec, ServiceSpec, ServiceType,
+    TransferGateway, TransferGatewaySpec, TransferGatewayStatus,
 };
 pub use keyring::{
     DeletionPolicy, Issuer, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus, SecretKeyRef,

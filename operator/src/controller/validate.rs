@@ -445,7 +445,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
                 defaults.auth_failure_delay_millis,
             ),
         },
-        audit: audit_settings(gw, world, &mut files, &mut problems),
+        audit: audit_settings(gw, world, &mut files, &mut egress, &mut problems),
         defender,
         admin: Some(config::AdminSettings {
             address: format!("0.0.0.0:{}", spec.admin_port),
@@ -500,6 +500,8 @@ pub const AUDIT_MOUNT: &str = "/var/log/portcullis";
 pub const AUDIT_FILE: &str = "/var/log/portcullis/audit.jsonl";
 /// The bundle file holding the audit signing key, from the signing key ring.
 const AUDIT_SIGNING_KEY: &str = "audit-signing.pem";
+/// The bundle file holding the CA that verifies the audit collector.
+const AUDIT_COLLECTOR_CA: &str = "audit-collector-ca.crt";
 
 /// The gateway's audit settings: sinks, the file sink's rotation and spool, and the signing key
 /// from the key ring `spec.audit.signingKeyRing` (into the bundle).
@@ -507,9 +509,48 @@ fn audit_settings(
     gw: &TransferGateway,
     world: &World,
     files: &mut BTreeMap<String, Vec<u8>>,
+    egress: &mut BTreeSet<(String, i32, i32)>,
     problems: &mut Vec<Problem>,
 ) -> config::AuditSettings {
     use portcullis_api::{AuditFsync, AuditWhenFull, DataOpsAudit};
+    let collector = gw.spec.audit.collector.as_ref().and_then(|c| {
+        let Some(url) = config::HttpsUrl::parse(&c.url) else {
+            problems.push(Problem::new(
+                Reason::InvalidConfig,
+                format!(
+                    "audit.collector.url {:?} is not https://HOST[:PORT]/PATH",
+                    c.url
+                ),
+            ));
+            return None;
+        };
+        for cidr in egress_cidrs(&url.host, &c.egress_cidrs) {
+            egress.insert((cidr, i32::from(url.port), i32::from(url.port)));
+        }
+        match world.secret_value(&c.ca.name, &c.ca.key) {
+            Ok(pem) => {
+                files.insert(AUDIT_COLLECTOR_CA.to_owned(), pem.to_vec());
+            }
+            Err(e) => {
+                problems.push(secret_problem(
+                    "audit.collector.ca",
+                    &c.ca.name,
+                    &c.ca.key,
+                    e,
+                ));
+                return None;
+            }
+        }
+        Some(config::AuditCollector {
+            url: c.url.clone(),
+            ca_file: AUDIT_COLLECTOR_CA.to_owned(),
+            client_certificate_file: None,
+            client_key_file: None,
+            batch_records: c.batch_records.map(|n| n.max(1) as u32),
+            // The pod's host name: its name, unique among the gateway's pods.
+            source: None,
+        })
+    });
     let a = &gw.spec.audit;
     let defaults = config::AuditSettings::default();
     let mut signing_key_file = None;
@@ -560,6 +601,7 @@ fn audit_settings(
             AuditWhenFull::DeleteOldest => config::AuditWhenFull::DeleteOldest,
         }),
         fail_closed: f.and_then(|f| f.fail_closed),
+        collector,
     }
 }
 
@@ -1086,7 +1128,7 @@ mod tests {
     #[test]
     fn the_audit_file_sink_and_signing_key_ring_compile_into_the_pod() {
         let audited = format!(
-            "{SFTP_GATEWAY}  audit: {{signingKeyRing: keys, checkpointSeconds: 5, stdout: false, file: {{rotateBytes: 1048576, maxBytes: 8388608, whenFull: deleteOldest, failClosed: true, fsync: record}}}}\n"
+            "{SFTP_GATEWAY}  audit: {{signingKeyRing: keys, checkpointSeconds: 5, stdout: false, file: {{rotateBytes: 1048576, maxBytes: 8388608, whenFull: deleteOldest, failClosed: true, fsync: record}}, collector: {{url: 'https://10.3.0.7:8443/ingest', ca: {{name: collector-ca}}, batchRecords: 100}}}}\n"
         );
         // The key ring does not make an audit key: named, and nothing compiles.
         let mut w = world();
@@ -1105,6 +1147,18 @@ mod tests {
                 .contains("has not made its audit signing key yet"),
             "{problems:?}"
         );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.reason == Reason::SecretNotFound
+                    && p.message.contains("audit.collector.ca")),
+            "{problems:?}"
+        );
+        let (n, ca) = secret(
+            "collector-ca",
+            &[("ca.crt", b"-----BEGIN CERTIFICATE-----\n")],
+        );
+        w.secrets.insert(n, ca);
         // It has.
         let key = crate::keyring::ca::new_audit_signing_key().unwrap();
         w.secrets
@@ -1136,6 +1190,26 @@ mod tests {
             ),
             (1 << 20, 8 << 20, config::AuditWhenFull::DeleteOldest, true)
         );
+        let c = a.collector.as_ref().unwrap();
+        assert_eq!(
+            (
+                c.url.as_str(),
+                c.ca_file.as_str(),
+                c.batch_records,
+                c.source.as_deref()
+            ),
+            (
+                "https://10.3.0.7:8443/ingest",
+                AUDIT_COLLECTOR_CA,
+                Some(100),
+                None
+            )
+        );
+        assert_eq!(
+            b.files[AUDIT_COLLECTOR_CA],
+            b"-----BEGIN CERTIFICATE-----\n"
+        );
+        assert!(b.egress.contains(&("10.3.0.7/32".to_owned(), 8443, 8443)));
         // The running gateway cannot take an audit change on by reloading: the pods restart.
         assert_ne!(b.restart_hash, plain.restart_hash);
         let pod = build::objects(&gateway(&audited), &b)
