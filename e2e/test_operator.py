@@ -226,9 +226,12 @@ def test_built_objects_field_by_field(cluster, operator):
     passive = set(range(30000, 30010))
     assert {p["containerPort"] for p in c["ports"]} == {2222, 2121, 9922, 7946} | passive
     assert {p["protocol"] for p in c["ports"] if p["containerPort"] == 7946} == {"UDP"}
-    assert c["volumeMounts"] == [{"name": "config", "mountPath": "/etc/portcullis/config", "readOnly": True}]
-    (vol,) = pod["volumes"]
+    # The example's audit file sink: an emptyDir sized above its 1 GiB spool, mounted writable.
+    assert c["volumeMounts"] == [{"name": "config", "mountPath": "/etc/portcullis/config", "readOnly": True},
+                                 {"name": "audit", "mountPath": "/var/log/portcullis"}]
+    vol, audit = pod["volumes"]
     assert vol["secret"]["secretName"] == "dmz-config" and vol["secret"]["defaultMode"] == 0o440
+    assert audit == {"name": "audit", "emptyDir": {"sizeLimit": str((1 << 30) + (64 << 20) + (16 << 20))}}
     assert len(spec["template"]["metadata"]["annotations"]["portcullis.dev/config-hash"]) == 16
     # Two replicas spread across nodes.
     assert pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0][

@@ -134,11 +134,7 @@ fn audit(command: AuditCommand) -> ExitCode {
     };
     match command {
         AuditCommand::Verify { keys, live, paths } => {
-            let keys = match keys
-                .iter()
-                .map(|k| chain::Verifier::from_pem_file(k))
-                .collect::<Result<Vec<_>, _>>()
-            {
+            let keys = match chain::Verifier::from_pem_files(&keys) {
                 Ok(k) => k,
                 Err(e) => return fail(e),
             };
@@ -179,11 +175,7 @@ fn audit(command: AuditCommand) -> ExitCode {
             }
         }
         AuditCommand::CheckReceipt { keys, file } => {
-            let keys = match keys
-                .iter()
-                .map(|k| chain::Verifier::from_pem_file(k))
-                .collect::<Result<Vec<_>, _>>()
-            {
+            let keys = match chain::Verifier::from_pem_files(&keys) {
                 Ok(k) => k,
                 Err(e) => return fail(e),
             };

@@ -94,6 +94,11 @@ impl Verifier {
         }
     }
 
+    /// Every key of `paths`, or the first that cannot be read.
+    pub fn from_pem_files(paths: &[std::path::PathBuf]) -> Result<Vec<Verifier>, String> {
+        paths.iter().map(|p| Verifier::from_pem_file(p)).collect()
+    }
+
     pub fn from_raw(raw: &[u8]) -> Verifier {
         Verifier {
             raw: raw.to_vec(),

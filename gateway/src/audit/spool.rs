@@ -308,14 +308,20 @@ fn rotated(dir: &Path, stem: &str, ext: &str) -> io::Result<Vec<Rotated>> {
         else {
             continue;
         };
-        let seq = middle.split('-').next().unwrap_or("");
+        let mut parts = middle.splitn(2, '-');
+        let seq = parts.next().unwrap_or("");
+        // `-N`: a later file whose first seq was taken (a chain begun again).
+        let suffix = match parts.next() {
+            None => Some(0),
+            Some(n) => n.parse::<u32>().ok(),
+        };
         if seq.len() == 20
-            && let Ok(first_seq) = seq.parse::<u64>()
+            && let (Ok(first_seq), Some(suffix)) = (seq.parse::<u64>(), suffix)
         {
             let meta = entry.metadata()?;
             let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
             files.push((
-                modified,
+                (modified, first_seq, suffix),
                 Rotated {
                     path: entry.path(),
                     first_seq,
@@ -324,7 +330,8 @@ fn rotated(dir: &Path, stem: &str, ext: &str) -> io::Result<Vec<Rotated>> {
             ));
         }
     }
-    files.sort_by(|a, b| (a.0, &a.1.path).cmp(&(b.0, &b.1.path)));
+    // Within one tick of the clock, a higher seq or suffix is the later file.
+    files.sort_by_key(|(key, _)| *key);
     Ok(files.into_iter().map(|(_, f)| f).collect())
 }
 

@@ -52,6 +52,15 @@ pub struct Objects {
     pub pdb: PodDisruptionBudget,
 }
 
+/// The pod spec of the Deployment `objects` builds (for tests).
+#[cfg(test)]
+pub fn pod_spec(gw: &TransferGateway, bundle: &Bundle) -> k8s_openapi::api::core::v1::PodSpec {
+    deployment(gw, bundle)
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("a Deployment has a pod spec")
+}
+
 pub fn objects(gw: &TransferGateway, bundle: &Bundle) -> Objects {
     Objects {
         service_account: service_account(gw),
@@ -783,13 +792,7 @@ mod tests {
             "    affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: In, values: [dmz-a]}]}]}}}\n",
             "  listeners:\n  - {name: sftp, protocol: sftp, port: 2222, zones: [lan]}\n",
         ));
-        let pod = objects(&gw, &bundle)
-            .deployment
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
+        let pod = pod_spec(&gw, &bundle);
         assert_eq!(pod.node_selector.unwrap()["node-pool"], "dmz");
         assert_eq!(pod.tolerations.unwrap()[0].value.as_deref(), Some("dmz"));
         assert_eq!(pod.priority_class_name.as_deref(), Some("dmz-critical"));

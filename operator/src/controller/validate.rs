@@ -1212,13 +1212,7 @@ mod tests {
         assert!(b.egress.contains(&("10.3.0.7/32".to_owned(), 8443, 8443)));
         // The running gateway cannot take an audit change on by reloading: the pods restart.
         assert_ne!(b.restart_hash, plain.restart_hash);
-        let pod = build::objects(&gateway(&audited), &b)
-            .deployment
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
+        let pod = build::pod_spec(&gateway(&audited), &b);
         let volume = pod
             .volumes
             .unwrap()
@@ -1240,13 +1234,7 @@ mod tests {
         assert_eq!(mount.mount_path, AUDIT_MOUNT);
         assert_eq!(mount.read_only, None);
         // Without the file sink, no volume.
-        let plain_pod = build::objects(&gateway(SFTP_GATEWAY), &plain)
-            .deployment
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
+        let plain_pod = build::pod_spec(&gateway(SFTP_GATEWAY), &plain);
         assert!(plain_pod.volumes.unwrap().iter().all(|v| v.name != "audit"));
     }
 
