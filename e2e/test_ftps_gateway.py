@@ -670,6 +670,10 @@ def test_implicit_ftps_backend(gw, vsftpd_implicit, tmp_path):
     back = tmp_path / "i.back"
     curl("--cacert", str(gw.pki.ca), "-o", str(back), implicit_url(gw, "/vsi/i.bin"))
     assert sha256_file(back) == digest
+    # The backend leg is on record, with the protocol it used.
+    legs = [e for e in gw.events("backendConnected") if e["endpoint"] == "vsftpd-implicit"]
+    assert legs and all(e["protocol"] == "ftps-implicit" and e["attempt"] == 1 for e in legs), legs
+    assert legs[-1]["address"] == f"127.0.0.1:{vsftpd_implicit.port}" and legs[-1]["hostKey"] is None, legs
 
 
 def test_plaintext_backend_needs_consent_and_is_audited_at_start(tmp_path):

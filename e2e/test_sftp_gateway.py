@@ -328,6 +328,12 @@ def test_backend_failover_to_the_next_address(sshd, passwords, gateways):
     dead.close()
     e = g.wait_event("backendError", endpoint="down")
     assert dead_addr in e["detail"] and "refused" in e["detail"].lower(), e
+    # The backend leg is on record: the second address answered, with the pinned host key.
+    leg = g.wait_event("backendConnected", endpoint="backend")
+    assert leg["attempt"] == 2 and leg["address"] == f"127.0.0.1:{sshd.port}", leg
+    assert leg["protocol"] == "sftp" and leg["hostKey"].startswith("ssh-ed25519 SHA256:"), leg
+    start = g.wait_event("sessionStart")
+    assert leg["session"] == start["session"], (leg, start)
 
 
 def test_hot_reload_adds_a_user_and_refuses_a_bad_config(sshd, passwords, gateways, tmp_path):

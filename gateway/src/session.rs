@@ -1204,10 +1204,16 @@ impl Session {
         }
         let backend: Arc<dyn Backend> = match &spec.backend {
             BackendSpec::Local(l) => l.clone(),
-            BackendSpec::Sftp(s) => {
-                Arc::new(SftpBackend::new(s.clone(), self.shared.audit.clone()))
-            }
-            BackendSpec::Ftps(s) => Arc::new(FtpsBackend::new(s.clone())),
+            BackendSpec::Sftp(s) => Arc::new(SftpBackend::new(
+                s.clone(),
+                self.shared.audit.clone(),
+                self.id.clone(),
+            )),
+            BackendSpec::Ftps(s) => Arc::new(FtpsBackend::new(
+                s.clone(),
+                self.shared.audit.clone(),
+                self.id.clone(),
+            )),
         };
         cache.insert(endpoint.to_owned(), (spec, backend.clone()));
         Ok(backend)

@@ -205,6 +205,19 @@ pub enum Event {
         from: Option<SocketAddr>,
         reason: String,
     },
+    /// A connection to a backend made for a session: the address that answered, after how
+    /// many (`attempt` > 1: the addresses before it failed, a failover), and how it is secured.
+    BackendConnected {
+        session: String,
+        endpoint: String,
+        address: String,
+        attempt: usize,
+        /// `sftp`, `ftps-explicit`, `ftps-implicit`, or `ftp` (a plaintext backend, by its
+        /// `allowPlaintext` consent).
+        protocol: &'static str,
+        /// SFTP: the pinned host key the server proved it holds.
+        host_key: Option<String>,
+    },
     BackendHostKeyRejected {
         endpoint: String,
         address: String,

@@ -27,7 +27,10 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 
 use super::{Backend, BackendFile};
-use crate::fs::{DirEntry, FileAttrs, FsError, OpenMode, listable};
+use crate::{
+    audit::{Auditor, Event},
+    fs::{DirEntry, FileAttrs, FsError, OpenMode, listable},
+};
 
 /// How to reach one FTPS endpoint, compiled from config.
 pub struct FtpsSpec {
@@ -57,6 +60,9 @@ type Transfer = TransferStream<suppaftp::tokio::AsyncRustlsStream>;
 
 pub struct FtpsBackend {
     spec: Arc<FtpsSpec>,
+    audit: Auditor,
+    /// The session this backend's connections serve, for the audit.
+    session: String,
     /// The session's metadata connection, made on first use and remade after a failure.
     control: Mutex<Option<Ftp>>,
     /// The session's open files here, each holding a connection (see `FileSlot`).
@@ -81,9 +87,11 @@ impl Drop for FileSlot {
 }
 
 impl FtpsBackend {
-    pub fn new(spec: Arc<FtpsSpec>) -> FtpsBackend {
+    pub fn new(spec: Arc<FtpsSpec>, audit: Auditor, session: String) -> FtpsBackend {
         FtpsBackend {
             spec,
+            audit,
+            session,
             control: Mutex::new(None),
             files: Default::default(),
         }
@@ -124,27 +132,52 @@ impl FtpsBackend {
     async fn control(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Ftp>>, FsError> {
         let mut guard = self.control.lock().await;
         if guard.is_none() {
-            *guard = Some(connect(&self.spec).await?);
+            *guard = Some(self.connect().await?);
         }
         Ok(guard)
     }
 }
 
-/// Connects to the first address that answers, secures the connection as configured and logs
-/// in; binary mode, extended passive.
-async fn connect(spec: &FtpsSpec) -> Result<Ftp, FsError> {
-    let mut last = String::from("no address configured");
-    for addr in &spec.addresses {
-        match tokio::time::timeout(spec.connect_timeout, connect_one(spec, addr)).await {
-            Ok(Ok(ftp)) => return Ok(ftp),
-            Ok(Err(e)) => last = format!("{addr}: {e}"),
-            Err(_) => last = format!("{addr}: timed out"),
+impl FtpsBackend {
+    /// Connects to the first address that answers, secures the connection as configured and
+    /// logs in (binary mode, extended passive); audited with the address and the attempt.
+    async fn connect(&self) -> Result<Ftp, FsError> {
+        let spec = &self.spec;
+        let mut last = String::from("no address configured");
+        for (i, addr) in spec.addresses.iter().enumerate() {
+            match tokio::time::timeout(spec.connect_timeout, connect_one(spec, addr)).await {
+                Ok(Ok(ftp)) => {
+                    self.audit
+                        .emit(Event::BackendConnected {
+                            session: self.session.clone(),
+                            endpoint: spec.name.clone(),
+                            address: addr.clone(),
+                            attempt: i + 1,
+                            protocol: match spec.security {
+                                FtpSecurity::Explicit => "ftps-explicit",
+                                FtpSecurity::Implicit => "ftps-implicit",
+                                FtpSecurity::Plaintext => "ftp",
+                            },
+                            host_key: None,
+                        })
+                        .await;
+                    return Ok(ftp);
+                }
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => last = format!("{addr}: timed out"),
+            }
         }
+        self.audit
+            .emit(Event::BackendError {
+                endpoint: spec.name.clone(),
+                detail: last.clone(),
+            })
+            .await;
+        Err(FsError::Unavailable(format!(
+            "endpoint {}: {last}",
+            spec.name
+        )))
     }
-    Err(FsError::Unavailable(format!(
-        "endpoint {}: {last}",
-        spec.name
-    )))
 }
 
 async fn connect_one(spec: &FtpsSpec, addr: &str) -> Result<Ftp, FtpError> {
@@ -450,7 +483,7 @@ impl Backend for FtpsBackend {
             false => Some(self.stat(path, true).await?),
             true => None,
         };
-        let ftp = connect(&self.spec).await?;
+        let ftp = self.connect().await?;
         Ok(Arc::new(FtpsFile {
             _slot: slot,
             io_timeout: self.spec.io_timeout,

@@ -54,7 +54,8 @@ impl std::fmt::Debug for Credential {
 
 struct Pinned {
     keys: Vec<PublicKey>,
-    /// What the server showed when it was refused; read after the handshake fails.
+    /// What the server showed: the refused key, read after the handshake fails, or the pinned
+    /// one it proved it holds, for the audit record.
     presented: Arc<std::sync::Mutex<Option<String>>>,
 }
 
@@ -63,6 +64,14 @@ impl Pinned {
         *self.presented.lock().expect("presented lock poisoned") = Some(what);
         Ok(false)
     }
+}
+
+fn describe(key: &PublicKey) -> String {
+    format!(
+        "{} {}",
+        key.algorithm(),
+        key.fingerprint(Default::default())
+    )
 }
 
 impl client::Handler for Pinned {
@@ -76,24 +85,26 @@ impl client::Handler for Pinned {
             return self.refuse("a host certificate (only pinned keys are accepted)".into());
         };
         if self.keys.iter().any(|k| k.key_data() == key.key_data()) {
+            *self.presented.lock().expect("presented lock poisoned") = Some(describe(key));
             return Ok(true);
         }
-        self.refuse(format!(
-            "{} {}",
-            key.algorithm(),
-            key.fingerprint(Default::default())
-        ))
+        self.refuse(describe(key))
     }
 }
 
 struct Conn {
     ssh: client::Handle<Pinned>,
     sftp: RawSftpSession,
+    /// The peer address and the pinned host key it proved, for the audit record.
+    peer: String,
+    host_key: Option<String>,
 }
 
 pub struct SftpBackend {
     spec: Arc<SftpSpec>,
     audit: Auditor,
+    /// The session this backend connection serves, for the audit.
+    session: String,
     conn: Mutex<Option<Arc<Conn>>>,
     /// Each mount directory's `realpath`, asked once per session. Safe to keep: if the
     /// directory is later swapped for a link elsewhere, its contents no longer resolve
@@ -102,10 +113,11 @@ pub struct SftpBackend {
 }
 
 impl SftpBackend {
-    pub fn new(spec: Arc<SftpSpec>, audit: Auditor) -> SftpBackend {
+    pub fn new(spec: Arc<SftpSpec>, audit: Auditor, session: String) -> SftpBackend {
         SftpBackend {
             spec,
             audit,
+            session,
             conn: Mutex::new(None),
             real_bases: Default::default(),
         }
@@ -120,9 +132,19 @@ impl SftpBackend {
         }
         *slot = None;
         let mut last = String::from("no addresses");
-        for addr in &self.spec.addresses {
+        for (i, addr) in self.spec.addresses.iter().enumerate() {
             match tokio::time::timeout(self.spec.connect_timeout, self.connect(addr)).await {
                 Ok(Ok(c)) => {
+                    self.audit
+                        .emit(Event::BackendConnected {
+                            session: self.session.clone(),
+                            endpoint: self.spec.name.clone(),
+                            address: c.peer.clone(),
+                            attempt: i + 1,
+                            protocol: "sftp",
+                            host_key: c.host_key.clone(),
+                        })
+                        .await;
                     let c = Arc::new(c);
                     *slot = Some(c.clone());
                     return Ok(c);
@@ -218,7 +240,12 @@ impl SftpBackend {
         let sftp = RawSftpSession::new(channel.into_stream());
         sftp.set_timeout(self.spec.io_timeout.as_secs());
         sftp.init().await.map_err(|e| e.to_string())?;
-        Ok(Conn { ssh, sftp })
+        Ok(Conn {
+            ssh,
+            sftp,
+            peer: peer.map_or_else(|| addr.to_owned(), |p| p.to_string()),
+            host_key: presented.lock().expect("presented lock poisoned").take(),
+        })
     }
 }
 
