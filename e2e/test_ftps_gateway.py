@@ -248,6 +248,9 @@ def test_ftplib_mlsd_list_nlst_and_file_commands(gw, tmp_path):
     f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
     try:
         assert f.pwd() == "/"
+        # The session's record names the control connection's protection.
+        start = [e for e in gw.events("sessionStart") if e["protocol"] == "ftps"][-1]
+        assert start["channel"].startswith("TLSv1_3 TLS13_"), start
         # The root lists exactly the role's mounts.
         mounts = sorted(m["path"].lstrip("/") for m in gw.config["roles"][0]["mounts"])
         assert sorted(n for n, _ in f.mlsd("/")) == mounts

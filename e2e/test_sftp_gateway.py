@@ -126,8 +126,8 @@ def test_one_gib_through_the_gateway_in_bounded_memory(sshd, passwords, gateways
 
 
 def test_sftp_transfer_records_name_the_channel_the_client_negotiated(sshd, passwords, gateways):
-    """SFTP transfer records carry the SSH transport's algorithms (they were null), as the
-    client itself negotiated them."""
+    """SFTP session and transfer records carry the SSH transport's algorithms (they were null),
+    as the client itself negotiated them."""
     data = backend_dir(sshd, "channel")
     (data / "r.txt").write_text("read me")
     g = gateways("channel", config(sshd, passwords, data))
@@ -142,6 +142,8 @@ def test_sftp_transfer_records_name_the_channel_the_client_negotiated(sshd, pass
     assert channel and channel.startswith(f"SSH-2.0 {cipher} "), (channel, cipher, kex)
     assert channel.split()[-1] == "ssh-ed25519", channel
     assert g.wait_event("transferStart", direction="download")["channel"] == channel
+    # The session's start names it too (it was absent from logon records).
+    assert g.wait_event("sessionStart", user="alice")["channel"] == channel
 
 
 def test_denied_write_is_refused_and_audited(sshd, passwords, gateways, tmp_path):

@@ -320,6 +320,7 @@ impl Session {
                 peer: login.peer,
                 protocol: login.protocol.to_owned(),
                 listener: login.listener.to_owned(),
+                channel: login.channel.clone(),
             })
             .await;
         let labels = session.protocol_label();

@@ -127,6 +127,8 @@ pub enum Event {
         peer: SocketAddr,
         protocol: String,
         listener: String,
+        /// The client channel's protection (as in the transfer records).
+        channel: Option<String>,
     },
     SessionEnd {
         session: String,

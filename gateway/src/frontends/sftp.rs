@@ -98,6 +98,7 @@ pub async fn serve_connection(
         channels: HashMap::new(),
         serving: false,
         held: None,
+        pending_login: None,
     };
     // A second handle on the socket lets the watchdog close it from outside the SSH session.
     let (killer, stream) = match stream
@@ -190,6 +191,8 @@ struct SshHandler {
     serving: bool,
     /// A channel open held unanswered while a refused login is disconnected.
     held: Option<ChannelOpenHandle>,
+    /// A login whose methods all passed, started once russh reports the success.
+    pending_login: Option<Arc<UserEntry>>,
 }
 
 fn method_set(methods: &[Method]) -> MethodSet {
@@ -244,43 +247,49 @@ impl SshHandler {
     }
 
     /// A method succeeded: complete the login, or ask for the next method of the chain.
-    async fn passed(&mut self, u: &UserEntry, method: Method) -> Result<Auth, anyhow::Error> {
+    async fn passed(&mut self, u: &Arc<UserEntry>, method: Method) -> Result<Auth, anyhow::Error> {
         match u.chains.advance(&mut self.attempt.done, method) {
             Progress::NotAllowed => self.fail(method, "method not allowed at this step").await,
             Progress::Partial(next) => Ok(Auth::Reject {
                 proceed_with_methods: Some(method_set(&next)),
                 partial_success: true,
             }),
-            Progress::Complete => match self.attempt.start_session(u, None).await {
-                Ok(session) => {
-                    *self.conn.session.lock().expect("conn lock poisoned") = Some(session);
-                    self.conn.authenticated.store(true, Ordering::SeqCst);
-                    Ok(Auth::Accept)
-                }
-                Err(why) => {
-                    // SSH has no reply text for a refused login, and a client told
-                    // USERAUTH_FAILURE gives up and closes before a disconnect sent after it
-                    // arrives. So the method is accepted at the protocol level, but no
-                    // session exists; the client's next message, opening its session channel,
-                    // is held unanswered and the disconnect that carries the reason follows
-                    // (OpenSSH prints "Received disconnect ...: 7: login refused: ..."). The
-                    // client is then waiting, with nothing of its in flight, so it reads it.
-                    let Some(handle) = self.conn.handle.get().cloned() else {
-                        return Ok(Auth::Reject {
-                            proceed_with_methods: None,
-                            partial_success: false,
-                        });
-                    };
-                    let message = format!("login refused: {why}");
-                    *self.conn.refused.lock().expect("conn lock poisoned") = Some(message.clone());
-                    // A client that opens no channel is disconnected all the same.
+            Progress::Complete => {
+                // The session starts in `auth_succeeded`, where the key exchange's algorithms
+                // are known, for its records; the client's USERAUTH_SUCCESS leaves only after
+                // that, so they are durable before it is told.
+                self.pending_login = Some(u.clone());
+                Ok(Auth::Accept)
+            }
+        }
+    }
+
+    /// Starts the session of a login whose methods all passed, or refuses it (the audit
+    /// trail cannot be made durable).
+    async fn start(&mut self, u: &UserEntry, channel: Option<String>) {
+        match self.attempt.start_session(u, channel).await {
+            Ok(session) => {
+                *self.conn.session.lock().expect("conn lock poisoned") = Some(session);
+                self.conn.authenticated.store(true, Ordering::SeqCst);
+            }
+            Err(why) => {
+                // SSH has no reply text for a refused login, and a client told
+                // USERAUTH_FAILURE gives up and closes before a disconnect sent after it
+                // arrives. So the method is accepted at the protocol level, but no session
+                // exists; the client's next message, opening its session channel, is held
+                // unanswered and the disconnect that carries the reason follows (OpenSSH
+                // prints "Received disconnect ...: 7: login refused: ..."). The client is then
+                // waiting, with nothing of its in flight, so it reads it.
+                let message = format!("login refused: {why}");
+                *self.conn.refused.lock().expect("conn lock poisoned") = Some(message.clone());
+                // A client that opens no channel is disconnected all the same.
+                if let Some(handle) = self.conn.handle.get().cloned() {
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_secs(2)).await;
                         disconnect_refused(&handle, message).await;
                     });
-                    Ok(Auth::Accept)
                 }
-            },
+            }
         }
     }
 
@@ -424,6 +433,14 @@ impl Handler for SshHandler {
                 .await
             }
         }
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut SshSession) -> Result<(), Self::Error> {
+        if let Some(u) = self.pending_login.take() {
+            let channel = session.negotiated().map(str::to_owned);
+            self.start(&u, channel).await;
+        }
+        Ok(())
     }
 
     async fn channel_open_session(
