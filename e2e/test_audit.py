@@ -502,3 +502,79 @@ def test_the_collector_gets_every_record_across_an_outage_and_the_spool_drains(s
     assert r.returncode == 0, r.stdout + r.stderr
     assert list(trail.glob("audit-*.jsonl")) == [], "shipped rotated files were kept"
     assert any(json.loads(line)["event"] == "fileStart" for line in collector.records.values())
+
+
+def test_every_record_type_appears_through_sftp_and_ftps(sshd, passwords):
+    """One gateway, both protocols, the events an auditor asks about: a failed login, a denied
+    operation, an aborted and a completed transfer on each protocol; a backend failover (the
+    endpoint's first address is dead); and a reload. Each appears in the trail, tied to its
+    protocol or session, and the trail verifies with the key."""
+    import ftplib
+    import os
+    import socket
+
+    from ftps import ftps_login
+
+    g, trail, pub, pki = failclosed_gateway("audit-every", sshd, passwords, {})
+    data = sshd.root / "audit-every"
+    (data / "big.bin").write_bytes(os.urandom(8 << 20))
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connection refused
+    g.config["endpoints"] = [sshd.endpoint("backend", addresses=[f"127.0.0.1:{dead.getsockname()[1]}",
+                                                                 f"127.0.0.1:{sshd.port}"])]
+    g.config["roles"][0]["mounts"].append(
+        {"path": "/ro", "endpoint": "backend", "backendPath": str(data), "verbs": ["list", "read"]})
+    g.write_config(g.config)
+    g.start()
+    try:
+        # SFTP: a wrong password, a completed upload, a denied write, an abandoned download.
+        with pytest.raises(paramiko.AuthenticationException):
+            g.paramiko("alice", password="wrong")
+        s, t = g.paramiko("alice", password="alice-pw")
+        s.putfo(io.BytesIO(b"s" * 10000), "/files/sftp-done.bin")
+        with pytest.raises(IOError):
+            s.open("/ro/sftp-denied.bin", "w")
+        f = s.open("/files/big.bin")
+        f.read(32768)
+        f.close()
+        t.close()
+        # FTPS: the same.
+        with pytest.raises(ftplib.error_perm, match="^530"):
+            ftps_login(g.ftps_port, pki.ca, "alice", "wrong")
+        ftp = ftps_login(g.ftps_port, pki.ca, "alice", "alice-pw")
+        assert ftp.storbinary("STOR /files/ftps-done.bin", io.BytesIO(b"f" * 10000)).startswith("226")
+        with pytest.raises(ftplib.error_perm, match="^550"):
+            ftp.storbinary("STOR /ro/ftps-denied.bin", io.BytesIO(b"x"))
+        conn = ftp.transfercmd("RETR /files/big.bin")
+        assert len(conn.recv(65536)) > 0
+        ftp.putcmd("ABOR")
+        assert ftp.getline().startswith("426")
+        conn.close()
+        assert ftp.getline().startswith("226")
+        ftp.quit()
+        # A reload.
+        g.config["limits"] = {"idleTimeoutSeconds": 600}
+        g.write_config(g.config)
+        g.wait_event("configReloaded", timeout=20)
+    finally:
+        dead.close()
+        assert g.stop() == 0
+    events = g.events()
+    sessions = {e["session"]: e["protocol"] for e in events if e["event"] == "sessionStart"}
+    for protocol in ["sftp", "ftps"]:
+        mine = {s for s, p in sessions.items() if p == protocol}
+        failed = [e for e in events if e["event"] == "logonFailure" and e["protocol"] == protocol]
+        assert failed and failed[0]["reason"] == "wrong password", (protocol, failed)
+        denied = [e for e in events if e["event"] == "policyDenied" and e["session"] in mine]
+        assert denied and denied[0]["path"] == f"/ro/{protocol}-denied.bin", (protocol, denied)
+        ends = {e["path"]: e for e in events if e["event"] == "transferEnd" and e["session"] in mine}
+        assert ends[f"/files/{protocol}-done.bin"]["confidence"] == "High", (protocol, ends)
+        assert ends["/files/big.bin"]["confidence"] == "NoEOF", (protocol, ends)
+        legs = [e for e in events if e["event"] == "backendConnected" and e["session"] in mine]
+        assert legs and all(e["attempt"] == 2 for e in legs), (protocol, legs)
+        starts = [e for e in events if e["event"] == "sessionStart" and e["session"] in mine]
+        assert all(e["channel"] for e in starts), starts
+    assert any(e["event"] == "configReloaded" for e in events)
+    assert events[-1]["event"] == "checkpoint"
+    r = verify(trail, pub)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -143,18 +143,25 @@ impl Attempt {
         tokio::time::sleep_until(started + until).await;
     }
 
+    /// The record of a failed login.
+    fn failure(&self, method: String, reason: String) -> Event {
+        Event::LogonFailure {
+            user: self.user.clone(),
+            peer: self.peer,
+            zone: Some(self.zone.clone()),
+            listener: self.listener.clone(),
+            protocol: self.protocol.to_owned(),
+            method,
+            reason,
+        }
+    }
+
     /// Counts and audits a failed method.
     pub async fn fail(&self, method: Method, reason: &str) {
         self.shared.metrics.auth_failure(reason);
         self.shared
             .audit
-            .record(Event::LogonFailure {
-                user: self.user.clone(),
-                peer: self.peer,
-                zone: Some(self.zone.clone()),
-                method: method.to_string(),
-                reason: reason.to_owned(),
-            })
+            .record(self.failure(method.to_string(), reason.to_owned()))
             .await;
         defender::failed_login(&self.shared, self.peer.ip(), &self.user, method, reason).await;
     }
@@ -176,13 +183,10 @@ impl Attempt {
                 .inc();
             self.shared
                 .audit
-                .emit(Event::LogonFailure {
-                    user: self.user.clone(),
-                    peer: self.peer,
-                    zone: Some(self.zone.clone()),
-                    method: self.done.last().map(|m| m.to_string()).unwrap_or_default(),
-                    reason: format!("{}: {why}", reason::AUDIT_UNAVAILABLE),
-                })
+                .emit(self.failure(
+                    self.done.last().map(|m| m.to_string()).unwrap_or_default(),
+                    format!("{}: {why}", reason::AUDIT_UNAVAILABLE),
+                ))
                 .await;
             self.done.clear();
             return Err(why);

@@ -118,6 +118,9 @@ pub enum Event {
         user: String,
         peer: SocketAddr,
         zone: Option<String>,
+        /// The listener and its protocol (`sftp`, `ftps`).
+        listener: String,
+        protocol: String,
         method: String,
         reason: String,
     },
