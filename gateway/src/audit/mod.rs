@@ -309,6 +309,8 @@ struct Record<'a> {
     v: u32,
     seq: u64,
     time: &'a str,
+    /// The host name: on Kubernetes the pod's name, which begins with its gateway's.
+    host: &'a str,
     prev: &'a str,
     #[serde(flatten)]
     event: &'a Event,
@@ -352,6 +354,7 @@ impl Auditor {
     ) -> io::Result<Auditor> {
         let gate = Arc::new(Gate::default());
         let mut writer = Writer {
+            host: hostname(),
             seq: 0,
             prev: GENESIS.to_owned(),
             since_checkpoint: 0,
@@ -488,6 +491,19 @@ impl Auditor {
     }
 }
 
+/// This machine's host name (a pod's name), or `portcullis-gateway` if it has none.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if rc == 0 && end > 0 {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "portcullis-gateway".into()
+    }
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
@@ -504,6 +520,8 @@ pub enum Degraded {
 
 /// The writer thread's end of the chain.
 struct Writer {
+    /// Every record's `host`.
+    host: String,
     seq: u64,
     /// The hash of the last line written.
     prev: String,
@@ -541,6 +559,7 @@ impl Writer {
             v: SCHEMA,
             seq: self.seq,
             time: &time,
+            host: &self.host,
             prev: &self.prev,
             event,
         };

@@ -120,7 +120,7 @@ impl Target {
             authority: url.authority,
             path: url.path,
             tls,
-            source: c.source.clone().unwrap_or_else(hostname),
+            source: c.source.clone().unwrap_or_else(super::hostname),
         })
     }
 
@@ -177,18 +177,6 @@ impl Target {
         } else {
             Err(format!("the collector answered {answer}"))
         }
-    }
-}
-
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    if rc == 0 && end > 0 {
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        "portcullis-gateway".into()
     }
 }
 
