@@ -332,6 +332,9 @@ def test_a_full_spool_refuses_new_logins_and_transfers_until_files_are_shipped(s
     r = verify(trail, pub)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "begins after " in r.stdout, r.stdout
+    # Asked for the whole trail, the shipped files are missed.
+    r = verify(trail, pub, "--from-start")
+    assert r.returncode == 1 and "missing file" in r.stdout, r.stdout
 
 
 def test_a_disk_that_refuses_records_closes_the_gateway_and_loses_nothing(sshd, passwords):

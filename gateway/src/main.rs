@@ -57,6 +57,10 @@ enum AuditCommand {
         /// line being written, are not a finding.
         #[arg(long)]
         live: bool,
+        /// The trail must begin at the first record of the chain: one that begins at a
+        /// rotated file's header (earlier files shipped or deleted) is a finding.
+        #[arg(long)]
+        from_start: bool,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -133,13 +137,23 @@ fn audit(command: AuditCommand) -> ExitCode {
         ExitCode::from(2)
     };
     match command {
-        AuditCommand::Verify { keys, live, paths } => {
+        AuditCommand::Verify {
+            keys,
+            live,
+            from_start,
+            paths,
+        } => {
             let keys = match chain::Verifier::from_pem_files(&keys) {
                 Ok(k) => k,
                 Err(e) => return fail(e),
             };
-            let report =
-                verify::files_of(&paths).and_then(|files| verify::verify(&files, &keys, live));
+            let report = verify::files_of(&paths).and_then(|files| {
+                let mut r = verify::verify(&files, &keys, live)?;
+                if from_start {
+                    r.require_start(&files);
+                }
+                Ok(r)
+            });
             match report {
                 Ok(r) if r.finding.is_none() => {
                     println!("{r}");

@@ -923,12 +923,21 @@ mod tests {
         assert_eq!(all.files, files.len());
         assert_eq!(all.begins_after, None);
         // The newest files alone verify, as a trail that begins after the ones not given.
-        let tail = verify::verify(&files[2..], std::slice::from_ref(&key), false).unwrap();
+        let mut tail = verify::verify(&files[2..], std::slice::from_ref(&key), false).unwrap();
         assert!(tail.finding.is_none(), "{tail}");
         let begins = records(&files[1])
             .first()
             .map(|_| files[1].file_name().unwrap().to_string_lossy().into_owned());
         assert_eq!(tail.begins_after, begins, "{tail}");
+        // ... unless the whole trail is asked for (`--from-start`).
+        tail.require_start(&files[2..]);
+        assert_eq!(
+            tail.finding.as_ref().map(|f| (f.kind, f.line)),
+            Some((verify::Tamper::MissingFile, 1))
+        );
+        let mut whole = verify::verify(&files, std::slice::from_ref(&key), false).unwrap();
+        whole.require_start(&files);
+        assert!(whole.finding.is_none(), "{whole}");
         // A file taken from the middle is named.
         std::fs::remove_file(&files[2]).unwrap();
         let gone = verify::verify(

@@ -99,6 +99,27 @@ pub struct Report {
     pub finding: Option<Finding>,
 }
 
+impl Report {
+    /// Makes a trail that begins after files not given (at a rotated file's header) a
+    /// finding: `audit verify --from-start`.
+    pub fn require_start(&mut self, files: &[PathBuf]) {
+        if self.finding.is_some() {
+            return;
+        }
+        if let (Some(before), Some(first)) = (&self.begins_after, files.first()) {
+            self.finding = Some(Finding {
+                kind: Tamper::MissingFile,
+                file: first.clone(),
+                line: 1,
+                detail: format!(
+                    "the trail begins at seq {} after {before}, which is not given",
+                    self.first_seq.unwrap_or(0)
+                ),
+            });
+        }
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(finding) = &self.finding {
