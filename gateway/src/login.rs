@@ -175,12 +175,7 @@ impl Attempt {
         u: &UserEntry,
         channel: Option<String>,
     ) -> Result<Arc<Session>, Arc<String>> {
-        if let Some(why) = self.shared.audit.refusal() {
-            self.shared
-                .metrics
-                .audit_refusals
-                .get_or_create(&vec![("refused", "login".to_owned())])
-                .inc();
+        if let Some(why) = self.shared.audit_refusal("login") {
             self.shared
                 .audit
                 .emit(self.failure(

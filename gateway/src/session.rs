@@ -630,12 +630,7 @@ impl Session {
     ) -> Result<OpOutput, FsError> {
         // A transfer that could not be audited does not start (failClosed, or a full spool);
         // transfers already open go on.
-        if let Some(why) = self.shared.audit.refusal() {
-            self.shared
-                .metrics
-                .audit_refusals
-                .get_or_create(&vec![("refused", "transfer".to_owned())])
-                .inc();
+        if let Some(why) = self.shared.audit_refusal("transfer") {
             return Err(FsError::Failure(format!("transfer refused: {why}")));
         }
         let vpath = parse(path)?;

@@ -41,6 +41,17 @@ pub struct RefusedConfig {
 }
 
 impl Shared {
+    /// Why a new `what` (`login`, `transfer`) is refused now, if it is: the audit trail cannot
+    /// be made durable. Counted; the login and open paths ask here.
+    pub fn audit_refusal(&self, what: &'static str) -> Option<Arc<String>> {
+        let why = self.audit.refusal()?;
+        self.metrics
+            .audit_refusals
+            .get_or_create(&vec![("refused", what.to_owned())])
+            .inc();
+        Some(why)
+    }
+
     pub fn new(runtime: Runtime, audit: Auditor, metrics: Arc<Metrics>) -> Arc<Shared> {
         Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),

@@ -196,10 +196,7 @@ pub fn files_of(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     }
     let mut keyed = Vec::with_capacity(out.len());
     for path in out {
-        let mut first = Vec::new();
-        BufReader::new(std::io::Read::take(std::fs::File::open(&path)?, 1 << 20))
-            .read_until(b'\n', &mut first)?;
-        let seq = serde_json::from_slice::<Fields>(&first).map_or(u64::MAX, |f| f.seq);
+        let seq = super::spool::first_record(&path)?.map_or(u64::MAX, |(seq, _)| seq);
         keyed.push((seq, path));
     }
     keyed.sort();
