@@ -126,11 +126,13 @@ def run_sftp(port: int, dir: Path, user: str, batch: str, key: Path | None = Non
 class Sshd:
     """A real OpenSSH sshd serving internal-sftp, with its own host key and config."""
 
-    def __init__(self, dir: Path):
+    def __init__(self, dir: Path, address: str = "127.0.0.1", netns: str | None = None):
+        """On loopback; or on `address` inside the network namespace `netns`."""
         self.dir = dir
         dir.mkdir(parents=True, exist_ok=True)
         self.root = dir / "data"
         self.root.mkdir(exist_ok=True)
+        self.address = address
         self.port = free_port()
         self.host_key = keygen(dir / "host_ed25519")
         self.client_key = keygen(dir / "gateway_client_ed25519")
@@ -138,7 +140,7 @@ class Sshd:
         self.config = dir / "sshd_config"
         self.config.write_text(
             f"""Port {self.port}
-ListenAddress 127.0.0.1
+ListenAddress {address}
 HostKey {self.host_key}
 PidFile {dir}/sshd.pid
 AuthorizedKeysFile {dir}/authorized_keys
@@ -158,11 +160,12 @@ LogLevel ERROR
         Path("/run/sshd").mkdir(exist_ok=True)
         SERVERS.append(self)
         self.proc = subprocess.Popen(
-            ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config)],
+            [*(["ip", "netns", "exec", netns] if netns else []),
+             "/usr/sbin/sshd", "-D", "-e", "-f", str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=open(dir / "sshd.log", "wb"),
         )
-        wait_port(self.port)
+        wait_port(self.port, host=address)
 
     @property
     def user(self) -> str:
@@ -174,7 +177,7 @@ LogLevel ERROR
         e = {
             "name": name,
             "type": "sftp",
-            "addresses": [f"127.0.0.1:{self.port}"],
+            "addresses": [f"{self.address}:{self.port}"],
             "hostKeys": [pubkey(self.host_key)],
             "username": self.user,
             "privateKeyFile": str(self.client_key),

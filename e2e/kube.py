@@ -15,13 +15,14 @@ OPERATOR_BIN = Path(os.environ.get("PORTCULLIS_OPERATOR", ROOT / "target" / "rel
 
 
 class Cluster:
-    """`e2e/cluster.sh up` in its own state directory; `down` at the end."""
+    """`e2e/cluster.sh up` in its own state directory (with `node`, `up --node`: a real node
+    runs the pods); `down` at the end."""
 
-    def __init__(self, dir: Path):
+    def __init__(self, dir: Path, node: bool = False):
         self.dir = dir
         self.env = dict(os.environ, PORTCULLIS_CLUSTER_DIR=str(dir))
-        out = subprocess.run(["bash", str(ROOT / "e2e" / "cluster.sh"), "up"], env=self.env,
-                             capture_output=True, text=True)
+        out = subprocess.run(["bash", str(ROOT / "e2e" / "cluster.sh"), "up", *(["--node"] if node else [])],
+                             env=self.env, capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"cluster.sh up failed: {out.stderr[-3000:]}")
         export = out.stdout.strip().splitlines()[-1]
