@@ -119,6 +119,7 @@ up() {
     --authorization-mode Node,RBAC \
     --service-cluster-ip-range "$service_cidr" \
     --kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key" \
+    --kubelet-preferred-address-types InternalIP \
     --allow-privileged=false --profiling=false
   wait_for kube-apiserver 90 curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" \
     --key "$pki/admin.key" "https://$api_addr:$api_port/readyz"
