@@ -60,8 +60,11 @@ def ensure_backend_user(home: Path) -> None:
 class Vsftpd:
     """Debian's vsftpd with TLS required on control and data, `require_ssl_reuse=YES`."""
 
-    def __init__(self, dir: Path, pki: Pki, implicit: bool = False, client_ca: Path | None = None):
+    def __init__(self, dir: Path, pki: Pki, implicit: bool = False, client_ca: Path | None = None,
+                 address: str = "127.0.0.1", netns: str | None = None):
+        """On loopback; or on `address` inside the network namespace `netns`."""
         self.dir = dir
+        self.address = address
         dir.mkdir(parents=True, exist_ok=True)
         self.root = dir / "root"
         self.root.mkdir(exist_ok=True)
@@ -78,7 +81,7 @@ class Vsftpd:
         self.config.write_text(f"""listen=YES
 listen_ipv6=NO
 background=NO
-listen_address=127.0.0.1
+listen_address={address}
 listen_port={self.port}
 anonymous_enable=NO
 local_enable=YES
@@ -90,7 +93,7 @@ allow_writeable_chroot=YES
 pasv_enable=YES
 pasv_min_port={self.pasv}
 pasv_max_port={self.pasv + 63}
-pasv_address=127.0.0.1
+pasv_address={address}
 ssl_enable=YES
 rsa_cert_file={cert}
 rsa_private_key_file={key}
@@ -108,9 +111,10 @@ implicit_ssl={"YES" if implicit else "NO"}
         os.chmod(self.config, 0o600)
         self.implicit = implicit
         SERVERS.append(self)
-        self.proc = subprocess.Popen(["/usr/sbin/vsftpd", str(self.config)],
+        self.proc = subprocess.Popen([*(["ip", "netns", "exec", netns] if netns else []),
+                                      "/usr/sbin/vsftpd", str(self.config)],
                                      stdout=subprocess.DEVNULL, stderr=open(dir / "stderr.log", "wb"))
-        wait_port(self.port)
+        wait_port(self.port, host=address)
         password_file = dir / "password"
         password_file.write_text(BACKEND_PASSWORD + "\n")
         self.password_file = password_file
@@ -119,7 +123,7 @@ implicit_ssl={"YES" if implicit else "NO"}
         e = {
             "name": name,
             "type": "ftps",
-            "addresses": [f"127.0.0.1:{self.port}"],
+            "addresses": [f"{self.address}:{self.port}"],
             "caFile": str(self.ca),
             "serverName": "localhost",
             "username": BACKEND_USER,

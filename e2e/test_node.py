@@ -5,7 +5,7 @@ addresses from 198.18.0.0/15 (see cluster.sh for the plan):
 
     partner   198.18.32.2   inside the `partners` NetworkZone
     outsider  198.18.33.2   inside no zone (until a test adds it)
-    lan       198.18.48.2   the backends (sshd)
+    lan       198.18.48.2   the backends (sshd and vsftpd)
 
 Nothing here is emulated: the operator runs as the chart's two pods with in-cluster config, and
 the gateway as the pods the operator builds."""
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import ROOT, SSH_OPTS, Sshd, fresh_dir, keygen, make_file, pubkey, sha256_file
+from ftps import BACKEND_USER, Pki, Vsftpd
+from harness import ROOT, SSH_OPTS, Sshd, fresh_dir, hash_password, keygen, make_file, pubkey, sha256_file
 from kube import Cluster
 
 CHART = ROOT / "charts" / "portcullis"
@@ -313,3 +314,161 @@ def test_the_admin_port_is_not_reachable_from_outside_the_cluster(cluster, hosts
     svc = cluster.get("service", "gw", zones["ns"])
     assert admin not in [p["port"] for p in svc["spec"]["ports"]]
     assert connects(hosts["partner"], zones["ip"], admin) != "ok"
+
+
+@pytest.fixture(scope="module")
+def vsftpd(hosts):
+    pki = Pki(fresh_dir("node-pki"))
+    v = Vsftpd(fresh_dir("node-vsftpd"), pki, address=hosts["lan"].address, netns=hosts["lan"].name)
+    v.pki = pki
+    yield v
+    v.stop()
+
+
+FTPS_NAME = "ftps.zones.test"
+
+
+@pytest.fixture(scope="module")
+def ftps(cluster, zones, backend, vsftpd):
+    """Two gateway replicas with explicit and implicit FTPS for the partners zone, in front of
+    vsftpd (/vs) and sshd (/lan); a user with a password."""
+    ns, d = zones["ns"], zones["dir"]
+    cluster.kubectl("create", "secret", "generic", "vsftpd-credentials",
+                    f"--from-file=password={vsftpd.password_file}", namespace=ns)
+    cluster.kubectl("create", "secret", "generic", "vsftpd-ca", f"--from-file=ca.crt={vsftpd.ca}", namespace=ns)
+    cluster.kubectl("create", "secret", "generic", "ftp-password",
+                    f"--from-literal=hash={hash_password('ftp-pw')}", namespace=ns)
+    docs = [
+        {"kind": "KeyRing", "metadata": {"name": "ftps-cert"},
+         "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": [FTPS_NAME], "sshHostKeys": False}},
+        {"kind": "KeyRing", "metadata": {"name": "lan-trust"},
+         "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["unused.local"], "sshHostKeys": False,
+                  "backendCas": [{"name": "vsftpd-ca", "key": "ca.crt"}]}},
+        {"kind": "TransferEndpoint", "metadata": {"name": "lan-vsftpd"},
+         "spec": {"protocol": "ftps", "addresses": [{"host": vsftpd.address, "port": vsftpd.port}],
+                  "username": BACKEND_USER, "credentials": {"secretName": "vsftpd-credentials"},
+                  "ftps": {"keyRing": "lan-trust", "serverName": "localhost",
+                           "dataPorts": {"min": vsftpd.pasv, "max": vsftpd.pasv + 63}}}},
+        {"kind": "TransferRole", "metadata": {"name": "ftp-exchange"},
+         "spec": {"mounts": [
+             {"path": "/lan", "endpoint": "lan-sftp", "backendPath": str(backend.root), "verbs": ["list", "read", "write"]},
+             {"path": "/vs", "endpoint": "lan-vsftpd", "verbs": ["list", "read", "write"]}]}},
+        {"kind": "TransferUser", "metadata": {"name": "ftpuser"},
+         "spec": {"passwordHash": {"name": "ftp-password", "key": "hash"}, "zones": ["partners"],
+                  "roles": ["ftp-exchange"]}},
+        {"kind": "TransferGateway", "metadata": {"name": "edge"},
+         "spec": {"hostKeyRing": "edge", "replicas": 2,
+                  "listeners": [
+                      {"name": "ftps", "protocol": "ftps", "port": 2121, "zones": ["partners"],
+                       "keyRing": "ftps-cert", "passivePorts": {"min": 30000, "max": 30019}},
+                      {"name": "implicit", "protocol": "ftpsImplicit", "port": 2990, "zones": ["partners"],
+                       "keyRing": "ftps-cert", "passivePorts": {"min": 30020, "max": 30039}}]}},
+    ]
+    for doc in docs:
+        cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **doc}, ns)
+    pods = wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=edge", 2, timeout=180)
+    ca = d / "ftps-ca.pem"
+    ring = cluster.secret_data("ftps-cert-keyring", ns)
+    ca.write_bytes(ring.get("ca.crt") or ring["tls.crt"])
+    ip = cluster.get("service", "edge", ns)["spec"]["clusterIP"]
+    return {"ns": ns, "dir": d, "ip": ip, "ca": ca, "pods": pods, "backend_root": backend.root}
+
+
+def curl_from(host: Netns, ftps: dict, *args: str, ip: str | None = None, port: int = 2121,
+              check: bool = True) -> subprocess.CompletedProcess:
+    """curl in `host`, with the gateway's name resolved to the Service address (or `ip`) and
+    its certificate checked against the key ring's CA."""
+    return host.run("curl", "-sS", "--ssl-reqd", "--cacert", str(ftps["ca"]), "-u", "ftpuser:ftp-pw",
+                    "--resolve", f"{FTPS_NAME}:{port}:{ip or ftps['ip']}", "--connect-timeout", "10",
+                    "--max-time", "240", *args, check=check, timeout=300)
+
+
+def test_ftps_explicit_and_implicit_through_the_service_to_both_backends(cluster, hosts, backend, vsftpd, ftps):
+    """100 MB each way: explicit FTPS to vsftpd, implicit FTPS to sshd, passive data connections
+    through the Service (EPSV, so the client dials the Service address again)."""
+    d = ftps["dir"]
+    src = d / "ftps-up.bin"
+    want = make_file(src, 100 * 1024 * 1024)
+    partner = hosts["partner"]
+    curl_from(partner, ftps, "-T", str(src), f"ftp://{FTPS_NAME}:2121/vs/explicit.bin")
+    assert sha256_file(vsftpd.root / "explicit.bin") == want
+    curl_from(partner, ftps, "-o", str(d / "explicit-down.bin"), f"ftp://{FTPS_NAME}:2121/vs/explicit.bin")
+    assert sha256_file(d / "explicit-down.bin") == want
+    curl_from(partner, ftps, "-T", str(src), f"ftps://{FTPS_NAME}:2990/lan/implicit.bin", port=2990)
+    assert sha256_file(backend.root / "implicit.bin") == want
+    curl_from(partner, ftps, "-o", str(d / "implicit-down.bin"), f"ftps://{FTPS_NAME}:2990/lan/implicit.bin",
+              port=2990)
+    assert sha256_file(d / "implicit-down.bin") == want
+
+
+def test_twenty_passive_transfers_from_one_client_reach_the_pod_that_offered_the_port(cluster, hosts, ftps):
+    """One control connection, 20 transfers; each EPSV data connection dials the Service again.
+    kube-proxy keeps ClientIP affinity per Service port, so affinity alone sends a data
+    connection to either pod (the operator's first design, which failed here). With two
+    replicas each offers its own slice of the passive range and the Service routes each passive
+    port by name to that replica: all 20 succeed. The same run through a Service of the old
+    shape (numbered target ports, ClientIP affinity) over the same pods fails for some of twenty
+    partners."""
+    ns, d = ftps["ns"], ftps["dir"]
+    files = []
+    for i in range(20):
+        f = d / f"many-{i}.bin"
+        make_file(f, 64 * 1024 + i)
+        files.append(f)
+    # Uploads under TLS 1.2 (curl under TLS 1.3 cannot chain uploads on one control connection:
+    # docs/compatibility.md), downloads under TLS 1.3.
+    uploads = ["--tls-max", "1.2"]
+    for i, f in enumerate(files):
+        uploads += ["-T", str(f), f"ftp://{FTPS_NAME}:2121/lan/many-{i}.bin"]
+    downloads = ["--tlsv1.3"]
+    for i in range(len(files)):
+        downloads += ["-o", str(d / f"many-{i}.back"), f"ftp://{FTPS_NAME}:2121/lan/many-{i}.bin"]
+    svc = cluster.get("service", "edge", ns)
+    targets = {p["port"]: p["targetPort"] for p in svc["spec"]["ports"]}
+    assert targets[30000] == "pasv-30000" and targets[2121] == 2121, targets
+    # Each replica is a Deployment of its own, offering its half of each range.
+    offered = {}
+    for p in ftps["pods"]:
+        replica = p["metadata"]["labels"]["portcullis.dev/replica"]
+        offered[replica] = sorted(c["containerPort"] for c in p["spec"]["containers"][0]["ports"]
+                                  if c.get("name", "").startswith("pasv-"))
+    assert offered == {"0": list(range(30000, 30010)) + list(range(30020, 30030)),
+                       "1": list(range(30010, 30020)) + list(range(30030, 30040))}, offered
+    curl_from(hosts["partner"], ftps, *uploads)
+    curl_from(hosts["partner"], ftps, *downloads)
+    for i, f in enumerate(files):
+        assert sha256_file(ftps["backend_root"] / f"many-{i}.bin") == sha256_file(f)
+        assert sha256_file(d / f"many-{i}.back") == sha256_file(f)
+
+    # Twenty partners (source addresses), one download each: each first connection to a port
+    # is a fresh random pick for kube-proxy, so through the old shape about half would fail.
+    partner = hosts["partner"]
+    sources = [f"198.18.32.{10 + i}" for i in range(20)]
+    for src in sources:
+        partner.run("ip", "addr", "add", f"{src}/24", "dev", "eth0", check=True)
+
+    def each_partner(ip: str) -> list[str]:
+        failed = []
+        for i, src in enumerate(sources):
+            r = curl_from(partner, ftps, "--interface", src, "-o", str(d / f"p{i}.back"),
+                          f"ftp://{FTPS_NAME}:2121/lan/many-{i}.bin", ip=ip, check=False)
+            if r.returncode != 0 or sha256_file(d / f"p{i}.back") != sha256_file(files[i]):
+                failed.append(f"{src}: {r.stderr.decode(errors='replace').strip()[-200:]}")
+        return failed
+
+    assert each_partner(ftps["ip"]) == []
+    old_shape = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "edge-old-shape"},
+                 "spec": {"selector": {k: v for k, v in svc["spec"]["selector"].items()},
+                          "sessionAffinity": "ClientIP",
+                          "ports": [{"name": p["name"], "port": p["port"], "targetPort": p["port"]}
+                                    for p in svc["spec"]["ports"]]}}
+    cluster.apply(old_shape, ns)
+    try:
+        ip = cluster.get("service", "edge-old-shape", ns)["spec"]["clusterIP"]
+        cluster.wait_for("the old-shape Service to carry connections",
+                         lambda: connects(hosts["partner"], ip, 2121) == "ok", timeout=60, interval=1)
+        failed = each_partner(ip)
+        assert failed, "20 partners' passive transfers through per-port affinity all reached the right pod"
+        print(f"old-shape Service: {len(failed)} of {len(sources)} failed:", *failed[:3], sep="\n")
+    finally:
+        cluster.kubectl("delete", "service", "edge-old-shape", namespace=ns)

@@ -7,6 +7,7 @@ use std::{
 };
 
 use anyhow::Context;
+use portcullis_config::PassiveSlice;
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
@@ -22,21 +23,22 @@ use crate::{
 };
 
 /// Runs the gateway from a config file (or a directory holding `config.yaml`) until SIGTERM or
-/// SIGINT, then drains.
-pub async fn run(config: &Path) -> anyhow::Result<()> {
+/// SIGINT, then drains. `passive_slice`: this replica's share of the FTPS passive ports.
+pub async fn run(config: &Path, passive_slice: Option<PassiveSlice>) -> anyhow::Result<()> {
     let path = reload::config_file(config);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let rt = runtime::compile(&text, &reload::config_base(&path)).map_err(|errs| {
-        anyhow::anyhow!(
-            "config {} is invalid:\n{}",
-            path.display(),
-            errs.iter()
-                .map(|e| format!("  {e}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
+    let rt =
+        runtime::compile(&text, &reload::config_base(&path), passive_slice).map_err(|errs| {
+            anyhow::anyhow!(
+                "config {} is invalid:\n{}",
+                path.display(),
+                errs.iter()
+                    .map(|e| format!("  {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
     let metrics = Arc::new(Metrics::default());
     let audit = Auditor::start(&rt.config.audit, rt.audit_signer.clone(), metrics.clone())
         .context("opening the audit sink")?;
@@ -141,11 +143,11 @@ pub async fn run(config: &Path) -> anyhow::Result<()> {
 }
 
 /// Compiles a config and returns every error, for `portcullis-gateway check`.
-pub fn check(config: &Path) -> Result<String, Vec<String>> {
+pub fn check(config: &Path, passive_slice: Option<PassiveSlice>) -> Result<String, Vec<String>> {
     let path = reload::config_file(config);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
-    runtime::compile(&text, &reload::config_base(&path))
+    runtime::compile(&text, &reload::config_base(&path), passive_slice)
         .map(|rt| rt.hash)
         .map_err(|errs| errs.iter().map(ToString::to_string).collect())
 }

@@ -3,6 +3,7 @@
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use portcullis_config::PassiveSlice;
 use portcullis_gateway::{auth, demo, gateway};
 
 /// jemalloc gives freed memory back; glibc's per-thread arenas kept it (see the `jemalloc`
@@ -24,11 +25,19 @@ enum Command {
     Run {
         #[arg(long)]
         config: PathBuf,
+        /// Serve only replica K of N's share of every FTPS passive range (`K/N`), so that a
+        /// Service can route each passive port to the one replica that offers it. The
+        /// operator sets it when a gateway with FTPS runs more than one replica.
+        #[arg(long, value_name = "K/N")]
+        passive_slice: Option<PassiveSlice>,
     },
     /// Check a config and print every error with its path.
     Check {
         #[arg(long)]
         config: PathBuf,
+        /// As for `run`.
+        #[arg(long, value_name = "K/N")]
+        passive_slice: Option<PassiveSlice>,
     },
     /// Run the embedded demo: SFTP on 127.0.0.1:2222, user demo/demo, mount /files.
     Demo {
@@ -103,7 +112,10 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match gateway::check(&config) {
+        Command::Check {
+            config,
+            passive_slice,
+        } => match gateway::check(&config, passive_slice) {
             Ok(hash) => {
                 println!("config is valid (sha256 {hash})");
                 ExitCode::SUCCESS
@@ -125,8 +137,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Audit(command) => audit(command),
-        Command::Run { config } => serve(Ok(config)),
-        Command::Demo { dir } => serve(demo::prepare(dir.as_deref())),
+        Command::Run {
+            config,
+            passive_slice,
+        } => serve(Ok(config), passive_slice),
+        Command::Demo { dir } => serve(demo::prepare(dir.as_deref()), None),
     }
 }
 
@@ -223,13 +238,13 @@ fn audit(command: AuditCommand) -> ExitCode {
     }
 }
 
-fn serve(config: anyhow::Result<PathBuf>) -> ExitCode {
+fn serve(config: anyhow::Result<PathBuf>, passive_slice: Option<PassiveSlice>) -> ExitCode {
     init_tracing();
     let result = config.and_then(|path| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(gateway::run(&path))
+            .block_on(gateway::run(&path, passive_slice))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -99,7 +99,8 @@ pub async fn reload(shared: &Shared, path: &Path, last_rejected: &mut String) ->
     if hash == *last_rejected {
         return false;
     }
-    let compiled = tokio::task::spawn_blocking(move || runtime::compile(&text, &base))
+    let slice = current.passive_slice;
+    let compiled = tokio::task::spawn_blocking(move || runtime::compile(&text, &base, slice))
         .await
         .map(|r| r.and_then(|rt| restart_only(&current, rt)));
     match compiled {

@@ -13,7 +13,9 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
-use portcullis_config::{ConfigError, EndpointBackend, GatewayConfig, UploadMode, validate};
+use portcullis_config::{
+    ConfigError, EndpointBackend, GatewayConfig, PassiveSlice, UploadMode, validate,
+};
 use russh::{
     MethodKind, MethodSet, SshId, cipher, kex,
     keys::{Algorithm, PrivateKey, PublicKey},
@@ -51,6 +53,9 @@ pub struct Runtime {
     pub defender_key: Option<Arc<[u8]>>,
     /// The key audit checkpoints are signed with.
     pub audit_signer: Option<Arc<crate::audit::chain::Signer>>,
+    /// This replica's share of the passive ports (`run --passive-slice`), applied to
+    /// `config`'s listeners; kept for reloads.
+    pub passive_slice: Option<PassiveSlice>,
 }
 
 /// Keeps refusals from telling who exists or how their password is hashed: an unknown user's
@@ -197,9 +202,21 @@ static SERVER_ID: LazyLock<String> =
 ///
 /// Relative file paths in the config are relative to `base`, the config file's directory, so a
 /// bundle works wherever its Secret is mounted.
-pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
+///
+/// With `passive_slice`, every FTPS listener offers only that replica's share of its passive
+/// range (see [`PassiveSlice`]).
+pub fn compile(
+    text: &str,
+    base: &Path,
+    passive_slice: Option<PassiveSlice>,
+) -> Result<Runtime, Vec<ConfigError>> {
     let mut config = GatewayConfig::parse(text).map_err(|e| e.0)?;
     validate(&config)?;
+    if let Some(slice) = passive_slice {
+        config
+            .slice_passive(slice)
+            .map_err(|m| vec![ConfigError::new(format!("--passive-slice {slice}"), m)])?;
+    }
     // Hash before loading: if a file is swapped while we load, the next poll sees a hash that
     // differs from ours and loads again, instead of taking the new files as already loaded.
     let hash = material_hash(text, &config, base);
@@ -543,6 +560,7 @@ pub fn compile(text: &str, base: &Path) -> Result<Runtime, Vec<ConfigError>> {
     Ok(Runtime {
         hash,
         config,
+        passive_slice,
         zones,
         users,
         endpoints,

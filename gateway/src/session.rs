@@ -1362,7 +1362,7 @@ audit: {{stdout: false, file: "{audit}"}}
             host_key = host_key.display(),
             hash = *crate::auth::DUMMY_HASH,
         );
-        let rt = crate::runtime::compile(&text, dir.path()).expect("test config compiles");
+        let rt = crate::runtime::compile(&text, dir.path(), None).expect("test config compiles");
         let metrics = Arc::new(Metrics::default());
         let auditor = Auditor::start(&rt.config.audit, None, metrics.clone()).unwrap();
         let shared = Shared::new(rt, auditor, metrics);

@@ -11,9 +11,11 @@ use std::{collections::BTreeSet, fmt, path::Path};
 use serde::{Deserialize, Serialize};
 
 mod identity;
+mod slice;
 mod validate;
 
 pub use identity::material_hash;
+pub use slice::PassiveSlice;
 pub use validate::{AUTH_METHODS, asks_for_code, parse_cidr, parse_umask, validate};
 
 /// The whole gateway config bundle.

@@ -53,6 +53,7 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("self.listeners.all(l, l.port != self.adminPort)").message("a listener port must differ from adminPort"))]
 #[x_kube(validation = Rule::new("self.listeners.all(l, self.listeners.all(m, !has(m.passivePorts) || l.port < m.passivePorts.min || l.port > m.passivePorts.max))").message("a listener port must not fall inside a passive port range"))]
 #[x_kube(validation = Rule::new("!has(self.service) || !has(self.service.type) || self.service.type != 'NodePort' || self.listeners.all(l, !has(l.passivePorts) || (l.passivePorts.min >= 30000 && l.passivePorts.max <= 32767))").message("with service type NodePort each passive port is exposed as the node port of the same number (PASV names it), so passivePorts must lie in the node port range 30000-32767"))]
+#[x_kube(validation = Rule::new("!has(self.replicas) || self.listeners.all(l, !has(l.passivePorts) || l.passivePorts.max - l.passivePorts.min + 1 >= self.replicas)").message("each replica offers its own slice of every passive range, so a passive range needs at least as many ports as there are replicas"))]
 #[x_kube(validation = Rule::new("!self.listeners.exists(l, l.protocol == 'sftp') || has(self.hostKeyRing)").message("SFTP listeners need hostKeyRing, the KeyRing holding the SSH host keys"))]
 #[serde(rename_all = "camelCase")]
 pub struct TransferGatewaySpec {
@@ -63,9 +64,12 @@ pub struct TransferGatewaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub host_key_ring: Option<String>,
-    /// Gateway pods. With more than one and an FTPS listener, the Service pins each client to
-    /// one pod (`sessionAffinity: ClientIP`), since FTPS data connections must reach the pod
-    /// that holds the control connection.
+    /// Gateway pods. With more than one and an FTPS listener, FTPS data connections must reach
+    /// the pod that holds the control connection, and Service session affinity (kept per
+    /// port) cannot do that: each replica then runs as a Deployment of its own
+    /// (`NAME-r0`, `NAME-r1`, ...) offering a disjoint slice of every passive range, and the
+    /// Service routes each passive port to the replica that offers it. The Service still pins
+    /// a client's control connections to one pod (`sessionAffinity: ClientIP`).
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 64))]
     pub replicas: i32,

@@ -28,6 +28,7 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt};
 use portcullis_api::{ListenerProtocol, ServiceType, TransferGateway};
+use portcullis_config::{PassiveSlice, PortRange};
 
 use super::validate::{AUDIT_MOUNT, Bundle, CONFIG_MOUNT};
 
@@ -40,11 +41,15 @@ pub const MANAGED_BY: &str = "portcullis-operator";
 /// The non-root user the gateway runs as (distroless `nonroot`).
 pub const RUN_AS: i64 = 65532;
 
+/// The label naming which replica (of a gateway with passive slices) a pod is.
+pub const REPLICA_LABEL: &str = "portcullis.dev/replica";
+
 /// Every object a gateway owns.
 pub struct Objects {
     pub service_account: ServiceAccount,
     pub secret: Secret,
-    pub deployment: Deployment,
+    /// One, or with passive slices ([`passive_slices`]) one per replica.
+    pub deployments: Vec<Deployment>,
     pub service: Service,
     /// Headless: resolves to every pod, for the defender's ban sharing.
     pub peers_service: Service,
@@ -52,10 +57,11 @@ pub struct Objects {
     pub pdb: PodDisruptionBudget,
 }
 
-/// The pod spec of the Deployment `objects` builds (for tests).
+/// The pod spec of the (first) Deployment `objects` builds (for tests).
 #[cfg(test)]
 pub fn pod_spec(gw: &TransferGateway, bundle: &Bundle) -> k8s_openapi::api::core::v1::PodSpec {
-    deployment(gw, bundle)
+    deployments(gw, bundle)
+        .swap_remove(0)
         .spec
         .and_then(|s| s.template.spec)
         .expect("a Deployment has a pod spec")
@@ -65,7 +71,7 @@ pub fn objects(gw: &TransferGateway, bundle: &Bundle) -> Objects {
     Objects {
         service_account: service_account(gw),
         secret: secret(gw, bundle),
-        deployment: deployment(gw, bundle),
+        deployments: deployments(gw, bundle),
         service: service(gw, bundle),
         peers_service: peers_service(gw),
         network_policy: network_policy(gw, bundle),
@@ -190,7 +196,7 @@ fn secret(gw: &TransferGateway, bundle: &Bundle) -> Secret {
     }
 }
 
-fn container_ports(gw: &TransferGateway) -> Vec<ContainerPort> {
+fn container_ports(gw: &TransferGateway, slice: Option<PassiveSlice>) -> Vec<ContainerPort> {
     let mut ports: Vec<ContainerPort> = gw
         .spec
         .listeners
@@ -214,12 +220,20 @@ fn container_ports(gw: &TransferGateway) -> Vec<ContainerPort> {
         protocol: Some("UDP".into()),
         ..Default::default()
     });
-    for p in passive_ports(gw) {
-        ports.push(ContainerPort {
+    match slice {
+        None => ports.extend(passive_ports(gw).into_iter().map(|p| ContainerPort {
             container_port: p,
             protocol: Some("TCP".into()),
             ..Default::default()
-        });
+        })),
+        // Named: the Service targets each passive port by this name, which only the pods of
+        // the replica offering it carry.
+        Some(slice) => ports.extend(slice_ports(gw, slice).into_iter().map(|p| ContainerPort {
+            name: Some(passive_port_name(p)),
+            container_port: p,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        })),
     }
     ports
 }
@@ -232,6 +246,65 @@ fn passive_ports(gw: &TransferGateway) -> BTreeSet<i32> {
         .filter_map(|l| l.passive_ports.as_ref())
         .flat_map(|r| r.min..=r.max)
         .collect()
+}
+
+/// How many replicas share the passive ports: `Some(replicas)` when FTPS runs on more than
+/// one. Behind a Service, `ClientIP` affinity is kept per Service port (kube-proxy keys it by
+/// port and endpoint), so it cannot bring a data connection to the pod holding its control
+/// connection. Each replica then offers a disjoint slice of every passive range
+/// ([`PassiveSlice`]), runs as a Deployment of its own, and names its passive ports so that
+/// the Service routes each one to that replica alone.
+pub fn passive_slices(gw: &TransferGateway) -> Option<u16> {
+    (gw.spec.replicas > 1 && !passive_ports(gw).is_empty())
+        .then(|| u16::try_from(gw.spec.replicas).ok())
+        .flatten()
+}
+
+/// The name a passive port has in the pod of the replica that offers it.
+fn passive_port_name(port: i32) -> String {
+    format!("pasv-{port}")
+}
+
+/// The passive ports `slice` offers, of every listener.
+fn slice_ports(gw: &TransferGateway, slice: PassiveSlice) -> BTreeSet<i32> {
+    gw.spec
+        .listeners
+        .iter()
+        .filter_map(|l| l.passive_ports.as_ref())
+        .filter_map(|r| {
+            let range = PortRange {
+                min: u16::try_from(r.min).ok()?,
+                max: u16::try_from(r.max).ok()?,
+            };
+            range.slice(slice)
+        })
+        .flat_map(|r| i32::from(r.min)..=i32::from(r.max))
+        .collect()
+}
+
+/// The Deployments: one with every replica, or with passive slices one per replica.
+pub fn deployments(gw: &TransferGateway, bundle: &Bundle) -> Vec<Deployment> {
+    match passive_slices(gw) {
+        None => vec![deployment(gw, bundle, None)],
+        Some(count) => (0..count)
+            .map(|index| deployment(gw, bundle, Some(PassiveSlice { index, count })))
+            .collect(),
+    }
+}
+
+/// The Deployments [`deployments`] builds, by name, with the replicas each wants.
+pub fn deployment_names(gw: &TransferGateway) -> Vec<(String, i32)> {
+    match passive_slices(gw) {
+        None => vec![(gw.name_any(), gw.spec.replicas)],
+        Some(count) => (0..count)
+            .map(|i| (replica_deployment_name(gw, i), 1))
+            .collect(),
+    }
+}
+
+/// The name of replica `index`'s Deployment under passive slices.
+pub fn replica_deployment_name(gw: &TransferGateway, index: u16) -> String {
+    format!("{}-r{index}", gw.name_any())
 }
 
 fn probe(path: &str, port: i32, period: i32) -> Probe {
@@ -248,8 +321,16 @@ fn probe(path: &str, port: i32, period: i32) -> Probe {
     }
 }
 
-fn deployment(gw: &TransferGateway, bundle: &Bundle) -> Deployment {
+fn deployment(gw: &TransferGateway, bundle: &Bundle, slice: Option<PassiveSlice>) -> Deployment {
     let spec = &gw.spec;
+    let mut args = vec!["run".to_owned(), "--config".into(), CONFIG_MOUNT.into()];
+    if let Some(slice) = slice {
+        args.extend(["--passive-slice".into(), slice.to_string()]);
+    }
+    let mut pod_selector = selector(gw);
+    if let Some(slice) = slice {
+        pod_selector.insert(REPLICA_LABEL.into(), slice.index.to_string());
+    }
     let resources = spec
         .resources
         .clone()
@@ -266,13 +347,13 @@ fn deployment(gw: &TransferGateway, bundle: &Bundle) -> Deployment {
         name: "gateway".into(),
         image: Some(spec.image.clone()),
         command: Some(vec!["portcullis-gateway".into()]),
-        args: Some(vec!["run".into(), "--config".into(), CONFIG_MOUNT.into()]),
+        args: Some(args),
         env: Some(vec![EnvVar {
             name: "RUST_LOG".into(),
             value: Some("info".into()),
             ..Default::default()
         }]),
-        ports: Some(container_ports(gw)),
+        ports: Some(container_ports(gw, slice)),
         resources: Some(resources),
         liveness_probe: Some(probe("/healthz", spec.admin_port, 10)),
         readiness_probe: Some(probe("/readyz", spec.admin_port, 5)),
@@ -305,6 +386,7 @@ fn deployment(gw: &TransferGateway, bundle: &Bundle) -> Deployment {
     };
     let mut pod_labels = labels(gw);
     pod_labels.remove("app.kubernetes.io/version");
+    pod_labels.extend(pod_selector.clone());
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(pod_labels),
@@ -364,12 +446,23 @@ fn deployment(gw: &TransferGateway, bundle: &Bundle) -> Deployment {
             ..Default::default()
         }),
     };
+    let (name, replicas) = match slice {
+        None => (gw.name_any(), spec.replicas),
+        Some(s) => (replica_deployment_name(gw, s.index), 1),
+    };
+    let mut metadata = meta(gw, name);
+    if let Some(slice) = slice {
+        metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(REPLICA_LABEL.into(), slice.index.to_string());
+    }
     Deployment {
-        metadata: meta(gw, gw.name_any()),
+        metadata,
         spec: Some(DeploymentSpec {
-            replicas: Some(spec.replicas),
+            replicas: Some(replicas),
             selector: LabelSelector {
-                match_labels: Some(selector(gw)),
+                match_labels: Some(pod_selector),
                 ..Default::default()
             },
             strategy: Some(DeploymentStrategy {
@@ -434,11 +527,17 @@ fn service(gw: &TransferGateway, bundle: &Bundle) -> Service {
     // PASV names the pod's port; through a NodePort Service the client must find it on the
     // node under the same number.
     let node_port = spec.service.type_ == ServiceType::NodePort;
+    let sliced = passive_slices(gw).is_some();
     for p in passive_ports(gw) {
         ports.push(ServicePort {
             name: Some(format!("pasv-{p}")),
             port: p,
-            target_port: Some(IntOrString::Int(p)),
+            // With passive slices, by name: only the replica offering the port carries it.
+            target_port: Some(if sliced {
+                IntOrString::String(passive_port_name(p))
+            } else {
+                IntOrString::Int(p)
+            }),
             node_port: node_port.then_some(p),
             protocol: Some("TCP".into()),
             ..Default::default()
@@ -461,7 +560,9 @@ fn service(gw: &TransferGateway, bundle: &Bundle) -> Service {
             type_: Some(type_.into()),
             selector: Some(selector(gw)),
             ports: Some(ports),
-            // FTPS data connections must reach the pod holding the control connection.
+            // A client's control connections stay on one pod. (Its data connections reach the
+            // pod holding the control connection by the passive slices, since affinity is
+            // per Service port.)
             session_affinity: Some(
                 if spec.replicas > 1 && has_ftps(gw) {
                     "ClientIP"
@@ -722,18 +823,99 @@ mod tests {
             .collect();
         assert_eq!(ports, [(2121, None), (30000, Some(30003))]);
 
-        let pod = o.deployment.spec.unwrap().template.spec.unwrap();
-        // Port 22 without NET_BIND_SERVICE: the namespaced sysctl.
-        let sysctls = pod.security_context.unwrap().sysctls.unwrap();
-        assert_eq!(sysctls[0].name, "net.ipv4.ip_unprivileged_port_start");
-        // Listeners, admin, the defender's UDP port, and the passive ports.
-        assert_eq!(pod.containers[0].ports.as_ref().unwrap().len(), 3 + 1 + 4);
+        // Two replicas with FTPS: a Deployment each, with its own slice of the passive range.
+        let names: Vec<String> = o.deployments.iter().map(ResourceExt::name_any).collect();
+        assert_eq!(names, ["gw-r0", "gw-r1"]);
+        for (i, d) in o.deployments.iter().enumerate() {
+            let spec = d.spec.clone().unwrap();
+            assert_eq!(spec.replicas, Some(1));
+            let mut want_selector = selector(&gw);
+            want_selector.insert(REPLICA_LABEL.into(), i.to_string());
+            assert_eq!(spec.selector.match_labels.as_ref(), Some(&want_selector));
+            let template_labels = spec.template.metadata.unwrap().labels.unwrap();
+            assert!(
+                want_selector
+                    .iter()
+                    .all(|(k, v)| template_labels.get(k) == Some(v))
+            );
+            let pod = spec.template.spec.unwrap();
+            let c = &pod.containers[0];
+            assert_eq!(
+                c.args.as_deref().unwrap()[3..],
+                ["--passive-slice".to_owned(), format!("{i}/2")]
+            );
+            // Port 22 without NET_BIND_SERVICE: the namespaced sysctl.
+            let sysctls = pod.security_context.unwrap().sysctls.unwrap();
+            assert_eq!(sysctls[0].name, "net.ipv4.ip_unprivileged_port_start");
+            // Listeners, admin, the defender's UDP port, and this replica's passive ports,
+            // named for the Service.
+            let ports = c.ports.as_ref().unwrap();
+            assert_eq!(ports.len(), 3 + 1 + 2);
+            let passive: Vec<(Option<&str>, i32)> = ports[4..]
+                .iter()
+                .map(|p| (p.name.as_deref(), p.container_port))
+                .collect();
+            let first = 30000 + 2 * i32::try_from(i).unwrap();
+            let (a, b) = (format!("pasv-{first}"), format!("pasv-{}", first + 1));
+            assert_eq!(
+                passive,
+                [(Some(a.as_str()), first), (Some(b.as_str()), first + 1)]
+            );
+        }
+        // The Service targets each passive port by that name: only its replica's pods have it.
+        let targets: Vec<IntOrString> = svc_targets(&objects(&gw, &bundle).service);
+        assert_eq!(
+            targets[2..],
+            (30000..=30003)
+                .map(|p| IntOrString::String(format!("pasv-{p}")))
+                .collect::<Vec<_>>()
+        );
         // The replicas reach each other on the defender's port, and only each other.
         let peers = o.peers_service.spec.unwrap();
         assert_eq!(peers.cluster_ip.as_deref(), Some("None"));
         assert_eq!(peers.publish_not_ready_addresses, Some(true));
         let udp_in = np_ingress_udp(&o.network_policy);
         assert_eq!(udp_in, [(7946, selector(&ftps_gateway()))]);
+    }
+
+    fn svc_targets(svc: &Service) -> Vec<IntOrString> {
+        let ports = svc.spec.as_ref().unwrap().ports.as_ref().unwrap();
+        ports
+            .iter()
+            .map(|p| p.target_port.clone().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn one_replica_or_no_ftps_keeps_one_deployment_and_numbered_ports() {
+        let bundle = compile(&gateway(SFTP_GATEWAY), &world()).unwrap();
+        let single = gateway(
+            "  hostKeyRing: keys\n  replicas: 1\n  listeners:\n  - {name: ftps, protocol: ftps, port: 2121, zones: [lan], keyRing: keys, passivePorts: {min: 30000, max: 30003}}\n",
+        );
+        let sftp_only = gateway(
+            "  hostKeyRing: keys\n  replicas: 3\n  listeners:\n  - {name: sftp, protocol: sftp, port: 2222, zones: [lan]}\n",
+        );
+        for gw in [single, sftp_only] {
+            assert_eq!(passive_slices(&gw), None);
+            let o = objects(&gw, &bundle);
+            assert_eq!(o.deployments.len(), 1);
+            let d = &o.deployments[0];
+            assert_eq!(d.name_any(), "gw");
+            let spec = d.spec.clone().unwrap();
+            assert_eq!(spec.replicas, Some(gw.spec.replicas));
+            assert_eq!(spec.selector.match_labels, Some(selector(&gw)));
+            let c = &spec.template.spec.unwrap().containers[0];
+            assert_eq!(
+                c.args.as_deref().unwrap(),
+                ["run", "--config", CONFIG_MOUNT]
+            );
+            assert!(
+                svc_targets(&o.service)
+                    .iter()
+                    .all(|t| matches!(t, IntOrString::Int(_)))
+            );
+            assert_eq!(deployment_names(&gw), [("gw".to_owned(), gw.spec.replicas)]);
+        }
     }
 
     #[test]
@@ -806,7 +988,8 @@ mod tests {
         );
         // Unset: nothing added but the default spread.
         let plain = objects(&ftps_gateway(), &bundle)
-            .deployment
+            .deployments
+            .swap_remove(0)
             .spec
             .unwrap()
             .template
@@ -902,7 +1085,13 @@ mod tests {
         assert_eq!(svc.session_affinity.as_deref(), Some("None"));
         assert!(svc.load_balancer_source_ranges.is_none());
         assert!(svc.external_traffic_policy.is_none());
-        let pod = o.deployment.spec.unwrap().template.spec.unwrap();
+        let pod = o.deployments[0]
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
         assert!(pod.security_context.unwrap().sysctls.is_none());
         // Owner reference: controller, with deletion blocked until the owned object is gone.
         let owner = &o.secret.metadata.owner_references.unwrap()[0];

@@ -6,14 +6,14 @@ use std::{sync::Arc, time::Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::controller::Action,
 };
 use portcullis_api::{READY, TransferGateway, TransferGatewayStatus};
 use serde_json::json;
 
 use super::{
-    Context, Error, apply::apply, build, dereference::World, rollout::rollout, served, status,
+    Context, Error, apply::apply, build, dereference::World, rollout::rollout_all, served, status,
     validate,
 };
 
@@ -47,7 +47,7 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
             futures::try_join!(
                 apply(ctx, &o.service_account),
                 apply(ctx, &o.secret),
-                apply(ctx, &o.deployment),
+                futures::future::try_join_all(o.deployments.iter().map(|d| apply(ctx, d))),
                 apply(ctx, &o.service),
                 apply(ctx, &o.peers_service),
                 apply(ctx, &o.network_policy),
@@ -71,12 +71,39 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
     };
     // 5. status (kstatus: Ready, Reconciling, Stalled; Available as before)
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let deployment = deployments
-        .get_opt(&gw.name_any())
+    let owned: Vec<Deployment> = deployments
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={},app.kubernetes.io/managed-by={}",
+            gw.name_any(),
+            build::MANAGED_BY
+        )))
         .await
-        .map_err(Error::Kube)?;
-    let pods = rollout(gw.spec.replicas, deployment.as_ref());
+        .map_err(Error::Kube)?
+        .items
+        .into_iter()
+        .filter(|d| {
+            d.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == gw.uid().as_ref())
+        })
+        .collect();
+    let wanted = build::deployment_names(gw);
+    let pods = rollout_all(&wanted, &owned);
     let ready_replicas = pods.ready;
+    // Deployments of an earlier shape (one per replica, or one for all; more replicas than
+    // now) go once the wanted ones are rolled out, so that their pods serve until then.
+    if compiled.is_ok() && pods.done {
+        for d in owned
+            .iter()
+            .filter(|d| !wanted.iter().any(|(n, _)| *n == d.name_any()))
+        {
+            deployments
+                .delete(&d.name_any(), &DeleteParams::foreground())
+                .await
+                .map_err(Error::Kube)?;
+            ctx.count_write("Deployment");
+        }
+    }
     // Once the rollout is done, the pods are asked which config they serve.
     let served = match &compiled {
         Ok(bundle) if pods.done => Some(served::judge(

@@ -86,6 +86,50 @@ pub fn rollout(wanted: i32, d: Option<&Deployment>) -> Rollout {
     }
 }
 
+/// The rollout of a gateway's Deployments (`wanted`: name and replicas), read together: done
+/// when every one is done, stalled when one is.
+pub fn rollout_all(wanted: &[(String, i32)], live: &[Deployment]) -> Rollout {
+    let parts: Vec<(&str, Rollout)> = wanted
+        .iter()
+        .map(|(name, n)| {
+            let d = live
+                .iter()
+                .find(|d| d.metadata.name.as_deref() == Some(name));
+            (name.as_str(), rollout(*n, d))
+        })
+        .collect();
+    let ready = parts.iter().map(|(_, r)| r.ready).sum();
+    let total: i32 = wanted.iter().map(|(_, n)| n).sum();
+    let several = parts.len() > 1;
+    let first = parts
+        .iter()
+        .find(|(_, r)| r.stalled)
+        .or_else(|| parts.iter().find(|(_, r)| !r.done));
+    match first {
+        Some((name, r)) => Rollout {
+            done: false,
+            stalled: r.stalled,
+            reason: r.reason,
+            message: if several {
+                format!(
+                    "{ready} of {total} pods ready; Deployment {name}: {}",
+                    r.message
+                )
+            } else {
+                r.message.clone()
+            },
+            ready,
+        },
+        None => Rollout {
+            done: true,
+            stalled: false,
+            reason: "PodsReady",
+            message: format!("{ready} of {total} pods ready"),
+            ready,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
@@ -150,5 +194,48 @@ mod tests {
         let r = rollout(2, Some(&deployment(2, s)));
         assert!(r.stalled && !r.done);
         assert!(r.message.contains("timed out progressing"), "{}", r.message);
+    }
+
+    #[test]
+    fn several_deployments_are_done_together_and_stalled_by_one() {
+        let named = |name: &str, d: Deployment| {
+            let mut d = d;
+            d.metadata.name = Some(name.into());
+            d
+        };
+        let wanted = [("gw-r0".to_owned(), 1), ("gw-r1".to_owned(), 1)];
+        let ready = named("gw-r0", deployment(1, status(1, 1, 1, 1)));
+        // One is missing: not done, and the message names it.
+        let r = rollout_all(&wanted, std::slice::from_ref(&ready));
+        assert_eq!((r.done, r.stalled, r.ready), (false, false, 1));
+        assert_eq!(
+            r.message,
+            "1 of 2 pods ready; Deployment gw-r1: the Deployment does not exist yet"
+        );
+        let both = [
+            ready.clone(),
+            named("gw-r1", deployment(1, status(1, 1, 1, 1))),
+        ];
+        let r = rollout_all(&wanted, &both);
+        assert_eq!((r.done, r.reason, r.ready), (true, "PodsReady", 2));
+        assert_eq!(r.message, "2 of 2 pods ready");
+        // A Deployment of an earlier shape does not count.
+        let stale = named("gw", deployment(1, status(1, 2, 2, 2)));
+        let r = rollout_all(&wanted, &[both[0].clone(), both[1].clone(), stale]);
+        assert_eq!((r.done, r.ready), (true, 2));
+        // One stalled: the whole is stalled.
+        let mut s = status(2, 1, 0, 0);
+        s.conditions = Some(vec![DeploymentCondition {
+            type_: "Progressing".into(),
+            status: "False".into(),
+            reason: Some("ProgressDeadlineExceeded".into()),
+            ..Default::default()
+        }]);
+        let r = rollout_all(&wanted, &[ready, named("gw-r1", deployment(2, s))]);
+        assert!(r.stalled && !r.done);
+        // One Deployment: its own message, as before.
+        let one = [("gw".to_owned(), 2)];
+        let r = rollout_all(&one, &[named("gw", deployment(3, status(3, 2, 2, 1)))]);
+        assert_eq!(r.message, "1 of 2 pods ready");
     }
 }
