@@ -190,8 +190,10 @@ def owned_by(obj: dict, gateway: dict) -> bool:
 def test_built_objects_field_by_field(cluster, operator):
     ns = "examples"
     gw = cluster.wait_for("gateway", lambda: cluster.get("transfergateway", "dmz", ns))
-    dep = cluster.get("deployment", "dmz", ns)
-    for kind, name in [("deployment", "dmz"), ("service", "dmz"), ("networkpolicy", "dmz"),
+    # Two replicas with FTPS: a Deployment each (passive slices, see test_node.py for why).
+    dep = cluster.get("deployment", "dmz-r0", ns)
+    assert cluster.get("deployment", "dmz", ns) is None
+    for kind, name in [("deployment", "dmz-r0"), ("deployment", "dmz-r1"), ("service", "dmz"), ("networkpolicy", "dmz"),
                        ("poddisruptionbudget", "dmz"), ("serviceaccount", "dmz-gateway"),
                        ("secret", "dmz-config")]:
         obj = cluster.get(kind, name, ns)
@@ -205,7 +207,8 @@ def test_built_objects_field_by_field(cluster, operator):
         assert managers == {"portcullis-operator"}, managers
 
     spec = dep["spec"]
-    assert spec["replicas"] == 2
+    assert spec["replicas"] == 1
+    assert spec["selector"]["matchLabels"]["portcullis.dev/replica"] == "0"
     assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     pod = spec["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
@@ -218,13 +221,17 @@ def test_built_objects_field_by_field(cluster, operator):
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert c["command"] == ["portcullis-gateway"]
-    assert c["args"] == ["run", "--config", "/etc/portcullis/config"]
+    assert c["args"] == ["run", "--config", "/etc/portcullis/config", "--passive-slice", "0/2"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9922, "scheme": "HTTP"}
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
     assert c["resources"]["limits"] == {"memory": "1Gi"}
-    passive = set(range(30000, 30010))
+    passive = set(range(30000, 30005))  # replica 0's half of 30000-30009
     assert {p["containerPort"] for p in c["ports"]} == {2222, 2121, 9922, 7946} | passive
+    assert {p["name"] for p in c["ports"] if p["containerPort"] in passive} == {f"pasv-{p}" for p in passive}
+    other = cluster.get("deployment", "dmz-r1", ns)["spec"]["template"]["spec"]["containers"][0]
+    assert other["args"][-2:] == ["--passive-slice", "1/2"]
+    assert {p["containerPort"] for p in other["ports"]} == {2222, 2121, 9922, 7946} | set(range(30005, 30010))
     assert {p["protocol"] for p in c["ports"] if p["containerPort"] == 7946} == {"UDP"}
     # The example's audit file sink: an emptyDir sized above its 1 GiB spool, mounted writable.
     assert c["volumeMounts"] == [{"name": "config", "mountPath": "/etc/portcullis/config", "readOnly": True},
@@ -239,8 +246,9 @@ def test_built_objects_field_by_field(cluster, operator):
 
     svc = cluster.get("service", "dmz", ns)["spec"]
     assert svc["type"] == "LoadBalancer"
-    assert [(p["name"], p["port"]) for p in svc["ports"]] == [("sftp", 2222), ("ftps", 2121)] + [
-        (f"pasv-{p}", p) for p in sorted(passive)]
+    # Every passive port, each targeted by the name only its replica's pods carry.
+    assert [(p["name"], p["port"], p["targetPort"]) for p in svc["ports"]] == [
+        ("sftp", 2222, 2222), ("ftps", 2121, 2121)] + [(f"pasv-{p}", p, f"pasv-{p}") for p in range(30000, 30010)]
     # Two replicas and FTPS: a client's data connections must reach its control connection's pod.
     assert svc["sessionAffinity"] == "ClientIP"
     assert sorted(svc["loadBalancerSourceRanges"]) == ["10.0.0.0/8", "2001:db8:100::/48", "203.0.113.0/24"]
@@ -317,7 +325,7 @@ def test_node_port_passive_ports_and_removed_fields_reach_the_cluster(cluster, o
         return cluster.get("service", "dmz", ns)
 
     def container():
-        return cluster.get("deployment", "dmz", ns)["spec"]["template"]["spec"]["containers"][0]
+        return cluster.get("deployment", "dmz-r0", ns)["spec"]["template"]["spec"]["containers"][0]
 
     try:
         patch({"service": {"type": "NodePort", "annotations": {"lb.example/scheme": "internal"}},
@@ -330,7 +338,7 @@ def test_node_port_passive_ports_and_removed_fields_reach_the_cluster(cluster, o
         pasv = [p for p in svc["spec"]["ports"] if p["name"].startswith("pasv-")]
         assert len(pasv) == 10 and all(p["nodePort"] == p["port"] for p in pasv), pasv
         cluster.wait_for("the 2Gi limit", lambda: container()["resources"].get("limits") == {"memory": "2Gi"})
-        pod = cluster.get("deployment", "dmz", ns)["spec"]["template"]["spec"]
+        pod = cluster.get("deployment", "dmz-r0", ns)["spec"]["template"]["spec"]
         assert pod["nodeSelector"] == {"node-pool": "dmz"}
         assert pod["tolerations"][0]["effect"] == 'NoSchedule'
         # Removed from the spec: gone from the objects.
@@ -339,7 +347,7 @@ def test_node_port_passive_ports_and_removed_fields_reach_the_cluster(cluster, o
                          (service()["metadata"].get("annotations") or {}))
         cluster.wait_for("the limit to go", lambda: "limits" not in container()["resources"])
         cluster.wait_for("the placement to go", lambda: "nodeSelector" not in
-                         cluster.get("deployment", "dmz", ns)["spec"]["template"]["spec"])
+                         cluster.get("deployment", "dmz-r0", ns)["spec"]["template"]["spec"])
     finally:
         patch({"service": {"type": "ClusterIP", "annotations": None}, "resources": None})
         cluster.wait_for("ClusterIP again", lambda: service()["spec"]["type"] == "ClusterIP")
@@ -348,9 +356,18 @@ def test_node_port_passive_ports_and_removed_fields_reach_the_cluster(cluster, o
 
 def test_reconciling_an_unchanged_world_writes_nothing(cluster, operator):
     ns = "examples"
-    kinds = [("deployment", "dmz"), ("service", "dmz"), ("networkpolicy", "dmz"),
+    kinds = [("deployment", "dmz-r0"), ("deployment", "dmz-r1"), ("service", "dmz"), ("networkpolicy", "dmz"),
              ("poddisruptionbudget", "dmz"), ("serviceaccount", "dmz-gateway"), ("secret", "dmz-config"),
              ("secret", "edge-keyring"), ("transfergateway", "dmz"), ("keyring", "edge")]
+    # Let the previous test's changes settle: the operator's writes, and the Deployment
+    # controller's status updates for them.
+    def settled():
+        deps = [cluster.get("deployment", n, ns) for n in ("dmz-r0", "dmz-r1")]
+        return all(d["status"].get("observedGeneration") == d["metadata"]["generation"] for d in deps)
+    cluster.wait_for("the Deployments to settle", settled)
+    cluster.wait_for("the operator to stop writing", lambda: (
+        w := operator.metric("portcullis_operator_writes_total"), time.sleep(2),
+        operator.metric("portcullis_operator_writes_total") == w)[-1], timeout=60)
     versions = {k: cluster.get(*k, ns)["metadata"]["resourceVersion"] for k in kinds}
     writes = operator.metric("portcullis_operator_writes_total")
     reconciles = operator.metric("portcullis_operator_reconciles_total", controller="transfergateway")
@@ -779,8 +796,9 @@ def test_operator_restart_converges(cluster, operator):
     restarted = Operator(cluster, operator.log, identity="op-1b")
     try:
         cluster.wait_for("the restarted operator to lead", restarted.is_leader, timeout=30)
-        cluster.wait_for("the Deployment to converge",
-                         lambda: cluster.get("deployment", "dmz", ns)["spec"]["replicas"] == 3)
+        cluster.wait_for("the third replica's Deployment",
+                         lambda: (d := cluster.get("deployment", "dmz-r2", ns))
+                         and d["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "2/3")
         # Applied, and the restarted operator reports the rollout (no kubelet runs it here).
         c = cluster.wait_for("Reconciling after the restart", lambda: (
             c if (c := cluster.condition("transfergateway", "dmz", ns, "Reconciling"))["status"] == "True"
@@ -804,7 +822,8 @@ def test_leader_election_only_one_operator_reconciles(cluster, operator):
         cluster.kubectl("patch", "transfergateway", "dmz", "--type=merge", "-p", '{"spec":{"replicas":2}}',
                         namespace=ns)
         cluster.wait_for("the leader to reconcile",
-                         lambda: cluster.get("deployment", "dmz", ns)["spec"]["replicas"] == 2)
+                         lambda: cluster.get("deployment", "dmz-r1", ns)["spec"]["template"]["spec"][
+                             "containers"][0]["args"][-1] == "1/2")
         assert operator.metric("portcullis_operator_reconciles_total", controller="transfergateway") > before
         assert second.metric("portcullis_operator_reconciles_total") == 0
         # The leader stops: the standby takes over and reconciles.
@@ -812,8 +831,9 @@ def test_leader_election_only_one_operator_reconciles(cluster, operator):
         cluster.wait_for("the standby to lead", second.is_leader, timeout=30)
         cluster.kubectl("patch", "transfergateway", "dmz", "--type=merge", "-p", '{"spec":{"replicas":1}}',
                         namespace=ns)
+        # One replica: one Deployment again, holding the whole passive range.
         cluster.wait_for("the new leader to reconcile",
-                         lambda: cluster.get("deployment", "dmz", ns)["spec"]["replicas"] == 1)
+                         lambda: (d := cluster.get("deployment", "dmz", ns)) and d["spec"]["replicas"] == 1)
         assert second.metric("portcullis_operator_reconciles_total", controller="transfergateway") > 0
     finally:
         operator.proc, operator.metrics_port = second.proc, second.metrics_port
@@ -869,7 +889,8 @@ def test_key_ring_secrets_outlive_the_key_ring_unless_asked_and_host_keys_import
 def test_deleting_a_gateway_removes_what_it_owns(cluster, operator):
     ns = "examples"
     cluster.kubectl("delete", "transfergateway", "dmz", "--wait=true", namespace=ns)
-    for kind, name in [("deployment", "dmz"), ("service", "dmz"), ("networkpolicy", "dmz"),
+    for kind, name in [("deployment", "dmz"), ("deployment", "dmz-r0"), ("deployment", "dmz-r1"),
+                       ("deployment", "dmz-r2"), ("service", "dmz"), ("networkpolicy", "dmz"),
                        ("poddisruptionbudget", "dmz"), ("serviceaccount", "dmz-gateway"),
                        ("secret", "dmz-config")]:
         cluster.wait_for(f"{kind}/{name} to be collected", lambda: cluster.get(kind, name, ns) is None,

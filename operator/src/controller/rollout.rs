@@ -110,7 +110,9 @@ pub fn rollout_all(wanted: &[(String, i32)], live: &[Deployment]) -> Rollout {
             done: false,
             stalled: r.stalled,
             reason: r.reason,
-            message: if several {
+            message: if several && r.reason == "PodsNotReady" {
+                format!("{ready} of {total} pods ready")
+            } else if several {
                 format!(
                     "{ready} of {total} pods ready; Deployment {name}: {}",
                     r.message
