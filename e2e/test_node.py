@@ -472,3 +472,27 @@ def test_twenty_passive_transfers_from_one_client_reach_the_pod_that_offered_the
         print(f"old-shape Service: {len(failed)} of {len(sources)} failed:", *failed[:3], sep="\n")
     finally:
         cluster.kubectl("delete", "service", "edge-old-shape", namespace=ns)
+
+
+def test_deleting_the_leader_pod_hands_over_within_the_lease(cluster, operator, zones):
+    """The standby operator pod takes the lease once the leader's pod is gone, and reconciles."""
+    ns = zones["ns"]
+    lease = cluster.get("lease", "portcullis-operator", OP_NS)
+    leader = lease["spec"]["holderIdentity"]
+    duration = lease["spec"]["leaseDurationSeconds"]
+    started = time.monotonic()
+    cluster.kubectl("delete", "pod", leader, "--wait=false", namespace=OP_NS)
+
+    def new_holder():
+        h = (cluster.get("lease", "portcullis-operator", OP_NS) or {}).get("spec", {}).get("holderIdentity")
+        return h if h and h != leader else None
+    holder = cluster.wait_for("the standby to take the lease", new_holder, timeout=duration * 3, interval=0.5)
+    took = time.monotonic() - started
+    assert took <= duration + 5, f"{holder} took the lease after {took:.1f}s (lease {duration}s)"
+    # The new leader reconciles: a change to the gateway reaches its Deployment.
+    cluster.kubectl("patch", "transfergateway", "gw", "--type=merge", "-p",
+                    '{"spec":{"resources":{"requests":{"cpu":"150m","memory":"128Mi"}}}}', namespace=ns)
+    cluster.wait_for("the new leader to reconcile", lambda: cluster.get("deployment", "gw", ns)["spec"]["template"][
+        "spec"]["containers"][0]["resources"]["requests"]["cpu"] == "150m", timeout=60)
+    wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=gw", 1, timeout=120)
+    wait_pods_ready(cluster, OP_NS, "app.kubernetes.io/name=portcullis-operator", 2, timeout=120)
