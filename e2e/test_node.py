@@ -496,3 +496,134 @@ def test_deleting_the_leader_pod_hands_over_within_the_lease(cluster, operator, 
         "spec"]["containers"][0]["resources"]["requests"]["cpu"] == "150m", timeout=60)
     wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=gw", 1, timeout=120)
     wait_pods_ready(cluster, OP_NS, "app.kubernetes.io/name=portcullis-operator", 2, timeout=120)
+
+
+SESSION_SCRIPT = r"""
+import ftplib, hashlib, ssl, sys
+sys.path.insert(0, sys.argv[1])
+from ftps import ReusingFTP_TLS
+ctx = ssl.create_default_context(cafile=sys.argv[3])
+ctx.check_hostname = False
+f = ReusingFTP_TLS(context=ctx, timeout=30)
+f.connect(sys.argv[2], 2121)
+f.auth()
+f.login("ftpuser", "ftp-pw")
+f.prot_p()
+print("cert", hashlib.sha256(f.sock.getpeercert(binary_form=True)).hexdigest(), flush=True)
+sys.stdin.readline()  # held open until the test has seen the certificate change
+print("noop", f.voidcmd("NOOP"), flush=True)
+with open(sys.argv[4], "rb") as src:
+    print("stor", f.storbinary("STOR /lan/after-rotation.bin", src), flush=True)
+print("list", len(f.nlst("/lan")), flush=True)
+f.quit()
+"""
+
+
+def served_certificate(host: Netns, ip: str) -> str:
+    """The SHA-256 of the certificate a new explicit FTPS connection is shown."""
+    r = host.run("bash", "-c", f"openssl s_client -connect {ip}:2121 -starttls ftp -servername {FTPS_NAME} "
+                 "</dev/null 2>/dev/null | openssl x509 -outform der | sha256sum", timeout=30)
+    return r.stdout.decode().split()[0] if r.returncode == 0 and r.stdout else ""
+
+
+def test_a_short_lived_certificate_rotates_through_the_kubelet_without_a_restart(cluster, hosts, backend, zones, ftps):
+    """A key ring with a one-minute certificate: the operator renews it, the kubelet updates the
+    Secret volume, the gateway reloads. New connections get the new certificate, the pod is not
+    restarted, and a session opened before the renewal goes on (NOOP, an upload, a listing)."""
+    ns, d = zones["ns"], zones["dir"]
+    cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "KeyRing", "metadata": {"name": "short"},
+                   "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": [FTPS_NAME], "sshHostKeys": False,
+                            "duration": "1m", "renewBefore": "35s"}}, ns)
+    cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferGateway", "metadata": {"name": "rot"},
+                   "spec": {"replicas": 1, "listeners": [
+                       {"name": "ftps", "protocol": "ftps", "port": 2121, "zones": ["partners"],
+                        "keyRing": "short", "passivePorts": {"min": 30100, "max": 30109}}]}}, ns)
+    (pod,) = wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=rot", 1, timeout=180)
+    ip = cluster.get("service", "rot", ns)["spec"]["clusterIP"]
+    ring = cluster.secret_data("short-keyring", ns)
+    ca = d / "short-ca.pem"
+    ca.write_bytes(ring.get("ca.crt") or ring["tls.crt"])
+    payload = d / "rotation.bin"
+    want = make_file(payload, 1024 * 1024)
+
+    session = subprocess.Popen(["ip", "netns", "exec", hosts["partner"].name, "python3", "-c", SESSION_SCRIPT,
+                                str(ROOT / "e2e"), ip, str(ca), str(payload)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = session.stdout.readline().split()
+        assert first and first[0] == "cert", (first, session.stderr.read() if session.poll() is not None else "")
+        old = first[1]
+        assert served_certificate(hosts["partner"], ip) == old
+        new = cluster.wait_for("new connections to get a renewed certificate",
+                               lambda: (c := served_certificate(hosts["partner"], ip)) and c != old and c,
+                               timeout=150, interval=2)
+        assert new != old
+        out, err = session.communicate("go\n", timeout=60)
+        assert session.returncode == 0, err
+        lines = dict(line.split(" ", 1) for line in out.splitlines())
+        assert lines["noop"].startswith("200") and lines["stor"].startswith("226"), out
+        assert int(lines["list"]) >= 1
+        assert sha256_file(backend.root / "after-rotation.bin") == want
+    finally:
+        if session.poll() is None:
+            session.kill()
+    (after,) = wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=rot", 1)
+    assert after["metadata"]["name"] == pod["metadata"]["name"]
+    assert after["status"]["containerStatuses"][0]["restartCount"] == 0
+    logs = cluster.kubectl("logs", after["metadata"]["name"], namespace=ns).stdout
+    # The gateway recorded the reload that brought the renewed certificate.
+    assert '"event":"configReloaded"' in logs, logs[-2000:]
+
+
+PROBE_SCRIPT = r"""
+import socket, sys, time
+ip, port, stop_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+import os
+ok = failed = 0
+errors = []
+while not os.path.exists(stop_file):
+    try:
+        with socket.create_connection((ip, port), timeout=5) as s:
+            s.settimeout(5)
+            banner = s.recv(64)
+            if not banner.startswith(b"SSH-2.0-"):
+                raise OSError(f"banner {banner!r}")
+        ok += 1
+    except OSError as e:
+        failed += 1
+        errors.append(f"{time.time():.2f} {type(e).__name__}: {e}")
+    time.sleep(0.05)
+print(ok, failed)
+print("\n".join(errors[:20]))
+"""
+
+
+def test_a_listener_change_rolls_out_without_refusing_a_connection(cluster, hosts, zones):
+    """A listener change restarts the pods (maxUnavailable 0, one surge pod). A client connecting
+    every 50 ms through the Service all along is never refused: the old pod leaves the Service's
+    endpoints before it stops accepting."""
+    ns, d = zones["ns"], zones["dir"]
+    (old,) = wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=gw", 1)
+    stop = d / "probe-stop"
+    stop.unlink(missing_ok=True)
+    probe = subprocess.Popen(["ip", "netns", "exec", hosts["partner"].name, "python3", "-c", PROBE_SCRIPT,
+                              zones["ip"], "2222", str(stop)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        cluster.kubectl("patch", "transfergateway", "gw", "--type=json", "-p", json.dumps([
+            {"op": "add", "path": "/spec/listeners/-",
+             "value": {"name": "sftp2", "protocol": "sftp", "port": 2223, "zones": ["partners"]}}]),
+            namespace=ns)
+
+        def rolled():
+            ps = [p for p in pods(cluster, ns, "app.kubernetes.io/instance=gw")]
+            return (len(ps) == 1 and ps[0]["metadata"]["name"] != old["metadata"]["name"] and ready(ps[0])
+                    and not ps[0]["metadata"].get("deletionTimestamp"))
+        cluster.wait_for("the new pod alone", rolled, timeout=180, interval=0.5)
+        time.sleep(3)
+    finally:
+        stop.touch()
+        out, _ = probe.communicate(timeout=30)
+    counts, *errors = out.splitlines()
+    ok, failed = map(int, counts.split())
+    assert ok > 20 and failed == 0, f"{failed} of {ok + failed} connections failed: {errors}"

@@ -224,6 +224,9 @@ def test_built_objects_field_by_field(cluster, operator):
     assert c["args"] == ["run", "--config", "/etc/portcullis/config", "--passive-slice", "0/2"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9922, "scheme": "HTTP"}
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # A terminating pod keeps serving until the Service has let it go (test_node.py shows why).
+    assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert pod["terminationGracePeriodSeconds"] == 5 + 30 + 5
     assert c["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
     assert c["resources"]["limits"] == {"memory": "1Gi"}
     passive = set(range(30000, 30005))  # replica 0's half of 30000-30009

@@ -9,10 +9,11 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-            HTTPGetAction, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-            PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-            SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
-            Sysctl, Volume, VolumeMount, WeightedPodAffinityTerm,
+            HTTPGetAction, Lifecycle, LifecycleHandler, PodAffinityTerm, PodAntiAffinity,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+            SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount,
+            ServicePort, ServiceSpec, SleepAction, Sysctl, Volume, VolumeMount,
+            WeightedPodAffinityTerm,
         },
         networking::v1::{
             IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule,
@@ -40,6 +41,10 @@ pub const BUNDLE_HASH_ANNOTATION: &str = "portcullis.dev/bundle-hash";
 pub const MANAGED_BY: &str = "portcullis-operator";
 /// The non-root user the gateway runs as (distroless `nonroot`).
 pub const RUN_AS: i64 = 65532;
+/// How long a terminating pod keeps serving before SIGTERM (a `preStop` sleep): long enough
+/// for kube-proxy, and a cloud load balancer's health check, to stop sending it new
+/// connections. Without it a client was refused while the endpoint was still listed.
+pub const PRE_STOP_SECONDS: i64 = 5;
 
 /// The label naming which replica (of a gateway with passive slices) a pod is.
 pub const REPLICA_LABEL: &str = "portcullis.dev/replica";
@@ -355,6 +360,15 @@ fn deployment(gw: &TransferGateway, bundle: &Bundle, slice: Option<PassiveSlice>
         }]),
         ports: Some(container_ports(gw, slice)),
         resources: Some(resources),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SECONDS,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         liveness_probe: Some(probe("/healthz", spec.admin_port, 10)),
         readiness_probe: Some(probe("/readyz", spec.admin_port, 5)),
         volume_mounts: Some(
@@ -400,7 +414,10 @@ fn deployment(gw: &TransferGateway, bundle: &Bundle, slice: Option<PassiveSlice>
             service_account_name: Some(service_account_name(gw)),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
-            termination_grace_period_seconds: Some(i64::from(spec.shutdown_grace_seconds) + 5),
+            // The preStop sleep, the gateway's drain, and 5 s to exit.
+            termination_grace_period_seconds: Some(
+                PRE_STOP_SECONDS + i64::from(spec.shutdown_grace_seconds) + 5,
+            ),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(RUN_AS),
