@@ -108,6 +108,11 @@ def wait_pods_ready(cluster, namespace: str, selector: str, count: int, timeout:
     except AssertionError:
         print(cluster.kubectl("get", "pods", "-o", "wide", namespace=namespace).stdout)
         print(cluster.kubectl("get", "events", "--sort-by=.lastTimestamp", namespace=namespace).stdout[-4000:])
+        for p in pods(cluster, namespace, selector):
+            if not ready(p):
+                for prev in ([], ["--previous"]):
+                    r = cluster.kubectl("logs", p["metadata"]["name"], *prev, check=False, namespace=namespace)
+                    print(f"logs {p['metadata']['name']} {prev}:", (r.stdout + r.stderr)[-3000:])
         raise
 
 

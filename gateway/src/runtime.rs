@@ -416,10 +416,16 @@ pub fn compile(
     }
 
     let mut keys = Vec::new();
-    if config.ssh.host_key_files.is_empty() {
+    // Only SFTP needs host keys: an FTPS-only gateway has none to present (the operator
+    // writes none without a hostKeyRing).
+    let sftp = config
+        .listeners
+        .iter()
+        .any(|l| l.protocol == portcullis_config::Protocol::Sftp);
+    if sftp && config.ssh.host_key_files.is_empty() {
         err(
             "ssh.hostKeyFiles".into(),
-            "at least one host key is required".into(),
+            "at least one host key is required for an SFTP listener".into(),
         );
     }
     for (i, f) in config.ssh.host_key_files.iter().enumerate() {
