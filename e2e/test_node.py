@@ -362,7 +362,7 @@ def ftps(cluster, zones, backend, vsftpd):
          "spec": {"passwordHash": {"name": "ftp-password", "key": "hash"}, "zones": ["partners"],
                   "roles": ["ftp-exchange"]}},
         {"kind": "TransferGateway", "metadata": {"name": "edge"},
-         "spec": {"hostKeyRing": "edge", "replicas": 2,
+         "spec": {"hostKeyRing": "edge", "replicas": 2, "shutdownGraceSeconds": 5,
                   "listeners": [
                       {"name": "ftps", "protocol": "ftps", "port": 2121, "zones": ["partners"],
                        "keyRing": "ftps-cert", "passivePorts": {"min": 30000, "max": 30019}},
@@ -632,3 +632,57 @@ def test_a_listener_change_rolls_out_without_refusing_a_connection(cluster, host
     counts, *errors = out.splitlines()
     ok, failed = map(int, counts.split())
     assert ok > 20 and failed == 0, f"{failed} of {ok + failed} connections failed: {errors}"
+
+
+def test_a_pod_deleted_mid_upload_fails_the_upload_and_a_retry_reaches_the_other_replica(cluster, hosts, backend, ftps):
+    """The pod holding an upload is deleted: it serves through its preStop sleep, drains for
+    shutdownGraceSeconds (5 s here), then ends the session. The client gets an error, the audit
+    (read as the pod dies) does not call the transfer complete, nothing is left under the
+    target name, and the retry, through the same Service, succeeds on a pod that is up."""
+    ns, d = ftps["ns"], ftps["dir"]
+    src = d / "slow.bin"
+    want = make_file(src, 64 * 1024 * 1024)
+    target = backend.root / "slow.bin"
+    target.unlink(missing_ok=True)
+    upload = subprocess.Popen(
+        ["ip", "netns", "exec", hosts["partner"].name, "curl", "-sS", "--ssl-reqd", "--cacert", str(ftps["ca"]),
+         "-u", "ftpuser:ftp-pw", "--resolve", f"{FTPS_NAME}:2121:{ftps['ip']}", "--limit-rate", "1M",
+         "-T", str(src), f"ftp://{FTPS_NAME}:2121/lan/slow.bin"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    live = wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=edge", 2)
+
+    def holder():
+        for p in live:
+            logs = cluster.kubectl("logs", p["metadata"]["name"], namespace=ns).stdout
+            if '"transferStart"' in logs and '"/lan/slow.bin"' in logs:
+                return p
+        return None
+    pod = cluster.wait_for("the upload to start", holder, timeout=30, interval=0.5)
+    name = pod["metadata"]["name"]
+    stream = subprocess.Popen([str(cluster.bin / "kubectl"), "-n", ns, "logs", "-f", name],
+                              env=cluster.env, stdout=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    cluster.kubectl("delete", "pod", name, "--wait=false", namespace=ns)
+    try:
+        _, err = upload.communicate(timeout=120)
+    finally:
+        if upload.poll() is None:
+            upload.kill()
+    failed_after = time.monotonic() - started
+    assert upload.returncode != 0, "the upload did not fail"
+    records, _ = stream.communicate(timeout=60)
+    ends = [json.loads(line) for line in records.splitlines()
+            if line.startswith("{") and '"transferEnd"' in line and '"/lan/slow.bin"' in line]
+    assert ends and ends[-1]["confidence"] in ("Low", "NoEOF"), (upload.returncode, err, records[-3000:])
+    assert not target.exists(), "a partial upload looks complete"
+    assert 5 <= failed_after <= 40, f"the client's error came {failed_after:.1f}s after the delete"
+
+    # The retry goes through the same Service to a pod that is up: the other replica, or
+    # the deleted one's replacement if it is ready by then.
+    curl_from(hosts["partner"], ftps, "-T", str(src), f"ftp://{FTPS_NAME}:2121/lan/slow.bin")
+    assert sha256_file(target) == want
+    served = [p["metadata"]["name"] for p in pods(cluster, ns, "app.kubernetes.io/instance=edge")
+              if any('"transferEnd"' in line and '"/lan/slow.bin"' in line and '"High"' in line
+                     for line in cluster.kubectl("logs", p["metadata"]["name"], namespace=ns).stdout.splitlines())]
+    assert served and name not in served, served
+    wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=edge", 2, timeout=120)

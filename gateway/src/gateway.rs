@@ -126,11 +126,24 @@ pub async fn run(config: &Path, passive_slice: Option<PassiveSlice>) -> anyhow::
         let _ = a.await;
     }
     let _ = tokio::time::timeout(grace, shared.conns.drained()).await;
-    audit
-        .emit(Event::ShutdownComplete {
-            sessions_left: shared.conns.open(),
-        })
-        .await;
+    let sessions_left = shared.conns.open();
+    // Past the grace: the sessions still open are ended here, so that each open transfer gets
+    // its end record (not complete) and each session its end, before the trail is sealed.
+    let left = shared.live_sessions();
+    if !left.is_empty() {
+        tracing::warn!(
+            sessions = left.len(),
+            "shutdown grace over: ending the open sessions"
+        );
+        let ending = futures::future::join_all(left.iter().map(|s| s.finish("gateway shut down")));
+        if tokio::time::timeout(Duration::from_secs(5), ending)
+            .await
+            .is_err()
+        {
+            tracing::warn!("sessions did not end within 5 s; their end records may be missing");
+        }
+    }
+    audit.emit(Event::ShutdownComplete { sessions_left }).await;
     audit.seal().await;
     if let Some(shipper) = &shipper
         && !shipper.drain(Duration::from_secs(5)).await

@@ -327,6 +327,7 @@ impl Session {
         let metrics = &session.shared.metrics;
         metrics.sessions.get_or_create(&labels).inc();
         metrics.sessions_total.get_or_create(&labels).inc();
+        session.shared.track_session(&session);
         session
     }
 

@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
 };
 
 use arc_swap::ArcSwap;
@@ -11,6 +11,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::{
     audit::Auditor, auth::TotpLedger, defender::Defender, metrics::Metrics, runtime::Runtime,
+    session::Session,
 };
 
 pub struct Shared {
@@ -30,6 +31,9 @@ pub struct Shared {
     /// The last config on disk that a reload refused, while it is still the one on disk; the
     /// admin port's `/config` reports it.
     pub refused: Mutex<Option<RefusedConfig>>,
+    /// Every session started, weakly: at the end of the shutdown grace the ones still open are
+    /// ended here, so that their transfers and the sessions themselves get end records.
+    sessions: Mutex<Vec<Weak<Session>>>,
 }
 
 /// A config the gateway refused to put in force.
@@ -67,7 +71,21 @@ impl Shared {
             ),
             defender: Defender::default(),
             refused: Mutex::new(None),
+            sessions: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Registers a started session (dropping the entries of sessions gone since).
+    pub fn track_session(&self, session: &Arc<Session>) {
+        let mut all = self.sessions.lock().expect("session list poisoned");
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(session));
+    }
+
+    /// The sessions still alive.
+    pub fn live_sessions(&self) -> Vec<Arc<Session>> {
+        let all = self.sessions.lock().expect("session list poisoned");
+        all.iter().filter_map(Weak::upgrade).collect()
     }
 
     /// Puts a reloaded config in force and tells the sessions.
