@@ -35,6 +35,11 @@ class Cluster:
     def down(self) -> None:
         subprocess.run(["bash", str(ROOT / "e2e" / "cluster.sh"), "down"], env=self.env, check=True)
 
+    def helm(self, *args: str) -> subprocess.CompletedProcess:
+        r = subprocess.run([str(self.bin / "helm"), *args], capture_output=True, text=True, env=self.env)
+        assert r.returncode == 0, f"helm {' '.join(args)} failed: {r.stderr}"
+        return r
+
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 namespace: str | None = None) -> subprocess.CompletedProcess:
         cmd = [str(self.bin / "kubectl")]

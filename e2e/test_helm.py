@@ -3,7 +3,6 @@ its Deployment is hardened, and its RBAC is enough for the operator to do its wh
 operator runs here with the chart's ServiceAccount token, not as cluster admin)."""
 
 import json
-import subprocess
 
 import pytest
 
@@ -20,15 +19,9 @@ def cluster():
     c.down()
 
 
-def helm(cluster, *args) -> subprocess.CompletedProcess:
-    r = subprocess.run([str(cluster.bin / "helm"), *args], capture_output=True, text=True, env=cluster.env)
-    assert r.returncode == 0, r.stderr
-    return r
-
-
 def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
-    helm(cluster, "lint", str(CHART))
-    helm(cluster, "install", "portcullis", str(CHART), "--namespace", "portcullis-system",
+    cluster.helm("lint", str(CHART))
+    cluster.helm("install", "portcullis", str(CHART), "--namespace", "portcullis-system",
          "--create-namespace", "--wait=false")
     ns = "portcullis-system"
     dep = cluster.get("deployment", "portcullis-operator", ns)

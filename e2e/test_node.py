@@ -10,10 +10,7 @@ addresses from 198.18.0.0/15 (see cluster.sh for the plan):
 Nothing here is emulated: the operator runs as the chart's two pods with in-cluster config, and
 the gateway as the pods the operator builds."""
 
-import base64
-import hashlib
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -84,12 +81,6 @@ def backend(hosts):
     s.stop()
 
 
-def helm(cluster, *args) -> subprocess.CompletedProcess:
-    r = subprocess.run([str(cluster.bin / "helm"), *args], capture_output=True, text=True, env=cluster.env)
-    assert r.returncode == 0, r.stderr
-    return r
-
-
 def pods(cluster, namespace: str, selector: str) -> list[dict]:
     return json.loads(cluster.kubectl("get", "pods", "-l", selector, "-o", "json", namespace=namespace).stdout)["items"]
 
@@ -150,7 +141,7 @@ def assert_restricted(pid: int) -> None:
 @pytest.fixture(scope="module")
 def operator(cluster):
     """The chart, installed as a user installs it."""
-    helm(cluster, "install", "portcullis", str(CHART), "--namespace", OP_NS, "--create-namespace",
+    cluster.helm("install", "portcullis", str(CHART), "--namespace", OP_NS, "--create-namespace",
          "--set", "leaseDurationSeconds=8")
     return wait_pods_ready(cluster, OP_NS, "app.kubernetes.io/name=portcullis-operator", 2)
 
@@ -581,9 +572,8 @@ def test_a_short_lived_certificate_rotates_through_the_kubelet_without_a_restart
 
 
 PROBE_SCRIPT = r"""
-import socket, sys, time
+import os, socket, sys, time
 ip, port, stop_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-import os
 ok = failed = 0
 errors = []
 while not os.path.exists(stop_file):
