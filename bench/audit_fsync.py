@@ -11,39 +11,16 @@ Needs a release build and the e2e requirements.
 import argparse
 import json
 import sys
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 
-import paramiko  # noqa: E402
-
+import sftp_rate  # noqa: E402
 from harness import WORK, Gateway, Sshd, fresh_dir, hash_password  # noqa: E402
 
 
 def rate(g: Gateway, sessions: int, requests: int) -> float:
-    clients = []
-    for _ in range(sessions):
-        t = paramiko.Transport(("127.0.0.1", g.port))
-        t.connect(username="u", password="pw")
-        clients.append((t, paramiko.SFTPClient.from_transport(t)))
-    per = requests // sessions
-
-    def run(sftp):
-        for _ in range(per):
-            sftp.stat("/files")
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=run, args=(s,)) for _, s in clients]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    elapsed = time.perf_counter() - start
-    for t, _ in clients:
-        t.close()
-    return per * sessions / elapsed
+    return sftp_rate.rate(g, sessions, requests, lambda _i, _k, sftp: sftp.stat("/files"))
 
 
 def main() -> None:

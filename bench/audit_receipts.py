@@ -14,39 +14,18 @@ import io
 import json
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 
-import paramiko  # noqa: E402
-
+import sftp_rate  # noqa: E402
 from harness import GATEWAY_BIN, WORK, Gateway, Sshd, fresh_dir, hash_password  # noqa: E402
 
 
 def rate(g: Gateway, sessions: int, uploads: int) -> float:
-    clients = []
-    for _ in range(sessions):
-        t = paramiko.Transport(("127.0.0.1", g.port))
-        t.connect(username="u", password="pw")
-        clients.append((t, paramiko.SFTPClient.from_transport(t)))
-    per = uploads // sessions
-
-    def run(i, sftp):
-        for k in range(per):
-            sftp.putfo(io.BytesIO(b"r" * 1024), f"/files/s{i}-{k % 20}.bin", confirm=False)
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=run, args=(i, s)) for i, (_, s) in enumerate(clients)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    elapsed = time.perf_counter() - start
-    for t, _ in clients:
-        t.close()
-    return per * sessions / elapsed
+    def upload(i, k, sftp):
+        sftp.putfo(io.BytesIO(b"r" * 1024), f"/files/s{i}-{k % 20}.bin", confirm=False)
+    return sftp_rate.rate(g, sessions, uploads, upload)
 
 
 def main() -> None:
@@ -87,10 +66,9 @@ def main() -> None:
                 finally:
                     g.stop()
                 if signed:
-                    ends = sum(1 for line in (d / "audit.jsonl").read_text().splitlines()
-                               if '"event":"transferEnd"' in line)
-                    cps = sum(1 for line in (d / "audit.jsonl").read_text().splitlines()
-                              if '"event":"checkpoint"' in line)
+                    lines = (d / "audit.jsonl").read_text().splitlines()
+                    ends = sum('"event":"transferEnd"' in line for line in lines)
+                    cps = sum('"event":"checkpoint"' in line for line in lines)
                     assert cps >= ends, (cps, ends)
     finally:
         sshd.stop()

@@ -152,6 +152,9 @@ kubernetes_service_ip=198.18.16.1
 test_range=198.18.0.0/15
 bridge=pcbr0
 node_name=portcullis-node
+# The node forwards only between pc* interfaces (the bridge and the test hosts' veths): these
+# mangle FORWARD matches are dropped, both ways.
+forward_drops=("-i pc+ ! -o pc+" "-o pc+ ! -i pc+")
 
 client_cert() { # file stem, subject: a client certificate signed by the cluster CA
   local pki="$dir/pki" stem=$1 subject=$2
@@ -199,8 +202,11 @@ node_network() {
   ip link set "$bridge" up
   ip route add blackhole "$test_range"
   echo "route blackhole $test_range" >>"$dir/node/undo"
-  iptables -t mangle -I FORWARD 1 -i pc+ ! -o pc+ -j DROP -m comment --comment portcullis-e2e
-  iptables -t mangle -I FORWARD 1 -o pc+ ! -i pc+ -j DROP -m comment --comment portcullis-e2e
+  local match
+  for match in "${forward_drops[@]}"; do
+    # shellcheck disable=SC2086 # the match is several words on purpose
+    iptables -t mangle -I FORWARD 1 $match -j DROP -m comment --comment portcullis-e2e
+  done
   echo "mangle" >>"$dir/node/undo"
   sysctl -qw net.ipv4.ip_forward=1
 }
@@ -348,7 +354,7 @@ PROXY
 
 # Imports the images e2e/images/build.sh built (building them first if their inputs changed).
 load_images() {
-  local n="$dir/node" line image archive
+  local n="$dir/node" image archive
   while read -r image archive; do
     ctr --address "$n/containerd.sock" -n k8s.io images import "$archive" >/dev/null
     echo "cluster.sh: imported $image" >&2
@@ -392,23 +398,15 @@ down() {
 node_down() {
   local n="$dir/node" bin
   bin="$(cat "$dir/bin" 2>/dev/null || true)"
-  # Containers: runc's state under our root (the shims die with their containers).
-  if [[ -d "$n/runc" ]]; then
-    local ns id
-    for ns in "$n"/runc/*/; do
-      [[ -d "$ns" ]] || continue
-      for id in $(runc --root "$ns" list -q 2>/dev/null); do
-        runc --root "$ns" kill "$id" KILL 2>/dev/null || true
-      done
-      for _ in $(seq 1 50); do
-        [[ -z "$(runc --root "$ns" list -q 2>/dev/null | while read -r c; do runc --root "$ns" state "$c" 2>/dev/null | grep -q '"running"' && echo "$c"; done)" ]] && break
-        sleep 0.1
-      done
-      for id in $(runc --root "$ns" list -q 2>/dev/null); do
-        runc --root "$ns" delete --force "$id" 2>/dev/null || true
-      done
+  # Containers: runc's state under our root (`delete --force` kills a running one; the shims
+  # die with their containers).
+  local ns id
+  for ns in "$n"/runc/*/; do
+    [[ -d "$ns" ]] || continue
+    for id in $(runc --root "$ns" list -q 2>/dev/null); do
+      runc --root "$ns" delete --force "$id" 2>/dev/null || true
     done
-  fi
+  done
   pkill -f "containerd-shim-runc-v2 -namespace k8s.io .*-address $n/containerd.sock" 2>/dev/null || true
   # The kubelet's cgroups (kubepods, in every hierarchy), now empty, innermost first.
   find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods -depth -type d -exec rmdir {} + \
@@ -451,8 +449,12 @@ node_down() {
     while read -r what arg; do
       case "$what" in
         mangle)
-          while iptables -t mangle -D FORWARD -i pc+ ! -o pc+ -j DROP -m comment --comment portcullis-e2e 2>/dev/null; do :; done
-          while iptables -t mangle -D FORWARD -o pc+ ! -i pc+ -j DROP -m comment --comment portcullis-e2e 2>/dev/null; do :; done ;;
+          local match
+          for match in "${forward_drops[@]}"; do
+            # shellcheck disable=SC2086
+            while iptables -t mangle -D FORWARD $match -j DROP -m comment --comment portcullis-e2e \
+              2>/dev/null; do :; done
+          done ;;
         route) ip route del $arg 2>/dev/null || true ;;
         link) ip link del "$arg" 2>/dev/null || true ;;
       esac
@@ -471,5 +473,5 @@ case "${1:-}" in
   load) load_images ;;
   down) down ;;
   env) print_env ;;
-  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--node]|load|down|env" >&2; exit 2 ;;
 esac

@@ -22,7 +22,7 @@ def cluster():
 def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
     cluster.helm("lint", str(CHART))
     cluster.helm("install", "portcullis", str(CHART), "--namespace", "portcullis-system",
-         "--create-namespace", "--wait=false")
+                 "--create-namespace", "--wait=false")
     ns = "portcullis-system"
     dep = cluster.get("deployment", "portcullis-operator", ns)
     pod = dep["spec"]["template"]["spec"]

@@ -10,6 +10,7 @@ addresses from 198.18.0.0/15 (see cluster.sh for the plan):
 Nothing here is emulated: the operator runs as the chart's two pods with in-cluster config, and
 the gateway as the pods the operator builds."""
 
+import hashlib
 import json
 import subprocess
 import time
@@ -116,7 +117,8 @@ def container_process(pod: dict, comm: str) -> int:
         try:
             if (entry / "comm").read_text().strip() != comm[:15]:
                 continue
-            if uid in (entry / "cgroup").read_text() or uid.replace("-", "_") in (entry / "cgroup").read_text():
+            cgroup = (entry / "cgroup").read_text()
+            if uid in cgroup or uid.replace("-", "_") in cgroup:
                 return int(entry.name)
         except OSError:
             continue
@@ -142,7 +144,7 @@ def assert_restricted(pid: int) -> None:
 def operator(cluster):
     """The chart, installed as a user installs it."""
     cluster.helm("install", "portcullis", str(CHART), "--namespace", OP_NS, "--create-namespace",
-         "--set", "leaseDurationSeconds=8")
+                 "--set", "leaseDurationSeconds=8")
     return wait_pods_ready(cluster, OP_NS, "app.kubernetes.io/name=portcullis-operator", 2)
 
 
@@ -183,19 +185,15 @@ def test_the_examples_become_ready_restricted_gateway_pods(cluster, operator):
         assert_restricted(container_process(p, "portcullis-gateway"))
 
 
-def connects(host: Netns | None, address: str, port: int, timeout: float = 3.0) -> str:
-    """'ok' when a TCP connection from `host` (a netns, or with `pid_net` a pod's) is accepted,
-    else the error."""
+def connects(source: Netns | int, address: str, port: int, timeout: float = 3.0) -> str:
+    """'ok' when a TCP connection to `address:port` is accepted, else the error; made from a
+    test host's netns, or from the network namespace of the process `source` (a pod's)."""
+    enter = (["ip", "netns", "exec", source.name] if isinstance(source, Netns)
+             else ["nsenter", f"--net=/proc/{source}/ns/net"])
     code = (f"import socket\ntry:\n s=socket.create_connection(({address!r},{port}),timeout={timeout})\n"
             " print('ok')\nexcept OSError as e:\n print(type(e).__name__, e)")
-    return host.run("python3", "-c", code, timeout=timeout + 10).stdout.decode().strip()
-
-
-def connects_from_pod(pid: int, address: str, port: int, timeout: float = 3.0) -> str:
-    code = (f"import socket\ntry:\n s=socket.create_connection(({address!r},{port}),timeout={timeout})\n"
-            " print('ok')\nexcept OSError as e:\n print(type(e).__name__, e)")
-    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "python3", "-c", code],
-                          capture_output=True, text=True, timeout=timeout + 10).stdout.strip()
+    return subprocess.run([*enter, "python3", "-c", code], capture_output=True, text=True,
+                          timeout=timeout + 10).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -291,8 +289,8 @@ def test_the_gateway_pod_reaches_only_the_backends_its_endpoints_name(cluster, h
         assert connects(hosts["partner"], lan.address, 2399) == "ok"  # the listener is there
         (pod,) = wait_pods_ready(cluster, zones["ns"], "app.kubernetes.io/instance=gw", 1)
         pid = container_process(pod, "portcullis-gateway")
-        assert connects_from_pod(pid, backend.address, backend.port) == "ok"
-        blocked = connects_from_pod(pid, lan.address, 2399)
+        assert connects(pid, backend.address, backend.port) == "ok"
+        blocked = connects(pid, lan.address, 2399)
         assert blocked != "ok", blocked
     finally:
         other.kill()
@@ -516,10 +514,11 @@ f.quit()
 
 
 def served_certificate(host: Netns, ip: str) -> str:
-    """The SHA-256 of the certificate a new explicit FTPS connection is shown."""
+    """The SHA-256 of the certificate a new explicit FTPS connection is shown; "" when none
+    was (a refused or failed handshake must not read as a new certificate)."""
     r = host.run("bash", "-c", f"openssl s_client -connect {ip}:2121 -starttls ftp -servername {FTPS_NAME} "
-                 "</dev/null 2>/dev/null | openssl x509 -outform der | sha256sum", timeout=30)
-    return r.stdout.decode().split()[0] if r.returncode == 0 and r.stdout else ""
+                 "</dev/null 2>/dev/null | openssl x509 -outform der", timeout=30)
+    return hashlib.sha256(r.stdout).hexdigest() if r.returncode == 0 and r.stdout else ""
 
 
 def test_a_short_lived_certificate_rotates_through_the_kubelet_without_a_restart(cluster, hosts, backend, zones, ftps):

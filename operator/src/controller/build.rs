@@ -287,29 +287,40 @@ fn slice_ports(gw: &TransferGateway, slice: PassiveSlice) -> BTreeSet<i32> {
         .collect()
 }
 
-/// The Deployments: one with every replica, or with passive slices one per replica.
+/// One Deployment a gateway runs as.
+pub struct Shape {
+    pub name: String,
+    pub replicas: i32,
+    /// With passive slices, the one its replica offers.
+    pub slice: Option<PassiveSlice>,
+}
+
+/// The Deployments a gateway runs as: one with every replica, or with passive slices one per
+/// replica (`NAME-rK`, one pod each). Needs no bundle, so the status step reads the rollout
+/// by it even when the config does not compile.
+pub fn shape(gw: &TransferGateway) -> Vec<Shape> {
+    match passive_slices(gw) {
+        None => vec![Shape {
+            name: gw.name_any(),
+            replicas: gw.spec.replicas,
+            slice: None,
+        }],
+        Some(count) => (0..count)
+            .map(|index| Shape {
+                name: format!("{}-r{index}", gw.name_any()),
+                replicas: 1,
+                slice: Some(PassiveSlice { index, count }),
+            })
+            .collect(),
+    }
+}
+
+/// The Deployments, as [`shape`] says.
 pub fn deployments(gw: &TransferGateway, bundle: &Bundle) -> Vec<Deployment> {
-    match passive_slices(gw) {
-        None => vec![deployment(gw, bundle, None)],
-        Some(count) => (0..count)
-            .map(|index| deployment(gw, bundle, Some(PassiveSlice { index, count })))
-            .collect(),
-    }
-}
-
-/// The Deployments [`deployments`] builds, by name, with the replicas each wants.
-pub fn deployment_names(gw: &TransferGateway) -> Vec<(String, i32)> {
-    match passive_slices(gw) {
-        None => vec![(gw.name_any(), gw.spec.replicas)],
-        Some(count) => (0..count)
-            .map(|i| (replica_deployment_name(gw, i), 1))
-            .collect(),
-    }
-}
-
-/// The name of replica `index`'s Deployment under passive slices.
-pub fn replica_deployment_name(gw: &TransferGateway, index: u16) -> String {
-    format!("{}-r{index}", gw.name_any())
+    shape(gw)
+        .into_iter()
+        .map(|s| deployment(gw, bundle, s))
+        .collect()
 }
 
 fn probe(path: &str, port: i32, period: i32) -> Probe {
@@ -326,14 +337,13 @@ fn probe(path: &str, port: i32, period: i32) -> Probe {
     }
 }
 
-fn deployment(gw: &TransferGateway, bundle: &Bundle, slice: Option<PassiveSlice>) -> Deployment {
+fn deployment(gw: &TransferGateway, bundle: &Bundle, shape: Shape) -> Deployment {
     let spec = &gw.spec;
+    let slice = shape.slice;
     let mut args = vec!["run".to_owned(), "--config".into(), CONFIG_MOUNT.into()];
-    if let Some(slice) = slice {
-        args.extend(["--passive-slice".into(), slice.to_string()]);
-    }
     let mut pod_selector = selector(gw);
     if let Some(slice) = slice {
+        args.extend(["--passive-slice".into(), slice.to_string()]);
         pod_selector.insert(REPLICA_LABEL.into(), slice.index.to_string());
     }
     let resources = spec
@@ -463,21 +473,15 @@ fn deployment(gw: &TransferGateway, bundle: &Bundle, slice: Option<PassiveSlice>
             ..Default::default()
         }),
     };
-    let (name, replicas) = match slice {
-        None => (gw.name_any(), spec.replicas),
-        Some(s) => (replica_deployment_name(gw, s.index), 1),
-    };
-    let mut metadata = meta(gw, name);
-    if let Some(slice) = slice {
-        metadata
-            .labels
-            .get_or_insert_with(Default::default)
-            .insert(REPLICA_LABEL.into(), slice.index.to_string());
-    }
+    let mut metadata = meta(gw, shape.name);
+    metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .extend(pod_selector.clone());
     Deployment {
         metadata,
         spec: Some(DeploymentSpec {
-            replicas: Some(replicas),
+            replicas: Some(shape.replicas),
             selector: LabelSelector {
                 match_labels: Some(pod_selector),
                 ..Default::default()
@@ -931,7 +935,12 @@ mod tests {
                     .iter()
                     .all(|t| matches!(t, IntOrString::Int(_)))
             );
-            assert_eq!(deployment_names(&gw), [("gw".to_owned(), gw.spec.replicas)]);
+            let s = shape(&gw);
+            assert_eq!(s.len(), 1);
+            assert_eq!(
+                (s[0].name.as_str(), s[0].replicas, s[0].slice),
+                ("gw", gw.spec.replicas, None)
+            );
         }
     }
 

@@ -87,7 +87,10 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
                 .any(|o| Some(&o.uid) == gw.uid().as_ref())
         })
         .collect();
-    let wanted = build::deployment_names(gw);
+    let wanted: Vec<(String, i32)> = build::shape(gw)
+        .into_iter()
+        .map(|s| (s.name, s.replicas))
+        .collect();
     let pods = rollout_all(&wanted, &owned);
     let ready_replicas = pods.ready;
     // Deployments of an earlier shape (one per replica, or one for all; more replicas than
