@@ -41,33 +41,86 @@ const DIR_BATCH: usize = 128;
 /// How far ahead of the hashed prefix out-of-order data may be held to keep the digest.
 const REORDER_WINDOW: usize = 32 * 1024 * 1024;
 
-/// Bytes handed to a transfer's hashing task and not yet hashed, at most. The hash runs at
-/// gigabytes per second, so reaching this means the machine is starved; the digest is then
-/// reported unavailable rather than memory growing.
-const HASH_QUEUE_LIMIT: usize = 64 * 1024 * 1024;
+/// Bytes handed to a transfer's hashing task and not yet hashed, at most. Past this the
+/// producer hashes queued chunks itself before it goes on, so a starved hashing task slows
+/// the transfer instead of costing the digest or growing memory.
+const HASH_QUEUE_LIMIT: usize = 8 * 1024 * 1024;
 
 /// Hashes a transfer's bytes on a task of its own, so that the hash overlaps the copies and
-/// crypto of the data path instead of adding to the dispatcher's work.
+/// crypto of the data path instead of adding to the dispatcher's work. Chunks are hashed in
+/// the order they were queued, by the task or by a producer that found the queue full.
 struct HashTask {
-    tx: tokio::sync::mpsc::UnboundedSender<Bytes>,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
-    done: tokio::task::JoinHandle<Vec<u8>>,
+    shared: Arc<HashShared>,
+    limit: usize,
+    done: tokio::task::JoinHandle<()>,
+}
+
+struct HashShared {
+    /// Taken before the queue by whoever hashes, so chunks are popped and hashed in order.
+    hasher: Mutex<Sha256>,
+    queue: Mutex<VecDeque<Bytes>>,
+    queued: std::sync::atomic::AtomicUsize,
+    closed: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl HashShared {
+    /// Hashes the oldest queued chunk; false when there was none.
+    fn hash_one(&self) -> bool {
+        let mut h = self.hasher.lock().expect("hasher lock poisoned");
+        let Some(chunk) = self.queue.lock().expect("hash queue poisoned").pop_front() else {
+            return false;
+        };
+        h.update(&chunk);
+        self.queued.fetch_sub(chunk.len(), Ordering::AcqRel);
+        true
+    }
 }
 
 impl HashTask {
-    fn spawn() -> HashTask {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
-        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let q = queued.clone();
-        let done = tokio::spawn(async move {
-            let mut h = Sha256::new();
-            while let Some(b) = rx.recv().await {
-                h.update(&b);
-                q.fetch_sub(b.len(), Ordering::Relaxed);
-            }
-            h.finalize().to_vec()
+    fn spawn(limit: usize) -> HashTask {
+        let shared = Arc::new(HashShared {
+            hasher: Mutex::new(Sha256::new()),
+            queue: Mutex::new(VecDeque::new()),
+            queued: Default::default(),
+            closed: Default::default(),
+            wake: tokio::sync::Notify::new(),
         });
-        HashTask { tx, queued, done }
+        let s = shared.clone();
+        let done = tokio::spawn(async move {
+            loop {
+                while s.hash_one() {
+                    tokio::task::yield_now().await;
+                }
+                if s.closed.load(Ordering::Acquire) {
+                    break;
+                }
+                s.wake.notified().await;
+            }
+        });
+        HashTask {
+            shared,
+            limit,
+            done,
+        }
+    }
+
+    fn push(&self, data: Bytes) {
+        let s = &self.shared;
+        s.queued.fetch_add(data.len(), Ordering::AcqRel);
+        s.queue.lock().expect("hash queue poisoned").push_back(data);
+        s.wake.notify_one();
+        while s.queued.load(Ordering::Acquire) > self.limit && s.hash_one() {}
+    }
+
+    /// Waits for the task to hash what is queued, and returns the digest.
+    async fn finish(self) -> Result<Vec<u8>, &'static str> {
+        let s = self.shared;
+        s.closed.store(true, Ordering::Release);
+        s.wake.notify_one();
+        self.done.await.map_err(|_| "hashing task failed")?;
+        let h = s.hasher.lock().expect("hasher lock poisoned").clone();
+        Ok(h.finalize().to_vec())
     }
 }
 
@@ -76,6 +129,8 @@ impl HashTask {
 struct InOrderDigest {
     /// Started with the first byte, so that a transfer that moves nothing costs no task.
     hasher: Option<HashTask>,
+    /// Bytes the hashing task may have queued before the producer helps.
+    limit: usize,
     next: u64,
     pending: BTreeMap<u64, Bytes>,
     pending_bytes: usize,
@@ -84,8 +139,13 @@ struct InOrderDigest {
 
 impl InOrderDigest {
     fn new() -> Self {
+        Self::with_limit(HASH_QUEUE_LIMIT)
+    }
+
+    fn with_limit(limit: usize) -> Self {
         InOrderDigest {
             hasher: None,
+            limit,
             next: 0,
             pending: BTreeMap::new(),
             pending_bytes: 0,
@@ -124,15 +184,10 @@ impl InOrderDigest {
     /// Hands the next in-order chunk to the hashing task.
     fn hash(&mut self, data: Bytes) {
         self.next += data.len() as u64;
-        let task = self.hasher.get_or_insert_with(HashTask::spawn);
-        if task.queued.load(Ordering::Relaxed) + data.len() > HASH_QUEUE_LIMIT {
-            self.broken = Some("hashing fell behind");
-            return;
-        }
-        task.queued.fetch_add(data.len(), Ordering::Relaxed);
-        if task.tx.send(data).is_err() {
-            self.broken = Some("hashing task failed");
-        }
+        let limit = self.limit;
+        self.hasher
+            .get_or_insert_with(|| HashTask::spawn(limit))
+            .push(data);
     }
 
     /// The digest and the length it covers, if the bytes seen form one run from offset 0.
@@ -145,10 +200,7 @@ impl InOrderDigest {
         }
         let digest = match self.hasher {
             None => Sha256::digest(b"").to_vec(),
-            Some(task) => {
-                drop(task.tx);
-                task.done.await.map_err(|_| "hashing task failed")?
-            }
+            Some(task) => task.finish().await?,
         };
         Ok((hex::encode(digest), self.next))
     }
@@ -1862,6 +1914,27 @@ audit: {{stdout: false, file: "{audit}"}}
                 .await
                 .is_ok()
         );
+    }
+
+    /// On a current-thread runtime the hashing task cannot run while the test feeds, as on a
+    /// machine too busy to schedule it: the producer then hashes, and the digest holds.
+    #[tokio::test]
+    async fn a_starved_hashing_task_slows_the_producer_and_keeps_the_digest() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
+        let mut d = InOrderDigest::with_limit(64 * 1024);
+        for (i, chunk) in data.chunks(32 * 1024).enumerate() {
+            d.feed((i * 32 * 1024) as u64, Bytes::copy_from_slice(chunk));
+            let queued = d
+                .hasher
+                .as_ref()
+                .unwrap()
+                .shared
+                .queued
+                .load(Ordering::Acquire);
+            assert!(queued <= 64 * 1024, "{queued} bytes queued");
+        }
+        let want = hex::encode(Sha256::digest(&data));
+        assert_eq!(d.finish().await, Ok((want, 1 << 20)));
     }
 
     #[tokio::test]
