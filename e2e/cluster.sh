@@ -13,8 +13,7 @@
 #                               process, mount, netns, bridge, route or iptables chain is left
 #   e2e/cluster.sh env          prints the export line again
 #
-# Without --node, no container runs: Deployments get ReplicaSets and Pods that stay Pending, and
-# e2e/podemu.py runs a gateway pod's container as a local process instead (docs/kubernetes.md).
+# Without --node, no container runs: Deployments get ReplicaSets and Pods that stay Pending.
 #
 # The node's addresses are all from 198.18.0.0/15, the range set aside for network tests, and
 # nothing is routed anywhere else (docs/kubernetes.md, "The test node"):

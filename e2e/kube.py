@@ -1,5 +1,5 @@
-"""Helpers for the operator tests: the local control plane (e2e/cluster.sh), kubectl, the
-operator process, and the pod emulator (e2e/podemu.py)."""
+"""Helpers for the Kubernetes tests: the local control plane or node (e2e/cluster.sh), kubectl,
+helm and the operator as a local process."""
 
 import json
 import os

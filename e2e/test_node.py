@@ -224,14 +224,15 @@ def zones(cluster, operator, hosts, backend):
         cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **doc}, ns)
     (pod,) = wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=gw", 1, timeout=180)
     svc = cluster.get("service", "gw", ns)
-    return {"ns": ns, "dir": d, "key": user_key, "ip": svc["spec"]["clusterIP"], "pod": pod}
+    return {"ns": ns, "dir": d, "key": user_key, "user": "partner", "ip": svc["spec"]["clusterIP"], "pod": pod}
 
 
-def sftp_from(host: Netns, zones: dict, batch: str, check: bool = True) -> subprocess.CompletedProcess:
-    batch_file = zones["dir"] / f"batch-{time.monotonic_ns()}"
+def sftp_from(host: Netns, target: dict, batch: str, check: bool = True) -> subprocess.CompletedProcess:
+    """OpenSSH `sftp -b` from `host` to a gateway's Service on 2222, as the target's user."""
+    batch_file = target["dir"] / f"batch-{time.monotonic_ns()}"
     batch_file.write_text(batch)
     return host.run("sftp", "-P", "2222", *SSH_OPTS, "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10",
-                    "-i", str(zones["key"]), "-b", str(batch_file), f"partner@{zones['ip']}",
+                    "-i", str(target["key"]), "-b", str(batch_file), f"{target['user']}@{target['ip']}",
                     check=check, timeout=300)
 
 
@@ -675,3 +676,300 @@ def test_a_pod_deleted_mid_upload_fails_the_upload_and_a_retry_reaches_the_other
                      for line in cluster.kubectl("logs", p["metadata"]["name"], namespace=ns).stdout.splitlines())]
     assert served and name not in served, served
     wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=edge", 2, timeout=120)
+
+
+# --- The full path: what the pod emulator used to stand in for -----------------------------------
+
+FULL_NAME = "full.zones.test"
+
+
+@pytest.fixture(scope="module")
+def full(cluster, operator, hosts, backend, vsftpd):
+    """A gateway as a regulated user runs it: SFTP and explicit FTPS (TLS 1.3 only) for the
+    partners zone, in front of sshd and vsftpd in the LAN; a signed audit trail in a file sink
+    (an emptyDir) besides stdout; a one-minute certificate, so that renewals happen during the
+    tests. It is applied while the node is cordoned, so that its status is seen before any pod
+    is ready."""
+    ns = cluster.namespace("full")
+    d = fresh_dir("node-full")
+    key = keygen(d / "alice")
+    exchange = backend.root / "full"
+    exchange.mkdir(exist_ok=True)
+    (exchange / "report.csv").write_text("id,amount\n1,100\n")
+    cluster.kubectl("create", "secret", "generic", "lan-creds",
+                    f"--from-file=ssh-privatekey={backend.client_key}", namespace=ns)
+    cluster.kubectl("create", "secret", "generic", "vsftpd-credentials",
+                    f"--from-file=password={vsftpd.password_file}", namespace=ns)
+    cluster.kubectl("create", "secret", "generic", "vsftpd-ca", f"--from-file=ca.crt={vsftpd.ca}", namespace=ns)
+    cluster.kubectl("create", "secret", "generic", "alice-password",
+                    f"--from-literal=hash={hash_password('alice-pw')}", namespace=ns)
+    docs = [
+        {"kind": "NetworkZone", "metadata": {"name": "partners"}, "spec": {"cidrs": ["198.18.32.0/24"]}},
+        {"kind": "KeyRing", "metadata": {"name": "gw-keys"},
+         "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": [FULL_NAME], "duration": "1m", "renewBefore": "35s"}},
+        {"kind": "KeyRing", "metadata": {"name": "audit-keys"},
+         "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["audit.local"], "sshHostKeys": False,
+                  "auditSigningKey": True}},
+        {"kind": "KeyRing", "metadata": {"name": "lan-trust"},
+         "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["unused.local"], "sshHostKeys": False,
+                  "backendCas": [{"name": "vsftpd-ca", "key": "ca.crt"}]}},
+        {"kind": "TransferEndpoint", "metadata": {"name": "lan-sftp"},
+         "spec": {"protocol": "sftp", "addresses": [{"host": backend.address, "port": backend.port}],
+                  "hostKeys": [pubkey(backend.host_key)], "username": backend.user,
+                  "credentials": {"secretName": "lan-creds"}}},
+        {"kind": "TransferEndpoint", "metadata": {"name": "mainframe"},
+         "spec": {"protocol": "ftps", "addresses": [{"host": vsftpd.address, "port": vsftpd.port}],
+                  "username": BACKEND_USER, "credentials": {"secretName": "vsftpd-credentials"},
+                  "ftps": {"keyRing": "lan-trust", "serverName": "localhost",
+                           "dataPorts": {"min": vsftpd.pasv, "max": vsftpd.pasv + 63}}}},
+        {"kind": "TransferRole", "metadata": {"name": "exchange"},
+         "spec": {"mounts": [{"path": "/exchange", "endpoint": "lan-sftp", "backendPath": str(exchange),
+                              "verbs": ["list", "read"]}]}},
+        {"kind": "TransferRole", "metadata": {"name": "batch"},
+         "spec": {"mounts": [{"path": "/mf", "endpoint": "mainframe",
+                              "verbs": ["list", "read", "write", "setattr", "site"], "siteCommands": ["CHMOD"]}]}},
+        {"kind": "TransferUser", "metadata": {"name": "alice"},
+         "spec": {"publicKeys": [pubkey(key)], "passwordHash": {"name": "alice-password", "key": "hash"},
+                  "zones": ["partners"], "roles": ["exchange", "batch"]}},
+        {"kind": "TransferGateway", "metadata": {"name": "edge"},
+         "spec": {"hostKeyRing": "gw-keys", "replicas": 1,
+                  "audit": {"signingKeyRing": "audit-keys", "checkpointSeconds": 1,
+                            "file": {"rotateBytes": 65536, "maxBytes": 1048576}},
+                  "listeners": [
+                      {"name": "sftp", "protocol": "sftp", "port": 2222, "zones": ["partners"]},
+                      {"name": "ftps", "protocol": "ftps", "port": 2121, "zones": ["partners"],
+                       "keyRing": "gw-keys", "passivePorts": {"min": 30200, "max": 30207},
+                       "tls": {"minVersion": "1.3"}}]}},
+    ]
+    node = "node/portcullis-node"
+    cluster.kubectl("cordon", node)
+    try:
+        for doc in docs:
+            cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **doc}, ns)
+        # Compiled and applied, but its pod cannot be scheduled: not Ready (it once said Ready
+        # with 0 of 1 pods ready), Reconciling, not Stalled.
+        c = cluster.wait_ready("transfergateway", "edge", ns, status="False", reason="PodsNotReady", timeout=60)
+        assert c["message"] == "0 of 1 pods ready", c
+        assert cluster.condition("transfergateway", "edge", ns, "Reconciling")["status"] == "True"
+        assert cluster.condition("transfergateway", "edge", ns, "Stalled")["status"] == "False"
+    finally:
+        cluster.kubectl("uncordon", node)
+    (pod,) = wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=edge", 1, timeout=180)
+    # Ready once the pod's probe passes and the pod confirms, on its admin port, that it serves
+    # the config the operator wrote: one hash definition on both sides.
+    c = cluster.wait_ready("transfergateway", "edge", ns, timeout=60)
+    st = cluster.get("transfergateway", "edge", ns)["status"]
+    assert c["message"].endswith(f"1 of 1 ready pods serve config {st['configHash'][:12]}"), c
+    assert st["servedConfigHash"] == st["configHash"], st
+    assert cluster.condition("transfergateway", "edge", ns, "Reconciling")["status"] == "False"
+    ring = cluster.secret_data("gw-keys-keyring", ns)
+    ca = d / "gw-ca.pem"
+    ca.write_bytes(ring.get("ca.crt") or ring["tls.crt"])
+    trail = (cluster.dir / "node" / "kubelet" / "pods" / pod["metadata"]["uid"] / "volumes"
+             / "kubernetes.io~empty-dir" / "audit")
+    assert trail.is_dir(), trail
+    return {"ns": ns, "dir": d, "key": key, "user": "alice", "ip": cluster.get("service", "edge", ns)["spec"]["clusterIP"],
+            "pod": pod, "ca": ca, "trail": trail, "exchange": exchange}
+
+
+def trail_records(trail: Path) -> list[dict]:
+    """The pod's audit files, read on the node, in order."""
+    return [json.loads(line) for f in sorted(trail.iterdir()) for line in f.read_text().splitlines()
+            if line.startswith("{")]
+
+
+def test_sftp_through_the_pod_and_a_live_role_change_without_a_restart(cluster, hosts, full):
+    """A role change reaches the running pod through the kubelet's Secret update: a write refused
+    before is allowed after, the pod is the same process, and its status confirms the new config."""
+    x, partner = full, hosts["partner"]
+    d = x["dir"]
+    r = sftp_from(partner, x, f"ls /exchange\nget /exchange/report.csv {d / 'report.csv'}\n")
+    assert "report.csv" in r.stdout.decode()
+    assert (d / "report.csv").read_text() == "id,amount\n1,100\n"
+    up = d / "upload.txt"
+    up.write_text("hello through kubernetes\n")
+    r = sftp_from(partner, x, f"put {up} /exchange/upload.txt\n", check=False)
+    assert r.returncode != 0 and b"Permission denied" in r.stderr + r.stdout, r
+    assert not (x["exchange"] / "upload.txt").exists()
+
+    ns = x["ns"]
+    before = cluster.get("transfergateway", "edge", ns)["status"]["configHash"]
+    cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferRole", "metadata": {"name": "exchange"},
+                   "spec": {"mounts": [{"path": "/exchange", "endpoint": "lan-sftp", "backendPath": str(x["exchange"]),
+                                        "verbs": ["list", "read", "write"]}]}}, ns)
+    cluster.wait_for("the new rule in the running gateway",
+                     lambda: sftp_from(partner, x, f"put {up} /exchange/upload.txt\n", check=False).returncode == 0,
+                     timeout=120, interval=2)
+    assert (x["exchange"] / "upload.txt").read_text() == up.read_text()
+
+    def confirmed():
+        st = cluster.get("transfergateway", "edge", ns)["status"]
+        return st.get("servedConfigHash") == st["configHash"] != before and st
+    cluster.wait_for("the pod to confirm the new config", confirmed, timeout=60, interval=0.5)
+    assert cluster.condition("transfergateway", "edge", ns, "Ready")["status"] == "True"
+    (pod,) = wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=edge", 1)
+    assert pod["metadata"]["name"] == x["pod"]["metadata"]["name"]
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    assert any(r["event"] == "configReloaded" for r in trail_records(x["trail"]))
+
+
+SITE_SCRIPT = r"""
+import ftplib, json, ssl, sys
+sys.path.insert(0, sys.argv[1])
+from ftps import ReusingFTP_TLS
+ctx = ssl.create_default_context(cafile=sys.argv[3])
+ctx.check_hostname = False
+f = ReusingFTP_TLS(context=ctx, timeout=30)
+f.connect(sys.argv[2], 2121)
+f.auth()
+f.login("alice", "alice-pw")
+f.prot_p()
+f.cwd("/mf")
+out = {"relative": f.sendcmd("SITE CHMOD 600 batch.bin")}
+try:
+    out["exec"] = f.sendcmd("SITE EXEC rm -rf /")
+except ftplib.error_perm as e:
+    out["exec"] = str(e)
+out["absolute"] = f.sendcmd("SITE CHMOD 640 /mf/batch.bin")
+f.quit()
+print(json.dumps(out))
+"""
+
+
+def test_ftps_tls13_through_the_pod_to_vsftpd_and_sshd_with_site_commands(cluster, hosts, vsftpd, full):
+    """FTPS as the operator configures it: TLS 1.3 only, the key ring's certificate checked by
+    name against its CA; on to vsftpd (trusting the CA from another key ring) and to sshd; SITE
+    only as the role's allow-list says; every transfer audited High with its digest."""
+    x, partner = full, hosts["partner"]
+    d = x["dir"]
+    (x["exchange"] / "ledger.csv").write_text("id\n7\n")
+    src = d / "batch.bin"
+    digest = make_file(src, 5_000_000)
+    tls13 = ["curl", "-sS", "--ssl-reqd", "--cacert", str(x["ca"]), "-u", "alice:alice-pw",
+             "--resolve", f"{FULL_NAME}:2121:{x['ip']}", "--connect-timeout", "10", "--tlsv1.3"]
+    base = f"ftp://{FULL_NAME}:2121"
+    partner.run(*tls13, "-T", str(src), f"{base}/mf/batch.bin", check=True)
+    assert sha256_file(vsftpd.root / "batch.bin") == digest
+    partner.run(*tls13, "-o", str(d / "batch.back"), f"{base}/mf/batch.bin", check=True)
+    assert sha256_file(d / "batch.back") == digest
+    assert partner.run(*tls13, f"{base}/exchange/ledger.csv", check=True).stdout == b"id\n7\n"
+    # TLS 1.2 is below this listener's floor.
+    r = partner.run("curl", "-sS", "--ssl-reqd", "--cacert", str(x["ca"]), "--resolve", f"{FULL_NAME}:2121:{x['ip']}",
+                    "--tls-max", "1.2", f"{base}/mf/")
+    assert r.returncode != 0, r
+    r = partner.run("python3", "-c", SITE_SCRIPT, str(ROOT / "e2e"), x["ip"], str(x["ca"]), check=True)
+    site = json.loads(r.stdout)
+    assert site["relative"].startswith("200") and site["absolute"].startswith("200"), site
+    assert site["exec"].startswith("550"), site
+    assert (vsftpd.root / "batch.bin").stat().st_mode & 0o777 == 0o640
+
+    def ends():
+        e = [r for r in trail_records(x["trail"]) if r["event"] == "transferEnd" and r["path"] == "/mf/batch.bin"]
+        return len(e) == 2 and e
+    got = cluster.wait_for("both transfers in the trail", ends, timeout=30, interval=0.5)
+    assert [(e["direction"], e["confidence"], e["sha256"]) for e in got] == [
+        ("upload", "High", digest), ("download", "High", digest)]
+    assert all(e["channel"].startswith("TLSv1_3") for e in got), got
+
+
+def test_the_pod_trail_verifies_with_the_key_ring_public_key(cluster, hosts, full):
+    """spec.audit through the operator: the KeyRing makes the signing key and publishes its
+    public half; the pod writes a signed, rotated trail into its emptyDir; `audit verify --key`
+    with the key from the KeyRing status passes over it (read on the node), and a transfer's
+    receipt checks."""
+    x = full
+    ns, d = x["ns"], x["dir"]
+    st = cluster.get("keyring", "audit-keys", ns)["status"]
+    assert st["auditPublicKey"].startswith("-----BEGIN PUBLIC KEY-----"), st
+    assert len(st["auditKeyId"]) == 16, st
+    pub = d / "audit-keys.pub"
+    pub.write_text(st["auditPublicKey"])
+    up = d / "audited.txt"
+    up.write_text("audited through kubernetes\n" * 100)
+    sftp_from(hosts["partner"], x, f"put {up} /mf/audited.txt\n")
+
+    def end_and_checkpoint():
+        recs = trail_records(x["trail"])
+        ends = [r for r in recs if r["event"] == "transferEnd" and r["path"] == "/mf/audited.txt"]
+        return ends and any(r["event"] == "checkpoint" and r["seq"] > ends[-1]["seq"] for r in recs) and ends[-1]
+    end = cluster.wait_for("the pod's trail to sign the transfer", end_and_checkpoint, timeout=30, interval=0.5)
+    assert end["confidence"] == "High", end
+    gateway_bin = str(ROOT / "target" / "release" / "portcullis-gateway")
+    r = subprocess.run([gateway_bin, "audit", "verify", "--live", "--key", str(pub), str(x["trail"])],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "signatures checked" in r.stdout, r.stdout + r.stderr
+    receipt = subprocess.run([gateway_bin, "audit", "receipt", "--transfer", end["transfer"], str(x["trail"])],
+                             capture_output=True, text=True)
+    assert receipt.returncode == 0, receipt.stderr
+    (d / "receipt.jsonl").write_text(receipt.stdout)
+    r = subprocess.run([gateway_bin, "audit", "check-receipt", "--key", str(pub), str(d / "receipt.jsonl")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith(f"ok: transfer {end['transfer']}: upload of /mf/audited.txt"), r
+    assert f"signed by key {st['auditKeyId']}" in r.stdout, r.stdout
+
+
+SFTP_SESSION_SCRIPT = r"""
+import socket, sys, paramiko
+ip, key = sys.argv[1], sys.argv[2]
+t = paramiko.Transport(socket.create_connection((ip, 2222), timeout=30))
+t.connect()
+t.auth_publickey("alice", paramiko.Ed25519Key.from_private_key_file(key))
+sf = paramiko.SFTPClient.from_transport(t)
+print("hostkey", t.get_remote_server_key().get_base64(), " ".join(sf.listdir("/exchange")), flush=True)
+sys.stdin.readline()  # held open until the test has seen the renewal reach the gateway
+with sf.open("/exchange/report.csv") as f:
+    print("read", f.read().hex(), flush=True)
+sf.close()
+t.close()
+t2 = paramiko.Transport(socket.create_connection((ip, 2222), timeout=30))
+t2.connect()
+print("newkey", t2.get_remote_server_key().get_base64(), flush=True)
+t2.close()
+"""
+
+
+def test_certificate_renewal_reaches_the_pod_without_dropping_an_sftp_session(cluster, hosts, full):
+    """The one-minute certificate is renewed before it expires; the pod loads it from the Secret
+    volume the kubelet updates; an SFTP session opened before goes on, and the SSH host key
+    stays the same across the renewal."""
+    import datetime as dt
+
+    x = full
+    ns = x["ns"]
+    kr0 = cluster.get("keyring", "gw-keys", ns)["status"]
+    session = subprocess.Popen(["ip", "netns", "exec", hosts["partner"].name, "python3", "-c", SFTP_SESSION_SCRIPT,
+                                x["ip"], str(x["key"])],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = session.stdout.readline().split()
+        assert first and first[0] == "hostkey", (first, session.stderr.read() if session.poll() is not None else "")
+        assert "report.csv" in first[2:], first
+        host_key = first[1]
+        # renewBefore 35s of a 60s lifetime: renewal is due about 25s after issue.
+        kr1 = cluster.wait_for("a renewed certificate", lambda: (
+            (s := cluster.get("keyring", "gw-keys", ns)["status"])["certificateFingerprint"]
+            != kr0["certificateFingerprint"] and s), timeout=90, interval=1)
+        parse = lambda t: dt.datetime.fromisoformat(t.replace("Z", "+00:00"))  # noqa: E731
+        assert parse(kr1["notAfter"]) > parse(kr0["notAfter"])
+        assert dt.datetime.now(dt.timezone.utc) < parse(kr0["notAfter"]), "renewed only after expiry"
+        assert kr1["hostKeyFingerprints"] == kr0["hostKeyFingerprints"]
+
+        def reloaded():
+            return any(r["event"] == "configReloaded"
+                       and any(c["sha256"] == kr1["certificateFingerprint"] for c in r["certificates"])
+                       for r in trail_records(x["trail"]))
+        cluster.wait_for("the pod to load the renewed certificate", reloaded, timeout=120, interval=1)
+        out, err = session.communicate("go\n", timeout=60)
+        assert session.returncode == 0, err
+    finally:
+        if session.poll() is None:
+            session.kill()
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    assert bytes.fromhex(lines["read"]) == b"id,amount\n1,100\n"
+    assert lines["newkey"] == host_key
+    (pod,) = wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=edge", 1)
+    assert pod["metadata"]["name"] == x["pod"]["metadata"]["name"]
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    issued = [e for e in cluster.items("events.events.k8s.io", ns)
+              if e["regarding"]["name"] == "gw-keys" and e["reason"] == "Issued"]
+    assert issued

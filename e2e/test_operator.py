@@ -1,9 +1,9 @@
 """The operator against a real control plane (etcd, kube-apiserver, kube-controller-manager
 built from pinned Go modules; e2e/cluster.sh): CRD validation by the apiserver, the objects
-the operator builds, idempotence, status and Events, the full path from `kubectl apply` to an
-SFTP transfer through an emulated pod, certificate renewal, restarts and leader election."""
+the operator builds, idempotence, status and Events, key rings, restarts and leader election.
+The operator runs here as a local process; the product as pods, with the full path from
+`kubectl apply` to transfers, is in test_node.py."""
 
-import ftplib
 import json
 import subprocess
 import time
@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ftps import BACKEND_PASSWORD, BACKEND_USER, Pki, Vsftpd, free_port_range, ftps_login
-from harness import ROOT, free_port, fresh_dir, keygen, make_file, pubkey, run_sftp, sha256_file, wait_port
+from harness import ROOT, fresh_dir, keygen, pubkey
 from kube import Cluster, Operator
-from podemu import PodEmulator
 
 
 @pytest.fixture(scope="module")
@@ -521,273 +519,6 @@ def test_key_ring_issuers_ca_and_tls_secret_and_trust_bundles(cluster, operator)
                      lambda: cluster.secret_data("managed-keyring", ns)["tls.crt"] == second)
 
 
-# --- The full path -------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def deployed(cluster, operator, sshd, passwords):
-    """A gateway applied with kubectl and running from its emulated pod, in front of a real
-    sshd and a real vsftpd, with an SFTP and an explicit FTPS listener. Its key ring has a
-    one-minute certificate so that renewal happens during the tests."""
-    ns = cluster.namespace("full")
-    d = fresh_dir("full")
-    client_key = keygen(d / "alice_ed25519")
-    credentials_secret(cluster, ns, "backend-credentials", sshd.client_key)
-    pki = Pki(d / "pki")
-    vs = Vsftpd(d / "vsftpd", pki)
-    cluster.kubectl("create", "secret", "generic", "vsftpd-credentials",
-                    f"--from-literal=password={BACKEND_PASSWORD}", namespace=ns)
-    cluster.kubectl("create", "secret", "generic", "vsftpd-ca", f"--from-file=ca.crt={pki.ca}", namespace=ns)
-    cluster.kubectl("create", "secret", "generic", "alice-password",
-                    f"--from-literal=hash={passwords['alice-pw']}", namespace=ns)
-    port, admin, ftps_port = free_port(), free_port(), free_port()
-    pasv = free_port_range(8)
-    docs = [
-        {"kind": "NetworkZone", "metadata": {"name": "loopback"}, "spec": {"cidrs": ["127.0.0.0/8"]}},
-        {"kind": "KeyRing", "metadata": {"name": "gw-keys"},
-         "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["localhost"], "ipAddresses": ["127.0.0.1"],
-                  "duration": "1m", "renewBefore": "35s"}},
-        {"kind": "TransferEndpoint", "metadata": {"name": "backend"},
-         "spec": {"protocol": "sftp", "addresses": [{"host": "127.0.0.1", "port": sshd.port}],
-                  "hostKeys": [pubkey(sshd.host_key)], "username": sshd.user,
-                  "credentials": {"secretName": "backend-credentials"}}},
-        {"kind": "KeyRing", "metadata": {"name": "audit-keys"},
-         "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["audit.local"], "sshHostKeys": False,
-                  "auditSigningKey": True}},
-        {"kind": "KeyRing", "metadata": {"name": "backend-trust"},
-         "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["gateway.local"],
-                  "backendCas": [{"name": "vsftpd-ca", "key": "ca.crt"}]}},
-        {"kind": "TransferEndpoint", "metadata": {"name": "mainframe"},
-         "spec": {"protocol": "ftps", "addresses": [{"host": "127.0.0.1", "port": vs.port}],
-                  "username": BACKEND_USER, "credentials": {"secretName": "vsftpd-credentials"},
-                  "ftps": {"keyRing": "backend-trust", "serverName": "localhost"}}},
-        {"kind": "TransferRole", "metadata": {"name": "exchange"},
-         "spec": {"mounts": [{"path": "/exchange", "endpoint": "backend", "backendPath": str(sshd.root),
-                              "verbs": ["list", "read"]}]}},
-        {"kind": "TransferRole", "metadata": {"name": "batch"},
-         "spec": {"mounts": [{"path": "/mf", "endpoint": "mainframe",
-                              "verbs": ["list", "read", "write", "setattr", "site"], "siteCommands": ["CHMOD"]}]}},
-        {"kind": "TransferUser", "metadata": {"name": "alice"},
-         "spec": {"publicKeys": [pubkey(client_key)], "passwordHash": {"name": "alice-password", "key": "hash"},
-                  "roles": ["exchange", "batch"]}},
-        {"kind": "TransferGateway", "metadata": {"name": "edge"},
-         "spec": {"hostKeyRing": "gw-keys", "replicas": 1, "adminPort": admin,
-                  "audit": {"signingKeyRing": "audit-keys", "checkpointSeconds": 1,
-                            "file": {"rotateBytes": 65536, "maxBytes": 1048576}},
-                  "listeners": [
-                      {"name": "sftp", "protocol": "sftp", "port": port, "zones": ["loopback"]},
-                      {"name": "ftps", "protocol": "ftps", "port": ftps_port, "zones": ["loopback"],
-                       "keyRing": "gw-keys", "passivePorts": {"min": pasv, "max": pasv + 7},
-                       "tls": {"minVersion": "1.3"}}]}},
-    ]
-    for doc in docs:
-        cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **doc}, ns)
-    # Compiled and applied, but no pod is ready yet: not Ready (it used to say Ready with 0 of
-    # 1 pods ready), Reconciling, not Stalled.
-    c = cluster.wait_ready("transfergateway", "edge", ns, status="False", reason="PodsNotReady")
-    assert c["message"] == "0 of 1 pods ready", c
-    assert cluster.condition("transfergateway", "edge", ns, "Reconciling")["status"] == "True"
-    assert cluster.condition("transfergateway", "edge", ns, "Stalled")["status"] == "False"
-    pod = PodEmulator(ns, "edge", d / "pod", env=cluster.env, kubectl=str(cluster.bin / "kubectl"))
-    pod.start()
-    # The pod's readiness probe passes, its status says so, the Deployment counts it: Ready.
-    # Ready also needs the pod to confirm, on its admin port, that it serves the config the
-    # operator wrote: one hash definition on both sides.
-    c = cluster.wait_ready("transfergateway", "edge", ns, timeout=60)
-    assert "1 of 1 pods ready" in c["message"], c
-    st = cluster.get("transfergateway", "edge", ns)["status"]
-    assert c["message"].endswith(f"1 of 1 ready pods serve config {st['configHash'][:12]}"), c
-    assert st["servedConfigHash"] == st["configHash"], st
-    assert cluster.condition("transfergateway", "edge", ns, "Reconciling")["status"] == "False"
-    wait_port(port)
-    wait_port(ftps_port)
-
-    class Deployed:
-        pass
-
-    x = Deployed()
-    x.ns, x.dir, x.key, x.port, x.pod, x.sshd = ns, d, client_key, port, pod, sshd
-    x.ftps_port, x.vsftpd = ftps_port, vs
-    yield x
-    pod.stop()
-    vs.stop()
-
-
-def sftp(x, batch: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = run_sftp(x.port, x.dir, "alice", batch, key=x.key, check=check, timeout=60)
-    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(), r.stderr.decode())
-
-
-def test_full_path_sftp_through_the_emulated_pod_and_a_live_role_change(cluster, deployed):
-    x = deployed
-    # The pod runs as the template's non-root user.
-    status = Path(f"/proc/{x.pod.proc.pid}/status").read_text()
-    assert "\nUid:\t65532\t" in status, status
-    (x.sshd.root / "report.csv").write_text("id,amount\n1,100\n")
-    up = x.dir / "upload.txt"
-    up.write_text("hello through kubernetes\n")
-    r = sftp(x, "ls /exchange\nget /exchange/report.csv " + str(x.dir / "report.csv") + "\n")
-    assert "report.csv" in r.stdout
-    assert (x.dir / "report.csv").read_text() == "id,amount\n1,100\n"
-    # Writing is not granted yet.
-    r = sftp(x, f"put {up} /exchange/upload.txt\n", check=False)
-    assert r.returncode != 0 and "Permission denied" in r.stderr + r.stdout
-    assert not (x.sshd.root / "upload.txt").exists()
-
-    pid = x.pod.proc.pid
-    before = cluster.get("transfergateway", "edge", x.ns)["status"]["configHash"]
-    cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferRole",
-                   "metadata": {"name": "exchange"},
-                   "spec": {"mounts": [{"path": "/exchange", "endpoint": "backend",
-                                        "backendPath": str(x.sshd.root),
-                                        "verbs": ["list", "read", "write"]}]}}, x.ns)
-
-    def uploaded():
-        r = sftp(x, f"put {up} /exchange/upload.txt\n", check=False)
-        return r.returncode == 0
-
-    cluster.wait_for("the new rule in the running gateway", uploaded, timeout=30, interval=0.5)
-    assert (x.sshd.root / "upload.txt").read_text() == up.read_text()
-    # The status follows: the pod confirms the new config.
-    def confirmed():
-        st = cluster.get("transfergateway", "edge", x.ns)["status"]
-        return st.get("servedConfigHash") == st["configHash"] != before and st
-
-    st = cluster.wait_for("the pod to confirm the new config", confirmed, timeout=30, interval=0.5)
-    assert cluster.condition("transfergateway", "edge", x.ns, "Ready")["status"] == "True", st
-    assert x.pod.proc.pid == pid and x.pod.proc.poll() is None, "the gateway restarted"
-    assert x.pod.audit("configReloaded"), "no configReloaded audit record"
-
-
-def test_full_path_ftps_through_the_emulated_pod_to_vsftpd_and_sshd(cluster, deployed):
-    """FTPS as the operator configures it: TLS 1.3 with the key ring's certificate (verified
-    against the operator's CA), FTPS to vsftpd with the trusted CA from another key ring, FTPS
-    to the SFTP backend, and SITE through the role's allow-list."""
-    x = deployed
-    kr = cluster.get("keyring", "gw-keys", x.ns)["status"]
-    ca = x.dir / "gw-ca.pem"
-    ca.write_bytes(cluster.secret_data(kr["secretName"], x.ns)["ca.crt"])
-    (x.sshd.root / "ledger.csv").write_text("id\n7\n")
-    src = x.dir / "batch.bin"
-    digest = make_file(src, 5_000_000)
-    base = f"ftp://alice:alice-pw@localhost:{x.ftps_port}"
-    tls13 = ["--ssl-reqd", "--cacert", str(ca), "--tlsv1.3"]
-    subprocess.run(["curl", "-sS", *tls13, "-T", str(src), f"{base}/mf/batch.bin"], check=True, timeout=60)
-    assert sha256_file(x.vsftpd.root / "batch.bin") == digest
-    back = x.dir / "batch.back"
-    subprocess.run(["curl", "-sS", *tls13, "-o", str(back), f"{base}/mf/batch.bin"], check=True, timeout=60)
-    assert sha256_file(back) == digest
-    r = subprocess.run(["curl", "-sS", *tls13, f"{base}/exchange/ledger.csv"], check=True, timeout=60,
-                       capture_output=True)
-    assert r.stdout == b"id\n7\n"
-    # TLS 1.2 is below this listener's floor.
-    r = subprocess.run(["curl", "-sS", "--ssl-reqd", "--cacert", str(ca), "--tls-max", "1.2",
-                        f"{base}/mf/"], capture_output=True, timeout=60)
-    assert r.returncode != 0
-    f = ftps_login(x.ftps_port, ca, "alice", "alice-pw")
-    try:
-        f.cwd("/mf")
-        assert f.sendcmd("SITE CHMOD 600 batch.bin").startswith("200")
-        with pytest.raises(ftplib.error_perm, match="^550"):
-            f.sendcmd("SITE EXEC rm -rf /")
-        # A path argument is mapped through the mount: the client's absolute path works too.
-        assert f.sendcmd("SITE CHMOD 640 /mf/batch.bin").startswith("200")
-    finally:
-        f.quit()
-    ends = [e for e in x.pod.audit("transferEnd") if e["path"] == "/mf/batch.bin"]
-    assert [(e["direction"], e["confidence"], e["sha256"]) for e in ends] == [
-        ("upload", "High", digest), ("download", "High", digest)]
-    assert all(e["channel"].startswith("TLSv1_3") for e in ends)
-
-
-def test_the_pod_trail_verifies_with_the_key_ring_public_key(cluster, deployed):
-    """spec.audit through the operator: the KeyRing makes the signing key and publishes its
-    public half; the pod writes a signed, rotated trail into its emptyDir; `audit verify --key`
-    with the key from the KeyRing status passes over it, and a transfer's receipt checks."""
-    x = deployed
-    st = cluster.get("keyring", "audit-keys", x.ns)["status"]
-    assert st["auditPublicKey"].startswith("-----BEGIN PUBLIC KEY-----"), st
-    assert len(st["auditKeyId"]) == 16, st
-    secret = cluster.secret_data("audit-keys-keyring", x.ns)
-    assert b"PRIVATE KEY" in secret["audit-signing.pem"]
-    pub = x.dir / "audit-keys.pub"
-    pub.write_text(st["auditPublicKey"])
-    up = x.dir / "audited.txt"
-    up.write_text("audited through kubernetes\n" * 100)
-    sftp(x, f"put {up} /mf/audited.txt\n")
-    trail = x.pod.dir / "volumes" / "audit"
-
-    def end_and_checkpoint():
-        recs = [json.loads(line) for f in sorted(trail.iterdir()) for line in f.read_text().splitlines()
-                if line.startswith("{")]
-        ends = [r for r in recs if r["event"] == "transferEnd" and r["path"] == "/mf/audited.txt"]
-        return ends and any(r["event"] == "checkpoint" and r["seq"] > ends[-1]["seq"] for r in recs) and ends[-1]
-
-    end = cluster.wait_for("the pod's trail to sign the transfer", end_and_checkpoint, timeout=30, interval=0.5)
-    assert end["confidence"] == "High", end
-    gateway_bin = str(ROOT / "target" / "release" / "portcullis-gateway")
-    r = subprocess.run([gateway_bin, "audit", "verify", "--live", "--key", str(pub), str(trail)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "signatures checked" in r.stdout, r.stdout
-    receipt = subprocess.run([gateway_bin, "audit", "receipt", "--transfer", end["transfer"], str(trail)],
-                             capture_output=True, text=True)
-    assert receipt.returncode == 0, receipt.stderr
-    (x.dir / "receipt.jsonl").write_text(receipt.stdout)
-    r = subprocess.run([gateway_bin, "audit", "check-receipt", "--key", str(pub), str(x.dir / "receipt.jsonl")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.startswith(f"ok: transfer {end['transfer']}: upload of /mf/audited.txt"), r.stdout
-    assert f"signed by key {st['auditKeyId']}" in r.stdout, r.stdout
-
-
-def test_certificate_renewal_reaches_the_running_gateway_without_dropping_sessions(cluster, deployed):
-    import paramiko
-
-    x = deployed
-    kr0 = cluster.get("keyring", "gw-keys", x.ns)["status"]
-    # An SFTP session opened before the renewal.
-    t = paramiko.Transport(("127.0.0.1", x.port))
-    t.connect()
-    t.auth_publickey("alice", paramiko.Ed25519Key.from_private_key_file(str(x.key)))
-    sf = paramiko.SFTPClient.from_transport(t)
-    assert "report.csv" in sf.listdir("/exchange")
-    host_key_before = t.get_remote_server_key().get_base64()
-
-    # renewBefore 35s of a 60s lifetime: renewal is due about 25s after issue.
-    kr1 = cluster.wait_for("a renewed certificate", lambda: (
-        (s := cluster.get("keyring", "gw-keys", x.ns)["status"])["certificateFingerprint"]
-        != kr0["certificateFingerprint"] and s), timeout=90, interval=1)
-    import datetime as dt
-    assert dt.datetime.fromisoformat(kr1["notAfter"].replace("Z", "+00:00")) > \
-        dt.datetime.fromisoformat(kr0["notAfter"].replace("Z", "+00:00"))
-    # Renewed before the old one expired.
-    issued = dt.datetime.now(dt.timezone.utc)
-    assert issued < dt.datetime.fromisoformat(kr0["notAfter"].replace("Z", "+00:00"))
-    # SSH host keys are stable across renewals.
-    assert kr1["hostKeyFingerprints"] == kr0["hostKeyFingerprints"]
-
-    # The running gateway reloaded the new certificate from its mounted Secret.
-    def reloaded():
-        for e in x.pod.audit("configReloaded"):
-            if any(c["sha256"] == kr1["certificateFingerprint"] for c in e["certificates"]):
-                return e
-        return None
-
-    cluster.wait_for("the gateway to load the renewed certificate", reloaded, timeout=30)
-    # The session opened before the renewal goes on working.
-    with sf.open("/exchange/report.csv") as f:
-        assert f.read() == b"id,amount\n1,100\n"
-    sf.close()
-    t.close()
-    # A new connection sees the same host key.
-    t2 = paramiko.Transport(("127.0.0.1", x.port))
-    t2.connect()
-    assert t2.get_remote_server_key().get_base64() == host_key_before
-    t2.close()
-    kr_events = [e for e in cluster.items("events.events.k8s.io", x.ns)
-                 if e["regarding"]["name"] == "gw-keys" and e["reason"] == "Issued"]
-    assert len(kr_events) >= 1
-
-
 # --- Operator lifecycle ------------------------------------------------------------------------------
 
 def test_operator_restart_converges(cluster, operator):
@@ -827,7 +558,9 @@ def test_leader_election_only_one_operator_reconciles(cluster, operator):
         cluster.wait_for("the leader to reconcile",
                          lambda: cluster.get("deployment", "dmz-r1", ns)["spec"]["template"]["spec"][
                              "containers"][0]["args"][-1] == "1/2")
-        assert operator.metric("portcullis_operator_reconciles_total", controller="transfergateway") > before
+        # The counter moves when the reconcile ends, after it has written the Deployment.
+        cluster.wait_for("the leader's reconcile to be counted", lambda: operator.metric(
+            "portcullis_operator_reconciles_total", controller="transfergateway") > before)
         assert second.metric("portcullis_operator_reconciles_total") == 0
         # The leader stops: the standby takes over and reconciles.
         operator.stop()
