@@ -469,6 +469,51 @@ def test_twenty_passive_transfers_from_one_client_reach_the_pod_that_offered_the
         cluster.kubectl("delete", "service", "edge-old-shape", namespace=ns)
 
 
+def test_ftps_through_a_node_port_service_with_two_replicas(cluster, hosts, backend, ftps):
+    """`service.type: NodePort`: the control port is a node port of the apiserver's choosing,
+    each passive port is the node port of the same number (PASV and EPSV name it), the client
+    address survives (externalTrafficPolicy Local), so the zone's NetworkPolicy and the gateway
+    both see the partner; with two replicas each passive port reaches the replica offering it."""
+    ns, d = ftps["ns"], ftps["dir"]
+    node_ip = "198.18.0.1"
+    cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferGateway", "metadata": {"name": "np"},
+                   "spec": {"hostKeyRing": "edge", "replicas": 2, "service": {"type": "NodePort"},
+                            "listeners": [{"name": "ftps", "protocol": "ftps", "port": 2121, "zones": ["partners"],
+                                           "keyRing": "ftps-cert", "advertisedAddress": node_ip,
+                                           "passivePorts": {"min": 30300, "max": 30309}}]}}, ns)
+    try:
+        wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=np", 2, timeout=180)
+        svc = cluster.get("service", "np", ns)
+        assert svc["spec"]["type"] == "NodePort" and svc["spec"]["externalTrafficPolicy"] == "Local", svc["spec"]
+        control = next(p["nodePort"] for p in svc["spec"]["ports"] if p["name"] == "ftps")
+        pasv = {p["port"]: p["nodePort"] for p in svc["spec"]["ports"] if p["name"].startswith("pasv-")}
+        assert pasv == {p: p for p in range(30300, 30310)}, pasv
+        partner = hosts["partner"]
+        cluster.wait_for("the node port to carry connections",
+                         lambda: connects(partner, node_ip, control) == "ok", timeout=60, interval=1)
+        src = d / "np-up.bin"
+        want = make_file(src, 8 * 1024 * 1024)
+        url = f"ftp://{FTPS_NAME}:{control}/lan/np"
+        for i in range(6):
+            # PASV (its reply names the advertised node address) and EPSV, alternately; several
+            # transfers, so both replicas' slices are used.
+            mode = ["--disable-epsv"] if i % 2 == 0 else []
+            r = curl_from(partner, ftps, "-v", *mode, "-T", str(src), f"{url}-{i}.bin", ip=node_ip, port=control)
+            if mode:
+                assert "227 Entering Passive Mode (198,18,0,1," in r.stderr.decode(errors="replace")
+            assert sha256_file(backend.root / f"np-{i}.bin") == want
+            curl_from(partner, ftps, *mode, "-o", str(d / f"np-{i}.back"), f"{url}-{i}.bin", ip=node_ip, port=control)
+            assert sha256_file(d / f"np-{i}.back") == want
+        logs = "".join(cluster.kubectl("logs", p["metadata"]["name"], namespace=ns).stdout
+                       for p in pods(cluster, ns, "app.kubernetes.io/instance=np"))
+        starts = [json.loads(line) for line in logs.splitlines() if line.startswith("{") and '"sessionStart"' in line]
+        assert len(starts) == 12 and all(r["peer"].rsplit(":", 1)[0] == partner.address for r in starts), starts[:3]
+        # The outsider is outside every zone, through the node port too.
+        assert connects(hosts["outsider"], node_ip, control) != "ok"
+    finally:
+        cluster.kubectl("delete", "transfergateway", "np", namespace=ns)
+
+
 def test_deleting_the_leader_pod_hands_over_within_the_lease(cluster, operator, zones):
     """The standby operator pod takes the lease once the leader's pod is gone, and reconciles."""
     ns = zones["ns"]
