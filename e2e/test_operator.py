@@ -163,19 +163,28 @@ INVALID = {
     "CA issuer without a Secret": (
         "KeyRing", {"issuer": {"type": "ca"}},
         "issuer types tlsSecret and ca need secretName"),
+    "a gateway named like another's replica": (
+        "TransferGateway", {"hostKeyRing": "k", "listeners": [
+            {"name": "a", "protocol": "sftp", "port": 2222, "zones": ["z"]}]},
+        "must not end in -r followed by digits", "dmz-r0"),
+    "a gateway named like another's peer Service": (
+        "TransferGateway", {"hostKeyRing": "k", "listeners": [
+            {"name": "a", "protocol": "sftp", "port": 2222, "zones": ["z"]}]},
+        "must not end in -peers", "dmz-peers"),
 }
 
 
 @pytest.mark.parametrize("case", list(INVALID))
 def test_the_apiserver_refuses_invalid_objects(cluster, case):
-    kind, spec, message = INVALID[case]
+    kind, spec, message, *name = INVALID[case]
+    name = name[0] if name else "bad"
     ns = cluster.namespace("invalid")
     obj = {"apiVersion": "portcullis.dev/v1alpha1", "kind": kind,
-           "metadata": {"name": "bad"}, "spec": spec}
+           "metadata": {"name": name}, "spec": spec}
     r = cluster.apply(obj, ns, check=False)
     assert r.returncode != 0, f"{case}: accepted"
     assert message in r.stderr, r.stderr
-    assert cluster.get(kind.lower(), "bad", ns) is None
+    assert cluster.get(kind.lower(), name, ns) is None
 
 
 # --- What the operator builds ------------------------------------------------------------------

@@ -25,6 +25,10 @@ use serde::{Deserialize, Serialize};
     shortname = "tgw",
     category = "portcullis",
     doc = "An FTPS/SFTP gateway deployment and its listeners.",
+    // The operator names objects after the gateway: `NAME-rK` (a replica's Deployment) and
+    // `NAME-peers` (the defender's Service). A gateway named so would own objects of another.
+    validation = Rule::new("!self.metadata.name.matches('-r[0-9]+$')").message("a gateway's name must not end in -r followed by digits: NAME-rK names gateway NAME's replica Deployments"),
+    validation = Rule::new("!self.metadata.name.endsWith('-peers')").message("a gateway's name must not end in -peers: NAME-peers names gateway NAME's peer Service"),
     printcolumn(
         name = "Ready",
         type_ = "string",
