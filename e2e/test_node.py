@@ -11,6 +11,8 @@ Nothing here is emulated: the operator runs as the chart's two pods with in-clus
 the gateway as the pods the operator builds."""
 
 import hashlib
+import os
+import signal
 import json
 import subprocess
 import time
@@ -1018,3 +1020,52 @@ def test_certificate_renewal_reaches_the_pod_without_dropping_an_sftp_session(cl
     issued = [e for e in cluster.items("events.events.k8s.io", ns)
               if e["regarding"]["name"] == "gw-keys" and e["reason"] == "Issued"]
     assert issued
+
+
+def test_a_killed_gateway_container_continues_its_trail_with_ids_that_do_not_repeat(cluster, hosts, full):
+    """SIGKILL the gateway in its pod: the kubelet restarts the container, which finds its trail
+    in the emptyDir and continues the one chain. In a container the pid is the same every run,
+    so ids built from it repeated (`1-1-t1` twice) and `audit receipt` could not tell the
+    transfers apart; every session and transfer id in the trail is unique, and the new
+    transfer's receipt checks."""
+    x = full
+    ns, d = x["ns"], x["dir"]
+    up = d / "around-restart.txt"
+    up.write_text("around a restart\n" * 50)
+    sftp_from(hosts["partner"], x, f"put {up} /mf/before-restart.txt\n")
+    (pod,) = wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=edge", 1)
+    restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+    os.kill(container_process(pod, "portcullis-gateway"), signal.SIGKILL)
+
+    def restarted():
+        (p,) = pods(cluster, ns, "app.kubernetes.io/instance=edge")
+        return p["status"]["containerStatuses"][0]["restartCount"] > restarts and ready(p) and p
+    pod = cluster.wait_for("the kubelet to restart the gateway", restarted, timeout=120, interval=1)
+    assert pod["metadata"]["uid"] == x["pod"]["metadata"]["uid"], "the pod was replaced, not restarted"
+    cluster.wait_for("the restarted gateway to serve",
+                     lambda: sftp_from(hosts["partner"], x, f"put {up} /mf/after-restart.txt\n", check=False).returncode == 0,
+                     timeout=60, interval=1)
+
+    def signed_end():
+        recs = trail_records(x["trail"])
+        ends = [r for r in recs if r["event"] == "transferEnd" and r["path"] == "/mf/after-restart.txt"]
+        return ends and any(r["event"] == "checkpoint" and r["seq"] > ends[-1]["seq"] for r in recs) and (recs, ends[-1])
+    recs, end = cluster.wait_for("the new transfer signed", signed_end, timeout=30, interval=0.5)
+    assert any(r["event"] == "chainResumed" for r in recs)
+    sessions = [r["session"] for r in recs if r["event"] == "sessionStart"]
+    transfers = [r["transfer"] for r in recs if r["event"] == "transferEnd"]
+    assert len(set(sessions)) == len(sessions), sorted(sessions)
+    assert len(set(transfers)) == len(transfers), sorted(transfers)
+    pub = d / "audit-keys.pub"
+    pub.write_text(cluster.get("keyring", "audit-keys", ns)["status"]["auditPublicKey"])
+    gateway_bin = str(ROOT / "target" / "release" / "portcullis-gateway")
+    r = subprocess.run([gateway_bin, "audit", "verify", "--live", "--key", str(pub), str(x["trail"])],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "restart" in r.stdout, r.stdout + r.stderr
+    receipt = subprocess.run([gateway_bin, "audit", "receipt", "--transfer", end["transfer"], str(x["trail"])],
+                             capture_output=True, text=True)
+    assert receipt.returncode == 0, receipt.stdout + receipt.stderr
+    (d / "restart-receipt.jsonl").write_text(receipt.stdout)
+    r = subprocess.run([gateway_bin, "audit", "check-receipt", "--key", str(pub), str(d / "restart-receipt.jsonl")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

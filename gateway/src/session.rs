@@ -332,6 +332,11 @@ fn too_many_handles() -> FsError {
 }
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// This process's part of every session id: random, so that ids stay unique in a trail that one
+/// chain carries across restarts (in a container the pid is the same every time).
+static RUN_ID: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{:08x}", rand::random::<u32>()));
 static NEXT_TEMP: AtomicU64 = AtomicU64::new(1);
 static NEXT_TRANSFER: AtomicU64 = AtomicU64::new(1);
 
@@ -341,7 +346,7 @@ impl Session {
     pub async fn start(shared: Arc<Shared>, login: Login<'_>) -> Arc<Session> {
         let n = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Session {
-            id: format!("{:x}-{n}", std::process::id()),
+            id: format!("{}-{n}", *RUN_ID),
             user: login.user.to_owned(),
             peer: login.peer,
             protocol: login.protocol,
