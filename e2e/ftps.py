@@ -31,8 +31,9 @@ class Pki:
                  "-keyout", str(self.ca_key), "-out", str(self.ca), "-days", "30", "-subj", f"/CN={name}")
         self.serial = 0
 
-    def issue(self, name: str, cn: str, server: bool = True, days: int = 30) -> tuple[Path, Path]:
-        """A leaf for `cn` (SANs localhost and 127.0.0.1 for servers); returns (cert, key)."""
+    def issue(self, name: str, cn: str, server: bool = True, days: int = 30,
+              ips: tuple[str, ...] = ()) -> tuple[Path, Path]:
+        """A leaf for `cn` (SANs localhost, 127.0.0.1 and `ips` for servers); returns (cert, key)."""
         self.serial += 1
         key = self.dir / f"{name}.key"
         csr = self.dir / f"{name}.csr"
@@ -41,7 +42,8 @@ class Pki:
         _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                  "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}")
         if server:
-            ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+            sans = ",".join(["DNS:localhost", "IP:127.0.0.1", *(f"IP:{ip}" for ip in ips)])
+            ext.write_text(f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")
         else:
             ext.write_text("extendedKeyUsage=clientAuth\n")
         _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.ca), "-CAkey", str(self.ca_key),

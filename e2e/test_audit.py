@@ -17,6 +17,7 @@ import paramiko
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from collector import Collector
 from harness import GATEWAY_BIN, Gateway, free_port, fresh_dir
 
 VERBS = ["list", "read", "write", "delete", "mkdir", "rmdir", "rename", "setattr"]
@@ -409,64 +410,6 @@ def test_a_transfer_receipt_is_checked_offline_with_the_public_key(signed, tmp_p
     assert r.returncode == 1 and "no transferEnd record" in r.stderr, r.stderr
 
 
-class Collector:
-    """An HTTPS collector: takes the gateway's NDJSON batches and deduplicates them by
-    (Portcullis-Source, seq), counting what arrived twice. `stop()` is an outage: the listener
-    closes and connections still open are dropped without an answer."""
-
-    def __init__(self, pki):
-        import ssl
-
-        cert, key = pki.issue("collector", "localhost")
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(str(cert), str(key))
-        self.port = free_port()
-        self.records: dict[tuple[str, int], bytes] = {}
-        self.received = 0
-        self.down = False
-        self.lock = threading.Lock()
-        self.start()
-
-    def start(self) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        collector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if collector.down:
-                    self.close_connection = True
-                    return
-                source = self.headers["Portcullis-Source"]
-                lines = body.split(b"\n")[:-1]
-                assert int(self.headers["Portcullis-Records"]) == len(lines)
-                with collector.lock:
-                    for line in lines:
-                        collector.received += 1
-                        collector.records[(source, json.loads(line)["seq"])] = line + b"\n"
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        self.server.socket = self.ctx.wrap_socket(self.server.socket, server_side=True)
-        self.down = False
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.down = True
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_the_collector_gets_every_record_across_an_outage_and_the_spool_drains(sshd, passwords):
     """audit.collector: under a load of SFTP sessions the HTTPS collector goes away for 3 s and
     comes back. Every record of the trail reaches it (0 lost); after deduplication by (source,
@@ -475,7 +418,7 @@ def test_the_collector_gets_every_record_across_an_outage_and_the_spool_drains(s
     from ftps import Pki
 
     pki = Pki(fresh_dir("audit-collector-pki"))
-    collector = Collector(pki)
+    collector = Collector(*pki.issue("collector", "localhost"))
     g, trail, pub, _ = failclosed_gateway("audit-collector", sshd, passwords, {
         "rotateBytes": 8192, "maxBytes": 4 << 20,
         "collector": {"url": f"https://localhost:{collector.port}/ingest", "caFile": str(pki.ca),

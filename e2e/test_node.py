@@ -11,15 +11,16 @@ Nothing here is emulated: the operator runs as the chart's two pods with in-clus
 the gateway as the pods the operator builds."""
 
 import hashlib
+import json
 import os
 import signal
-import json
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from collector import read_records
 from ftps import BACKEND_USER, Pki, Vsftpd
 from harness import ROOT, SSH_OPTS, Sshd, fresh_dir, hash_password, keygen, make_file, pubkey, sha256_file
 from kube import Cluster
@@ -1069,3 +1070,84 @@ def test_a_killed_gateway_container_continues_its_trail_with_ids_that_do_not_rep
     r = subprocess.run([gateway_bin, "audit", "check-receipt", "--key", str(pub), str(d / "restart-receipt.jsonl")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_pod_ships_its_trail_to_a_collector_across_an_outage(cluster, hosts, full):
+    """spec.audit.collector through the operator: the pod ships its file sink to an HTTPS
+    collector in the LAN (the NetworkPolicy lets it reach that address and port, nothing else),
+    the collector is down for a while under traffic and comes back, and then holds every record
+    from seq 1 on (0 lost), byte for byte (its copy verifies with the KeyRing's key), while the
+    shipped rotated files are gone from the pod's emptyDir."""
+    x, lan = full, hosts["lan"]
+    ns, d = x["ns"], x["dir"]
+    pki = Pki(fresh_dir("node-collector-pki"))
+    cert, key = pki.issue("collector", "collector", ips=(lan.address,))
+    cluster.kubectl("create", "secret", "generic", "collector-ca", f"--from-file=ca.crt={pki.ca}", namespace=ns)
+    out = d / "collected.tsv"
+
+    def collector() -> subprocess.Popen:
+        p = subprocess.Popen(["ip", "netns", "exec", lan.name, "python3", str(ROOT / "e2e" / "collector.py"),
+                              "--cert", str(cert), "--key", str(key), "--address", lan.address, "--port", "8443",
+                              "--out", str(out)], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "listening"
+        return p
+
+    running = collector()
+    try:
+        cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferGateway", "metadata": {"name": "ship"},
+                       "spec": {"hostKeyRing": "gw-keys", "replicas": 1,
+                                "audit": {"signingKeyRing": "audit-keys", "checkpointSeconds": 1,
+                                          "file": {"rotateBytes": 16384, "maxBytes": 4194304},
+                                          "collector": {"url": f"https://{lan.address}:8443/ingest",
+                                                        "ca": {"name": "collector-ca"}, "batchRecords": 50}},
+                                "listeners": [{"name": "sftp", "protocol": "sftp", "port": 2222,
+                                               "zones": ["partners"]}]}}, ns)
+        (pod,) = wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=ship", 1, timeout=180)
+        name = pod["metadata"]["name"]
+        target = {**x, "ip": cluster.get("service", "ship", ns)["spec"]["clusterIP"]}
+        trail = (cluster.dir / "node" / "kubelet" / "pods" / pod["metadata"]["uid"] / "volumes"
+                 / "kubernetes.io~empty-dir" / "audit")
+        up = d / "shipped.txt"
+        up.write_text("shipped\n" * 1000)
+        admin = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"] == "admin")
+
+        def ship_failures() -> float:
+            text = subprocess.run(["curl", "-sf", "-m", "5", f"http://{pod['status']['podIP']}:{admin}/metrics"],
+                                  capture_output=True, text=True).stdout
+            return sum(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith("portcullis_audit_ship_failures_total"))
+
+        for i in range(8):
+            sftp_from(hosts["partner"], target, f"put {up} /mf/shipped-{i}.txt\n")
+        cluster.wait_for("records at the collector", lambda: len(read_records(out)[0]) > 20, timeout=30)
+        running.kill()
+        running.wait()
+        for i in range(8, 16):
+            sftp_from(hosts["partner"], target, f"put {up} /mf/shipped-{i}.txt\n")
+        cluster.wait_for("the outage to be noticed", lambda: ship_failures() > 0, timeout=60, interval=1)
+        running = collector()
+
+        def caught_up():
+            last = max(json.loads(line)["seq"] for f in trail.glob("audit*.jsonl")
+                       for line in f.read_text().splitlines() if line.startswith("{"))
+            records, _ = read_records(out)
+            return sorted(s for (_, s) in records) == list(range(1, last + 1)) and (records, last)
+        records, last = cluster.wait_for("every record at the collector", caught_up, timeout=120, interval=1)
+    finally:
+        running.kill()
+        running.wait()
+    assert {source for (source, _) in records} == {name}, {source for (source, _) in records}
+    _, received = read_records(out)
+    print(f"collector: {last} records, {received - len(records)} sent twice (dedup)")
+    events = [json.loads(line)["event"] for line in records.values()]
+    assert events.count("fileStart") >= 2 and events.count("checkpoint") >= 1, events[:20]
+    copy = fresh_dir("node-collected")
+    (copy / "audit.jsonl").write_bytes(b"".join(records[(name, s)] for s in range(1, last + 1)))
+    pub = d / "audit-keys.pub"
+    pub.write_text(cluster.get("keyring", "audit-keys", ns)["status"]["auditPublicKey"])
+    r = subprocess.run([str(ROOT / "target" / "release" / "portcullis-gateway"), "audit", "verify", "--live",
+                        "--key", str(pub), str(copy)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cluster.wait_for("the shipped rotated files to leave the spool",
+                     lambda: list(trail.glob("audit-*.jsonl")) == [], timeout=30, interval=1)
+    cluster.kubectl("delete", "transfergateway", "ship", namespace=ns)
