@@ -450,6 +450,48 @@ def test_the_collector_gets_every_record_across_an_outage_and_the_spool_drains(s
     assert any(json.loads(line)["event"] == "fileStart" for line in collector.records.values())
 
 
+def test_delete_oldest_names_the_records_it_deleted_and_that_the_collector_never_had_them(sshd, passwords):
+    """`whenFull: deleteOldest` with the collector unreachable: service goes on, the oldest
+    rotated files go, and each `auditFilesDeleted` says which records (`firstSeq..lastSeq`) and
+    that they were not shipped; the trail left begins right after them and verifies."""
+    from ftps import Pki
+
+    pki = Pki(fresh_dir("audit-delete-pki"))
+    g, trail, pub, _ = failclosed_gateway("audit-delete", sshd, passwords, {
+        "rotateBytes": 4096, "maxBytes": 16384, "whenFull": "deleteOldest",
+        "collector": {"url": f"https://localhost:{free_port()}/ingest", "caFile": str(pki.ca), "source": "gw-0"}})
+    g.start()
+
+    def records() -> list[dict]:
+        return [json.loads(line) for f in trail.glob("audit*.jsonl") for line in f.read_text().splitlines()
+                if line.startswith("{")]
+    stop = threading.Event()
+    worker = threading.Thread(target=traffic, args=(g, stop))
+    worker.start()
+    try:
+        wait_until(lambda: sum(r["event"] == "auditFilesDeleted" for r in records()) >= 2, 60,
+                   "no files were deleted")
+    finally:
+        stop.set()
+        worker.join(60)
+    # Still serving: deleteOldest never refuses.
+    t = paramiko.Transport(("127.0.0.1", g.port))
+    t.connect(username="alice", password="alice-pw")
+    t.close()
+    assert g.stop() == 0
+    recs = records()
+    deletions = sorted((r for r in recs if r["event"] == "auditFilesDeleted"), key=lambda r: r["seq"])
+    for d in deletions:
+        assert d["unshipped"] is True and d["files"] and 1 <= d["firstSeq"] <= d["lastSeq"] < d["seq"], d
+        assert d["files"][0].endswith(f"-{d['firstSeq']:020}.jsonl"), d
+    for a, b in zip(deletions, deletions[1:]):
+        assert b["firstSeq"] == a["lastSeq"] + 1, (a, b)
+    assert min(r["seq"] for r in recs) == deletions[-1]["lastSeq"] + 1
+    r = verify(trail, pub)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "begins after" in r.stdout, r.stdout
+
+
 def test_every_record_type_appears_through_sftp_and_ftps(sshd, passwords):
     """One gateway, both protocols, the events an auditor asks about: a failed login, a denied
     operation, an aborted and a completed transfer on each protocol; a backend failover (the

@@ -282,6 +282,12 @@ pub enum Event {
     AuditFilesDeleted {
         files: Vec<String>,
         bytes: u64,
+        /// The records deleted: `firstSeq..=lastSeq` of this chain.
+        first_seq: u64,
+        last_seq: u64,
+        /// A collector is configured: the shipper deletes what it has shipped, so some or all
+        /// of these records never reached it.
+        unshipped: bool,
         reason: String,
     },
 }
@@ -367,6 +373,7 @@ impl Auditor {
             rotate_age: Duration::from_secs(settings.rotate_seconds()),
             max_bytes: settings.max_bytes(),
             when_full: settings.when_full(),
+            ships: settings.collector.is_some(),
             fail_closed: settings.fail_closed(),
             degraded: None,
             waiting: Vec::new(),
@@ -535,6 +542,8 @@ struct Writer {
     rotate_age: Duration,
     max_bytes: u64,
     when_full: AuditWhenFull,
+    /// A collector takes the file sink's records.
+    ships: bool,
     fail_closed: bool,
     /// Since when, and why, the trail is degraded.
     degraded: Option<(Degraded, Instant)>,
@@ -723,10 +732,14 @@ impl Writer {
             (AuditWhenFull::DeleteOldest, _) if bytes > self.max_bytes => {
                 // Down to the limit less one file, so that it is not done again at once.
                 let deleted = sink.delete_oldest(self.max_bytes.saturating_sub(self.rotate_bytes));
-                if !deleted.is_empty() {
+                if let Some(first_seq) = deleted.first_seq {
+                    let next = deleted.next_seq.unwrap_or(self.seq + 1);
                     let event = Event::AuditFilesDeleted {
-                        bytes: deleted.iter().map(|(_, n)| n).sum(),
-                        files: deleted.into_iter().map(|(f, _)| f).collect(),
+                        bytes: deleted.files.iter().map(|(_, n)| n).sum(),
+                        files: deleted.files.into_iter().map(|(f, _)| f).collect(),
+                        first_seq,
+                        last_seq: next.saturating_sub(1),
+                        unshipped: self.ships,
                         reason: format!("the spool reached maxBytes ({})", self.max_bytes),
                     };
                     self.write(&event, now());

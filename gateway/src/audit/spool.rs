@@ -247,32 +247,39 @@ impl FileSink {
             .unwrap_or_default())
     }
 
-    /// Deletes the oldest rotated files until the spool holds at most `limit` bytes. Returns
-    /// the names and sizes deleted.
-    pub fn delete_oldest(&mut self, limit: u64) -> Vec<(String, u64)> {
-        let mut deleted = Vec::new();
-        let Ok(files) = self.rotated_files() else {
+    /// Deletes the oldest rotated files until the spool holds at most `limit` bytes.
+    pub fn delete_oldest(&mut self, limit: u64) -> Deleted {
+        let mut deleted = Deleted::default();
+        let Ok(files) = rotated(&self.dir, &self.stem, &self.ext) else {
             return deleted;
         };
-        for (path, len) in files {
+        let mut files = files.into_iter();
+        for f in files.by_ref() {
             if self.spool_bytes() <= limit {
+                deleted.next_seq = Some(f.first_seq);
                 break;
             }
-            match fs::remove_file(&path) {
+            match fs::remove_file(&f.path) {
                 Ok(()) => {
-                    self.rotated = self.rotated.saturating_sub(len);
-                    deleted.push((
-                        path.file_name()
+                    self.rotated = self.rotated.saturating_sub(f.len);
+                    deleted.first_seq.get_or_insert(f.first_seq);
+                    deleted.files.push((
+                        f.path
+                            .file_name()
                             .map(|n| n.to_string_lossy().into_owned())
                             .unwrap_or_default(),
-                        len,
+                        f.len,
                     ));
                 }
                 Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot delete a rotated audit file");
+                    tracing::error!(path = %f.path.display(), error = %e, "cannot delete a rotated audit file");
+                    deleted.next_seq = Some(f.first_seq);
                     break;
                 }
             }
+        }
+        if deleted.next_seq.is_none() {
+            deleted.next_seq = self.first.map(|(seq, _)| seq);
         }
         deleted
     }
@@ -284,6 +291,17 @@ impl FileSink {
             .map(|f| (f.path, f.len))
             .collect())
     }
+}
+
+/// What `delete_oldest` took away.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// Names and sizes, oldest first.
+    pub files: Vec<(String, u64)>,
+    /// The first record of the oldest file deleted.
+    pub first_seq: Option<u64>,
+    /// The first record the spool still holds, if it holds any.
+    pub next_seq: Option<u64>,
 }
 
 /// A rotated file of a spool.
@@ -460,10 +478,14 @@ mod tests {
         let deleted = sink.delete_oldest(150);
         assert_eq!(
             deleted,
-            [
-                ("a-00000000000000000001.jsonl".to_owned(), 100),
-                ("a-00000000000000000002.jsonl".to_owned(), 100)
-            ]
+            Deleted {
+                files: vec![
+                    ("a-00000000000000000001.jsonl".to_owned(), 100),
+                    ("a-00000000000000000002.jsonl".to_owned(), 100)
+                ],
+                first_seq: Some(1),
+                next_seq: Some(3),
+            }
         );
         assert_eq!(sink.spool_bytes(), 100);
     }
