@@ -77,6 +77,7 @@ class Vsftpd:
         # concurrent sessions: as we read vsftpd, it gives up after a few random picks in use.
         self.pasv = free_port_range(64)
         cert, key = pki.issue("vsftpd", "localhost")
+        self.cert = cert
         self.ca = pki.ca
         Path("/var/run/vsftpd/empty").mkdir(parents=True, exist_ok=True)
         self.config = dir / "vsftpd.conf"

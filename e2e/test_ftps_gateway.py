@@ -677,6 +677,12 @@ def test_implicit_ftps_backend(gw, vsftpd_implicit, tmp_path):
     legs = [e for e in gw.events("backendConnected") if e["endpoint"] == "vsftpd-implicit"]
     assert legs and all(e["protocol"] == "ftps-implicit" and e["attempt"] == 1 for e in legs), legs
     assert legs[-1]["address"] == f"127.0.0.1:{vsftpd_implicit.port}" and legs[-1]["hostKey"] is None, legs
+    # How that leg was protected: the TLS version, and vsftpd's own certificate, verified.
+    import hashlib
+    import ssl
+    served = hashlib.sha256(ssl.PEM_cert_to_DER_cert(vsftpd_implicit.cert.read_text())).hexdigest()
+    assert all(e["channel"] in (f"TLSv1_3 cert-sha256:{served}", f"TLSv1_2 cert-sha256:{served}")
+               for e in legs), (served, legs)
 
 
 def test_plaintext_backend_needs_consent_and_is_audited_at_start(tmp_path):

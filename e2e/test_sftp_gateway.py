@@ -334,6 +334,8 @@ def test_backend_failover_to_the_next_address(sshd, passwords, gateways):
     leg = g.wait_event("backendConnected", endpoint="backend")
     assert leg["attempt"] == 2 and leg["address"] == f"127.0.0.1:{sshd.port}", leg
     assert leg["protocol"] == "sftp" and leg["hostKey"].startswith("ssh-ed25519 SHA256:"), leg
+    # The algorithms of that leg: the gateway's preferred AES-GCM, which sshd offers.
+    assert leg["channel"].startswith("SSH-2.0 aes128-gcm@openssh.com ") and leg["channel"].endswith(" ssh-ed25519"), leg
     start = g.wait_event("sessionStart")
     assert leg["session"] == start["session"], (leg, start)
 

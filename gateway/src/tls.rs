@@ -143,10 +143,17 @@ pub fn backend_client_config(
             .map_err(|e| format!("{ca_file}: unusable CA: {e}"))?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("{ca_file}: {e}"))?;
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Witnessed(verifier)));
     let config = match (client_cert, client_key) {
         (Some(c), Some(k)) => {
             let chain = load_certs(c)?;
@@ -159,6 +166,76 @@ pub fn backend_client_config(
         _ => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+tokio::task_local! {
+    /// What the backend verifier saw in the handshakes of the task inside [`witness`].
+    static SEEN: std::cell::RefCell<Option<String>>;
+}
+
+/// Runs `f` (a backend connection) and returns, with its output, what its TLS handshake showed:
+/// `TLSv1_3 cert-sha256:HEX` (the version by the signature the server made, and the leaf that
+/// the trusted CAs verified). `None` when no full handshake was verified (plaintext, resumed).
+pub async fn witness<T>(f: impl Future<Output = T>) -> (T, Option<String>) {
+    SEEN.scope(std::cell::RefCell::new(None), async {
+        let out = f.await;
+        (out, SEEN.with(|s| s.borrow_mut().take()))
+    })
+    .await
+}
+
+/// The WebPKI verifier, noting for [`witness`] what it verified. It decides nothing itself.
+#[derive(Debug)]
+struct Witnessed(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl Witnessed {
+    fn note(&self, version: &str, cert: &CertificateDer<'_>) {
+        let seen = format!(
+            "{version} cert-sha256:{}",
+            hex::encode(Sha256::digest(cert))
+        );
+        let _ = SEEN.try_with(|s| *s.borrow_mut() = Some(seen));
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for Witnessed {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let ok = self.0.verify_tls12_signature(message, cert, dss)?;
+        self.note("TLSv1_2", cert);
+        Ok(ok)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let ok = self.0.verify_tls13_signature(message, cert, dss)?;
+        self.note("TLSv1_3", cert);
+        Ok(ok)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 #[cfg(test)]

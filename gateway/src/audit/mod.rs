@@ -222,6 +222,10 @@ pub enum Event {
         protocol: &'static str,
         /// SFTP: the pinned host key the server proved it holds.
         host_key: Option<String>,
+        /// How the leg is protected. SFTP: `SSH-2.0 <cipher>[ <mac>] <kex> <host key>` as
+        /// for the client leg; FTPS: `TLSv1_3 cert-sha256:HEX`, the version and the server's
+        /// certificate that the trusted CAs verified.
+        channel: Option<String>,
     },
     BackendHostKeyRejected {
         endpoint: String,

@@ -145,7 +145,12 @@ impl FtpsBackend {
         let spec = &self.spec;
         let mut last = String::from("no address configured");
         for (i, addr) in spec.addresses.iter().enumerate() {
-            match tokio::time::timeout(spec.connect_timeout, connect_one(spec, addr)).await {
+            let (connected, channel) = crate::tls::witness(tokio::time::timeout(
+                spec.connect_timeout,
+                connect_one(spec, addr),
+            ))
+            .await;
+            match connected {
                 Ok(Ok(ftp)) => {
                     self.audit
                         .emit(Event::BackendConnected {
@@ -159,6 +164,7 @@ impl FtpsBackend {
                                 FtpSecurity::Plaintext => "ftp",
                             },
                             host_key: None,
+                            channel,
                         })
                         .await;
                     return Ok(ftp);

@@ -57,6 +57,8 @@ struct Pinned {
     /// What the server showed: the refused key, read after the handshake fails, or the pinned
     /// one it proved it holds, for the audit record.
     presented: Arc<std::sync::Mutex<Option<String>>>,
+    /// The algorithms the key exchange settled on, for the audit record.
+    negotiated: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Pinned {
@@ -90,6 +92,19 @@ impl client::Handler for Pinned {
         }
         self.refuse(describe(key))
     }
+
+    /// The SFTP channel opens after the key exchange: the algorithms it settled on.
+    async fn channel_open_confirmation(
+        &mut self,
+        _id: russh::ChannelId,
+        _max_packet_size: u32,
+        _window_size: u32,
+        session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        *self.negotiated.lock().expect("negotiated lock poisoned") =
+            session.negotiated().map(str::to_owned);
+        Ok(())
+    }
 }
 
 struct Conn {
@@ -98,6 +113,7 @@ struct Conn {
     /// The peer address and the pinned host key it proved, for the audit record.
     peer: String,
     host_key: Option<String>,
+    channel: Option<String>,
 }
 
 pub struct SftpBackend {
@@ -143,6 +159,7 @@ impl SftpBackend {
                             attempt: i + 1,
                             protocol: "sftp",
                             host_key: c.host_key.clone(),
+                            channel: c.channel.clone(),
                         })
                         .await;
                     let c = Arc::new(c);
@@ -189,9 +206,11 @@ impl SftpBackend {
             ..Default::default()
         });
         let presented = Arc::new(std::sync::Mutex::new(None));
+        let negotiated = Arc::new(std::sync::Mutex::new(None));
         let pinned = Pinned {
             keys: self.spec.host_keys.clone(),
             presented: presented.clone(),
+            negotiated: negotiated.clone(),
         };
         let mut ssh = match client::connect_stream(config, stream, pinned).await {
             Ok(h) => h,
@@ -245,6 +264,7 @@ impl SftpBackend {
             sftp,
             peer: peer.map_or_else(|| addr.to_owned(), |p| p.to_string()),
             host_key: presented.lock().expect("presented lock poisoned").take(),
+            channel: negotiated.lock().expect("negotiated lock poisoned").take(),
         })
     }
 }

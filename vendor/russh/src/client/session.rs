@@ -7,6 +7,12 @@ use crate::session::EncryptedState;
 use crate::{ChannelId, CryptoVec, Disconnect, Pty, Sig, map_err, msg};
 
 impl Session {
+    /// PORTCULLIS PATCH: the algorithms of the last key exchange (`SSH-2.0 <cipher>[ <mac>]
+    /// <kex> <host key>`), once the transport is encrypted; the backend leg's audit record.
+    pub fn negotiated(&self) -> Option<&str> {
+        self.common.encrypted.as_ref().map(|e| e.negotiated.as_str())
+    }
+
     fn channel_open_generic<F>(
         &mut self,
         kind: &[u8],
