@@ -584,6 +584,35 @@ def test_leader_election_only_one_operator_reconciles(cluster, operator):
         operator.proc, operator.metrics_port = second.proc, second.metrics_port
 
 
+def test_an_audit_key_rotation_keeps_the_retired_public_key(cluster, operator):
+    """Rotation: removing `audit-signing.pem` from the key ring's Secret makes the operator make
+    a new signing key; the status publishes it and keeps the old public half, with its key id,
+    under previousAuditKeys, so trails signed before the rotation stay verifiable."""
+    ns = cluster.namespace("audit-rotation")
+    cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "KeyRing", "metadata": {"name": "signing"},
+                   "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["audit.local"], "sshHostKeys": False,
+                            "auditSigningKey": True}}, ns)
+
+    def status():
+        return (cluster.get("keyring", "signing", ns) or {}).get("status", {})
+    first = cluster.wait_for("a signing key", lambda: status().get("auditKeyId") and status(), timeout=30)
+    assert "previousAuditKeys" not in first, first
+    old_private = cluster.secret_data("signing-keyring", ns)["audit-signing.pem"]
+    cluster.kubectl("patch", "secret", "signing-keyring", "--type=json", "-p",
+                    json.dumps([{"op": "remove", "path": "/data/audit-signing.pem"}]), namespace=ns)
+    second = cluster.wait_for("a new signing key", lambda: (s := status()).get("auditKeyId") not in
+                              (None, first["auditKeyId"]) and s, timeout=30)
+    assert second["auditPublicKey"] != first["auditPublicKey"]
+    assert cluster.secret_data("signing-keyring", ns)["audit-signing.pem"] != old_private
+    (retired,) = second["previousAuditKeys"]
+    assert retired["keyId"] == first["auditKeyId"] and retired["publicKey"] == first["auditPublicKey"], retired
+    assert retired["retiredAt"].endswith("Z"), retired
+    # Later reconciles keep the history as it is.
+    cluster.kubectl("annotate", "keyring", "signing", "touch=1", namespace=ns)
+    time.sleep(2)
+    assert status()["previousAuditKeys"] == second["previousAuditKeys"]
+
+
 def test_key_ring_secrets_outlive_the_key_ring_unless_asked_and_host_keys_import(cluster, operator, tmp_path):
     """Partners pin the host keys and trust the CA: deleting a KeyRing keeps its Secrets by
     default (they were garbage-collected with it), and a KeyRing made again under the same name

@@ -186,4 +186,21 @@ pub struct KeyRingStatus {
     /// the raw public key, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_key_id: Option<String>,
+    /// Audit signing keys this key ring held before, newest first (at most 10), so that
+    /// trails signed before a rotation stay verifiable. To rotate, remove `audit-signing.pem`
+    /// from the key ring's Secret: the operator makes a new key and retires the old one here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_audit_keys: Vec<RetiredAuditKey>,
+}
+
+/// An audit signing key a key ring no longer signs with.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiredAuditKey {
+    /// The `keyId` its checkpoints name.
+    pub key_id: String,
+    /// Its public half (PEM `PUBLIC KEY`).
+    pub public_key: String,
+    /// When the operator saw it replaced (RFC 3339).
+    pub retired_at: String,
 }

@@ -25,7 +25,8 @@ pub use gateway::{
     TransferGateway, TransferGatewaySpec, TransferGatewayStatus,
 };
 pub use keyring::{
-    DeletionPolicy, Issuer, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus, SecretKeyRef,
+    DeletionPolicy, Issuer, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus, RetiredAuditKey,
+    SecretKeyRef,
 };
 pub use rbac::{MountSpec, TransferRole, TransferRoleSpec, TransferUser, TransferUserSpec, Verb};
 pub use zone::{NetworkZone, NetworkZoneSpec};

@@ -16,7 +16,9 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::controller::Action,
 };
-use portcullis_api::{DeletionPolicy, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus, READY};
+use portcullis_api::{
+    DeletionPolicy, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus, READY, RetiredAuditKey,
+};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -168,6 +170,7 @@ async fn reconcile_inner(kr: &KeyRing, ctx: &Context) -> Result<Action, Error> {
                 .and_then(|v| ca::audit_key_facts(&String::from_utf8_lossy(&v.0)));
             new.audit_public_key = audit_key.as_ref().map(|(public, _)| public.clone());
             new.audit_key_id = audit_key.map(|(_, id)| id);
+            retire_audit_key(&old, &mut new, now.unix_timestamp());
             if issuing {
                 ctx.event(
                     kr,
@@ -488,6 +491,27 @@ async fn set_issuing(ctx: &Context, kr: &KeyRing) {
     }
 }
 
+/// Keeps the public half of an audit signing key that `new` no longer holds, newest first.
+fn retire_audit_key(old: &KeyRingStatus, new: &mut KeyRingStatus, now: i64) {
+    let (Some(id), Some(public)) = (&old.audit_key_id, &old.audit_public_key) else {
+        return;
+    };
+    if new.audit_key_id.as_ref() == Some(id)
+        || new.previous_audit_keys.iter().any(|k| &k.key_id == id)
+    {
+        return;
+    }
+    new.previous_audit_keys.insert(
+        0,
+        RetiredAuditKey {
+            key_id: id.clone(),
+            public_key: public.clone(),
+            retired_at: rfc3339(now),
+        },
+    );
+    new.previous_audit_keys.truncate(10);
+}
+
 pub fn rfc3339(unix: i64) -> String {
     OffsetDateTime::from_unix_timestamp(unix)
         .ok()
@@ -496,4 +520,51 @@ pub fn rfc3339(unix: i64) -> String {
                 .ok()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_key(id: &str) -> KeyRingStatus {
+        KeyRingStatus {
+            audit_key_id: Some(id.into()),
+            audit_public_key: Some(format!("PEM {id}")),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_replaced_audit_key_is_kept_once_newest_first_and_ten_at_most() {
+        let mut s = with_key("k0");
+        for i in 1..=12 {
+            let mut new = KeyRingStatus {
+                audit_key_id: Some(format!("k{i}")),
+                audit_public_key: Some(format!("PEM k{i}")),
+                ..s.clone()
+            };
+            retire_audit_key(&s, &mut new, 0);
+            // The same reconcile again retires nothing more.
+            let again = new.clone();
+            retire_audit_key(&again, &mut new, 0);
+            s = new;
+        }
+        let ids: Vec<&str> = s
+            .previous_audit_keys
+            .iter()
+            .map(|k| k.key_id.as_str())
+            .collect();
+        assert_eq!(
+            ids,
+            ["k11", "k10", "k9", "k8", "k7", "k6", "k5", "k4", "k3", "k2"]
+        );
+        assert_eq!(s.previous_audit_keys[0].public_key, "PEM k11");
+        assert_eq!(s.previous_audit_keys[0].retired_at, "1970-01-01T00:00:00Z");
+        // An unchanged key, or none before, retires nothing.
+        let mut same = with_key("a");
+        retire_audit_key(&with_key("a"), &mut same, 0);
+        let mut first = with_key("a");
+        retire_audit_key(&KeyRingStatus::default(), &mut first, 0);
+        assert!(same.previous_audit_keys.is_empty() && first.previous_audit_keys.is_empty());
+    }
 }
