@@ -541,8 +541,10 @@ def test_deleting_the_leader_pod_hands_over_within_the_lease(cluster, operator, 
     wait_pods_ready(cluster, OP_NS, "app.kubernetes.io/name=portcullis-operator", 2, timeout=120)
 
 
-SESSION_SCRIPT = r"""
-import ftplib, hashlib, ssl, sys
+# An explicit FTPS session from a test host: argv is e2e's directory, the address, the CA file,
+# the user and the password; what follows is the script's own part.
+FTPS_LOGIN = r"""
+import ftplib, hashlib, json, ssl, sys
 sys.path.insert(0, sys.argv[1])
 from ftps import ReusingFTP_TLS
 ctx = ssl.create_default_context(cafile=sys.argv[3])
@@ -550,12 +552,15 @@ ctx.check_hostname = False
 f = ReusingFTP_TLS(context=ctx, timeout=30)
 f.connect(sys.argv[2], 2121)
 f.auth()
-f.login("ftpuser", "ftp-pw")
+f.login(sys.argv[4], sys.argv[5])
 f.prot_p()
+"""
+
+SESSION_SCRIPT = FTPS_LOGIN + r"""
 print("cert", hashlib.sha256(f.sock.getpeercert(binary_form=True)).hexdigest(), flush=True)
 sys.stdin.readline()  # held open until the test has seen the certificate change
 print("noop", f.voidcmd("NOOP"), flush=True)
-with open(sys.argv[4], "rb") as src:
+with open(sys.argv[6], "rb") as src:
     print("stor", f.storbinary("STOR /lan/after-rotation.bin", src), flush=True)
 print("list", len(f.nlst("/lan")), flush=True)
 f.quit()
@@ -591,7 +596,7 @@ def test_a_short_lived_certificate_rotates_through_the_kubelet_without_a_restart
     want = make_file(payload, 1024 * 1024)
 
     session = subprocess.Popen(["ip", "netns", "exec", hosts["partner"].name, "python3", "-c", SESSION_SCRIPT,
-                                str(ROOT / "e2e"), ip, str(ca), str(payload)],
+                                str(ROOT / "e2e"), ip, str(ca), "ftpuser", "ftp-pw", str(payload)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = session.stdout.readline().split()
@@ -861,17 +866,7 @@ def test_sftp_through_the_pod_and_a_live_role_change_without_a_restart(cluster, 
     assert any(r["event"] == "configReloaded" for r in trail_records(x["trail"]))
 
 
-SITE_SCRIPT = r"""
-import ftplib, json, ssl, sys
-sys.path.insert(0, sys.argv[1])
-from ftps import ReusingFTP_TLS
-ctx = ssl.create_default_context(cafile=sys.argv[3])
-ctx.check_hostname = False
-f = ReusingFTP_TLS(context=ctx, timeout=30)
-f.connect(sys.argv[2], 2121)
-f.auth()
-f.login("alice", "alice-pw")
-f.prot_p()
+SITE_SCRIPT = FTPS_LOGIN + r"""
 f.cwd("/mf")
 out = {"relative": f.sendcmd("SITE CHMOD 600 batch.bin")}
 try:
@@ -905,7 +900,8 @@ def test_ftps_tls13_through_the_pod_to_vsftpd_and_sshd_with_site_commands(cluste
     r = partner.run("curl", "-sS", "--ssl-reqd", "--cacert", str(x["ca"]), "--resolve", f"{FULL_NAME}:2121:{x['ip']}",
                     "--tls-max", "1.2", f"{base}/mf/")
     assert r.returncode != 0, r
-    r = partner.run("python3", "-c", SITE_SCRIPT, str(ROOT / "e2e"), x["ip"], str(x["ca"]), check=True)
+    r = partner.run("python3", "-c", SITE_SCRIPT, str(ROOT / "e2e"), x["ip"], str(x["ca"]), "alice", "alice-pw",
+                    check=True)
     site = json.loads(r.stdout)
     assert site["relative"].startswith("200") and site["absolute"].startswith("200"), site
     assert site["exec"].startswith("550"), site
