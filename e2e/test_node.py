@@ -22,7 +22,7 @@ import pytest
 
 from collector import read_records
 from ftps import BACKEND_USER, Pki, Vsftpd
-from harness import ROOT, SSH_OPTS, Sshd, fresh_dir, hash_password, keygen, make_file, pubkey, sha256_file
+from harness import GATEWAY_BIN, ROOT, SSH_OPTS, Sshd, fresh_dir, hash_password, keygen, make_file, pubkey, sha256_file
 from kube import Cluster
 
 CHART = ROOT / "charts" / "portcullis"
@@ -323,6 +323,24 @@ def vsftpd(hosts):
     v.stop()
 
 
+def vsftpd_endpoint(cluster, ns: str, vsftpd, name: str) -> list[dict]:
+    """A TransferEndpoint `name` for the LAN vsftpd and the KeyRing `lan-trust` holding its CA;
+    the Secrets they name (password, CA) are created here."""
+    cluster.kubectl("create", "secret", "generic", "vsftpd-credentials",
+                    f"--from-file=password={vsftpd.password_file}", namespace=ns)
+    cluster.kubectl("create", "secret", "generic", "vsftpd-ca", f"--from-file=ca.crt={vsftpd.ca}", namespace=ns)
+    return [
+        {"kind": "KeyRing", "metadata": {"name": "lan-trust"},
+         "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["unused.local"], "sshHostKeys": False,
+                  "backendCas": [{"name": "vsftpd-ca", "key": "ca.crt"}]}},
+        {"kind": "TransferEndpoint", "metadata": {"name": name},
+         "spec": {"protocol": "ftps", "addresses": [{"host": vsftpd.address, "port": vsftpd.port}],
+                  "username": BACKEND_USER, "credentials": {"secretName": "vsftpd-credentials"},
+                  "ftps": {"keyRing": "lan-trust", "serverName": "localhost",
+                           "dataPorts": {"min": vsftpd.pasv, "max": vsftpd.pasv + 63}}}},
+    ]
+
+
 FTPS_NAME = "ftps.zones.test"
 
 
@@ -331,22 +349,13 @@ def ftps(cluster, zones, backend, vsftpd):
     """Two gateway replicas with explicit and implicit FTPS for the partners zone, in front of
     vsftpd (/vs) and sshd (/lan); a user with a password."""
     ns, d = zones["ns"], zones["dir"]
-    cluster.kubectl("create", "secret", "generic", "vsftpd-credentials",
-                    f"--from-file=password={vsftpd.password_file}", namespace=ns)
-    cluster.kubectl("create", "secret", "generic", "vsftpd-ca", f"--from-file=ca.crt={vsftpd.ca}", namespace=ns)
+    lan_ftps = vsftpd_endpoint(cluster, ns, vsftpd, "lan-vsftpd")
     cluster.kubectl("create", "secret", "generic", "ftp-password",
                     f"--from-literal=hash={hash_password('ftp-pw')}", namespace=ns)
     docs = [
+        *lan_ftps,
         {"kind": "KeyRing", "metadata": {"name": "ftps-cert"},
          "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": [FTPS_NAME], "sshHostKeys": False}},
-        {"kind": "KeyRing", "metadata": {"name": "lan-trust"},
-         "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["unused.local"], "sshHostKeys": False,
-                  "backendCas": [{"name": "vsftpd-ca", "key": "ca.crt"}]}},
-        {"kind": "TransferEndpoint", "metadata": {"name": "lan-vsftpd"},
-         "spec": {"protocol": "ftps", "addresses": [{"host": vsftpd.address, "port": vsftpd.port}],
-                  "username": BACKEND_USER, "credentials": {"secretName": "vsftpd-credentials"},
-                  "ftps": {"keyRing": "lan-trust", "serverName": "localhost",
-                           "dataPorts": {"min": vsftpd.pasv, "max": vsftpd.pasv + 63}}}},
         {"kind": "TransferRole", "metadata": {"name": "ftp-exchange"},
          "spec": {"mounts": [
              {"path": "/lan", "endpoint": "lan-sftp", "backendPath": str(backend.root), "verbs": ["list", "read", "write"]},
@@ -751,30 +760,21 @@ def full(cluster, operator, hosts, backend, vsftpd):
     (exchange / "report.csv").write_text("id,amount\n1,100\n")
     cluster.kubectl("create", "secret", "generic", "lan-creds",
                     f"--from-file=ssh-privatekey={backend.client_key}", namespace=ns)
-    cluster.kubectl("create", "secret", "generic", "vsftpd-credentials",
-                    f"--from-file=password={vsftpd.password_file}", namespace=ns)
-    cluster.kubectl("create", "secret", "generic", "vsftpd-ca", f"--from-file=ca.crt={vsftpd.ca}", namespace=ns)
+    lan_ftps = vsftpd_endpoint(cluster, ns, vsftpd, "mainframe")
     cluster.kubectl("create", "secret", "generic", "alice-password",
                     f"--from-literal=hash={hash_password('alice-pw')}", namespace=ns)
     docs = [
+        *lan_ftps,
         {"kind": "NetworkZone", "metadata": {"name": "partners"}, "spec": {"cidrs": ["198.18.32.0/24"]}},
         {"kind": "KeyRing", "metadata": {"name": "gw-keys"},
          "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": [FULL_NAME], "duration": "1m", "renewBefore": "35s"}},
         {"kind": "KeyRing", "metadata": {"name": "audit-keys"},
          "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["audit.local"], "sshHostKeys": False,
                   "auditSigningKey": True}},
-        {"kind": "KeyRing", "metadata": {"name": "lan-trust"},
-         "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["unused.local"], "sshHostKeys": False,
-                  "backendCas": [{"name": "vsftpd-ca", "key": "ca.crt"}]}},
         {"kind": "TransferEndpoint", "metadata": {"name": "lan-sftp"},
          "spec": {"protocol": "sftp", "addresses": [{"host": backend.address, "port": backend.port}],
                   "hostKeys": [pubkey(backend.host_key)], "username": backend.user,
                   "credentials": {"secretName": "lan-creds"}}},
-        {"kind": "TransferEndpoint", "metadata": {"name": "mainframe"},
-         "spec": {"protocol": "ftps", "addresses": [{"host": vsftpd.address, "port": vsftpd.port}],
-                  "username": BACKEND_USER, "credentials": {"secretName": "vsftpd-credentials"},
-                  "ftps": {"keyRing": "lan-trust", "serverName": "localhost",
-                           "dataPorts": {"min": vsftpd.pasv, "max": vsftpd.pasv + 63}}}},
         {"kind": "TransferRole", "metadata": {"name": "exchange"},
          "spec": {"mounts": [{"path": "/exchange", "endpoint": "lan-sftp", "backendPath": str(exchange),
                               "verbs": ["list", "read"]}]}},
@@ -818,11 +818,47 @@ def full(cluster, operator, hosts, backend, vsftpd):
     ring = cluster.secret_data("gw-keys-keyring", ns)
     ca = d / "gw-ca.pem"
     ca.write_bytes(ring.get("ca.crt") or ring["tls.crt"])
-    trail = (cluster.dir / "node" / "kubelet" / "pods" / pod["metadata"]["uid"] / "volumes"
-             / "kubernetes.io~empty-dir" / "audit")
+    trail = audit_dir(cluster, pod)
     assert trail.is_dir(), trail
     return {"ns": ns, "dir": d, "key": key, "user": "alice", "ip": cluster.get("service", "edge", ns)["spec"]["clusterIP"],
             "pod": pod, "ca": ca, "trail": trail, "exchange": exchange}
+
+
+def audit_dir(cluster, pod: dict) -> Path:
+    """The pod's `audit` emptyDir, where the kubelet keeps it on the node."""
+    return (cluster.dir / "node" / "kubelet" / "pods" / pod["metadata"]["uid"] / "volumes"
+            / "kubernetes.io~empty-dir" / "audit")
+
+
+def audit_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(GATEWAY_BIN), "audit", *args], capture_output=True, text=True)
+
+
+def audit_key(cluster, ns: str, d: Path) -> tuple[Path, dict]:
+    """The `audit-keys` KeyRing's published public key, written to a file; and its status."""
+    st = cluster.get("keyring", "audit-keys", ns)["status"]
+    pub = d / "audit-keys.pub"
+    pub.write_text(st["auditPublicKey"])
+    return pub, st
+
+
+def wait_signed_end(cluster, trail: Path, path: str) -> tuple[list[dict], dict]:
+    """The trail's records once the last transfer of `path` has ended and a checkpoint signs it."""
+    def signed():
+        recs = trail_records(trail)
+        ends = [r for r in recs if r["event"] == "transferEnd" and r["path"] == path]
+        return ends and any(r["event"] == "checkpoint" and r["seq"] > ends[-1]["seq"] for r in recs) and (recs, ends[-1])
+    return cluster.wait_for(f"the pod's trail to sign {path}", signed, timeout=30, interval=0.5)
+
+
+def checked_receipt(trail: Path, pub: Path, transfer: str, d: Path) -> str:
+    """`audit receipt` for `transfer`, then `audit check-receipt` with the key: its output."""
+    receipt = audit_cli("receipt", "--transfer", transfer, str(trail))
+    assert receipt.returncode == 0, receipt.stdout + receipt.stderr
+    (d / f"receipt-{transfer}.jsonl").write_text(receipt.stdout)
+    r = audit_cli("check-receipt", "--key", str(pub), str(d / f"receipt-{transfer}.jsonl"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
 
 
 def trail_records(trail: Path) -> list[dict]:
@@ -923,33 +959,20 @@ def test_the_pod_trail_verifies_with_the_key_ring_public_key(cluster, hosts, ful
     receipt checks."""
     x = full
     ns, d = x["ns"], x["dir"]
-    st = cluster.get("keyring", "audit-keys", ns)["status"]
+    pub, st = audit_key(cluster, ns, d)
     assert st["auditPublicKey"].startswith("-----BEGIN PUBLIC KEY-----"), st
     assert len(st["auditKeyId"]) == 16, st
-    pub = d / "audit-keys.pub"
-    pub.write_text(st["auditPublicKey"])
     up = d / "audited.txt"
     up.write_text("audited through kubernetes\n" * 100)
     sftp_from(hosts["partner"], x, f"put {up} /mf/audited.txt\n")
 
-    def end_and_checkpoint():
-        recs = trail_records(x["trail"])
-        ends = [r for r in recs if r["event"] == "transferEnd" and r["path"] == "/mf/audited.txt"]
-        return ends and any(r["event"] == "checkpoint" and r["seq"] > ends[-1]["seq"] for r in recs) and ends[-1]
-    end = cluster.wait_for("the pod's trail to sign the transfer", end_and_checkpoint, timeout=30, interval=0.5)
+    _, end = wait_signed_end(cluster, x["trail"], "/mf/audited.txt")
     assert end["confidence"] == "High", end
-    gateway_bin = str(ROOT / "target" / "release" / "portcullis-gateway")
-    r = subprocess.run([gateway_bin, "audit", "verify", "--live", "--key", str(pub), str(x["trail"])],
-                       capture_output=True, text=True)
+    r = audit_cli("verify", "--live", "--key", str(pub), str(x["trail"]))
     assert r.returncode == 0 and "signatures checked" in r.stdout, r.stdout + r.stderr
-    receipt = subprocess.run([gateway_bin, "audit", "receipt", "--transfer", end["transfer"], str(x["trail"])],
-                             capture_output=True, text=True)
-    assert receipt.returncode == 0, receipt.stderr
-    (d / "receipt.jsonl").write_text(receipt.stdout)
-    r = subprocess.run([gateway_bin, "audit", "check-receipt", "--key", str(pub), str(d / "receipt.jsonl")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.startswith(f"ok: transfer {end['transfer']}: upload of /mf/audited.txt"), r
-    assert f"signed by key {st['auditKeyId']}" in r.stdout, r.stdout
+    checked = checked_receipt(x["trail"], pub, end["transfer"], d)
+    assert checked.startswith(f"ok: transfer {end['transfer']}: upload of /mf/audited.txt"), checked
+    assert f"signed by key {st['auditKeyId']}" in checked, checked
 
 
 SFTP_SESSION_SCRIPT = r"""
@@ -1043,29 +1066,16 @@ def test_a_killed_gateway_container_continues_its_trail_with_ids_that_do_not_rep
                      lambda: sftp_from(hosts["partner"], x, f"put {up} /mf/after-restart.txt\n", check=False).returncode == 0,
                      timeout=60, interval=1)
 
-    def signed_end():
-        recs = trail_records(x["trail"])
-        ends = [r for r in recs if r["event"] == "transferEnd" and r["path"] == "/mf/after-restart.txt"]
-        return ends and any(r["event"] == "checkpoint" and r["seq"] > ends[-1]["seq"] for r in recs) and (recs, ends[-1])
-    recs, end = cluster.wait_for("the new transfer signed", signed_end, timeout=30, interval=0.5)
+    recs, end = wait_signed_end(cluster, x["trail"], "/mf/after-restart.txt")
     assert any(r["event"] == "chainResumed" for r in recs)
     sessions = [r["session"] for r in recs if r["event"] == "sessionStart"]
     transfers = [r["transfer"] for r in recs if r["event"] == "transferEnd"]
     assert len(set(sessions)) == len(sessions), sorted(sessions)
     assert len(set(transfers)) == len(transfers), sorted(transfers)
-    pub = d / "audit-keys.pub"
-    pub.write_text(cluster.get("keyring", "audit-keys", ns)["status"]["auditPublicKey"])
-    gateway_bin = str(ROOT / "target" / "release" / "portcullis-gateway")
-    r = subprocess.run([gateway_bin, "audit", "verify", "--live", "--key", str(pub), str(x["trail"])],
-                       capture_output=True, text=True)
+    pub, _ = audit_key(cluster, ns, d)
+    r = audit_cli("verify", "--live", "--key", str(pub), str(x["trail"]))
     assert r.returncode == 0 and "restart" in r.stdout, r.stdout + r.stderr
-    receipt = subprocess.run([gateway_bin, "audit", "receipt", "--transfer", end["transfer"], str(x["trail"])],
-                             capture_output=True, text=True)
-    assert receipt.returncode == 0, receipt.stdout + receipt.stderr
-    (d / "restart-receipt.jsonl").write_text(receipt.stdout)
-    r = subprocess.run([gateway_bin, "audit", "check-receipt", "--key", str(pub), str(d / "restart-receipt.jsonl")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    checked_receipt(x["trail"], pub, end["transfer"], d)
 
 
 def test_the_pod_ships_its_trail_to_a_collector_across_an_outage(cluster, hosts, full):
@@ -1101,8 +1111,7 @@ def test_the_pod_ships_its_trail_to_a_collector_across_an_outage(cluster, hosts,
         (pod,) = wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=ship", 1, timeout=180)
         name = pod["metadata"]["name"]
         target = {**x, "ip": cluster.get("service", "ship", ns)["spec"]["clusterIP"]}
-        trail = (cluster.dir / "node" / "kubelet" / "pods" / pod["metadata"]["uid"] / "volumes"
-                 / "kubernetes.io~empty-dir" / "audit")
+        trail = audit_dir(cluster, pod)
         up = d / "shipped.txt"
         up.write_text("shipped\n" * 1000)
         admin = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"] == "admin")
@@ -1139,10 +1148,8 @@ def test_the_pod_ships_its_trail_to_a_collector_across_an_outage(cluster, hosts,
     assert events.count("fileStart") >= 2 and events.count("checkpoint") >= 1, events[:20]
     copy = fresh_dir("node-collected")
     (copy / "audit.jsonl").write_bytes(b"".join(records[(name, s)] for s in range(1, last + 1)))
-    pub = d / "audit-keys.pub"
-    pub.write_text(cluster.get("keyring", "audit-keys", ns)["status"]["auditPublicKey"])
-    r = subprocess.run([str(ROOT / "target" / "release" / "portcullis-gateway"), "audit", "verify", "--live",
-                        "--key", str(pub), str(copy)], capture_output=True, text=True)
+    pub, _ = audit_key(cluster, ns, d)
+    r = audit_cli("verify", "--live", "--key", str(pub), str(copy))
     assert r.returncode == 0, r.stdout + r.stderr
     cluster.wait_for("the shipped rotated files to leave the spool",
                      lambda: list(trail.glob("audit-*.jsonl")) == [], timeout=30, interval=1)

@@ -253,8 +253,7 @@ impl FileSink {
         let Ok(files) = rotated(&self.dir, &self.stem, &self.ext) else {
             return deleted;
         };
-        let mut files = files.into_iter();
-        for f in files.by_ref() {
+        for f in files {
             if self.spool_bytes() <= limit {
                 deleted.next_seq = Some(f.first_seq);
                 break;
