@@ -27,6 +27,11 @@ class Collector:
         self.ctx.load_cert_chain(str(cert), str(key))
         self.address = address
         self.port = port or free_port()
+        if out and out.exists():
+            # A collector killed mid-write (an outage) may leave half a line: keep whole ones,
+            # so that the next one's lines do not run into it. The gateway sends that batch again.
+            data = out.read_bytes()
+            out.write_bytes(data[:data.rfind(b"\n") + 1])
         self.out = out.open("ab") if out else None
         self.records: dict[tuple[str, int], bytes] = {}
         self.received = 0
