@@ -49,6 +49,36 @@ def figure():
     return record
 
 
+def _remove_large_files(root: Path, at_least: int, skip: Path | None = None) -> None:
+    for path in root.rglob("*"):
+        try:
+            if skip is not None and path.is_relative_to(skip):
+                continue
+            if path.is_file() and not path.is_symlink() and path.stat().st_size >= at_least:
+                path.unlink()
+        except OSError:
+            pass  # gone already, or a server's socket: nothing to reclaim
+
+
+@pytest.fixture(autouse=True)
+def _tmp_path_keeps_no_payloads(request):
+    """A test's payloads (files of 4 MiB and more in its tmp_path) are removed when it ends:
+    pytest keeps every tmp_path of its last three runs, and the 1 GiB tests alone would leave
+    gigabytes each run. Small files (configs, logs) stay for a failure's post-mortem."""
+    yield
+    tmp = request.node.funcargs.get("tmp_path")
+    if isinstance(tmp, Path):
+        _remove_large_files(tmp, 4 << 20)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _work_keeps_no_payloads():
+    """The same for e2e/.work when a module ends (its servers are stopped by then): backends'
+    copies of large uploads, the 1 GiB source files. A CI run once failed with a full disk."""
+    yield
+    _remove_large_files(WORK, 16 << 20, skip=WORK / "failed")
+
+
 # What a failing test shows of each running server's logs: the lines worth reading first.
 LOG_TAILS = {
     "gateway.log": (re.compile(r"WARN|ERROR|panicked"), 40),
@@ -71,12 +101,15 @@ def pytest_runtest_makereport(item, call):
             if proc is None or proc.poll() is not None:
                 continue
             dest = keep / server.dir.name
-            dest.mkdir(parents=True, exist_ok=True)
             for name, (telling, count) in LOG_TAILS.items():
                 path = server.dir / name
                 if not path.exists():
                     continue
-                shutil.copy(path, dest / name)
+                try:
+                    dest.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(path, dest / name)
+                except OSError as e:  # a full disk must not end the whole run (it once did)
+                    report.sections.append((f"{server.dir.name}/{name}", f"not kept: {e}"))
                 lines = [line for line in path.read_text(errors="replace").splitlines() if telling.search(line)]
                 if lines:
                     report.sections.append((f"{server.dir.name}/{name} (last {count} telling lines)",

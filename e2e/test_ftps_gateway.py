@@ -5,6 +5,7 @@ the real sshd as backends."""
 import ftplib
 import hashlib
 import io
+import re
 import shutil
 import socket
 import ssl
@@ -682,12 +683,21 @@ def test_implicit_ftps_backend(gw, vsftpd_implicit, tmp_path):
     legs = [e for e in gw.events("backendConnected") if e["endpoint"] == "vsftpd-implicit"]
     assert legs and all(e["protocol"] == "ftps-implicit" and e["attempt"] == 1 for e in legs), legs
     assert legs[-1]["address"] == f"127.0.0.1:{vsftpd_implicit.port}" and legs[-1]["hostKey"] is None, legs
-    # How that leg was protected: the TLS version, and vsftpd's own certificate, verified.
-    import hashlib
-    import ssl
+    # How that leg was protected: the TLS version, the suite its keys were made with, and
+    # vsftpd's own certificate, verified.
     served = hashlib.sha256(ssl.PEM_cert_to_DER_cert(vsftpd_implicit.cert.read_text())).hexdigest()
-    assert all(e["channel"] in (f"TLSv1_3 cert-sha256:{served}", f"TLSv1_2 cert-sha256:{served}")
-               for e in legs), (served, legs)
+    shape = re.compile(rf"TLSv1_3 TLS13_(AES_256_GCM_SHA384|AES_128_GCM_SHA256|CHACHA20_POLY1305_SHA256) "
+                       rf"cert-sha256:{served}|TLSv1_2 TLS_ECDHE_(RSA|ECDSA)_WITH_\w+ cert-sha256:{served}")
+    assert all(shape.fullmatch(e["channel"]) for e in legs), (served, legs)
+    # The suite is the one vsftpd settles on with a TLS client offering the same suites in the
+    # same order (Python's OpenSSL, straight to vsftpd).
+    direct = ssl.create_default_context(cafile=str(vsftpd_implicit.cert))
+    direct.check_hostname = False
+    with socket.create_connection(("127.0.0.1", vsftpd_implicit.port), timeout=10) as raw:
+        with direct.wrap_socket(raw) as tls:
+            name, version, _ = tls.cipher()
+    assert version == "TLSv1.3" and name.startswith("TLS_"), (version, name)
+    assert legs[-1]["channel"].split()[:2] == ["TLSv1_3", "TLS13_" + name.removeprefix("TLS_")], (name, legs[-1])
 
 
 def test_plaintext_backend_needs_consent_and_is_audited_at_start(tmp_path):

@@ -5,6 +5,7 @@ The operator runs here as a local process; the product as pods, with the full pa
 `kubectl apply` to transfers, is in test_node.py."""
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -163,6 +164,18 @@ INVALID = {
     "CA issuer without a Secret": (
         "KeyRing", {"issuer": {"type": "ca"}},
         "issuer types tlsSecret and ca need secretName"),
+    "a misspelt cipher suite (dropped unnoticed before)": (
+        "TransferGateway", {"listeners": [
+            {"name": "a", "protocol": "ftps", "port": 21, "zones": ["z"], "keyRing": "k",
+             "passivePorts": {"min": 30000, "max": 30009},
+             "tls": {"cipherSuites": ["TLS13_AES_256_GCM_SHA384", "TLS13_AES_128_GCM_SHA265"]}}]},
+        "spec.listeners[0].tls.cipherSuites[1]: Invalid value"),
+    "TLS 1.2 cipher suites alone": (
+        "TransferGateway", {"listeners": [
+            {"name": "a", "protocol": "ftps", "port": 21, "zones": ["z"], "keyRing": "k",
+             "passivePorts": {"min": 30000, "max": 30009},
+             "tls": {"cipherSuites": ["TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"]}}]},
+        "cipherSuites must name at least one TLS 1.3 suite"),
     "a gateway named like another's replica": (
         "TransferGateway", {"hostKeyRing": "k", "listeners": [
             {"name": "a", "protocol": "sftp", "port": 2222, "zones": ["z"]}]},
@@ -185,6 +198,28 @@ def test_the_apiserver_refuses_invalid_objects(cluster, case):
     assert r.returncode != 0, f"{case}: accepted"
     assert message in r.stderr, r.stderr
     assert cluster.get(kind.lower(), name, ns) is None
+
+
+def test_the_apiserver_takes_every_cipher_suite_the_gateway_has(cluster):
+    """The CRD's pattern for cipherSuites and the gateway's own list (TLS_CIPHER_SUITES, which
+    the gateway's tests hold equal to its TLS provider's) name the same suites."""
+    text = (ROOT / "gateway" / "config" / "src" / "lib.rs").read_text()
+    block = re.search(r"pub const TLS_CIPHER_SUITES: &\[&str\] = &\[(.*?)\];", text, re.S).group(1)
+    suites = re.findall(r'"([A-Z0-9_]+)"', block)
+    assert len(suites) == 9, suites
+    ns = cluster.namespace("suites")
+    obj = {"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferGateway", "metadata": {"name": "all"},
+           "spec": {"listeners": [{"name": "a", "protocol": "ftps", "port": 21, "zones": ["z"], "keyRing": "k",
+                                   "passivePorts": {"min": 30000, "max": 30009},
+                                   "tls": {"cipherSuites": suites}}]}}
+    r = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(obj), namespace=ns, check=False)
+    assert r.returncode == 0, r.stderr
+    for near in ["TLS13_AES_256_GCM_SHA384 ", "tls13_aes_256_gcm_sha384", "TLS_RSA_WITH_AES_128_GCM_SHA256",
+                 "TLS13_AES_128_CCM_SHA256"]:
+        obj["spec"]["listeners"][0]["tls"]["cipherSuites"] = ["TLS13_AES_128_GCM_SHA256", near]
+        r = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(obj), namespace=ns,
+                            check=False)
+        assert r.returncode != 0 and "cipherSuites[1]" in r.stderr, (near, r.stderr)
 
 
 # --- What the operator builds ------------------------------------------------------------------

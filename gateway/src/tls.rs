@@ -12,6 +12,10 @@ use rustls::{
 };
 use sha2::{Digest, Sha256};
 
+mod witness;
+
+pub use witness::witness;
+
 /// One key ring's loaded certificate.
 pub struct KeyRingCert {
     pub certified: Arc<CertifiedKey>,
@@ -142,7 +146,7 @@ pub fn backend_client_config(
             .add(c)
             .map_err(|e| format!("{ca_file}: unusable CA: {e}"))?;
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(witness::witnessing_provider());
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
@@ -153,7 +157,7 @@ pub fn backend_client_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Witnessed(verifier)));
+        .with_custom_certificate_verifier(Arc::new(witness::Witnessed(verifier)));
     let config = match (client_cert, client_key) {
         (Some(c), Some(k)) => {
             let chain = load_certs(c)?;
@@ -166,76 +170,6 @@ pub fn backend_client_config(
         _ => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
-}
-
-tokio::task_local! {
-    /// What the backend verifier saw in the handshakes of the task inside [`witness`].
-    static SEEN: std::cell::RefCell<Option<String>>;
-}
-
-/// Runs `f` (a backend connection) and returns, with its output, what its TLS handshake showed:
-/// `TLSv1_3 cert-sha256:HEX` (the version by the signature the server made, and the leaf that
-/// the trusted CAs verified). `None` when no full handshake was verified (plaintext, resumed).
-pub async fn witness<T>(f: impl Future<Output = T>) -> (T, Option<String>) {
-    SEEN.scope(std::cell::RefCell::new(None), async {
-        let out = f.await;
-        (out, SEEN.with(|s| s.borrow_mut().take()))
-    })
-    .await
-}
-
-/// The WebPKI verifier, noting for [`witness`] what it verified. It decides nothing itself.
-#[derive(Debug)]
-struct Witnessed(Arc<rustls::client::WebPkiServerVerifier>);
-
-impl Witnessed {
-    fn note(&self, version: &str, cert: &CertificateDer<'_>) {
-        let seen = format!(
-            "{version} cert-sha256:{}",
-            hex::encode(Sha256::digest(cert))
-        );
-        let _ = SEEN.try_with(|s| *s.borrow_mut() = Some(seen));
-    }
-}
-
-impl rustls::client::danger::ServerCertVerifier for Witnessed {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &rustls::pki_types::ServerName<'_>,
-        ocsp_response: &[u8],
-        now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        self.0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let ok = self.0.verify_tls12_signature(message, cert, dss)?;
-        self.note("TLSv1_2", cert);
-        Ok(ok)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let ok = self.0.verify_tls13_signature(message, cert, dss)?;
-        self.note("TLSv1_3", cert);
-        Ok(ok)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
 }
 
 #[cfg(test)]
@@ -263,36 +197,109 @@ mod tests {
         server: &Arc<ServerConfig>,
         client: &Arc<ClientConfig>,
     ) -> CertificateDer<'static> {
-        let mut c = ClientConnection::new(client.clone(), "gw.test".try_into().unwrap()).unwrap();
-        let mut s = ServerConnection::new(server.clone()).unwrap();
+        try_handshake(server, client).unwrap()
+    }
+
+    fn try_handshake(
+        server: &Arc<ServerConfig>,
+        client: &Arc<ClientConfig>,
+    ) -> Result<CertificateDer<'static>, rustls::Error> {
+        let mut c = ClientConnection::new(client.clone(), "gw.test".try_into().unwrap())?;
+        let mut s = ServerConnection::new(server.clone())?;
         for _ in 0..10 {
             let mut buf = Vec::new();
             while c.wants_write() {
                 c.write_tls(&mut buf).unwrap();
             }
             s.read_tls(&mut buf.as_slice()).unwrap();
-            s.process_new_packets().unwrap();
+            s.process_new_packets()?;
             let mut back = Vec::new();
             while s.wants_write() {
                 s.write_tls(&mut back).unwrap();
             }
             c.read_tls(&mut back.as_slice()).unwrap();
-            c.process_new_packets().unwrap();
+            c.process_new_packets()?;
             if !c.is_handshaking() && !s.is_handshaking() {
                 break;
             }
         }
-        assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
-        c.peer_certificates().unwrap()[0].clone().into_owned()
+        assert!(!c.is_handshaking());
+        Ok(c.peer_certificates().unwrap()[0].clone().into_owned())
     }
 
-    #[test]
-    fn a_renewed_certificate_is_served_on_the_next_handshake() {
+    fn new_ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, rcgen::Certificate) {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let ca = rcgen::Issuer::new(ca_params, ca_key);
+        (rcgen::Issuer::new(ca_params, ca_key), ca_cert)
+    }
+
+    #[test]
+    fn the_cipher_suites_a_config_may_name_are_the_providers() {
+        let names: Vec<String> = rustls::crypto::aws_lc_rs::default_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        assert_eq!(names, portcullis_config::TLS_CIPHER_SUITES);
+    }
+
+    #[tokio::test]
+    async fn a_backend_handshake_is_witnessed_with_its_version_suite_and_verified_certificate() {
+        let (ca, ca_cert) = new_ca();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        let client = backend_client_config(ca_file.to_str().unwrap(), None, None).unwrap();
+        let (served, served_der) = issue(&ca);
+        let cert_hash = hex::encode(Sha256::digest(&served_der));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        for (version, suite, name) in [
+            (
+                &rustls::version::TLS13,
+                rustls::crypto::aws_lc_rs::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+                "TLSv1_3 TLS13_CHACHA20_POLY1305_SHA256",
+            ),
+            (
+                &rustls::version::TLS12,
+                rustls::crypto::aws_lc_rs::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                "TLSv1_2 TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            ),
+        ] {
+            // The server picks the one suite it has; the record must name that one.
+            let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::CryptoProvider {
+                    cipher_suites: vec![suite],
+                    ..(*provider).clone()
+                },
+            ))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(LiveCert::new({
+                let served = served.clone();
+                move || Some(served.clone())
+            })));
+            let server = Arc::new(server);
+            let (got, seen) = witness(async { handshake(&server, &client) }).await;
+            assert_eq!(got, served_der);
+            assert_eq!(seen, Some(format!("{name} cert-sha256:{cert_hash}")));
+        }
+        // Outside a witnessed task nothing is noted, and nothing fails.
+        let server = server_config(LiveCert::new(move || Some(served.clone())), false).unwrap();
+        assert_eq!(handshake(&server, &client), served_der);
+        // A handshake that fails verification (an unknown CA) is not witnessed.
+        let (other, _) = new_ca();
+        let (stranger, _) = issue(&other);
+        let server = server_config(LiveCert::new(move || Some(stranger.clone())), false).unwrap();
+        let (failed, seen) = witness(async { try_handshake(&server, &client) }).await;
+        assert!(failed.is_err() && seen.is_none(), "{seen:?}");
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_served_on_the_next_handshake() {
+        let (ca, ca_cert) = new_ca();
         let (first, first_der) = issue(&ca);
         let (second, second_der) = issue(&ca);
 

@@ -118,6 +118,21 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// The TLS cipher suites a listener's `cipherSuites` may name: the gateway's TLS provider's
+/// (aws-lc-rs) default set, by rustls's names, TLS 1.3 first. The gateway's tests keep this
+/// equal to the provider's.
+pub const TLS_CIPHER_SUITES: &[&str] = &[
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_AES_128_GCM_SHA256",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
+
 /// A TLS front end's policy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -128,8 +143,7 @@ pub struct ListenerTls {
     /// The lowest TLS version accepted; TLS 1.3 is always preferred.
     #[serde(default)]
     pub min_version: TlsVersion,
-    /// Cipher suites allowed, by IANA name (e.g. `TLS13_AES_256_GCM_SHA384`); empty means the
-    /// provider's modern default set.
+    /// Cipher suites allowed, by name (one of [`TLS_CIPHER_SUITES`]); empty means all of them.
     #[serde(default)]
     pub cipher_suites: Vec<String>,
     /// Whether clients present a certificate.

@@ -492,6 +492,29 @@ fn check_addresses(errs: &mut Errors, at: &str, addresses: &[String]) {
 }
 
 /// The FTPS-only listener fields: required for FTPS, refused elsewhere.
+/// A listener's `cipherSuites`: names the gateway has (a typo would otherwise leave the listener
+/// with fewer suites than asked for, or none), and at least one TLS 1.3 suite, since TLS 1.3 is
+/// always on.
+fn check_cipher_suites(errs: &mut Errors, at: &str, suites: &[String]) {
+    for (i, name) in suites.iter().enumerate() {
+        if !crate::TLS_CIPHER_SUITES.contains(&name.as_str()) {
+            errs.push(
+                format!("{at}.tls.cipherSuites[{i}]"),
+                format!(
+                    "unknown cipher suite {name}; known: {}",
+                    crate::TLS_CIPHER_SUITES.join(", ")
+                ),
+            );
+        }
+    }
+    if !suites.is_empty() && !suites.iter().any(|s| s.starts_with("TLS13_")) {
+        errs.push(
+            format!("{at}.tls.cipherSuites"),
+            "name at least one TLS 1.3 suite (TLS13_...): TLS 1.3 is always offered",
+        );
+    }
+}
+
 fn check_ftps_listener(
     errs: &mut Errors,
     at: &str,
@@ -516,6 +539,7 @@ fn check_ftps_listener(
                     format!("key ring {} does not exist", t.key_ring),
                 );
             }
+            check_cipher_suites(errs, at, &t.cipher_suites);
         }
     }
     match l.passive_ports {
@@ -701,6 +725,46 @@ users:
                 "endpoints[1]",
                 "roles[0].mounts[0].siteCommands",
             ]
+        );
+    }
+
+    #[test]
+    fn cipher_suites_are_names_the_gateway_has_with_one_for_tls13() {
+        let with = |suites: &str| {
+            paths(&format!(
+                r#"
+listeners:
+  - name: f
+    protocol: ftps
+    address: "0.0.0.0:21"
+    zones: [z]
+    tls: {{ keyRing: k, cipherSuites: {suites} }}
+    passivePorts: {{ min: 30000, max: 30009 }}
+zones: [{{ name: z, cidrs: [10.0.0.0/8] }}]
+keyRings: [{{ name: k, certificateFile: c, privateKeyFile: k }}]
+"#
+            ))
+        };
+        assert_eq!(with("[]"), Vec::<String>::new());
+        assert_eq!(
+            with("[TLS13_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]"),
+            Vec::<String>::new()
+        );
+        // A typo, a lower-case name, and a suite rustls does not have: each refused by place.
+        assert_eq!(
+            with(
+                "[TLS13_AES_256_GCM_SHA38, tls13_aes_128_gcm_sha256, TLS13_AES_256_GCM_SHA384, TLS_RSA_WITH_AES_128_CBC_SHA]"
+            ),
+            [
+                "listeners[0].tls.cipherSuites[0]",
+                "listeners[0].tls.cipherSuites[1]",
+                "listeners[0].tls.cipherSuites[3]",
+            ]
+        );
+        // TLS 1.2 suites alone would leave TLS 1.3 (always on) with none.
+        assert_eq!(
+            with("[TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]"),
+            ["listeners[0].tls.cipherSuites"]
         );
     }
 

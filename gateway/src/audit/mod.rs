@@ -223,8 +223,8 @@ pub enum Event {
         /// SFTP: the pinned host key the server proved it holds.
         host_key: Option<String>,
         /// How the leg is protected. SFTP: `SSH-2.0 <cipher>[ <mac>] <kex> <host key>` as
-        /// for the client leg; FTPS: `TLSv1_3 cert-sha256:HEX`, the version and the server's
-        /// certificate that the trusted CAs verified.
+        /// for the client leg; FTPS: `TLSv1_3 TLS13_AES_256_GCM_SHA384 cert-sha256:HEX`, the
+        /// version, the suite and the server's certificate that the trusted CAs verified.
         channel: Option<String>,
     },
     BackendHostKeyRejected {

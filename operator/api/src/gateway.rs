@@ -183,17 +183,29 @@ pub struct ListenerSpec {
 }
 
 /// A TLS listener's policy.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.cipherSuites) || self.cipherSuites.exists(s, s.startsWith('TLS13_'))").message("cipherSuites must name at least one TLS 1.3 suite (TLS13_...): TLS 1.3 is always offered"))]
 #[serde(rename_all = "camelCase")]
 pub struct ListenerTlsSpec {
     /// The lowest TLS version accepted, `1.2` (the default) or `1.3`; 1.3 is always preferred.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^1\.[23]$"))]
     pub min_version: Option<String>,
-    /// Cipher suites allowed, by IANA name (e.g. `TLS13_AES_256_GCM_SHA384`); empty means the
-    /// modern default set.
+    /// Cipher suites allowed (e.g. `TLS13_AES_256_GCM_SHA384`), from the gateway's set: the
+    /// TLS 1.3 suites `TLS13_AES_256_GCM_SHA384`, `TLS13_AES_128_GCM_SHA256`,
+    /// `TLS13_CHACHA20_POLY1305_SHA256`, and the TLS 1.2 suites
+    /// `TLS_ECDHE_{ECDSA,RSA}_WITH_{AES_256_GCM_SHA384,AES_128_GCM_SHA256,CHACHA20_POLY1305_SHA256}`.
+    /// Empty means all of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16), inner(length(min = 1, max = 64)))]
+    #[schemars(
+        length(max = 16),
+        inner(
+            length(min = 1, max = 64),
+            regex(
+                pattern = r"^(TLS13_(AES_256_GCM_SHA384|AES_128_GCM_SHA256|CHACHA20_POLY1305_SHA256)|TLS_ECDHE_(ECDSA|RSA)_WITH_(AES_256_GCM_SHA384|AES_128_GCM_SHA256|CHACHA20_POLY1305_SHA256))$"
+            )
+        )
+    )]
     pub cipher_suites: Vec<String>,
     /// `none` (the default), `optional` or `required`: client certificates, verified against
     /// the key ring's `clientCas`.
