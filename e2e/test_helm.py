@@ -3,11 +3,12 @@ its Deployment is hardened, and its RBAC is enough for the operator to do its wh
 operator runs here with the chart's ServiceAccount token, not as cluster admin)."""
 
 import json
+import subprocess
 
 import pytest
 
 from harness import ROOT, fresh_dir, keygen, pubkey
-from kube import Cluster, Operator
+from kube import OPERATOR_BIN, Cluster, Operator
 
 CHART = ROOT / "charts" / "portcullis"
 
@@ -91,3 +92,46 @@ def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
         assert "forbidden" not in log.lower(), log[-2000:]
     finally:
         op.stop()
+
+
+BAD_VALUES = {
+    "replicas=two": "at '/replicas': got string, want integer",
+    "replicas=-1": "at '/replicas': minimum",
+    "leaseDurationSeconds=-5": "at '/leaseDurationSeconds': minimum",
+    "leaseDurationSeconds=0": "at '/leaseDurationSeconds': minimum",
+    "logFormat=xml": "at '/logFormat': value must be one of",
+    "metricsPort=80": "at '/metricsPort': minimum",
+    "metricsPort=70000": "at '/metricsPort': maximum",
+    "image.pullPolicy=Sometimes": "at '/image/pullPolicy': value must be one of",
+    "image.repository=": "at '/image/repository'",
+    "replicaCount=3": "additional properties 'replicaCount' not allowed",
+    "resources.requests.memory=lots": "at '/resources/requests/memory'",
+    "resources.limit.memory=1Gi": "additional properties 'limit' not allowed",
+    "nodeSelector.zone=null": None,  # --set k=null removes the key: allowed
+}
+
+
+def test_chart_values_are_typed_ranged_and_closed(cluster):
+    """values.schema.json: a value of the wrong type, out of range or unknown fails `helm lint
+    --strict` and `helm template` (what install renders) with the value's path, where it was
+    accepted before (and the operator then crash-looped on a negative lease)."""
+    cluster.helm("lint", "--strict", str(CHART))
+    for setting, message in BAD_VALUES.items():
+        for cmd in (["lint", "--strict"], ["template", "portcullis"]):
+            r = subprocess.run([str(cluster.bin / "helm"), *cmd, str(CHART), "--set", setting],
+                               capture_output=True, text=True, env=cluster.env)
+            if message is None:
+                assert r.returncode == 0, (setting, cmd, r.stdout, r.stderr)
+            else:
+                assert r.returncode != 0, (setting, cmd, "accepted")
+                assert message in r.stdout + r.stderr, (setting, cmd, r.stdout, r.stderr)
+    # A user's good values pass.
+    good = ["replicas=3", "leaseDurationSeconds=30", "logFormat=text", "metricsPort=9090",
+            "resources.requests.memory=128974848", "resources.limits.cpu=500m", "podAnnotations.a=b"]
+    cluster.helm("lint", "--strict", str(CHART), *[a for s in good for a in ("--set", s)])
+    # The operator itself refuses what the schema refuses, by name, instead of going on with a
+    # default (log format) or a Lease that cannot work.
+    for arg, says in [("--lease-duration-seconds=0", "--lease-duration-seconds"),
+                      ("--log-format=xml", "--log-format")]:
+        r = subprocess.run([str(OPERATOR_BIN), "run", arg], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and says in r.stderr and "invalid value" in r.stderr, (arg, r.returncode, r.stderr)
