@@ -4,6 +4,7 @@ TLS session on data connections (as curl and lftp do; ftplib alone does not)."""
 
 import ftplib
 import os
+import pwd
 import socket
 import ssl
 import subprocess
@@ -53,9 +54,14 @@ class Pki:
 
 
 def ensure_backend_user(home: Path) -> None:
-    """The local account vsftpd logs the gateway in as (PAM; a shell from /etc/shells)."""
+    """The local account vsftpd logs the gateway in as (PAM; a shell from /etc/shells). Its home
+    is this run's vsftpd root: an account left by a run in another checkout names that one's,
+    and vsftpd fails every login after it is deleted (a cleartext `500 OOPS` that the gateway
+    sees as a corrupt TLS record)."""
     if subprocess.run(["id", BACKEND_USER], capture_output=True).returncode != 0:
         subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", BACKEND_USER], check=True)
+    elif not Path(pwd.getpwnam(BACKEND_USER).pw_dir).is_dir():
+        subprocess.run(["usermod", "-d", str(home), BACKEND_USER], check=True)
     subprocess.run(["chpasswd"], input=f"{BACKEND_USER}:{BACKEND_PASSWORD}".encode(), check=True)
 
 

@@ -691,10 +691,9 @@ def test_implicit_ftps_backend(gw, vsftpd_implicit, tmp_path):
     assert all(shape.fullmatch(e["channel"]) for e in legs), (served, legs)
     # The suite is the one vsftpd settles on with a TLS client offering the same suites in the
     # same order (Python's OpenSSL, straight to vsftpd).
-    direct = ssl.create_default_context(cafile=str(vsftpd_implicit.cert))
-    direct.check_hostname = False
+    direct = ssl.create_default_context(cafile=str(vsftpd_implicit.ca))
     with socket.create_connection(("127.0.0.1", vsftpd_implicit.port), timeout=10) as raw:
-        with direct.wrap_socket(raw) as tls:
+        with direct.wrap_socket(raw, server_hostname="localhost") as tls:
             name, version, _ = tls.cipher()
     assert version == "TLSv1.3" and name.startswith("TLS_"), (version, name)
     assert legs[-1]["channel"].split()[:2] == ["TLSv1_3", "TLS13_" + name.removeprefix("TLS_")], (name, legs[-1])

@@ -44,8 +44,8 @@ pub struct RunArgs {
     /// This replica's identity in the Lease (default: the host name and process id).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// Seconds a Lease lasts without renewal (5 to 3600).
-    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(5..=3600))]
+    /// Seconds a Lease lasts without renewal (2 to 3600).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
     pub lease_duration_seconds: u64,
     /// Log format: `json` (default) or `text`.
     #[arg(long, default_value = "json", value_parser = ["json", "text"])]
