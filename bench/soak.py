@@ -20,7 +20,6 @@ LD_PRELOAD cannot replace an allocator compiled into the binary.
 """
 
 import argparse
-import ftplib
 import hashlib
 import io
 import json

@@ -1,12 +1,13 @@
-//! Step 1: read everything a namespace's gateways are compiled from. The only step besides
-//! `apply`/`status` that touches the client.
+//! Step 1: what a namespace's gateways are compiled from. The policy objects come from the
+//! shared caches ([`super::cache::Caches::snapshot`]); the Secrets they name are fetched
+//! ([`super::cache::Caches::with_secrets`]), and no other.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client, ResourceExt, api::ListParams};
-use portcullis_api::{KeyRing, NetworkZone, TransferEndpoint, TransferRole, TransferUser};
-use serde::de::DeserializeOwned;
+use portcullis_api::{
+    KeyRing, NetworkZone, TransferEndpoint, TransferGateway, TransferRole, TransferUser,
+};
 
 /// One namespace's policy objects and Secrets, by name.
 #[derive(Clone, Debug, Default)]
@@ -20,23 +21,26 @@ pub struct World {
 }
 
 impl World {
-    pub async fn load(client: &Client, namespace: &str) -> kube::Result<World> {
-        let (endpoints, zones, key_rings, users, roles, secrets) = futures::try_join!(
-            list::<TransferEndpoint>(client, namespace),
-            list::<NetworkZone>(client, namespace),
-            list::<KeyRing>(client, namespace),
-            list::<TransferUser>(client, namespace),
-            list::<TransferRole>(client, namespace),
-            list::<Secret>(client, namespace),
-        )?;
-        Ok(World {
-            endpoints,
-            zones,
-            key_rings,
-            users,
-            roles,
-            secrets,
-        })
+    /// Every Secret that compiling `gateway` against this world reads: the users' and
+    /// endpoints' credentials, the key rings' material, the gateway's own config Secret (its
+    /// defender key) and its audit collector's CA. A test holds this complete.
+    pub fn secret_names(&self, gateway: &TransferGateway) -> BTreeSet<String> {
+        let mut names: BTreeSet<String> = self
+            .users
+            .values()
+            .flat_map(user_secret_names)
+            .chain(self.endpoints.values().map(endpoint_secret_name))
+            .chain(
+                self.key_rings
+                    .values()
+                    .filter_map(|k| k.status.as_ref()?.secret_name.clone()),
+            )
+            .collect();
+        names.insert(super::build::config_secret_name(gateway));
+        if let Some(c) = &gateway.spec.audit.collector {
+            names.insert(c.ca.name.clone());
+        }
+        names
     }
 
     /// The bytes under `key` in Secret `name`, or why there are none.
@@ -57,15 +61,128 @@ pub enum SecretLookup {
     NoKey,
 }
 
-async fn list<K>(client: &Client, namespace: &str) -> kube::Result<BTreeMap<String, K>>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let list = api.list(&ListParams::default()).await?;
-    Ok(list.items.into_iter().map(|o| (o.name_any(), o)).collect())
+/// The Secrets a user's own checks read: its password hash and TOTP seed.
+pub fn user_secret_names(u: &TransferUser) -> impl Iterator<Item = String> + '_ {
+    [&u.spec.password_hash, &u.spec.totp_secret]
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.clone())
+}
+
+/// The Secret an endpoint's own checks read: its credentials.
+pub fn endpoint_secret_name(e: &TransferEndpoint) -> String {
+    e.spec.credentials.secret_name.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::{
+        fixtures::{SFTP_GATEWAY, gateway, secret, world},
+        policy::PolicyKind,
+        validate::compile,
+    };
+
+    /// Every kind of Secret reference at once, and a Secret nobody names.
+    fn referencing_world() -> World {
+        let mut w = world();
+        let kr = w.key_rings.get_mut("keys").unwrap();
+        kr.spec.audit_signing_key = true;
+        let keys = w
+            .secrets
+            .get_mut("keys-keyring")
+            .unwrap()
+            .data
+            .as_mut()
+            .unwrap();
+        let ca = keys["ca.crt"].clone();
+        keys.insert("backend-cas.crt".into(), ca);
+        keys.insert(
+            "audit-signing.pem".into(),
+            k8s_openapi::ByteString(
+                crate::keyring::ca::new_audit_signing_key()
+                    .unwrap()
+                    .into_bytes(),
+            ),
+        );
+        w.endpoints.insert("mf".into(), serde_yaml_ng::from_str(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: TransferEndpoint\nmetadata: {name: mf}\nspec: {protocol: ftps, addresses: [{host: 10.7.0.9, port: 21}], username: batch, credentials: {secretName: mf-creds}, ftps: {keyRing: keys, clientCertificate: true}}",
+        ).unwrap());
+        w.roles.insert("mf".into(), serde_yaml_ng::from_str(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: TransferRole\nmetadata: {name: mf}\nspec: {mounts: [{path: /mf, endpoint: mf, verbs: [list, read]}]}",
+        ).unwrap());
+        w.users.insert("bob".into(), serde_yaml_ng::from_str(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: TransferUser\nmetadata: {name: bob}\nspec: {passwordHash: {name: bob-pw, key: hash}, totpSecret: {name: bob-totp, key: seed}, authMethods: ['password,keyboard-interactive'], roles: [ops, mf]}",
+        ).unwrap());
+        w.secrets.extend([
+            secret("mf-creds", &[("password", b"s3cret")]),
+            secret("bob-pw", &[("hash", b"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g")]),
+            secret("bob-totp", &[("seed", b"JBSWY3DPEHPK3PXP")]),
+            secret("collector-ca", &[("ca.crt", b"-----BEGIN CERTIFICATE-----\n")]),
+            secret("gw-config", &[("defender.key", &[7; 64])]),
+            secret("nobodys", &[("token", b"not for the operator")]),
+        ]);
+        w
+    }
+
+    fn only(w: &World, names: &BTreeSet<String>) -> World {
+        let mut out = w.clone();
+        out.secrets.retain(|n, _| names.contains(n));
+        out
+    }
+
+    #[test]
+    fn a_gateway_compiles_the_same_from_only_the_secrets_it_names() {
+        let w = referencing_world();
+        for spec in [
+            SFTP_GATEWAY.to_owned(),
+            format!(
+                "{SFTP_GATEWAY}  audit: {{signingKeyRing: keys, file: {{}}, collector: {{url: 'https://10.3.0.7:8443/ingest', ca: {{name: collector-ca}}}}}}\n"
+            ),
+            "  hostKeyRing: keys\n  listeners: [{name: ftps, protocol: ftps, port: 2121, zones: [lan], keyRing: keys, passivePorts: {min: 30000, max: 30009}}]\n".to_owned(),
+        ] {
+            let gw = gateway(&spec);
+            let names = w.secret_names(&gw);
+            assert!(!names.contains("nobodys"), "{names:?}");
+            let all = compile(&gw, &w);
+            let named = compile(&gw, &only(&w, &names));
+            let all = all.unwrap_or_else(|p| panic!("the full world compiles: {p:?}"));
+            let named = named.unwrap_or_else(|p| panic!("{spec}: named Secrets alone: {p:?}"));
+            assert_eq!(named, all, "{spec}");
+        }
+    }
+
+    #[test]
+    fn a_policy_object_checks_the_same_from_only_the_secrets_it_names() {
+        let w = referencing_world();
+        let mut broken = w.clone();
+        broken.secrets.clear();
+        for (name, user) in &w.users {
+            let names = user.secret_names().into_iter().collect();
+            assert_eq!(
+                format!("{:?}", user.problems(&only(&w, &names))),
+                format!("{:?}", user.problems(&w)),
+                "user {name}"
+            );
+            // The names matter: without them the checks differ.
+            assert_ne!(
+                format!("{:?}", user.problems(&broken)),
+                format!("{:?}", user.problems(&w)),
+                "user {name}"
+            );
+        }
+        for (name, ep) in &w.endpoints {
+            let names = ep.secret_names().into_iter().collect();
+            assert_eq!(
+                format!("{:?}", ep.problems(&only(&w, &names))),
+                format!("{:?}", ep.problems(&w)),
+                "endpoint {name}"
+            );
+            assert_ne!(
+                format!("{:?}", ep.problems(&broken)),
+                format!("{:?}", ep.problems(&w)),
+                "endpoint {name}"
+            );
+        }
+    }
 }

@@ -12,10 +12,7 @@ use kube::{
 use portcullis_api::{READY, TransferGateway, TransferGatewayStatus};
 use serde_json::json;
 
-use super::{
-    Context, Error, apply::apply, build, dereference::World, rollout::rollout_all, served, status,
-    validate,
-};
+use super::{Context, Error, apply::apply, build, rollout::rollout_all, served, status, validate};
 
 pub async fn reconcile(gw: Arc<TransferGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -34,7 +31,13 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
         return Ok(Action::await_change());
     }
     // 1. dereference
-    let world = World::load(&ctx.client, &ns).await.map_err(Error::Kube)?;
+    let world = ctx.caches.snapshot(&ns);
+    let names = world.secret_names(gw);
+    let world = ctx
+        .caches
+        .with_secrets(&ctx.client, &ns, world, names)
+        .await
+        .map_err(Error::Kube)?;
     // 2. validate (and compile)
     let compiled = validate::compile(gw, &world);
     // 3. build and 4. apply — only a valid bundle replaces the running one: a broken

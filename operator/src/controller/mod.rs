@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt, future::ready};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Secret, Service, ServiceAccount},
@@ -12,27 +12,28 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
+    core::PartialObjectMeta,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
         reflector::ObjectRef,
         watcher,
     },
 };
-use portcullis_api::{
-    KeyRing, NetworkZone, TransferEndpoint, TransferGateway, TransferRole, TransferUser,
-};
+use portcullis_api::{KeyRing, TransferGateway};
 
 use crate::{RunArgs, metrics::Metrics};
+use cache::Caches;
 
 pub mod apply;
 pub mod build;
+pub mod cache;
 pub mod dereference;
 #[cfg(test)]
 mod fixtures;
 mod gateway;
-mod policy;
+pub(crate) mod policy;
 mod rollout;
 mod served;
 pub mod status;
@@ -44,6 +45,8 @@ pub type Stop = futures::future::Shared<futures::future::BoxFuture<'static, ()>>
 /// What every reconcile gets.
 pub struct Context {
     pub client: Client,
+    /// The policy objects and the Secrets they name; reconciles read here, not from the API.
+    pub caches: Arc<Caches>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
 }
@@ -134,8 +137,16 @@ fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
+    let counted = metrics.clone();
+    let client = kube::client::ClientBuilder::try_from(kube::Config::infer().await?)?
+        .with_layer(&tower::util::MapRequestLayer::new(
+            move |req: hyper::Request<kube::client::Body>| {
+                counted.count_request(&req);
+                req
+            },
+        ))
+        .build();
     let identity = args.identity.clone().unwrap_or_else(|| {
         format!(
             "{}-{}",
@@ -189,8 +200,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     metrics.leader.set(1);
 
+    let (caches, feed) = Caches::new(&client);
     let ctx = Arc::new(Context {
         client: client.clone(),
+        caches: caches.clone(),
         metrics: metrics.clone(),
         recorder: Recorder::new(
             client.clone(),
@@ -200,7 +213,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
         ),
     });
-    let controllers = run_controllers(client, ctx, stopped.clone());
+    let controllers = run_controllers(client, caches, feed, ctx, stopped.clone());
     let lost = async {
         match &mut leader {
             Some((rx, _)) => {
@@ -252,13 +265,23 @@ where
     }
 }
 
-async fn run_controllers(client: Client, ctx: Arc<Context>, stopped: impl Fn() -> Stop + Clone) {
+/// Whether a Secret is someone else's: ours are outputs, and watching them would only echo our
+/// writes.
+pub fn foreign(s: &PartialObjectMeta<Secret>) -> bool {
+    s.labels()
+        .get("app.kubernetes.io/managed-by")
+        .map(String::as_str)
+        != Some(build::MANAGED_BY)
+}
+
+async fn run_controllers(
+    client: Client,
+    caches: Arc<Caches>,
+    feed: futures::future::BoxFuture<'static, ()>,
+    ctx: Arc<Context>,
+    stopped: impl Fn() -> Stop + Clone,
+) {
     let wc = watcher::Config::default();
-    // Our own Secrets are outputs; watching them would only echo our writes.
-    let foreign_secrets = watcher::Config::default().labels(&format!(
-        "app.kubernetes.io/managed-by!={}",
-        build::MANAGED_BY
-    ));
 
     let gateways: Api<TransferGateway> = Api::all(client.clone());
     let gw_controller = Controller::new(gateways, wc.clone());
@@ -266,65 +289,51 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, stopped: impl Fn() -
     let gw = gw_controller
         .owns(Api::<Deployment>::all(client.clone()), wc.clone())
         .owns(Api::<Service>::all(client.clone()), wc.clone())
-        .owns(Api::<Secret>::all(client.clone()), wc.clone())
+        .owns_stream(
+            watcher(
+                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+                wc.clone().labels(&format!(
+                    "app.kubernetes.io/managed-by={}",
+                    build::MANAGED_BY
+                )),
+            )
+            .default_backoff()
+            .touched_objects(),
+        )
         .owns(Api::<NetworkPolicy>::all(client.clone()), wc.clone())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), wc.clone())
         .owns(Api::<ServiceAccount>::all(client.clone()), wc.clone())
-        .watches(
-            Api::<TransferEndpoint>::all(client.clone()),
-            wc.clone(),
-            in_namespace(store.clone()),
-        )
-        .watches(
-            Api::<NetworkZone>::all(client.clone()),
-            wc.clone(),
-            in_namespace(store.clone()),
-        )
-        .watches(
-            Api::<KeyRing>::all(client.clone()),
-            wc.clone(),
-            in_namespace(store.clone()),
-        )
-        .watches(
-            Api::<TransferUser>::all(client.clone()),
-            wc.clone(),
-            in_namespace(store.clone()),
-        )
-        .watches(
-            Api::<TransferRole>::all(client.clone()),
-            wc.clone(),
-            in_namespace(store.clone()),
-        )
-        .watches(
-            Api::<Secret>::all(client.clone()),
-            foreign_secrets.clone(),
+        .watches_stream(caches.endpoints.subscribe(), in_namespace(store.clone()))
+        .watches_stream(caches.zones.subscribe(), in_namespace(store.clone()))
+        .watches_stream(caches.key_rings.subscribe(), in_namespace(store.clone()))
+        .watches_stream(caches.users.subscribe(), in_namespace(store.clone()))
+        .watches_stream(caches.roles.subscribe(), in_namespace(store.clone()))
+        .watches_stream(
+            caches.secrets.subscribe().try_filter(|s| ready(foreign(s))),
             in_namespace(store.clone()),
         )
         .graceful_shutdown_on(stopped())
         .run(gateway::reconcile, error_policy, ctx.clone())
-        .for_each(|_| async {})
+        .for_each(|_| ready(()))
         .boxed();
 
-    let kr_controller = Controller::new(Api::<KeyRing>::all(client.clone()), wc.clone());
-    let kr_store = kr_controller.store();
-    let kr = kr_controller
-        // The key ring's own Secrets, which carry no owner reference unless its
-        // deletionPolicy is Delete: found by their labels.
-        .watches(
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default().labels("app.kubernetes.io/name=portcullis-keyring"),
-            |s: Secret| {
-                crate::keyring::keyring_of(&s).map(|name| {
-                    ObjectRef::<KeyRing>::new(&name).within(&s.namespace().unwrap_or_default())
-                })
-            },
-        )
-        .watches(
-            Api::<Secret>::all(client.clone()),
-            foreign_secrets.clone(),
-            move |s: Secret| {
-                // A key ring issued from (or trusting) a Secret follows it.
+    let kr_store = caches.key_rings.store();
+    let kr = Controller::for_stream(caches.key_rings.subscribe(), kr_store.clone())
+        .watches_stream(
+            caches.secrets.subscribe(),
+            move |s: PartialObjectMeta<Secret>| {
                 let ns = s.namespace();
+                if !foreign(&s) {
+                    // The key ring's own Secrets, which carry no owner reference unless its
+                    // deletionPolicy is Delete: found by their labels.
+                    return crate::keyring::keyring_of(&s.metadata)
+                        .map(|name| {
+                            ObjectRef::<KeyRing>::new(&name).within(&ns.unwrap_or_default())
+                        })
+                        .into_iter()
+                        .collect();
+                }
+                // A key ring issued from (or trusting) a Secret follows it.
                 let name = s.name_any();
                 kr_store
                     .state()
@@ -336,15 +345,25 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, stopped: impl Fn() -
         )
         .graceful_shutdown_on(stopped())
         .run(crate::keyring::reconcile, error_policy, ctx.clone())
-        .for_each(|_| async {})
+        .for_each(|_| ready(()))
         .boxed();
 
-    futures::join!(
-        gw,
-        kr,
-        policy::run::<TransferEndpoint>(client.clone(), ctx.clone(), stopped.clone()),
-        policy::run::<NetworkZone>(client.clone(), ctx.clone(), stopped.clone()),
-        policy::run::<TransferUser>(client.clone(), ctx.clone(), stopped.clone()),
-        policy::run::<TransferRole>(client.clone(), ctx.clone(), stopped.clone()),
-    );
+    let policies = [
+        policy::controller(&caches.endpoints, &caches, ctx.clone(), stopped.clone()),
+        policy::controller(&caches.zones, &caches, ctx.clone(), stopped.clone()),
+        policy::controller(&caches.users, &caches, ctx.clone(), stopped.clone()),
+        policy::controller(&caches.roles, &caches, ctx.clone(), stopped.clone()),
+    ];
+    // Every controller has subscribed; now the caches may fill. Reconciles start once every
+    // store holds its first list, so none compiles from a half-filled cache. The feed never
+    // ends; the controllers end on the stop signal.
+    let controllers = async move {
+        caches.ready().await;
+        tracing::info!("caches filled; reconciling");
+        futures::join!(gw, kr, futures::future::join_all(policies));
+    };
+    tokio::select! {
+        () = controllers => {}
+        () = feed => {}
+    }
 }

@@ -3,20 +3,24 @@
 
 use std::{sync::Arc, time::Instant};
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use futures::{FutureExt, StreamExt, TryStreamExt, future::BoxFuture, future::ready};
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{Controller, controller::Action, watcher},
+    runtime::{Controller, controller::Action},
 };
 use portcullis_api::{
-    CommonStatus, KeyRing, NetworkZone, READY, TransferEndpoint, TransferRole, TransferUser,
+    CommonStatus, NetworkZone, READY, TransferEndpoint, TransferRole, TransferUser,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
-use super::{Context, Error, dereference::World, status, validate};
+use super::{
+    Context, Error,
+    cache::{Caches, Shared},
+    dereference::{self, World},
+    status, validate,
+};
 
 /// A policy kind: its name in metrics and how to find its problems.
 pub trait PolicyKind:
@@ -32,6 +36,10 @@ pub trait PolicyKind:
     const CONTROLLER: &'static str;
     fn problems(&self, world: &World) -> Vec<validate::Problem>;
     fn common_status(&self) -> Option<&CommonStatus>;
+    /// The Secrets [`PolicyKind::problems`] reads.
+    fn secret_names(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// What a user of a valid object should still know, added to the `Ready` message.
     fn notes(&self) -> Vec<String> {
         Vec::new()
@@ -45,6 +53,9 @@ impl PolicyKind for TransferEndpoint {
     }
     fn common_status(&self) -> Option<&CommonStatus> {
         self.status.as_ref()
+    }
+    fn secret_names(&self) -> Vec<String> {
+        vec![dereference::endpoint_secret_name(self)]
     }
 }
 
@@ -66,6 +77,9 @@ impl PolicyKind for TransferUser {
     fn common_status(&self) -> Option<&CommonStatus> {
         self.status.as_ref()
     }
+    fn secret_names(&self) -> Vec<String> {
+        dereference::user_secret_names(self).collect()
+    }
     fn notes(&self) -> Vec<String> {
         validate::ftps_refusal(&self.spec).into_iter().collect()
     }
@@ -81,53 +95,47 @@ impl PolicyKind for TransferRole {
     }
 }
 
-pub async fn run<K: PolicyKind>(
-    client: Client,
+/// A policy kind's status controller, over the shared caches: triggered by its own objects and
+/// by whatever they may reference in their namespace.
+pub fn controller<K: PolicyKind>(
+    shared: &Shared<K>,
+    caches: &Caches,
     ctx: Arc<Context>,
     stopped: impl Fn() -> super::Stop,
-) {
-    let wc = watcher::Config::default();
-    let c = Controller::new(Api::<K>::all(client.clone()), wc.clone());
-    let s = c.store();
-    c.watches(
-        Api::<TransferEndpoint>::all(client.clone()),
-        wc.clone(),
-        super::in_namespace(s.clone()),
-    )
-    .watches(
-        Api::<TransferRole>::all(client.clone()),
-        wc.clone(),
-        super::in_namespace(s.clone()),
-    )
-    .watches(
-        Api::<NetworkZone>::all(client.clone()),
-        wc.clone(),
-        super::in_namespace(s.clone()),
-    )
-    .watches(
-        Api::<KeyRing>::all(client.clone()),
-        wc.clone(),
-        super::in_namespace(s.clone()),
-    )
-    .watches(
-        Api::<Secret>::all(client.clone()),
-        watcher::Config::default().labels(&format!(
-            "app.kubernetes.io/managed-by!={}",
-            super::build::MANAGED_BY
-        )),
-        super::in_namespace(s.clone()),
-    )
-    .graceful_shutdown_on(stopped())
-    .run(reconcile::<K>, super::error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+) -> BoxFuture<'static, ()> {
+    let s = shared.store();
+    Controller::for_stream(shared.subscribe(), s.clone())
+        .watches_stream(caches.endpoints.subscribe(), super::in_namespace(s.clone()))
+        .watches_stream(caches.roles.subscribe(), super::in_namespace(s.clone()))
+        .watches_stream(caches.zones.subscribe(), super::in_namespace(s.clone()))
+        .watches_stream(caches.key_rings.subscribe(), super::in_namespace(s.clone()))
+        .watches_stream(
+            caches
+                .secrets
+                .subscribe()
+                .try_filter(|s| ready(super::foreign(s))),
+            super::in_namespace(s.clone()),
+        )
+        .graceful_shutdown_on(stopped())
+        .run(reconcile::<K>, super::error_policy, ctx)
+        .for_each(|_| ready(()))
+        .boxed()
 }
 
 async fn reconcile<K: PolicyKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = obj.namespace().unwrap_or_default();
     let result: Result<Action, Error> = async {
-        let world = World::load(&ctx.client, &ns).await.map_err(Error::Kube)?;
+        let world = ctx
+            .caches
+            .with_secrets(
+                &ctx.client,
+                &ns,
+                ctx.caches.snapshot(&ns),
+                obj.secret_names().into_iter().collect(),
+            )
+            .await
+            .map_err(Error::Kube)?;
         let problems = obj.problems(&world);
         let (ok, reason, message) = match problems.first() {
             None => (

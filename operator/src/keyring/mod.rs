@@ -49,8 +49,8 @@ fn ca_secret_name(kr: &KeyRing) -> String {
 /// Whether key ring `kr` reads Secret `name` (its issuer or a trusted CA).
 /// The KeyRing a Secret the operator made for one belongs to (by its instance label), owner
 /// reference or not.
-pub fn keyring_of(s: &Secret) -> Option<String> {
-    let labels = s.metadata.labels.as_ref()?;
+pub fn keyring_of(meta: &ObjectMeta) -> Option<String> {
+    let labels = meta.labels.as_ref()?;
     (labels.get("app.kubernetes.io/name")? == "portcullis-keyring")
         .then(|| labels.get("app.kubernetes.io/instance").cloned())
         .flatten()
