@@ -49,10 +49,10 @@ def figure():
     return record
 
 
-def _remove_large_files(root: Path, at_least: int, skip: Path | None = None) -> None:
+def _remove_large_files(root: Path, at_least: int, skip: tuple[Path, ...] = ()) -> None:
     for path in root.rglob("*"):
         try:
-            if skip is not None and path.is_relative_to(skip):
+            if any(path.is_relative_to(s) for s in skip):
                 continue
             if path.is_file() and not path.is_symlink() and path.stat().st_size >= at_least:
                 path.unlink()
@@ -74,9 +74,12 @@ def _tmp_path_keeps_no_payloads(request):
 @pytest.fixture(scope="module", autouse=True)
 def _work_keeps_no_payloads():
     """The same for e2e/.work when a module ends (its servers are stopped by then): backends'
-    copies of large uploads, the 1 GiB source files. A CI run once failed with a full disk."""
+    copies of large uploads, the 1 GiB source files. A CI run once failed with a full disk.
+    Kept: `failed/` (post-mortems) and `images/`, the image builder's cache, whose layers hold
+    the binaries: a removed layer left an image without its binary when the cached archive
+    let e2e/images/build.sh skip the build."""
     yield
-    _remove_large_files(WORK, 16 << 20, skip=WORK / "failed")
+    _remove_large_files(WORK, 16 << 20, skip=(WORK / "failed", WORK / "images"))
 
 
 # What a failing test shows of each running server's logs: the lines worth reading first.

@@ -1,0 +1,183 @@
+"""GitOps: the folders of examples/gitops/ synced as Argo CD or Flux would, against the real
+apiserver and the operator. Each overlay renders with `kubectl kustomize` and passes the
+apiserver's schemas and CEL rules; applying a folder twice changes nothing (no object is
+written, by us or by the operator); a CR removed from the folder is pruned and leaves the
+gateway's config."""
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import ROOT, fresh_dir, keygen
+from kube import Cluster, Operator
+
+GITOPS = ROOT / "examples" / "gitops"
+OVERLAYS = {"staging": "transfer-staging", "production": "transfer-production"}
+POLICY_KINDS = ["networkzone", "keyring", "transferendpoint", "transferrole", "transferuser"]
+OWNED_KINDS = ["secret", "deployment", "service", "networkpolicy", "poddisruptionbudget", "serviceaccount"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(fresh_dir("gitops-cluster"))
+    yield c
+    c.down()
+
+
+@pytest.fixture(scope="module")
+def operator(cluster):
+    op = Operator(cluster, fresh_dir("gitops-operator") / "operator.log")
+    cluster.wait_for("the operator to lead", op.is_leader, timeout=30)
+    yield op
+    op.stop()
+
+
+def render(cluster: Cluster, folder: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(cluster.kubectl("kustomize", str(folder)).stdout) if d]
+
+
+def sync(cluster: Cluster, folder: Path, ns: str) -> str:
+    """What a GitOps tool does: server-side apply of the rendered folder, pruning what the
+    folder no longer has. kubectl prunes server-side applied objects only through an ApplySet
+    (a Secret recording what the folder applied); Argo CD and Flux keep their own record."""
+    cluster.env["KUBECTL_APPLYSET"] = "true"
+    return cluster.kubectl("apply", "--server-side", "--field-manager=gitops", "-k", str(folder),
+                           "--prune", "--applyset=transfer-policy", namespace=ns).stdout
+
+
+def versions(cluster: Cluster, ns: str) -> dict[str, str]:
+    """resourceVersion of every object of ours and of the operator's in `ns`."""
+    out = {}
+    for kind in POLICY_KINDS + ["transfergateway"] + OWNED_KINDS:
+        for o in cluster.items(kind, ns):
+            out[f"{kind}/{o['metadata']['name']}"] = o["metadata"]["resourceVersion"]
+    return out
+
+
+def test_every_overlay_renders_and_the_apiserver_takes_it(cluster):
+    """Each overlay renders, every object in it lands in the overlay's namespace, and the
+    apiserver's schemas and CEL rules accept all of it (server-side dry run)."""
+    for overlay, ns in OVERLAYS.items():
+        docs = render(cluster, GITOPS / "overlays" / overlay)
+        kinds = sorted(d["kind"] for d in docs)
+        assert kinds.count("TransferGateway") == 1 and kinds.count("NetworkZone") == 2, kinds
+        assert {d["metadata"]["namespace"] for d in docs} == {ns}, overlay
+        assert all(d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "transfer-policy" for d in docs)
+        cluster.namespace(ns)
+        out = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-k",
+                              str(GITOPS / "overlays" / overlay), namespace=ns).stdout
+        assert out.count("serverside-applied (server dry run)") == len(docs), out
+    # The overlays differ as they say.
+    staging = {(d["kind"], d["metadata"]["name"]): d for d in render(cluster, GITOPS / "overlays" / "staging")}
+    production = {(d["kind"], d["metadata"]["name"]): d for d in render(cluster, GITOPS / "overlays" / "production")}
+    assert staging[("NetworkZone", "partners")]["spec"]["cidrs"] == ["198.51.100.0/24"]
+    assert production[("TransferGateway", "dmz")]["spec"]["replicas"] == 2
+    assert ("TransferUser", "qa-bot") in staging and ("TransferUser", "qa-bot") not in production
+
+
+def test_the_argo_cd_and_flux_objects_name_folders_that_render(cluster):
+    app = yaml.safe_load((GITOPS / "argocd" / "application.yaml").read_text())
+    flux = yaml.safe_load((GITOPS / "flux" / "kustomization.yaml").read_text())
+    assert app["spec"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
+    assert flux["spec"]["prune"] is True and flux["spec"]["wait"] is True
+    for path, ns in [(app["spec"]["source"]["path"], app["spec"]["destination"]["namespace"]),
+                     (flux["spec"]["path"].removeprefix("./"), flux["spec"]["targetNamespace"])]:
+        docs = render(cluster, ROOT / path)
+        assert {d["metadata"]["namespace"] for d in docs} == {ns}, path
+
+
+def test_a_folder_synced_twice_changes_nothing_and_a_removed_user_leaves_the_gateway(cluster, operator):
+    ns = cluster.namespace("transfer-staging")
+    cluster.kubectl("create", "secret", "generic", "mainframe-sftp-credentials",
+                    f"--from-file=ssh-privatekey={keygen(fresh_dir('gitops-keys') / 'id')}", namespace=ns)
+    # A copy of the repository's folder, to edit as a pull request would.
+    repo = fresh_dir("gitops-repo")
+    shutil.copytree(GITOPS, repo / "gitops")
+    staging = repo / "gitops" / "overlays" / "staging"
+
+    sync(cluster, staging, ns)
+    for kind in POLICY_KINDS:
+        for o in cluster.items(kind, ns):
+            cluster.wait_ready(kind, o["metadata"]["name"], ns, timeout=60)
+    cluster.wait_ready("transfergateway", "dmz", ns, status="False", reason="PodsNotReady", timeout=60)
+    config = cluster.secret_data("dmz-config", ns)["config.yaml"].decode()
+    assert "qa-bot" in config and "acme-payroll" in config
+
+    # Synced again, unchanged: nothing is written, by the sync or by the operator.
+    time.sleep(3)  # the operator's own status writes of the first sync are done
+    before, writes = versions(cluster, ns), operator.metric("portcullis_operator_writes_total")
+    out = sync(cluster, staging, ns)
+    assert "pruned" not in out, out
+    time.sleep(5)  # long enough for the operator to have seen and reconciled anything
+    assert versions(cluster, ns) == before
+    assert operator.metric("portcullis_operator_writes_total") == writes
+
+    # The pull request removes the test user: the sync prunes it and the gateway drops it.
+    k = staging / "kustomization.yaml"
+    k.write_text(k.read_text().replace("  - test-user.yaml\n", ""))
+    out = sync(cluster, staging, ns)
+    assert "transferuser.portcullis.dev/qa-bot pruned" in out, out
+    cluster.wait_for("qa-bot gone", lambda: cluster.get("transferuser", "qa-bot", ns) is None)
+    cluster.wait_for("the gateway's config without qa-bot",
+                     lambda: "qa-bot" not in cluster.secret_data("dmz-config", ns)["config.yaml"].decode(),
+                     timeout=30)
+    config = cluster.secret_data("dmz-config", ns)["config.yaml"].decode()
+    assert "acme-payroll" in config
+    # Nothing else was pruned: the credentials Secret the sync never made is still there.
+    assert cluster.get("secret", "mainframe-sftp-credentials", ns) is not None
+    st = json.dumps(cluster.get("transfergateway", "dmz", ns)["status"])
+    assert "configHash" in st
+
+
+def argo_health(obj: dict) -> dict:
+    """examples/gitops/argocd/health.lua on `obj`, run by a real Lua as Argo CD runs it."""
+    r = subprocess.run(["lua5.4", str(ROOT / "e2e" / "lua_health.lua"), str(GITOPS / "argocd" / "health.lua")],
+                       input=json.dumps(obj), capture_output=True, text=True, check=True)
+    return json.loads(r.stdout)
+
+
+def test_the_argo_cd_health_check_reads_real_status(cluster, operator):
+    ns = cluster.namespace("health")
+    cluster.kubectl("create", "secret", "generic", "creds",
+                    f"--from-file=ssh-privatekey={keygen(fresh_dir('health-keys') / 'id')}", namespace=ns)
+    hk = (GITOPS / "base" / "endpoint.yaml").read_text().split("    - ")[-1].split("\n")[0]
+    docs = [
+        {"kind": "NetworkZone", "metadata": {"name": "lan"}, "spec": {"cidrs": ["10.0.0.0/8"]}},
+        {"kind": "KeyRing", "metadata": {"name": "keys"}, "spec": {"issuer": {"type": "selfSigned"}}},
+        {"kind": "TransferEndpoint", "metadata": {"name": "backend"}, "spec": {
+            "protocol": "sftp", "addresses": [{"host": "10.1.2.3", "port": 22}], "hostKeys": [hk],
+            "username": "u", "credentials": {"secretName": "creds"}}},
+        {"kind": "TransferRole", "metadata": {"name": "ops"}, "spec": {"mounts": [
+            {"path": "/in", "endpoint": "backend", "verbs": ["list"]}]}},
+        {"kind": "TransferUser", "metadata": {"name": "ok"}, "spec": {"publicKeys": [hk], "roles": ["ops"]}},
+        {"kind": "TransferGateway", "metadata": {"name": "gw"}, "spec": {
+            "hostKeyRing": "keys", "listeners": [{"name": "sftp", "protocol": "sftp", "port": 2222, "zones": ["lan"]}]}},
+    ]
+    for d in docs:
+        cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **d}, ns)
+    for kind, name in [("networkzone", "lan"), ("keyring", "keys"), ("transferendpoint", "backend"),
+                       ("transferrole", "ops"), ("transferuser", "ok")]:
+        cluster.wait_ready(kind, name, ns, timeout=60)
+        h = argo_health(cluster.get(kind, name, ns))
+        assert h["status"] == "Healthy", (kind, name, h)
+    cluster.wait_ready("transfergateway", "gw", ns, status="False", reason="PodsNotReady", timeout=60)
+    assert argo_health(cluster.get("transfergateway", "gw", ns)) == {
+        "status": "Progressing", "message": "PodsNotReady: 0 of 2 pods ready"}
+    # A user naming a missing role: Degraded, and so is the gateway, whose config no longer
+    # compiles (it keeps serving the last good one).
+    cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferUser", "metadata": {"name": "broken"},
+                   "spec": {"publicKeys": [hk], "roles": ["nope"]}}, ns)
+    cluster.wait_ready("transferuser", "broken", ns, status="False", reason="RoleNotFound")
+    why = "RoleNotFound: user broken names role nope, which does not exist"
+    assert argo_health(cluster.get("transferuser", "broken", ns)) == {"status": "Degraded", "message": why}
+    cluster.wait_ready("transfergateway", "gw", ns, status="False", reason="RoleNotFound", timeout=60)
+    assert argo_health(cluster.get("transfergateway", "gw", ns)) == {"status": "Degraded", "message": why}
+    # A spec change the operator has not seen yet is Progressing, whatever the old status said.
+    obj = cluster.get("transferuser", "ok", ns)
+    obj["metadata"]["generation"] += 1
+    assert argo_health(obj)["status"] == "Progressing"
