@@ -136,7 +136,8 @@ up() {
   export KUBECONFIG="$dir/kubeconfig"
   wait_for "the default namespace" 30 "$bin/kubectl" get namespace default
   "$bin/kubectl" apply --server-side --field-manager=cluster.sh -f "$repo/crds/" >&2
-  "$bin/kubectl" wait --for condition=established --timeout=60s -f "$repo/crds/" >&2
+  # Not recursive: crds/schemas/ holds the JSON Schemas, which are not objects.
+  "$bin/kubectl" wait --for condition=established --timeout=60s --recursive=false -f "$repo/crds/" >&2
   if $node; then
     node_up
   fi

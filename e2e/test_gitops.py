@@ -181,3 +181,75 @@ def test_the_argo_cd_health_check_reads_real_status(cluster, operator):
     obj = cluster.get("transferuser", "ok", ns)
     obj["metadata"]["generation"] += 1
     assert argo_health(obj)["status"] == "Progressing"
+
+
+SCHEMAS = str(ROOT / "crds" / "schemas") + "/{{.Group}}/{{.ResourceKind}}_{{.ResourceAPIVersion}}.json"
+
+
+@pytest.fixture(scope="module")
+def kubeconform() -> str:
+    """kubeconform pinned by e2e/kubeconform/go.mod, built once and cached."""
+    return subprocess.run(["bash", str(ROOT / "e2e" / "kubeconform" / "build.sh")], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def conform(kubeconform: str, text: str) -> dict[str, list[tuple[str, str]]]:
+    """kubeconform -strict with only crds/schemas/ (offline): NAME → [(path, message)] for each
+    resource, empty when valid."""
+    r = subprocess.run([kubeconform, "-strict", "-verbose", "-output", "json", "-schema-location", SCHEMAS, "-"],
+                       input=text, capture_output=True, text=True)
+    out = {}
+    for res in json.loads(r.stdout)["resources"] or []:
+        errors = [(e["path"], e["msg"]) for e in res.get("validationErrors") or []]
+        if res["status"] == "statusError":
+            errors = [("", res["msg"])]
+        out[res["name"]] = errors
+    return out
+
+
+GATEWAY = """apiVersion: portcullis.dev/v1alpha1
+kind: TransferGateway
+metadata: {name: NAME}
+spec:
+  hostKeyRing: edge
+  listeners: [{name: sftp, protocol: sftp, port: 2222, zones: [lan]}]
+"""
+
+
+def test_kubeconform_checks_our_kinds_with_the_json_schemas(cluster, kubeconform):
+    """What a user's CI gets from crds/schemas/ with kubeconform, offline: the examples and both
+    overlays are valid (kubeconform reports valid resources too, so nothing is skipped), and
+    each kind of schema error is named by its path."""
+    examples = "\n---\n".join(p.read_text() for p in sorted((ROOT / "examples").glob("*.yaml")))
+    for text in [examples] + [cluster.kubectl("kustomize", str(GITOPS / "overlays" / o)).stdout for o in OVERLAYS]:
+        result = conform(kubeconform, text)
+        assert result and all(errors == [] for errors in result.values()), result
+    bad = {
+        "typo": GATEWAY.replace("  listeners:", "  listners:"),
+        "type": GATEWAY.replace("spec:\n", "spec:\n  replicas: two\n"),
+        "enum": GATEWAY.replace("protocol: sftp", "protocol: ftp"),
+        "range": GATEWAY.replace("port: 2222", "port: 70000"),
+        "top": GATEWAY + "specs: {}\n",
+        "version": GATEWAY.replace("v1alpha1", "v1alpha2"),
+    }
+    result = conform(kubeconform, "---\n".join(t.replace("NAME", n) for n, t in bad.items()))
+    assert ("/spec", "additional properties 'listners' not allowed") in result["typo"], result
+    assert result["type"] == [("/spec/replicas", "got string, want integer")], result
+    assert [p for p, _ in result["enum"]] == ["/spec/listeners/0/protocol"], result
+    assert [p for p, _ in result["range"]] == ["/spec/listeners/0/port"], result
+    assert result["top"] == [("", "additional properties 'specs' not allowed")], result
+    assert result["version"] == [("", "could not find schema for TransferGateway")], result
+
+
+def test_what_only_the_apiserver_catches(cluster, kubeconform):
+    """JSON Schema has no CEL: a gateway with two listeners on one port passes kubeconform, and
+    the apiserver's server-side dry run refuses it. docs/gitops.md says to run both."""
+    dup = GATEWAY.replace("NAME", "dup").replace(
+        "listeners: [{name: sftp, protocol: sftp, port: 2222, zones: [lan]}]",
+        "listeners: [{name: a, protocol: sftp, port: 2222, zones: [lan]}, "
+        "{name: b, protocol: sftp, port: 2222, zones: [lan]}]")
+    assert conform(kubeconform, dup) == {"dup": []}
+    ns = cluster.namespace("dry-run")
+    r = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", input=dup, namespace=ns,
+                        check=False)
+    assert r.returncode != 0 and "listener ports must be unique" in r.stderr, r.stderr

@@ -18,10 +18,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Prints the CustomResourceDefinitions as YAML, or writes one file per kind into each
-    /// `--dir` (the repository keeps `crds/` and `charts/portcullis/crds/`).
+    /// `--dir` (the repository keeps `crds/` and `charts/portcullis/crds/`), and each kind's JSON
+    /// Schema under `--schemas` (`crds/schemas/`: GROUP/KIND_VERSION.json, for editors and
+    /// kubeconform).
     Crd {
         #[arg(long)]
         dir: Vec<PathBuf>,
+        #[arg(long)]
+        schemas: Option<PathBuf>,
     },
     /// Runs the controllers against the cluster in KUBECONFIG (or the in-cluster config).
     Run(RunArgs),
@@ -55,7 +59,7 @@ pub struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd { dir } => match write_crds(dir) {
+        Command::Crd { dir, schemas } => match write_crds(dir, schemas) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("portcullis-operator crd: {e:#}");
@@ -81,8 +85,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn write_crds(dirs: Vec<PathBuf>) -> anyhow::Result<()> {
+fn write_crds(dirs: Vec<PathBuf>, schemas: Option<PathBuf>) -> anyhow::Result<()> {
     let crds = portcullis_api::crds();
+    if let Some(root) = schemas {
+        for (_, crd) in &crds {
+            let file = root.join(portcullis_api::json_schema_path(crd));
+            std::fs::create_dir_all(file.parent().expect("a file in a directory"))?;
+            std::fs::write(file, portcullis_api::json_schema_text(crd))?;
+        }
+    }
     if dirs.is_empty() {
         for (_, crd) in &crds {
             print!("---\n{}", portcullis_api::crd_yaml(crd));

@@ -74,3 +74,96 @@ pub fn crd_yaml(
     out.push_str(&serde_yaml_ng::to_string(crd).expect("a CRD serializes"));
     out
 }
+
+/// Where a kind's JSON Schema lives under a schemas directory, in the layout kubeconform's
+/// `-schema-location 'DIR/{{.Group}}/{{.ResourceKind}}_{{.ResourceAPIVersion}}.json'` and the
+/// datree CRDs catalog use: `portcullis.dev/transfergateway_v1alpha1.json`.
+pub fn json_schema_path(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> String {
+    format!(
+        "{}/{}_{}.json",
+        crd.spec.group,
+        crd.spec.names.kind.to_lowercase(),
+        crd.spec.versions[0].name
+    )
+}
+
+/// A kind's schema as a JSON Schema, for editors and kubeconform. It is the CRD's
+/// `openAPIV3Schema` with what JSON Schema spells differently:
+/// - strict: every object with `properties` refuses others (`additionalProperties: false`), at
+///   the root too, as the apiserver's field validation does, so a misspelt field is an error;
+/// - `nullable: true` becomes a `null` type, and `x-kubernetes-int-or-string` the two types;
+/// - `apiVersion` and `kind` are pinned and required; `metadata` is an open object.
+///
+/// The CEL rules (`x-kubernetes-validations`) stay in for the reader; JSON Schema validators
+/// ignore them, so only the apiserver (or a server-side dry run) enforces them.
+pub fn json_schema(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> serde_json::Value {
+    use serde_json::{Value, json};
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                if o.contains_key("properties")
+                    && !o.contains_key("additionalProperties")
+                    && !o.contains_key("x-kubernetes-preserve-unknown-fields")
+                {
+                    o.insert("additionalProperties".into(), Value::Bool(false));
+                }
+                if o.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true))
+                    && !o.contains_key("type")
+                {
+                    o.insert("type".into(), json!(["integer", "string"]));
+                }
+                if o.remove("nullable") == Some(Value::Bool(true))
+                    && let Some(Value::String(t)) = o.get("type").cloned()
+                {
+                    o.insert("type".into(), json!([t, "null"]));
+                }
+                o.values_mut().for_each(walk);
+            }
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let version = &crd.spec.versions[0];
+    let mut schema = version
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .map(|s| serde_json::to_value(s).expect("a schema serializes"))
+        .unwrap_or_else(|| json!({"type": "object"}));
+    walk(&mut schema);
+    let api_version = format!("{}/{}", crd.spec.group, version.name);
+    schema["properties"]["apiVersion"] = json!({"type": "string", "enum": [api_version]});
+    schema["properties"]["kind"] = json!({"type": "string", "enum": [crd.spec.names.kind]});
+    // The apiserver's own; the CRD's schema leaves it out.
+    if schema["properties"].get("metadata").is_none() {
+        schema["properties"]["metadata"] = json!({"type": "object"});
+    }
+    let required = schema["required"].as_array().cloned().unwrap_or_default();
+    let mut required: Vec<Value> = required
+        .into_iter()
+        .filter(|r| r != "apiVersion" && r != "kind")
+        .collect();
+    required.splice(0..0, [json!("apiVersion"), json!("kind")]);
+    schema["required"] = Value::Array(required);
+    let mut out = json!({
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": format!("{} ({api_version})", crd.spec.names.kind),
+    });
+    out.as_object_mut()
+        .expect("an object")
+        .extend(schema.as_object().cloned().unwrap_or_default());
+    out
+}
+
+/// [`json_schema`] as the file `crds/schemas/` holds.
+pub fn json_schema_text(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> String {
+    let mut text = serde_json::to_string_pretty(&json_schema(crd)).expect("JSON serializes");
+    text.push('\n');
+    text
+}
