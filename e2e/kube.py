@@ -110,7 +110,8 @@ class Operator:
     """The release operator binary against the test cluster."""
 
     def __init__(self, cluster: Cluster, log: Path, identity: str = "op-1", lease_seconds: int = 4,
-                 lease_namespace: str = "kube-system", kubeconfig: Path | None = None):
+                 lease_namespace: str = "kube-system", kubeconfig: Path | None = None,
+                 extra_args: tuple[str, ...] = ()):
         """Runs as the cluster admin, or as whoever `kubeconfig` names."""
         self.cluster = cluster
         self.metrics_port = free_port()
@@ -119,7 +120,7 @@ class Operator:
         self.proc = subprocess.Popen(
             [str(OPERATOR_BIN), "run", "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
              "--identity", identity, "--lease-namespace", lease_namespace,
-             "--lease-duration-seconds", str(lease_seconds)],
+             "--lease-duration-seconds", str(lease_seconds), *extra_args],
             env=dict(cluster.env, RUST_LOG="info,portcullis_operator=debug",
                      **({"KUBECONFIG": str(kubeconfig)} if kubeconfig else {})),
             stdout=subprocess.DEVNULL, stderr=open(log, "ab"),

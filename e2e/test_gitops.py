@@ -29,9 +29,15 @@ def cluster():
     c.down()
 
 
+# The installer's allowance for gateway images besides the default (chart value
+# gateway.allowedImages), which test_an_image_the_installer_did_not_allow_is_refused uses.
+ALLOWED_IMAGES = "registry.example/portcullis/*"
+
+
 @pytest.fixture(scope="module")
 def operator(cluster):
-    op = Operator(cluster, fresh_dir("gitops-operator") / "operator.log")
+    op = Operator(cluster, fresh_dir("gitops-operator") / "operator.log",
+                  extra_args=(f"--allowed-gateway-image={ALLOWED_IMAGES}",))
     cluster.wait_for("the operator to lead", op.is_leader, timeout=30)
     yield op
     op.stop()
@@ -253,3 +259,48 @@ def test_what_only_the_apiserver_catches(cluster, kubeconform):
     r = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", input=dup, namespace=ns,
                         check=False)
     assert r.returncode != 0 and "listener ports must be unique" in r.stderr, r.stderr
+
+
+def test_an_image_the_installer_did_not_allow_is_refused(cluster, operator):
+    """Whoever may set a gateway's image runs code in the DMZ with its Secrets, so the operator
+    deploys only its default image and what the installer allowed (here the operator runs with
+    --allowed-gateway-image=registry.example/portcullis/*, the chart's gateway.allowedImages).
+    Any other is refused by name, and the running Deployment keeps its image."""
+    ns = cluster.namespace("images")
+    hk = (GITOPS / "base" / "endpoint.yaml").read_text().split("    - ")[-1].split("\n")[0]
+    for d in [
+        {"kind": "NetworkZone", "metadata": {"name": "lan"}, "spec": {"cidrs": ["10.0.0.0/8"]}},
+        {"kind": "KeyRing", "metadata": {"name": "keys"}, "spec": {"issuer": {"type": "selfSigned"}}},
+        {"kind": "TransferUser", "metadata": {"name": "u"}, "spec": {"publicKeys": [hk]}},
+    ]:
+        cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **d}, ns)
+
+    def gateway(image: str | None) -> None:
+        spec = {"hostKeyRing": "keys", "replicas": 1,
+                "listeners": [{"name": "sftp", "protocol": "sftp", "port": 2222, "zones": ["lan"]}]}
+        if image:
+            spec["image"] = image
+        cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferGateway",
+                       "metadata": {"name": "gw"}, "spec": spec}, ns)
+
+    def deployed_image() -> str | None:
+        d = cluster.get("deployment", "gw", ns)
+        return d and d["spec"]["template"]["spec"]["containers"][0]["image"]
+
+    default = cluster.get("crd", "transfergateways.portcullis.dev", "")["spec"]["versions"][0]["schema"][
+        "openAPIV3Schema"]["properties"]["spec"]["properties"]["image"]["default"]
+    gateway(None)
+    cluster.wait_ready("transfergateway", "gw", ns, status="False", reason="PodsNotReady", timeout=60)
+    assert deployed_image() == default
+    # Allowed by the installer's prefix: deployed.
+    gateway("registry.example/portcullis/portcullis-gateway:0.1.0")
+    cluster.wait_for("the allowed image deployed",
+                     lambda: deployed_image() == "registry.example/portcullis/portcullis-gateway:0.1.0")
+    # Not allowed: refused, named, and the running Deployment keeps the allowed image.
+    gateway("evil.example/gw:latest")
+    c = cluster.wait_ready("transfergateway", "gw", ns, status="False", reason="ImageNotAllowed")
+    assert c["message"].startswith("image evil.example/gw:latest is not the operator's default"), c
+    assert "gateway.allowedImages" in c["message"], c
+    assert cluster.condition("transfergateway", "gw", ns, "Stalled")["status"] == "True"
+    time.sleep(2)
+    assert deployed_image() == "registry.example/portcullis/portcullis-gateway:0.1.0"

@@ -22,9 +22,14 @@ def cluster():
 
 def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
     cluster.helm("lint", str(CHART))
-    cluster.helm("install", "portcullis", str(CHART), "--namespace", "portcullis-system",
-                 "--create-namespace", "--wait=false")
+    out = cluster.helm("install", "portcullis", str(CHART), "--namespace", "portcullis-system",
+                       "--create-namespace", "--wait=false").stdout
     ns = "portcullis-system"
+    # The notes give a new user the next three steps, with this release's names filled in.
+    notes = out.split("NOTES:", 1)[1]
+    assert "1. Check that it runs" in notes and "2. Declare transfer policy" in notes and "3. Watch it" in notes
+    assert "kubectl -n portcullis-system get lease portcullis-operator" in notes, notes
+    assert "app.kubernetes.io/instance=portcullis" in notes, notes
     dep = cluster.get("deployment", "portcullis-operator", ns)
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
@@ -107,6 +112,9 @@ BAD_VALUES = {
     "replicaCount=3": "additional properties 'replicaCount' not allowed",
     "resources.requests.memory=lots": "at '/resources/requests/memory'",
     "resources.limit.memory=1Gi": "additional properties 'limit' not allowed",
+    "gateway.allowedImages={*}": "at '/gateway/allowedImages/0'",
+    "gateway.allowedImages={a b}": "at '/gateway/allowedImages/0'",
+    "gateway.images={x}": "additional properties 'images' not allowed",
 }
 
 
@@ -125,9 +133,16 @@ def test_chart_values_are_typed_ranged_and_closed(cluster):
     good = ["replicas=3", "leaseDurationSeconds=30", "logFormat=text", "metricsPort=9090",
             "resources.requests.memory=128974848", "resources.limits.cpu=500m", "podAnnotations.a=b"]
     cluster.helm("lint", "--strict", str(CHART), *[a for s in good for a in ("--set", s)])
+    # Allowed gateway images reach the operator's arguments, one flag each; none by default.
+    out = cluster.helm("template", "portcullis", str(CHART), "--kube-version", "1.33.0", "--set",
+                       "gateway.allowedImages={registry.example/portcullis/*,mirror.example/gw:1.2.3}").stdout
+    assert "- --allowed-gateway-image=registry.example/portcullis/*\n" in out, out
+    assert "- --allowed-gateway-image=mirror.example/gw:1.2.3\n" in out, out
+    assert "--allowed-gateway-image" not in cluster.helm("template", "portcullis", str(CHART), "--kube-version", "1.33.0").stdout
     # The operator itself refuses what the schema refuses, by name, instead of going on with a
     # default (log format) or a Lease that cannot work.
     for arg, says in [("--lease-duration-seconds=1", "--lease-duration-seconds"),
-                      ("--log-format=xml", "--log-format")]:
+                      ("--log-format=xml", "--log-format"),
+                      ("--allowed-gateway-image=*", "--allowed-gateway-image")]:
         r = subprocess.run([str(OPERATOR_BIN), "run", arg], capture_output=True, text=True, timeout=30)
         assert r.returncode == 2 and says in r.stderr and "invalid value" in r.stderr, (arg, r.returncode, r.stderr)

@@ -54,6 +54,23 @@ pub struct RunArgs {
     /// Log format: `json` (default) or `text`.
     #[arg(long, default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
+    /// A gateway image the operator may deploy besides its default: an exact reference, or a
+    /// prefix ending in `*`. Repeat for more. A TransferGateway naming any other image is
+    /// refused (`ImageNotAllowed`).
+    #[arg(long, value_parser = image_pattern)]
+    pub allowed_gateway_image: Vec<String>,
+}
+
+/// An allowed-image entry: no whitespace, and a `*` only at the end of a prefix that names at
+/// least a registry or repository (`*` alone would allow every image).
+fn image_pattern(s: &str) -> Result<String, String> {
+    let body = s.strip_suffix('*').unwrap_or(s);
+    if body.is_empty() || body.contains(|c: char| c.is_whitespace() || c == '*') {
+        return Err(format!(
+            "{s:?} is not an image reference or a prefix ending in * (such as registry.example/portcullis/*)"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 fn main() -> ExitCode {

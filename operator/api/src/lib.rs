@@ -22,7 +22,7 @@ pub use gateway::{
     ActiveModeSpec, AuditCollectorSpec, AuditFileSpec, AuditFsync, AuditSpec, AuditWhenFull,
     ClientCertificateMode, DataOpsAudit, DnsEgressSpec, GatewayLimits, ListenerProtocol,
     ListenerSpec, ListenerTlsSpec, PassivePorts, PlacementSpec, ServiceSpec, ServiceType,
-    TransferGateway, TransferGatewaySpec, TransferGatewayStatus,
+    TransferGateway, TransferGatewaySpec, TransferGatewayStatus, default_image,
 };
 pub use keyring::{
     DeletionPolicy, Issuer, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus, RetiredAuditKey,

@@ -38,8 +38,19 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
         .with_secrets(&ctx.client, &ns, world, names)
         .await
         .map_err(Error::Kube)?;
-    // 2. validate (and compile)
-    let compiled = validate::compile(gw, &world);
+    // 2. validate (and compile); an image the installer did not allow is refused like any
+    // other problem, so nothing is applied and the last good Deployment stays.
+    let compiled = match (
+        validate::image_problem(&gw.spec.image, &ctx.allowed_images),
+        validate::compile(gw, &world),
+    ) {
+        (None, compiled) => compiled,
+        (Some(p), Ok(_)) => Err(vec![p]),
+        (Some(p), Err(mut problems)) => {
+            problems.insert(0, p);
+            Err(problems)
+        }
+    };
     // 3. build and 4. apply — only a valid bundle replaces the running one: a broken
     // reference leaves the last good config in force.
     let (config_hash, not_after) = match &compiled {

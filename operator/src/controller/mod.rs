@@ -47,6 +47,8 @@ pub struct Context {
     pub client: Client,
     /// The policy objects and the Secrets they name; reconciles read here, not from the API.
     pub caches: Arc<Caches>,
+    /// Gateway images allowed besides the default (`--allowed-gateway-image`).
+    pub allowed_images: Vec<String>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
 }
@@ -204,6 +206,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(Context {
         client: client.clone(),
         caches: caches.clone(),
+        allowed_images: args.allowed_gateway_image.clone(),
         metrics: metrics.clone(),
         recorder: Recorder::new(
             client.clone(),

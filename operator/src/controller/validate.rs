@@ -31,6 +31,7 @@ pub enum Reason {
     InvalidCredential,
     InvalidPublicKey,
     InvalidConfig,
+    ImageNotAllowed,
 }
 
 impl Reason {
@@ -46,8 +47,30 @@ impl Reason {
             Reason::InvalidCredential => "InvalidCredential",
             Reason::InvalidPublicKey => "InvalidPublicKey",
             Reason::InvalidConfig => "InvalidConfig",
+            Reason::ImageNotAllowed => "ImageNotAllowed",
         }
     }
+}
+
+/// Which gateway images the operator deploys: its own default always; any other only when the
+/// installer allowed it (`--allowed-gateway-image`, the chart's `gateway.allowedImages`), since
+/// whoever may set a gateway's image runs code in the DMZ with its Secrets. An entry is an
+/// exact image reference, or a prefix ending in `*` (`registry.example/portcullis/*`).
+pub fn image_problem(image: &str, allowed: &[String]) -> Option<Problem> {
+    let ok = image == portcullis_api::default_image()
+        || allowed.iter().any(|a| match a.strip_suffix('*') {
+            Some(prefix) => image.starts_with(prefix),
+            None => image == a,
+        });
+    (!ok).then(|| {
+        Problem::new(
+            Reason::ImageNotAllowed,
+            format!(
+                "image {image} is not the operator's default ({}) and the operator was not installed to allow it (chart value gateway.allowedImages, flag --allowed-gateway-image)",
+                portcullis_api::default_image()
+            ),
+        )
+    })
 }
 
 /// The defender's settings, sharing bans through the `<name>-peers` headless Service. The
@@ -996,6 +1019,36 @@ fn verb(v: Verb) -> config::Verb {
 mod tests {
     use super::*;
     use crate::controller::fixtures::{SFTP_GATEWAY, gateway, secret, world};
+
+    #[test]
+    fn only_the_default_image_or_an_allowed_one_is_deployed() {
+        let default = portcullis_api::default_image();
+        let allowed = vec![
+            "registry.example/portcullis/*".to_owned(),
+            "mirror.example/gw:1.2.3".to_owned(),
+        ];
+        for (image, ok) in [
+            (default.as_str(), true),
+            ("registry.example/portcullis/portcullis-gateway:0.1.0", true),
+            ("registry.example/portcullis/anything@sha256:00", true),
+            ("mirror.example/gw:1.2.3", true),
+            ("mirror.example/gw:1.2.4", false),
+            ("registry.example/portcullis", false),
+            ("registry.example/portcullisx/gw:1", false),
+            ("evil.example/gw:latest", false),
+        ] {
+            assert_eq!(image_problem(image, &allowed).is_none(), ok, "{image}");
+            if image != default {
+                assert!(
+                    image_problem(image, &[]).is_some(),
+                    "{image} with nothing allowed"
+                );
+            }
+        }
+        let p = image_problem("evil.example/gw:latest", &[]).unwrap();
+        assert_eq!(p.reason, Reason::ImageNotAllowed);
+        assert!(p.message.contains("gateway.allowedImages"), "{}", p.message);
+    }
 
     #[test]
     fn ftps_listeners_and_endpoints_compile_into_the_bundle() {
