@@ -152,37 +152,25 @@ mod tests {
         }
     }
 
+    /// `obj`'s checks read from only the Secrets it names are its checks read from all, and
+    /// differ from its checks with no Secret at all (so the names matter).
+    fn checks_the_same_from_its_names<K: PolicyKind>(what: &str, obj: &K, w: &World) {
+        let problems = |w: &World| format!("{:?}", obj.problems(w));
+        let names = obj.secret_names().into_iter().collect();
+        let mut none = w.clone();
+        none.secrets.clear();
+        assert_eq!(problems(&only(w, &names)), problems(w), "{what}");
+        assert_ne!(problems(&none), problems(w), "{what}");
+    }
+
     #[test]
     fn a_policy_object_checks_the_same_from_only_the_secrets_it_names() {
         let w = referencing_world();
-        let mut broken = w.clone();
-        broken.secrets.clear();
         for (name, user) in &w.users {
-            let names = user.secret_names().into_iter().collect();
-            assert_eq!(
-                format!("{:?}", user.problems(&only(&w, &names))),
-                format!("{:?}", user.problems(&w)),
-                "user {name}"
-            );
-            // The names matter: without them the checks differ.
-            assert_ne!(
-                format!("{:?}", user.problems(&broken)),
-                format!("{:?}", user.problems(&w)),
-                "user {name}"
-            );
+            checks_the_same_from_its_names(&format!("user {name}"), user, &w);
         }
         for (name, ep) in &w.endpoints {
-            let names = ep.secret_names().into_iter().collect();
-            assert_eq!(
-                format!("{:?}", ep.problems(&only(&w, &names))),
-                format!("{:?}", ep.problems(&w)),
-                "endpoint {name}"
-            );
-            assert_ne!(
-                format!("{:?}", ep.problems(&broken)),
-                format!("{:?}", ep.problems(&w)),
-                "endpoint {name}"
-            );
+            checks_the_same_from_its_names(&format!("endpoint {name}"), ep, &w);
         }
     }
 }
