@@ -24,6 +24,8 @@ class Cluster:
         out = subprocess.run(["bash", str(ROOT / "e2e" / "cluster.sh"), "up", *(["--node"] if node else [])],
                              env=self.env, capture_output=True, text=True)
         if out.returncode != 0:
+            # What `up` started before it failed would outlive the test run otherwise.
+            subprocess.run(["bash", str(ROOT / "e2e" / "cluster.sh"), "down"], env=self.env, capture_output=True)
             raise RuntimeError(f"cluster.sh up failed: {out.stderr[-3000:]}")
         export = out.stdout.strip().splitlines()[-1]
         assert export.startswith("export KUBECONFIG="), export
