@@ -115,6 +115,7 @@ BAD_VALUES = {
     "gateway.allowedImages={*}": "at '/gateway/allowedImages/0'",
     "gateway.allowedImages={a b}": "at '/gateway/allowedImages/0'",
     "gateway.images={x}": "additional properties 'images' not allowed",
+    "gateway.metricsNamespaces={Monitoring}": "at '/gateway/metricsNamespaces/0'",
 }
 
 
@@ -139,10 +140,14 @@ def test_chart_values_are_typed_ranged_and_closed(cluster):
     assert "- --allowed-gateway-image=registry.example/portcullis/*\n" in out, out
     assert "- --allowed-gateway-image=mirror.example/gw:1.2.3\n" in out, out
     assert "--allowed-gateway-image" not in cluster.helm("template", "portcullis", str(CHART), "--kube-version", "1.33.0").stdout
+    out = cluster.helm("template", "portcullis", str(CHART), "--kube-version", "1.33.0", "--set",
+                       "gateway.metricsNamespaces={monitoring,observability}").stdout
+    assert "- --metrics-namespace=monitoring\n" in out and "- --metrics-namespace=observability\n" in out, out
     # The operator itself refuses what the schema refuses, by name, instead of going on with a
     # default (log format) or a Lease that cannot work.
     for arg, says in [("--lease-duration-seconds=1", "--lease-duration-seconds"),
                       ("--log-format=xml", "--log-format"),
-                      ("--allowed-gateway-image=*", "--allowed-gateway-image")]:
+                      ("--allowed-gateway-image=*", "--allowed-gateway-image"),
+                      ("--metrics-namespace=Bad_NS", "--metrics-namespace")]:
         r = subprocess.run([str(OPERATOR_BIN), "run", arg], capture_output=True, text=True, timeout=30)
         assert r.returncode == 2 and says in r.stderr and "invalid value" in r.stderr, (arg, r.returncode, r.stderr)

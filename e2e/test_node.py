@@ -147,7 +147,7 @@ def assert_restricted(pid: int) -> None:
 def operator(cluster):
     """The chart, installed as a user installs it."""
     cluster.helm("install", "portcullis", str(CHART), "--namespace", OP_NS, "--create-namespace",
-                 "--set", "leaseDurationSeconds=8")
+                 "--set", "leaseDurationSeconds=8", "--set", "gateway.metricsNamespaces={monitoring}")
     return wait_pods_ready(cluster, OP_NS, "app.kubernetes.io/name=portcullis-operator", 2)
 
 
@@ -312,6 +312,30 @@ def test_the_admin_port_is_not_reachable_from_outside_the_cluster(cluster, hosts
     svc = cluster.get("service", "gw", zones["ns"])
     assert admin not in [p["port"] for p in svc["spec"]["ports"]]
     assert connects(hosts["partner"], zones["ip"], admin) != "ok"
+
+
+def test_the_admin_port_admits_the_operator_and_the_metrics_namespace_only(cluster, operator, zones):
+    """The gateway's admin port (/metrics, /config) inside the cluster: the operator's pods (they
+    read /config) and pods in the chart's gateway.metricsNamespaces reach it; a pod in any other
+    namespace does not, though it reaches other pods (the operator's metrics port)."""
+    (gw,) = wait_pods_ready(cluster, zones["ns"], "app.kubernetes.io/instance=gw", 1)
+    ip = gw["status"]["podIP"]
+    admin = next(p["containerPort"] for p in gw["spec"]["containers"][0]["ports"] if p["name"] == "admin")
+    op = operator[0]
+    assert connects(container_process(op, "portcullis-operator"), ip, admin) == "ok"
+    probes = {}
+    for ns in ("monitoring", "elsewhere"):
+        cluster.namespace(ns)
+        cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe", "labels": {"app": "probe"}},
+                       "spec": {"containers": [{"name": "probe", "image": f"localhost/portcullis/pause:{VERSION}",
+                                                "imagePullPolicy": "Never"}]}}, ns)
+        (pod,) = wait_pods_ready(cluster, ns, "app=probe", 1)
+        probes[ns] = container_process(pod, "pause")
+    assert connects(probes["monitoring"], ip, admin) == "ok"
+    op_metrics = next(p["containerPort"] for p in op["spec"]["containers"][0]["ports"] if p["name"] == "metrics")
+    assert connects(probes["elsewhere"], op["status"]["podIP"], op_metrics) == "ok"
+    blocked = connects(probes["elsewhere"], ip, admin)
+    assert blocked != "ok", blocked
 
 
 @pytest.fixture(scope="module")

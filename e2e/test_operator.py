@@ -25,7 +25,9 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def operator(cluster):
-    op = Operator(cluster, fresh_dir("operator") / "operator.log")
+    # As the chart's gateway.metricsNamespaces=[monitoring] runs it; a local process has no
+    # namespace of its own (in a pod, POD_NAMESPACE is added).
+    op = Operator(cluster, fresh_dir("operator") / "operator.log", extra_args=("--metrics-namespace=monitoring",))
     cluster.wait_for("the operator to lead", op.is_leader, timeout=30)
     yield op
     op.stop()
@@ -310,7 +312,10 @@ def test_built_objects_field_by_field(cluster, operator):
     assert sorted(p["ipBlock"]["cidr"] for p in ftps_rule["from"]) == ["2001:db8:100::/48", "203.0.113.0/24"]
     assert ftps_rule["ports"] == [{"port": 2121, "protocol": "TCP"},
                                   {"port": 30000, "endPort": 30009, "protocol": "TCP"}]
-    assert admin_rule["ports"] == [{"port": 9922, "protocol": "TCP"}]
+    # The admin port (/metrics, /config): the metrics namespace, by name; no other namespace.
+    assert admin_rule == {"from": [{"namespaceSelector": {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["monitoring"]}]}}],
+        "ports": [{"port": 9922, "protocol": "TCP"}]}
     # The replicas tell each other of defender bans, on UDP 7946, and only each other.
     gw_pods = {"podSelector": {"matchLabels": svc["selector"]}}
     assert defender_in == {"from": [gw_pods], "ports": [{"port": 7946, "protocol": "UDP"}]}

@@ -59,6 +59,26 @@ pub struct RunArgs {
     /// refused (`ImageNotAllowed`).
     #[arg(long, value_parser = image_pattern)]
     pub allowed_gateway_image: Vec<String>,
+    /// A namespace whose pods may reach the gateways' admin port (`/metrics`): where the
+    /// cluster's Prometheus runs. Repeat for more. The operator's own namespace is always
+    /// allowed (it reads each pod's `/config`); no other namespace is.
+    #[arg(long, value_parser = namespace_name)]
+    pub metrics_namespace: Vec<String>,
+    /// The operator's own namespace, when it runs in a pod (set by the chart).
+    #[arg(skip = std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()))]
+    pub pod_namespace: Option<String>,
+}
+
+/// A namespace name: a DNS label.
+fn namespace_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    ok.then(|| s.to_owned())
+        .ok_or_else(|| format!("{s:?} is not a namespace name (a DNS label)"))
 }
 
 /// An allowed-image entry: no whitespace, and a `*` only at the end of a prefix that names at

@@ -23,7 +23,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{
         api::resource::Quantity,
-        apis::meta::v1::{LabelSelector, ObjectMeta},
+        apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta},
         util::intstr::IntOrString,
     },
 };
@@ -72,14 +72,17 @@ pub fn pod_spec(gw: &TransferGateway, bundle: &Bundle) -> k8s_openapi::api::core
         .expect("a Deployment has a pod spec")
 }
 
-pub fn objects(gw: &TransferGateway, bundle: &Bundle) -> Objects {
+/// Which namespaces' pods may reach a gateway's admin port (`/metrics`, and `/config`, which the
+/// operator reads): the operator's own and the installer's metrics namespaces
+/// (`--metrics-namespace`). Empty: only the node (the kubelet's probes).
+pub fn objects(gw: &TransferGateway, bundle: &Bundle, admin_from: &[String]) -> Objects {
     Objects {
         service_account: service_account(gw),
         secret: secret(gw, bundle),
         deployments: deployments(gw, bundle),
         service: service(gw, bundle),
         peers_service: peers_service(gw),
-        network_policy: network_policy(gw, bundle),
+        network_policy: network_policy(gw, bundle, admin_from),
         pdb: pdb(gw),
     }
 }
@@ -620,7 +623,7 @@ fn ip_peer(cidr: &str) -> NetworkPolicyPeer {
     }
 }
 
-fn network_policy(gw: &TransferGateway, bundle: &Bundle) -> NetworkPolicy {
+fn network_policy(gw: &TransferGateway, bundle: &Bundle, admin_from: &[String]) -> NetworkPolicy {
     let spec = &gw.spec;
     let mut ingress: Vec<NetworkPolicyIngressRule> = spec
         .listeners
@@ -642,15 +645,25 @@ fn network_policy(gw: &TransferGateway, bundle: &Bundle) -> NetworkPolicy {
             }
         })
         .collect();
-    // Metrics scrapers inside the cluster reach the admin port (kubelet probes are not
-    // subject to NetworkPolicy).
-    ingress.push(NetworkPolicyIngressRule {
-        from: Some(vec![NetworkPolicyPeer {
-            namespace_selector: Some(LabelSelector::default()),
-            ..Default::default()
-        }]),
-        ports: Some(vec![tcp(spec.admin_port, None)]),
-    });
+    // The admin port: the operator (it reads `/config`) and the installer's metrics scrapers,
+    // by namespace name; nobody else in the cluster. The kubelet's probes come from the node,
+    // which NetworkPolicy does not govern.
+    if !admin_from.is_empty() {
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector {
+                    match_expressions: Some(vec![LabelSelectorRequirement {
+                        key: "kubernetes.io/metadata.name".into(),
+                        operator: "In".into(),
+                        values: Some(admin_from.to_vec()),
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ports: Some(vec![tcp(spec.admin_port, None)]),
+        });
+    }
     // The replicas tell each other of defender bans.
     let replicas = || {
         Some(vec![NetworkPolicyPeer {
@@ -805,7 +818,7 @@ mod tests {
         // are built from the FTPS one, which is what this test is about.
         let bundle = compile(&gateway(SFTP_GATEWAY), &world()).unwrap();
         let gw = ftps_gateway();
-        let o = objects(&gw, &bundle);
+        let o = objects(&gw, &bundle, &[]);
         let svc = o.service.spec.unwrap();
         assert_eq!(svc.session_affinity.as_deref(), Some("ClientIP"));
         let ports: Vec<(String, i32)> = svc
@@ -884,7 +897,7 @@ mod tests {
             );
         }
         // The Service targets each passive port by that name: only its replica's pods have it.
-        let targets: Vec<IntOrString> = svc_targets(&objects(&gw, &bundle).service);
+        let targets: Vec<IntOrString> = svc_targets(&objects(&gw, &bundle, &[]).service);
         assert_eq!(
             targets[2..],
             (30000..=30003)
@@ -918,7 +931,7 @@ mod tests {
         );
         for gw in [single, sftp_only] {
             assert_eq!(passive_slices(&gw), None);
-            let o = objects(&gw, &bundle);
+            let o = objects(&gw, &bundle, &[]);
             assert_eq!(o.deployments.len(), 1);
             let d = &o.deployments[0];
             assert_eq!(d.name_any(), "gw");
@@ -948,7 +961,7 @@ mod tests {
     fn active_mode_may_reach_the_clients_zones_and_nothing_else() {
         let bundle = compile(&gateway(SFTP_GATEWAY), &world()).unwrap();
         let rules = |gw: &TransferGateway| -> Vec<(Vec<String>, i32, Option<i32>)> {
-            let np = objects(gw, &bundle).network_policy.spec.unwrap();
+            let np = objects(gw, &bundle, &[]).network_policy.spec.unwrap();
             np.egress
                 .unwrap()
                 .into_iter()
@@ -1013,7 +1026,7 @@ mod tests {
             "and the default spread of replicas"
         );
         // Unset: nothing added but the default spread.
-        let plain = objects(&ftps_gateway(), &bundle)
+        let plain = objects(&ftps_gateway(), &bundle, &[])
             .deployments
             .swap_remove(0)
             .spec
@@ -1026,10 +1039,53 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_port_admits_the_operator_and_metrics_namespaces_only() {
+        let gw = gateway(SFTP_GATEWAY);
+        let bundle = compile(&gw, &world()).unwrap();
+        let admin = |from: &[String]| {
+            objects(&gw, &bundle, from)
+                .network_policy
+                .spec
+                .unwrap()
+                .ingress
+                .unwrap()
+                .into_iter()
+                .filter(|r| {
+                    r.ports
+                        .iter()
+                        .flatten()
+                        .any(|p| p.port == Some(IntOrString::Int(gw.spec.admin_port)))
+                })
+                .collect::<Vec<_>>()
+        };
+        // Nobody in the cluster: the kubelet probes from the node.
+        assert!(admin(&[]).is_empty());
+        let rules = admin(&["portcullis-system".into(), "monitoring".into()]);
+        let [rule] = rules.as_slice() else {
+            panic!("one admin rule: {rules:?}")
+        };
+        let peers = rule.from.clone().unwrap();
+        let [peer] = peers.as_slice() else {
+            panic!("one peer: {peers:?}")
+        };
+        assert!(peer.pod_selector.is_none() && peer.ip_block.is_none());
+        let sel = peer.namespace_selector.clone().unwrap();
+        assert_eq!(sel.match_labels, None);
+        assert_eq!(
+            sel.match_expressions.unwrap(),
+            vec![LabelSelectorRequirement {
+                key: "kubernetes.io/metadata.name".into(),
+                operator: "In".into(),
+                values: Some(vec!["portcullis-system".into(), "monitoring".into()]),
+            }]
+        );
+    }
+
+    #[test]
     fn dns_egress_goes_where_the_spec_says() {
         let bundle = compile(&gateway(SFTP_GATEWAY), &world()).unwrap();
         let dns = |gw: &TransferGateway| {
-            let np = objects(gw, &bundle).network_policy.spec.unwrap();
+            let np = objects(gw, &bundle, &[]).network_policy.spec.unwrap();
             np.egress.unwrap().into_iter().find(|r| {
                 r.ports
                     .iter()
@@ -1079,7 +1135,7 @@ mod tests {
         let bundle = compile(&gateway(SFTP_GATEWAY), &world()).unwrap();
         let mut gw = ftps_gateway();
         gw.spec.service.type_ = ServiceType::NodePort;
-        let svc = objects(&gw, &bundle).service.spec.unwrap();
+        let svc = objects(&gw, &bundle, &[]).service.spec.unwrap();
         assert_eq!(svc.type_.as_deref(), Some("NodePort"));
         let nodes: Vec<(String, Option<i32>)> = svc
             .ports
@@ -1099,14 +1155,14 @@ mod tests {
             ]
         );
         // Not with a LoadBalancer: the cloud maps the ports.
-        let svc = objects(&ftps_gateway(), &bundle).service.spec.unwrap();
+        let svc = objects(&ftps_gateway(), &bundle, &[]).service.spec.unwrap();
         assert!(svc.ports.unwrap().iter().all(|p| p.node_port.is_none()));
     }
 
     #[test]
     fn a_single_cluster_ip_gateway_needs_no_affinity_and_no_source_ranges() {
         let bundle = compile(&gateway(SFTP_GATEWAY), &world()).unwrap();
-        let o = objects(&gateway(SFTP_GATEWAY), &bundle);
+        let o = objects(&gateway(SFTP_GATEWAY), &bundle, &[]);
         let svc = o.service.spec.unwrap();
         assert_eq!(svc.session_affinity.as_deref(), Some("None"));
         assert!(svc.load_balancer_source_ranges.is_none());

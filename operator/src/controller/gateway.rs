@@ -55,7 +55,7 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
     // reference leaves the last good config in force.
     let (config_hash, not_after) = match &compiled {
         Ok(bundle) => {
-            let o = build::objects(gw, bundle);
+            let o = build::objects(gw, bundle, &ctx.admin_namespaces);
             // Independent objects: applied concurrently (a Pod that races ahead of its Secret
             // or ServiceAccount is retried by the kubelet and the ReplicaSet controller).
             futures::try_join!(

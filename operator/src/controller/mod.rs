@@ -49,6 +49,9 @@ pub struct Context {
     pub caches: Arc<Caches>,
     /// Gateway images allowed besides the default (`--allowed-gateway-image`).
     pub allowed_images: Vec<String>,
+    /// Namespaces whose pods may reach the gateways' admin port: the operator's own (it reads
+    /// `/config` there) and `--metrics-namespace`.
+    pub admin_namespaces: Vec<String>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
 }
@@ -207,6 +210,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         client: client.clone(),
         caches: caches.clone(),
         allowed_images: args.allowed_gateway_image.clone(),
+        admin_namespaces: admin_namespaces(&args),
         metrics: metrics.clone(),
         recorder: Recorder::new(
             client.clone(),
@@ -237,6 +241,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     result
+}
+
+/// The operator's own namespace (when it runs in a pod) and the metrics namespaces, once each.
+fn admin_namespaces(args: &RunArgs) -> Vec<String> {
+    let mut out: Vec<String> = args.pod_namespace.iter().cloned().collect();
+    for ns in &args.metrics_namespace {
+        if !out.contains(ns) {
+            out.push(ns.clone());
+        }
+    }
+    out
 }
 
 async fn shutdown_signal() {
