@@ -512,18 +512,24 @@ def test_ftps_through_a_node_port_service_with_two_replicas(cluster, hosts, back
     both see the partner; with two replicas each passive port reaches the replica offering it."""
     ns, d = ftps["ns"], ftps["dir"]
     node_ip = "198.18.0.1"
+    # The passive ports become node ports of the same numbers: take ten that no Service holds
+    # yet (the apiserver gives other Services' ports random node ports, and one inside a fixed
+    # range made this Service's creation fail now and then).
+    taken = {p["nodePort"] for svc in json.loads(cluster.kubectl("get", "services", "-A", "-o", "json").stdout)["items"]
+             for p in svc["spec"].get("ports", []) if p.get("nodePort")}
+    lo = next(b for b in range(30300, 32700, 10) if not taken & set(range(b, b + 10)))
     cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferGateway", "metadata": {"name": "np"},
                    "spec": {"hostKeyRing": "edge", "replicas": 2, "service": {"type": "NodePort"},
                             "listeners": [{"name": "ftps", "protocol": "ftps", "port": 2121, "zones": ["partners"],
                                            "keyRing": "ftps-cert", "advertisedAddress": node_ip,
-                                           "passivePorts": {"min": 30300, "max": 30309}}]}}, ns)
+                                           "passivePorts": {"min": lo, "max": lo + 9}}]}}, ns)
     try:
         wait_pods_ready(cluster, ns, "app.kubernetes.io/instance=np", 2, timeout=180)
         svc = cluster.get("service", "np", ns)
         assert svc["spec"]["type"] == "NodePort" and svc["spec"]["externalTrafficPolicy"] == "Local", svc["spec"]
         control = next(p["nodePort"] for p in svc["spec"]["ports"] if p["name"] == "ftps")
         pasv = {p["port"]: p["nodePort"] for p in svc["spec"]["ports"] if p["name"].startswith("pasv-")}
-        assert pasv == {p: p for p in range(30300, 30310)}, pasv
+        assert pasv == {p: p for p in range(lo, lo + 10)}, pasv
         partner = hosts["partner"]
         cluster.wait_for("the node port to carry connections",
                          lambda: connects(partner, node_ip, control) == "ok", timeout=60, interval=1)
