@@ -39,6 +39,8 @@ def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert c["args"][0] == "run"
     assert dep["spec"]["replicas"] == 2
+    # Two replicas: the apiserver holds the operator's PodDisruptionBudget.
+    assert cluster.get("pdb", "portcullis-operator", ns)["spec"]["maxUnavailable"] == 1
     # The chart's CRD copies are what the cluster serves (crds/ is installed by cluster.sh;
     # a unit test keeps the two directories equal).
     served = json.loads(cluster.kubectl("get", "crd", "transfergateways.portcullis.dev", "-o", "json").stdout)
@@ -116,6 +118,12 @@ BAD_VALUES = {
     "gateway.allowedImages={a b}": "at '/gateway/allowedImages/0'",
     "gateway.images={x}": "additional properties 'images' not allowed",
     "gateway.metricsNamespaces={Monitoring}": "at '/gateway/metricsNamespaces/0'",
+    "logLevel=verbose": "at '/logLevel': value must be one of",
+    "extraArgs={rm -rf /}": "at '/extraArgs/0'",
+    "serviceAccount.create=false": "at '/serviceAccount/name': minLength",
+    "priorityClassName=Bad_Name": "at '/priorityClassName'",
+    "serviceMonitor.interval=soon": "at '/serviceMonitor/interval'",
+    "podDisruptionBudget.minAvailable=1": "additional properties 'minAvailable' not allowed",
 }
 
 
@@ -151,3 +159,63 @@ def test_chart_values_are_typed_ranged_and_closed(cluster):
                       ("--metrics-namespace=Bad_NS", "--metrics-namespace")]:
         r = subprocess.run([str(OPERATOR_BIN), "run", arg], capture_output=True, text=True, timeout=30)
         assert r.returncode == 2 and says in r.stderr and "invalid value" in r.stderr, (arg, r.returncode, r.stderr)
+
+
+def render(cluster, *sets: str, api_versions: tuple[str, ...] = ()) -> dict[tuple[str, str], dict]:
+    """`helm template` with `--set` each of `sets`: (kind, name) → object."""
+    import yaml
+    args = ["template", "portcullis", str(CHART), "--kube-version", "1.33.0", "--namespace", "ops"]
+    for a in api_versions:
+        args += ["--api-versions", a]
+    for s in sets:
+        args += ["--set", s]
+    docs = [d for d in yaml.safe_load_all(cluster.helm(*args).stdout) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def test_the_charts_operational_values_take_effect(cluster):
+    """Each value an operator of the chart may set reaches the objects: log level, extra flags,
+    the ServiceAccount (made, or an existing one named, with annotations), priority class,
+    spread constraints, the operator's PodDisruptionBudget, and a ServiceMonitor, which fails
+    the install by name where the cluster lacks the kind."""
+    objs = render(cluster)
+    dep = objs[("Deployment", "portcullis-operator")]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in dep["containers"][0]["env"]}
+    assert env["RUST_LOG"] == "info,kube_runtime=warn,kube_client=warn"
+    assert dep["serviceAccountName"] == "portcullis-operator"
+    assert ("ServiceAccount", "portcullis-operator") in objs
+    pdb = objs[("PodDisruptionBudget", "portcullis-operator")]["spec"]
+    assert pdb == {"maxUnavailable": 1, "selector": {"matchLabels": {
+        "app.kubernetes.io/name": "portcullis-operator", "app.kubernetes.io/instance": "portcullis"}}}
+    assert not any(k == "ServiceMonitor" for k, _ in objs)
+    assert "priorityClassName" not in dep and "topologySpreadConstraints" not in dep
+
+    objs = render(cluster, "logLevel=debug", "extraArgs={--lease-name=blue}", "replicas=1",
+                  "serviceAccount.create=false", "serviceAccount.name=platform-ops",
+                  "priorityClassName=system-cluster-critical",
+                  "topologySpreadConstraints[0].maxSkew=1",
+                  "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+                  "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway")
+    dep = objs[("Deployment", "portcullis-operator")]["spec"]["template"]["spec"]
+    (c,) = dep["containers"]
+    assert {e["name"]: e.get("value") for e in c["env"]}["RUST_LOG"].startswith("debug,")
+    assert c["args"][-1] == "--lease-name=blue"
+    assert dep["serviceAccountName"] == "platform-ops"
+    assert not any(k == "ServiceAccount" for k, _ in objs)
+    subjects = [s for (k, _), o in objs.items() if k in ("ClusterRoleBinding", "RoleBinding") for s in o["subjects"]]
+    assert subjects and all(s["name"] == "platform-ops" for s in subjects), subjects
+    assert dep["priorityClassName"] == "system-cluster-critical"
+    assert dep["topologySpreadConstraints"][0]["topologyKey"] == "topology.kubernetes.io/zone"
+    assert not any(k == "PodDisruptionBudget" for k, _ in objs)  # one replica: nothing to keep
+
+    sa = render(cluster, "serviceAccount.annotations.iam\\.example/role=transfer")[("ServiceAccount", "portcullis-operator")]
+    assert sa["metadata"]["annotations"] == {"iam.example/role": "transfer"}
+
+    # A ServiceMonitor where the cluster has the kind; a clear failure where it has not.
+    r = subprocess.run([str(cluster.bin / "helm"), "template", "portcullis", str(CHART), "--kube-version", "1.33.0",
+                        "--set", "serviceMonitor.enabled=true"], capture_output=True, text=True, env=cluster.env)
+    assert r.returncode != 0 and "this cluster has no ServiceMonitor kind" in r.stderr, r.stderr
+    sm = render(cluster, "serviceMonitor.enabled=true", "serviceMonitor.labels.release=prom",
+                api_versions=("monitoring.coreos.com/v1/ServiceMonitor",))[("ServiceMonitor", "portcullis-operator")]
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
