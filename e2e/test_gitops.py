@@ -18,6 +18,8 @@ from kube import Cluster, Operator
 
 GITOPS = ROOT / "examples" / "gitops"
 OVERLAYS = {"staging": "transfer-staging", "production": "transfer-production"}
+# A valid OpenSSH public key: the backend's pinned host key in the example.
+HOST_KEY = yaml.safe_load((GITOPS / "base" / "endpoint.yaml").read_text())["spec"]["hostKeys"][0]
 POLICY_KINDS = ["networkzone", "keyring", "transferendpoint", "transferrole", "transferuser"]
 OWNED_KINDS = ["secret", "deployment", "service", "networkpolicy", "poddisruptionbudget", "serviceaccount"]
 
@@ -151,16 +153,15 @@ def test_the_argo_cd_health_check_reads_real_status(cluster, operator):
     ns = cluster.namespace("health")
     cluster.kubectl("create", "secret", "generic", "creds",
                     f"--from-file=ssh-privatekey={keygen(fresh_dir('health-keys') / 'id')}", namespace=ns)
-    hk = (GITOPS / "base" / "endpoint.yaml").read_text().split("    - ")[-1].split("\n")[0]
     docs = [
         {"kind": "NetworkZone", "metadata": {"name": "lan"}, "spec": {"cidrs": ["10.0.0.0/8"]}},
         {"kind": "KeyRing", "metadata": {"name": "keys"}, "spec": {"issuer": {"type": "selfSigned"}}},
         {"kind": "TransferEndpoint", "metadata": {"name": "backend"}, "spec": {
-            "protocol": "sftp", "addresses": [{"host": "10.1.2.3", "port": 22}], "hostKeys": [hk],
+            "protocol": "sftp", "addresses": [{"host": "10.1.2.3", "port": 22}], "hostKeys": [HOST_KEY],
             "username": "u", "credentials": {"secretName": "creds"}}},
         {"kind": "TransferRole", "metadata": {"name": "ops"}, "spec": {"mounts": [
             {"path": "/in", "endpoint": "backend", "verbs": ["list"]}]}},
-        {"kind": "TransferUser", "metadata": {"name": "ok"}, "spec": {"publicKeys": [hk], "roles": ["ops"]}},
+        {"kind": "TransferUser", "metadata": {"name": "ok"}, "spec": {"publicKeys": [HOST_KEY], "roles": ["ops"]}},
         {"kind": "TransferGateway", "metadata": {"name": "gw"}, "spec": {
             "hostKeyRing": "keys", "listeners": [{"name": "sftp", "protocol": "sftp", "port": 2222, "zones": ["lan"]}]}},
     ]
@@ -177,7 +178,7 @@ def test_the_argo_cd_health_check_reads_real_status(cluster, operator):
     # A user naming a missing role: Degraded, and so is the gateway, whose config no longer
     # compiles (it keeps serving the last good one).
     cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferUser", "metadata": {"name": "broken"},
-                   "spec": {"publicKeys": [hk], "roles": ["nope"]}}, ns)
+                   "spec": {"publicKeys": [HOST_KEY], "roles": ["nope"]}}, ns)
     cluster.wait_ready("transferuser", "broken", ns, status="False", reason="RoleNotFound")
     why = "RoleNotFound: user broken names role nope, which does not exist"
     assert argo_health(cluster.get("transferuser", "broken", ns)) == {"status": "Degraded", "message": why}
@@ -267,11 +268,10 @@ def test_an_image_the_installer_did_not_allow_is_refused(cluster, operator):
     --allowed-gateway-image=registry.example/portcullis/*, the chart's gateway.allowedImages).
     Any other is refused by name, and the running Deployment keeps its image."""
     ns = cluster.namespace("images")
-    hk = (GITOPS / "base" / "endpoint.yaml").read_text().split("    - ")[-1].split("\n")[0]
     for d in [
         {"kind": "NetworkZone", "metadata": {"name": "lan"}, "spec": {"cidrs": ["10.0.0.0/8"]}},
         {"kind": "KeyRing", "metadata": {"name": "keys"}, "spec": {"issuer": {"type": "selfSigned"}}},
-        {"kind": "TransferUser", "metadata": {"name": "u"}, "spec": {"publicKeys": [hk]}},
+        {"kind": "TransferUser", "metadata": {"name": "u"}, "spec": {"publicKeys": [HOST_KEY]}},
     ]:
         cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **d}, ns)
 
@@ -304,3 +304,47 @@ def test_an_image_the_installer_did_not_allow_is_refused(cluster, operator):
     assert cluster.condition("transfergateway", "gw", ns, "Stalled")["status"] == "True"
     time.sleep(2)
     assert deployed_image() == "registry.example/portcullis/portcullis-gateway:0.1.0"
+
+
+def test_a_named_secret_that_changes_or_goes_reaches_the_gateway(cluster, operator):
+    """The operator keeps the Secrets policy objects name, fetched once; a rotated one must
+    still reach the gateway's config, and a deleted one must be reported, not served from the
+    operator's copy."""
+    ns = cluster.namespace("rotation")
+    d = fresh_dir("rotation-keys")
+
+    def credentials(key: Path) -> None:
+        text = cluster.kubectl("create", "secret", "generic", "creds", f"--from-file=ssh-privatekey={key}",
+                               "--dry-run=client", "-o", "yaml", namespace=ns).stdout
+        cluster.kubectl("apply", "-f", "-", input=text, namespace=ns)
+
+    credentials(keygen(d / "first"))
+    for doc in [
+        {"kind": "NetworkZone", "metadata": {"name": "lan"}, "spec": {"cidrs": ["10.0.0.0/8"]}},
+        {"kind": "KeyRing", "metadata": {"name": "keys"}, "spec": {"issuer": {"type": "selfSigned"}}},
+        {"kind": "TransferEndpoint", "metadata": {"name": "backend"}, "spec": {
+            "protocol": "sftp", "addresses": [{"host": "10.1.2.3", "port": 22}], "hostKeys": [HOST_KEY],
+            "username": "u", "credentials": {"secretName": "creds"}}},
+        {"kind": "TransferRole", "metadata": {"name": "ops"}, "spec": {"mounts": [
+            {"path": "/in", "endpoint": "backend", "verbs": ["list"]}]}},
+        {"kind": "TransferUser", "metadata": {"name": "u"}, "spec": {"publicKeys": [HOST_KEY], "roles": ["ops"]}},
+        {"kind": "TransferGateway", "metadata": {"name": "gw"}, "spec": {"hostKeyRing": "keys", "listeners": [
+            {"name": "sftp", "protocol": "sftp", "port": 2222, "zones": ["lan"]}]}},
+    ]:
+        cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **doc}, ns)
+
+    def served_key() -> bytes | None:
+        s = cluster.get("secret", "gw-config", ns)
+        return s and cluster.secret_data("gw-config", ns).get("endpoint-backend.key")
+
+    cluster.wait_for("the first key in the gateway's config",
+                     lambda: served_key() == (d / "first").read_bytes(), timeout=60)
+    credentials(keygen(d / "second"))
+    cluster.wait_for("the rotated key in the gateway's config",
+                     lambda: served_key() == (d / "second").read_bytes(), timeout=30)
+    cluster.kubectl("delete", "secret", "creds", namespace=ns)
+    c = cluster.wait_ready("transferendpoint", "backend", ns, status="False", reason="SecretNotFound")
+    assert "Secret creds" in c["message"], c
+    cluster.wait_ready("transfergateway", "gw", ns, status="False", reason="SecretNotFound")
+    # The last good config stays in force.
+    assert served_key() == (d / "second").read_bytes()

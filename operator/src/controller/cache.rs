@@ -8,7 +8,7 @@
 //!
 //! Secrets are watched by metadata only: the operator never holds the data of a Secret that no
 //! policy object names. A named Secret is fetched with a targeted GET and kept until the watch
-//! shows a new `resourceVersion` for it.
+//! shows it changed or deleted.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -146,6 +146,7 @@ impl Caches {
         let (roles, e) = kind(client, "TransferRole");
         // `Api<PartialObjectMeta<_>>` asks for metadata only.
         let (secrets, f) = kind::<PartialObjectMeta<Secret>>(client, "Secret");
+        let touched = secrets.subscribe();
         let caches = Arc::new(Caches {
             endpoints,
             zones,
@@ -155,11 +156,42 @@ impl Caches {
             secrets,
             fetched: Mutex::default(),
         });
+        // A fetched Secret is dropped as soon as the watch shows it changed or deleted, so
+        // the cache holds only current data and never outlives the Secret.
+        let forget = {
+            let caches = Arc::downgrade(&caches);
+            touched.for_each(move |s| {
+                if let (Ok(meta), Some(caches)) = (s, caches.upgrade()) {
+                    caches.forget_if_stale(&meta);
+                }
+                futures::future::ready(())
+            })
+        };
         let driver = async move {
-            futures::join!(a, b, c, d, e, f);
+            futures::join!(a, b, c, d, e, f, forget);
         }
         .boxed();
         (caches, driver)
+    }
+
+    /// Drops the fetched copy of `meta`'s Secret unless the store still holds it at the same
+    /// `resourceVersion`.
+    fn forget_if_stale(&self, meta: &PartialObjectMeta<Secret>) {
+        let ns = meta.namespace().unwrap_or_default();
+        let name = meta.name_any();
+        let current = self
+            .secrets
+            .store
+            .get(&ObjectRef::new(&name).within(&ns))
+            .and_then(|m| m.resource_version());
+        let mut fetched = lock(&self.fetched);
+        let key = (ns, name);
+        if fetched
+            .get(&key)
+            .is_some_and(|s| s.resource_version() != current)
+        {
+            fetched.remove(&key);
+        }
     }
 
     /// Resolves once every store holds its first full list.
@@ -229,13 +261,6 @@ impl Caches {
             cache.insert((ns.to_owned(), name.clone()), Arc::new(s.clone()));
             world.secrets.insert(name, s);
         }
-        // Forget what no longer exists.
-        cache.retain(|(ns, name), _| {
-            self.secrets
-                .store
-                .get(&ObjectRef::new(name).within(ns))
-                .is_some()
-        });
         Ok(world)
     }
 }
