@@ -10,6 +10,7 @@ addresses from 198.18.0.0/15 (see cluster.sh for the plan):
 Nothing here is emulated: the operator runs as the chart's two pods with in-cluster config, and
 the gateway as the pods the operator builds."""
 
+import base64
 import hashlib
 import json
 import os
@@ -864,12 +865,19 @@ def audit_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(GATEWAY_BIN), "audit", *args], capture_output=True, text=True)
 
 
-def audit_key(cluster, ns: str, d: Path) -> tuple[Path, dict]:
-    """The `audit-keys` KeyRing's published public key, written to a file; and its status."""
-    st = cluster.get("keyring", "audit-keys", ns)["status"]
-    pub = d / "audit-keys.pub"
-    pub.write_text(st["auditPublicKey"])
-    return pub, st
+def audit_key(cluster, ns: str, d: Path, gateway: str = "edge") -> tuple[Path, dict]:
+    """Gateway `gateway`'s current audit key as the `audit-keys` KeyRing publishes it, written to
+    a file; and the published entry (which the gateway's own status lists the same)."""
+    def published():
+        keys = (cluster.get("keyring", "audit-keys", ns).get("status") or {}).get("auditKeys", [])
+        own = (cluster.get("transfergateway", gateway, ns).get("status") or {}).get("auditKeys", [])
+        current = [k for k in keys if k["gateway"] == gateway and "retiredAt" not in k]
+        return (len(current) == 1 and own and {**own[0], "gateway": gateway} == current[0]
+                and current[0])
+    entry = cluster.wait_for(f"the key ring to publish {gateway}'s audit key", published, timeout=30, interval=0.5)
+    pub = d / f"{gateway}-audit.pub"
+    pub.write_text(entry["publicKey"])
+    return pub, entry
 
 
 def wait_signed_end(cluster, trail: Path, path: str) -> tuple[list[dict], dict]:
@@ -983,15 +991,22 @@ def test_ftps_tls13_through_the_pod_to_vsftpd_and_sshd_with_site_commands(cluste
 
 
 def test_the_pod_trail_verifies_with_the_key_ring_public_key(cluster, hosts, full):
-    """spec.audit through the operator: the KeyRing makes the signing key and publishes its
-    public half; the pod writes a signed, rotated trail into its emptyDir; `audit verify --key`
-    with the key from the KeyRing status passes over it (read on the node), and a transfer's
-    receipt checks."""
+    """spec.audit through the operator: the gateway's signing key is made for it and kept in its
+    config Secret only, and its signing KeyRing publishes the public half; the pod writes a
+    signed, rotated trail into its emptyDir; `audit verify --key` with the key from the KeyRing
+    status passes over it (read on the node), and a transfer's receipt checks."""
     x = full
     ns, d = x["ns"], x["dir"]
     pub, st = audit_key(cluster, ns, d)
-    assert st["auditPublicKey"].startswith("-----BEGIN PUBLIC KEY-----"), st
-    assert len(st["auditKeyId"]) == 16, st
+    assert st["publicKey"].startswith("-----BEGIN PUBLIC KEY-----"), st
+    assert len(st["keyId"]) == 16, st
+    # The private half is in the gateway's config Secret, and in no other Secret of the namespace.
+    private = cluster.secret_data("edge-config", ns)["audit-signing.pem"]
+    assert private.startswith(b"-----BEGIN PRIVATE KEY-----"), private[:40]
+    secrets = json.loads(cluster.kubectl("get", "secrets", "-o", "json", namespace=ns).stdout)["items"]
+    holders = [s["metadata"]["name"] for s in secrets
+               if private in [base64.b64decode(v) for v in (s.get("data") or {}).values()]]
+    assert holders == ["edge-config"], holders
     up = d / "audited.txt"
     up.write_text("audited through kubernetes\n" * 100)
     sftp_from(hosts["partner"], x, f"put {up} /mf/audited.txt\n")
@@ -1002,7 +1017,7 @@ def test_the_pod_trail_verifies_with_the_key_ring_public_key(cluster, hosts, ful
     assert r.returncode == 0 and "signatures checked" in r.stdout, r.stdout + r.stderr
     checked = checked_receipt(x["trail"], pub, end["transfer"], d)
     assert checked.startswith(f"ok: transfer {end['transfer']}: upload of /mf/audited.txt"), checked
-    assert f"signed by key {st['auditKeyId']}" in checked, checked
+    assert f"signed by key {st['keyId']}" in checked, checked
 
 
 SFTP_SESSION_SCRIPT = r"""
@@ -1178,7 +1193,7 @@ def test_the_pod_ships_its_trail_to_a_collector_across_an_outage(cluster, hosts,
     assert events.count("fileStart") >= 2 and events.count("checkpoint") >= 1, events[:20]
     copy = fresh_dir("node-collected")
     (copy / "audit.jsonl").write_bytes(b"".join(records[(name, s)] for s in range(1, last + 1)))
-    pub, _ = audit_key(cluster, ns, d)
+    pub, _ = audit_key(cluster, ns, d, "ship")
     r = audit_cli("verify", "--live", "--key", str(pub), str(copy))
     assert r.returncode == 0, r.stdout + r.stderr
     cluster.wait_for("the shipped rotated files to leave the spool",

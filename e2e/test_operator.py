@@ -4,6 +4,7 @@ the operator builds, idempotence, status and Events, key rings, restarts and lea
 The operator runs here as a local process; the product as pods, with the full path from
 `kubectl apply` to transfers, is in test_node.py."""
 
+import base64
 import json
 import re
 import subprocess
@@ -139,6 +140,12 @@ INVALID = {
     "lifetime on a tlsSecret key ring (accepted and ignored before)": (
         "KeyRing", {"issuer": {"type": "tlsSecret", "secretName": "t"}, "duration": "24h", "renewBefore": "8h"},
         "do not apply to a tlsSecret key ring"),
+    "audit key rotation on a key ring that makes no audit keys": (
+        "KeyRing", {"issuer": {"type": "selfSigned"}, "auditKeyRotation": "720h"},
+        "auditKeyRotation needs auditSigningKey: true"),
+    "audit key rotation under an hour": (
+        "KeyRing", {"issuer": {"type": "selfSigned"}, "auditSigningKey": True, "auditKeyRotation": "30m"},
+        "auditKeyRotation must be a duration of at least 1h"),
     "names on a tlsSecret key ring (accepted and ignored before)": (
         "KeyRing", {"issuer": {"type": "tlsSecret", "secretName": "t"}, "dnsNames": ["ftp.example"]},
         "do not apply to a tlsSecret key ring"),
@@ -624,33 +631,74 @@ def test_leader_election_only_one_operator_reconciles(cluster, operator):
         operator.proc, operator.metrics_port = second.proc, second.metrics_port
 
 
-def test_an_audit_key_rotation_keeps_the_retired_public_key(cluster, operator):
-    """Rotation: removing `audit-signing.pem` from the key ring's Secret makes the operator make
-    a new signing key; the status publishes it and keeps the old public half, with its key id,
-    under previousAuditKeys, so trails signed before the rotation stay verifiable."""
-    ns = cluster.namespace("audit-rotation")
+def test_each_gateway_gets_its_own_audit_key_and_the_key_ring_publishes_every_one(cluster, operator):
+    """A KeyRing with auditSigningKey is the signing authority of the gateways that name it: each
+    gets its own Ed25519 key, kept only in its config Secret; the KeyRing's status publishes every
+    public half. Removing the key from a gateway's config Secret rotates it: the new key is
+    published and the old one stays listed as retired, so trails signed before stay verifiable.
+    A deleted gateway's key stays published, retired."""
+    ns = cluster.namespace("audit-keys")
     cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "KeyRing", "metadata": {"name": "signing"},
-                   "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["audit.local"], "sshHostKeys": False,
-                            "auditSigningKey": True}}, ns)
+                   "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["audit.local"],
+                            "auditSigningKey": True, "auditKeyRotation": "720h"}}, ns)
+    cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "NetworkZone", "metadata": {"name": "z"},
+                   "spec": {"cidrs": ["198.18.40.0/24"]}}, ns)
+    for gw in ("east", "west"):
+        cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferGateway", "metadata": {"name": gw},
+                       "spec": {"hostKeyRing": "signing", "audit": {"signingKeyRing": "signing"},
+                                "listeners": [{"name": "sftp", "protocol": "sftp", "port": 2222,
+                                               "zones": ["z"]}]}}, ns)
 
-    def status():
-        return (cluster.get("keyring", "signing", ns) or {}).get("status", {})
-    first = cluster.wait_for("a signing key", lambda: status().get("auditKeyId") and status(), timeout=30)
-    assert "previousAuditKeys" not in first, first
-    old_private = cluster.secret_data("signing-keyring", ns)["audit-signing.pem"]
-    cluster.kubectl("patch", "secret", "signing-keyring", "--type=json", "-p",
+    def published():
+        return (cluster.get("keyring", "signing", ns).get("status") or {}).get("auditKeys", [])
+
+    def current(gw):
+        return [k for k in published() if k["gateway"] == gw and "retiredAt" not in k]
+
+    def private(gw):
+        return (cluster.secret_data(f"{gw}-config", ns) or {}).get("audit-signing.pem")
+
+    cluster.wait_for("both gateways' keys published", lambda: current("east") and current("west"), timeout=60)
+    (east,), (west,) = current("east"), current("west")
+    assert east["keyId"] != west["keyId"] and east["publicKey"] != west["publicKey"]
+    assert len(east["keyId"]) == 16 and east["createdAt"].endswith("Z"), east
+    # Each gateway's status lists its own key, the same.
+    gw_status = cluster.get("transfergateway", "east", ns)["status"]
+    assert gw_status["auditKeys"] == [{k: v for k, v in east.items() if k != "gateway"}], gw_status
+    # The private halves are in the config Secrets and nowhere else; the key ring's own Secret
+    # has none.
+    assert private("east").startswith(b"-----BEGIN PRIVATE KEY-----") and private("east") != private("west")
+    assert "audit-signing.pem" not in cluster.secret_data("signing-keyring", ns)
+    secrets = json.loads(cluster.kubectl("get", "secrets", "-o", "json", namespace=ns).stdout)["items"]
+    for gw in ("east", "west"):
+        holders = [x["metadata"]["name"] for x in secrets
+                   if any(base64.b64decode(v) == private(gw) for v in (x.get("data") or {}).values())]
+        assert holders == [f"{gw}-config"], holders
+
+    # Rotation by hand: the key leaves east's config Secret.
+    old_private = private("east")
+    cluster.kubectl("patch", "secret", "east-config", "--type=json", "-p",
                     json.dumps([{"op": "remove", "path": "/data/audit-signing.pem"}]), namespace=ns)
-    second = cluster.wait_for("a new signing key", lambda: (s := status()).get("auditKeyId") not in
-                              (None, first["auditKeyId"]) and s, timeout=30)
-    assert second["auditPublicKey"] != first["auditPublicKey"]
-    assert cluster.secret_data("signing-keyring", ns)["audit-signing.pem"] != old_private
-    (retired,) = second["previousAuditKeys"]
-    assert retired["keyId"] == first["auditKeyId"] and retired["publicKey"] == first["auditPublicKey"], retired
-    assert retired["retiredAt"].endswith("Z"), retired
+    (east2,) = cluster.wait_for("east's new key published", lambda: (c := current("east")) and
+                                c[0]["keyId"] != east["keyId"] and c, timeout=60)
+    assert private("east") not in (None, old_private)
+    (retired,) = [k for k in published() if k["keyId"] == east["keyId"]]
+    assert retired["publicKey"] == east["publicKey"] and retired["retiredAt"].endswith("Z"), retired
+    gw_keys = cluster.get("transfergateway", "east", ns)["status"]["auditKeys"]
+    assert [k["keyId"] for k in gw_keys] == [east2["keyId"], east["keyId"]], gw_keys
+    assert current("west") == [west]
     # Later reconciles keep the history as it is.
+    before = published()
     cluster.kubectl("annotate", "keyring", "signing", "touch=1", namespace=ns)
-    time.sleep(2)
-    assert status()["previousAuditKeys"] == second["previousAuditKeys"]
+    cluster.kubectl("annotate", "transfergateway", "east", "touch=1", namespace=ns)
+    time.sleep(3)
+    assert published() == before
+
+    # A deleted gateway's key stays published, retired.
+    cluster.kubectl("delete", "transfergateway", "west", namespace=ns)
+    cluster.wait_for("west's key retired", lambda: not current("west") and any(
+        k["keyId"] == west["keyId"] and "retiredAt" in k for k in published()), timeout=60)
+    assert current("east") == [east2]
 
 
 def test_key_ring_secrets_outlive_the_key_ring_unless_asked_and_host_keys_import(cluster, operator, tmp_path):

@@ -593,4 +593,10 @@ pub struct TransferGatewayStatus {
     /// config; absent while any pod serves another, refused it, or does not answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_config_hash: Option<String>,
+    /// With `spec.audit.signingKeyRing`: the public half of the key this gateway signs its
+    /// audit checkpoints with (first, no `retiredAt`), then the keys it signed with before,
+    /// newest first, at most 10. The private half is only in the gateway's config Secret; the
+    /// key ring's `status.auditKeys` publishes the same keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit_keys: Vec<crate::AuditKey>,
 }

@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 )]
 #[x_kube(validation = Rule::new("!has(self.renewBefore) || !has(self.duration) || duration(self.renewBefore) < duration(self.duration)").message("renewBefore must be shorter than duration"))]
 #[x_kube(validation = Rule::new("self.issuer.type != 'tlsSecret' || (!has(self.duration) && !has(self.renewBefore) && (!has(self.dnsNames) || size(self.dnsNames) == 0) && (!has(self.ipAddresses) || size(self.ipAddresses) == 0))").message("duration, renewBefore, dnsNames and ipAddresses do not apply to a tlsSecret key ring: its certificate is passed on as issued (set them at its issuer)"))]
+#[x_kube(validation = Rule::new("!has(self.auditKeyRotation) || self.auditSigningKey").message("auditKeyRotation needs auditSigningKey: true"))]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRingSpec {
     /// Where the TLS certificate comes from.
@@ -69,11 +70,19 @@ pub struct KeyRingSpec {
     /// Generate SSH host keys (ed25519 and ECDSA P-256) once and keep them stable.
     #[serde(default = "yes")]
     pub ssh_host_keys: bool,
-    /// Generate an Ed25519 key once and keep it, to sign the audit trail's checkpoints of the
-    /// gateways that name this key ring in `spec.audit.signingKeyRing`. The status publishes
-    /// its public key and key id.
+    /// Make this key ring the audit signing authority of the gateways that name it in
+    /// `spec.audit.signingKeyRing`: the operator generates an Ed25519 key for each such
+    /// gateway, keeps the private half only in that gateway's config Secret, and publishes
+    /// every public half, with its key id, in this key ring's `status.auditKeys`.
     #[serde(default)]
     pub audit_signing_key: bool,
+    /// Replace each gateway's audit signing key when it is this old, as a duration such as
+    /// `720h`. At least one hour. Unset, keys are replaced only by hand (remove
+    /// `audit-signing.pem` from the gateway's config Secret). Needs `auditSigningKey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("auditKeyRotation must be a duration of at least 1h, such as 720h"))]
+    pub audit_key_rotation: Option<String>,
     /// CAs that verify client certificates on FTPS listeners (PEM, `ca.crt` by default).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
@@ -178,29 +187,44 @@ pub struct KeyRingStatus {
     /// OpenSSH fingerprints (`SHA256:...`) of the SSH host keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_key_fingerprints: Vec<String>,
-    /// The audit signing key's public half (PEM `PUBLIC KEY`), for
-    /// `portcullis-gateway audit verify --key`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audit_public_key: Option<String>,
-    /// The id checkpoints signed with it name (`keyId`): the first 8 bytes of the SHA-256 of
-    /// the raw public key, hex.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audit_key_id: Option<String>,
-    /// Audit signing keys this key ring held before, newest first (at most 10), so that
-    /// trails signed before a rotation stay verifiable. To rotate, remove `audit-signing.pem`
-    /// from the key ring's Secret: the operator makes a new key and retires the old one here.
+    /// The audit signing keys of the gateways that name this key ring in
+    /// `spec.audit.signingKeyRing`, for `portcullis-gateway audit verify --key`: each
+    /// gateway's current key first, then keys that were replaced (`retiredAt`), newest first,
+    /// at most 32 of those. A gateway's key stays listed after the gateway is gone, so its trail
+    /// stays verifiable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub previous_audit_keys: Vec<RetiredAuditKey>,
+    pub audit_keys: Vec<PublishedAuditKey>,
 }
 
-/// An audit signing key a key ring no longer signs with.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// The public half of one gateway's audit signing key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct RetiredAuditKey {
-    /// The `keyId` its checkpoints name.
+pub struct PublishedAuditKey {
+    /// The TransferGateway that signs (or signed) with it.
+    pub gateway: String,
+    /// The id its checkpoints name (`keyId`): the first 8 bytes of the SHA-256 of the raw
+    /// public key, hex.
     pub key_id: String,
     /// Its public half (PEM `PUBLIC KEY`).
     pub public_key: String,
-    /// When the operator saw it replaced (RFC 3339).
-    pub retired_at: String,
+    /// When the operator made it (RFC 3339).
+    pub created_at: String,
+    /// When it was replaced, or its gateway stopped naming this key ring (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<String>,
+}
+
+/// The public half of an audit signing key, as a gateway's status lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditKey {
+    /// The id its checkpoints name (`keyId`).
+    pub key_id: String,
+    /// Its public half (PEM `PUBLIC KEY`).
+    pub public_key: String,
+    /// When the operator made it (RFC 3339).
+    pub created_at: String,
+    /// When it was replaced (RFC 3339); absent for the key in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<String>,
 }

@@ -25,8 +25,8 @@ pub use gateway::{
     TransferGateway, TransferGatewaySpec, TransferGatewayStatus, default_image,
 };
 pub use keyring::{
-    DeletionPolicy, Issuer, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus, RetiredAuditKey,
-    SecretKeyRef,
+    AuditKey, DeletionPolicy, Issuer, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus,
+    PublishedAuditKey, SecretKeyRef,
 };
 pub use rbac::{MountSpec, TransferRole, TransferRoleSpec, TransferUser, TransferUserSpec, Verb};
 pub use zone::{NetworkZone, NetworkZoneSpec};

@@ -28,7 +28,9 @@ use kube::{
         watcher,
     },
 };
-use portcullis_api::{KeyRing, NetworkZone, TransferEndpoint, TransferRole, TransferUser};
+use portcullis_api::{
+    KeyRing, NetworkZone, TransferEndpoint, TransferGateway, TransferRole, TransferUser,
+};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
@@ -92,7 +94,7 @@ where
     }
 
     /// The namespace's objects, by name.
-    fn in_namespace(&self, ns: &str) -> BTreeMap<String, K> {
+    pub fn in_namespace(&self, ns: &str) -> BTreeMap<String, K> {
         self.store
             .state()
             .into_iter()
@@ -106,8 +108,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The policy kinds' stores, the Secrets' metadata, and the Secrets fetched so far.
+/// The gateways' and policy kinds' stores, the Secrets' metadata, and the Secrets fetched so far.
 pub struct Caches {
+    /// The gateways themselves: the gateway controller's store, and what key rings publish
+    /// audit keys from.
+    pub gateways: Shared<TransferGateway>,
     pub endpoints: Shared<TransferEndpoint>,
     pub zones: Shared<NetworkZone>,
     pub key_rings: Shared<KeyRing>,
@@ -139,6 +144,7 @@ impl Caches {
                 watcher(api, watcher::Config::default()).default_backoff(),
             )
         }
+        let (gateways, g) = kind(client, "TransferGateway");
         let (endpoints, a) = kind(client, "TransferEndpoint");
         let (zones, b) = kind(client, "NetworkZone");
         let (key_rings, c) = kind(client, "KeyRing");
@@ -148,6 +154,7 @@ impl Caches {
         let (secrets, f) = kind::<PartialObjectMeta<Secret>>(client, "Secret");
         let touched = secrets.subscribe();
         let caches = Arc::new(Caches {
+            gateways,
             endpoints,
             zones,
             key_rings,
@@ -168,7 +175,7 @@ impl Caches {
             })
         };
         let driver = async move {
-            futures::join!(a, b, c, d, e, f, forget);
+            futures::join!(g, a, b, c, d, e, f, forget);
         }
         .boxed();
         (caches, driver)
@@ -198,6 +205,7 @@ impl Caches {
     pub async fn ready(&self) {
         // A store's writer lives as long as its driver, which never ends.
         let _ = futures::join!(
+            self.gateways.store.wait_until_ready(),
             self.endpoints.store.wait_until_ready(),
             self.zones.store.wait_until_ready(),
             self.key_rings.store.wait_until_ready(),
@@ -216,6 +224,7 @@ impl Caches {
             users: self.users.in_namespace(ns),
             roles: self.roles.in_namespace(ns),
             secrets: BTreeMap::new(),
+            now: time::OffsetDateTime::now_utc().unix_timestamp(),
         }
     }
 

@@ -18,6 +18,8 @@ pub struct World {
     pub users: BTreeMap<String, TransferUser>,
     pub roles: BTreeMap<String, TransferRole>,
     pub secrets: BTreeMap<String, Secret>,
+    /// When the snapshot was taken (Unix seconds): the clock that key ages are judged by.
+    pub now: i64,
 }
 
 impl World {
@@ -97,14 +99,6 @@ mod tests {
             .unwrap();
         let ca = keys["ca.crt"].clone();
         keys.insert("backend-cas.crt".into(), ca);
-        keys.insert(
-            "audit-signing.pem".into(),
-            k8s_openapi::ByteString(
-                crate::keyring::ca::new_audit_signing_key()
-                    .unwrap()
-                    .into_bytes(),
-            ),
-        );
         w.endpoints.insert("mf".into(), serde_yaml_ng::from_str(
             "apiVersion: portcullis.dev/v1alpha1\nkind: TransferEndpoint\nmetadata: {name: mf}\nspec: {protocol: ftps, addresses: [{host: 10.7.0.9, port: 21}], username: batch, credentials: {secretName: mf-creds}, ftps: {keyRing: keys, clientCertificate: true}}",
         ).unwrap());
@@ -119,7 +113,10 @@ mod tests {
             secret("bob-pw", &[("hash", b"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g")]),
             secret("bob-totp", &[("seed", b"JBSWY3DPEHPK3PXP")]),
             secret("collector-ca", &[("ca.crt", b"-----BEGIN CERTIFICATE-----\n")]),
-            secret("gw-config", &[("defender.key", &[7; 64])]),
+            secret("gw-config", &[
+                ("defender.key", &[7; 64]),
+                ("audit-signing.pem", crate::keyring::ca::new_audit_signing_key().unwrap().as_bytes()),
+            ]),
             secret("nobodys", &[("token", b"not for the operator")]),
         ]);
         w

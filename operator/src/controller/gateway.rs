@@ -190,13 +190,22 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
         certificate_not_after: not_after,
         served_config_hash: served.as_ref().filter(|s| s.done).and(config_hash.clone()),
         config_hash,
+        // A refused bundle leaves the key the pods sign with as it was.
+        audit_keys: match &compiled {
+            Ok(bundle) => status::audit_keys(
+                &old.audit_keys,
+                bundle.audit_key.as_ref(),
+                &crate::keyring::rfc3339(time::OffsetDateTime::now_utc().unix_timestamp()),
+            ),
+            Err(_) => old.audit_keys.clone(),
+        },
     };
     if new != old {
         let api: Api<TransferGateway> = Api::namespaced(ctx.client.clone(), &ns);
         api.patch_status(
             &gw.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(json!({ "status": new })),
+            &Patch::Merge(json!({ "status": status::merge_patch(&old, &new)? })),
         )
         .await
         .map_err(Error::Kube)?;

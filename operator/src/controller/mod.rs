@@ -301,10 +301,8 @@ async fn run_controllers(
 ) {
     let wc = watcher::Config::default();
 
-    let gateways: Api<TransferGateway> = Api::all(client.clone());
-    let gw_controller = Controller::new(gateways, wc.clone());
-    let store = gw_controller.store();
-    let gw = gw_controller
+    let store = caches.gateways.store();
+    let gw = Controller::for_stream(caches.gateways.subscribe(), store.clone())
         .owns(Api::<Deployment>::all(client.clone()), wc.clone())
         .owns(Api::<Service>::all(client.clone()), wc.clone())
         .owns_stream(
@@ -361,6 +359,23 @@ async fn run_controllers(
                     .collect::<Vec<_>>()
             },
         )
+        // A key ring publishes the audit keys of the gateways that name it, or named it.
+        .watches_stream(caches.gateways.subscribe(), {
+            let (kr_store, gw_store) = (caches.key_rings.store(), caches.gateways.store());
+            move |g: TransferGateway| {
+                // The store has applied the event already: a deleted gateway is not in it.
+                let exists = gw_store.get(&ObjectRef::from_obj(&g)).is_some();
+                kr_store
+                    .state()
+                    .iter()
+                    .filter(|k| {
+                        k.namespace() == g.namespace()
+                            && crate::keyring::publishes_stale_keys_of(k, &g, exists)
+                    })
+                    .map(|k| ObjectRef::from_obj(k.as_ref()))
+                    .collect::<Vec<_>>()
+            }
+        })
         .graceful_shutdown_on(stopped())
         .run(crate::keyring::reconcile, error_policy, ctx.clone())
         .for_each(|_| ready(()))

@@ -5,7 +5,9 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
-use portcullis_api::READY;
+use portcullis_api::{AuditKey, READY};
+use serde::Serialize;
+use serde_json::Value;
 
 /// A condition to set: type, status, reason, message.
 pub struct Want<'a> {
@@ -90,9 +92,83 @@ pub fn ready_changed(old: &[Condition], new: &[Condition]) -> bool {
     find(old) != find(new)
 }
 
+/// The JSON merge patch that takes a status from `old` to `new`. Fields `new` leaves out are
+/// set to `null`, which removes them: a merge patch of `new` alone would keep them.
+pub fn merge_patch<T: Serialize>(old: &T, new: &T) -> Result<Value, super::Error> {
+    let to_value = |v: &T| serde_json::to_value(v).map_err(super::Error::Serialize);
+    let mut patch = to_value(new)?;
+    if let (Value::Object(old), Value::Object(patch)) = (to_value(old)?, &mut patch) {
+        for key in old.keys() {
+            patch.entry(key.clone()).or_insert(Value::Null);
+        }
+    }
+    Ok(patch)
+}
+
+/// A gateway's `status.auditKeys`: the key it signs with now (if any), then the keys it signed
+/// with before, newest first, at most ten. A key the last status listed as current and the
+/// new bundle does not hold is retired at `now`.
+pub fn audit_keys(old: &[AuditKey], current: Option<&AuditKey>, now: &str) -> Vec<AuditKey> {
+    let retired = old
+        .iter()
+        .filter(|k| current.is_none_or(|c| c.key_id != k.key_id))
+        .map(|k| AuditKey {
+            retired_at: Some(k.retired_at.clone().unwrap_or_else(|| now.to_owned())),
+            ..k.clone()
+        })
+        .take(10);
+    current.cloned().into_iter().chain(retired).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merge_patch_removes_what_the_new_status_leaves_out() {
+        let old = portcullis_api::TransferGatewayStatus {
+            served_config_hash: Some("h".into()),
+            config_hash: Some("h".into()),
+            ..Default::default()
+        };
+        let new = portcullis_api::TransferGatewayStatus {
+            config_hash: Some("i".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            merge_patch(&old, &new).unwrap(),
+            serde_json::json!({"configHash": "i", "servedConfigHash": null})
+        );
+    }
+
+    #[test]
+    fn a_gateway_lists_its_current_audit_key_first_and_ten_it_replaced() {
+        let key = |id: &str| AuditKey {
+            key_id: id.into(),
+            public_key: format!("PEM {id}"),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            retired_at: None,
+        };
+        let mut keys = audit_keys(&[], Some(&key("k0")), "t0");
+        assert_eq!(keys, [key("k0")]);
+        // The same key again changes nothing.
+        assert_eq!(audit_keys(&keys, Some(&key("k0")), "t1"), keys);
+        for i in 1..=12 {
+            keys = audit_keys(&keys, Some(&key(&format!("k{i}"))), &format!("t{i}"));
+        }
+        let listed: Vec<(&str, Option<&str>)> = keys
+            .iter()
+            .map(|k| (k.key_id.as_str(), k.retired_at.as_deref()))
+            .collect();
+        assert_eq!(listed[0], ("k12", None));
+        assert_eq!(listed[1], ("k11", Some("t12")));
+        assert_eq!(listed[10], ("k2", Some("t3")));
+        assert_eq!(listed.len(), 11);
+        // Signing turned off: the last key is retired too.
+        let off = audit_keys(&keys, None, "t13");
+        assert_eq!(off[0].key_id, "k12");
+        assert_eq!(off[0].retired_at.as_deref(), Some("t13"));
+    }
 
     #[test]
     fn unchanged_status_keeps_the_transition_time() {

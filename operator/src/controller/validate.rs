@@ -5,11 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 use portcullis_api::{
-    ClientCertificateMode, EndpointProtocol, FtpSecurity, KeyRing, ListenerProtocol,
+    AuditKey, ClientCertificateMode, EndpointProtocol, FtpSecurity, KeyRing, ListenerProtocol,
     TransferGateway, TransferRole, TransferUser, UploadMode, Verb,
 };
 use portcullis_config as config;
 use sha2::{Digest, Sha256};
+use time::format_description::well_known::Rfc3339;
 
 use super::{
     build,
@@ -162,6 +163,8 @@ pub struct Bundle {
     pub egress: BTreeSet<(String, i32, i32)>,
     /// The earliest notAfter of the certificates the gateway presents.
     pub certificate_not_after: Option<String>,
+    /// The public facts of the gateway's audit signing key, when it has one.
+    pub audit_key: Option<AuditKey>,
 }
 
 /// Compiles gateway `gw` from its namespace. Every problem is reported, not just the first.
@@ -317,6 +320,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
 
     let mut endpoints = Vec::new();
     let mut egress = BTreeSet::new();
+    let mut audit_key = None;
     for name in &endpoint_names {
         let Some(ep) = world.endpoints.get(name) else {
             continue;
@@ -468,7 +472,14 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
                 defaults.auth_failure_delay_millis,
             ),
         },
-        audit: audit_settings(gw, world, &mut files, &mut egress, &mut problems),
+        audit: audit_settings(
+            gw,
+            world,
+            &mut files,
+            &mut egress,
+            &mut audit_key,
+            &mut problems,
+        ),
         defender,
         admin: Some(config::AdminSettings {
             address: format!("0.0.0.0:{}", spec.admin_port),
@@ -515,24 +526,79 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
         zone_cidrs,
         egress,
         certificate_not_after: not_after,
+        audit_key,
     })
 }
 
 /// Where the pod mounts its audit `emptyDir`, and the trail's active file in it.
 pub const AUDIT_MOUNT: &str = "/var/log/portcullis";
 pub const AUDIT_FILE: &str = "/var/log/portcullis/audit.jsonl";
-/// The bundle file holding the audit signing key, from the signing key ring.
+/// The bundle file holding the gateway's audit signing key.
 const AUDIT_SIGNING_KEY: &str = "audit-signing.pem";
 /// The bundle file holding the CA that verifies the audit collector.
 const AUDIT_COLLECTOR_CA: &str = "audit-collector-ca.crt";
 
-/// The gateway's audit settings: sinks, the file sink's rotation and spool, and the signing key
-/// from the key ring `spec.audit.signingKeyRing` (into the bundle).
+/// The gateway's own audit signing key (PKCS#8 PEM) and its public facts. It is made once and
+/// then read back from the gateway's config Secret, the only place its private half is kept;
+/// a new one replaces it when the Secret lost it, or when it is older than the key ring's
+/// `auditKeyRotation`. Its age is the `createdAt` the gateway's status gives the same key id;
+/// a key the status does not know counts from now.
+fn audit_signing_key(
+    gw: &TransferGateway,
+    kr: &KeyRing,
+    world: &World,
+) -> Result<(String, AuditKey), crate::keyring::ca::CaError> {
+    use crate::keyring::ca;
+    let lifetime = kr
+        .spec
+        .audit_key_rotation
+        .as_deref()
+        .and_then(ca::parse_duration)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let known = |id: &str| {
+        gw.status
+            .iter()
+            .flat_map(|s| &s.audit_keys)
+            .find(|k| k.key_id == id && k.retired_at.is_none())
+            .and_then(|k| time::OffsetDateTime::parse(&k.created_at, &Rfc3339).ok())
+            .map(time::OffsetDateTime::unix_timestamp)
+    };
+    let kept = world
+        .secret_value(&build::config_secret_name(gw), AUDIT_SIGNING_KEY)
+        .ok()
+        .and_then(|pem| std::str::from_utf8(pem).ok())
+        .and_then(|pem| {
+            let (public, id) = ca::audit_key_facts(pem)?;
+            let created = known(&id).unwrap_or(world.now);
+            Some((pem.to_owned(), public, id, created))
+        })
+        .filter(|(.., created)| lifetime.is_none_or(|l| world.now < created.saturating_add(l)));
+    let (pem, public_key, key_id, created) = match kept {
+        Some(k) => k,
+        None => {
+            let pem = ca::new_audit_signing_key()?;
+            let (public, id) = ca::audit_key_facts(&pem).expect("a key just made has facts");
+            (pem, public, id, world.now)
+        }
+    };
+    let key = AuditKey {
+        key_id,
+        public_key,
+        created_at: crate::keyring::rfc3339(created),
+        retired_at: None,
+    };
+    Ok((pem, key))
+}
+
+/// The gateway's audit settings: sinks, the file sink's rotation and spool, and the gateway's
+/// own signing key when `spec.audit.signingKeyRing` names a signing authority (into the bundle;
+/// its public facts into `audit_key`).
 fn audit_settings(
     gw: &TransferGateway,
     world: &World,
     files: &mut BTreeMap<String, Vec<u8>>,
     egress: &mut BTreeSet<(String, i32, i32)>,
+    audit_key: &mut Option<AuditKey>,
     problems: &mut Vec<Problem>,
 ) -> config::AuditSettings {
     use portcullis_api::{AuditFsync, AuditWhenFull, DataOpsAudit};
@@ -576,28 +642,32 @@ fn audit_settings(
     });
     let a = &gw.spec.audit;
     let defaults = config::AuditSettings::default();
-    let mut signing_key_file = None;
-    if let Some(ring) = &a.signing_key_ring
-        && let Some(kr) = check_key_ring(world, ring, "audit.signingKeyRing", problems)
-    {
-        let secret = kr.status.as_ref().and_then(|s| s.secret_name.as_deref());
-        match secret.map(|s| world.secret_value(s, kr_keys::AUDIT_SIGNING)) {
-            _ if !kr.spec.audit_signing_key => problems.push(Problem::new(
+    let signing_key_file = a.signing_key_ring.as_ref().and_then(|ring| {
+        let kr = check_key_ring(world, ring, "audit.signingKeyRing", problems)?;
+        if !kr.spec.audit_signing_key {
+            problems.push(Problem::new(
                 Reason::KeyRingNotReady,
                 format!(
-                    "audit.signingKeyRing {ring} has no audit signing key: set auditSigningKey: true on it"
+                    "audit.signingKeyRing {ring} is not an audit signing authority: set auditSigningKey: true on it"
                 ),
-            )),
-            Some(Ok(pem)) => {
-                files.insert(AUDIT_SIGNING_KEY.to_owned(), pem.to_vec());
-                signing_key_file = Some(AUDIT_SIGNING_KEY.to_owned());
-            }
-            _ => problems.push(Problem::new(
-                Reason::KeyRingNotReady,
-                format!("audit.signingKeyRing {ring} has not made its audit signing key yet"),
-            )),
+            ));
+            return None;
         }
-    }
+        match audit_signing_key(gw, kr, world) {
+            Ok((pem, key)) => {
+                files.insert(AUDIT_SIGNING_KEY.to_owned(), pem.into_bytes());
+                *audit_key = Some(key);
+                Some(AUDIT_SIGNING_KEY.to_owned())
+            }
+            Err(e) => {
+                problems.push(Problem::new(
+                    Reason::KeyRingNotReady,
+                    format!("could not make an audit signing key: {e}"),
+                ));
+                None
+            }
+        }
+    });
     let f = a.file.as_ref();
     let u64_of = |v: Option<i64>| v.map(|v| v.max(0) as u64);
     config::AuditSettings {
@@ -1178,12 +1248,83 @@ mod tests {
         );
     }
 
+    /// `w` with gateway `gw`'s config Secret as applying bundle `b` left it.
+    fn as_applied(mut w: World, gw: &TransferGateway, b: &Bundle) -> World {
+        let files: Vec<(&str, &[u8])> = b.files.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
+        let (n, s) = secret(&build::config_secret_name(gw), &files);
+        w.secrets.insert(n, s);
+        w
+    }
+
+    #[test]
+    fn a_gateways_audit_key_is_kept_made_again_when_lost_and_rotated_by_age() {
+        let day = 86_400;
+        let mut w = world();
+        let kr = w.key_rings.get_mut("keys").unwrap();
+        kr.spec.audit_signing_key = true;
+        kr.spec.audit_key_rotation = Some("720h".into());
+        w.now = 100 * day;
+        let mut gw = gateway(&format!(
+            "{SFTP_GATEWAY}  audit: {{signingKeyRing: keys}}\n"
+        ));
+        let first = compile(&gw, &w).unwrap();
+        let k1 = first.audit_key.clone().unwrap();
+        assert_eq!(k1.created_at, crate::keyring::rfc3339(100 * day));
+        // Not yet applied: every compile would make another, so nothing is kept by chance.
+        let w = as_applied(w, &gw, &first);
+        gw.status = Some(portcullis_api::TransferGatewayStatus {
+            audit_keys: vec![k1.clone()],
+            ..Default::default()
+        });
+        // Kept while younger than auditKeyRotation, by the date the status gives it.
+        let mut later = w.clone();
+        later.now = 129 * day;
+        let kept = compile(&gw, &later).unwrap();
+        assert_eq!(kept.audit_key.as_ref(), Some(&k1));
+        assert_eq!(
+            kept.files[AUDIT_SIGNING_KEY],
+            first.files[AUDIT_SIGNING_KEY]
+        );
+        assert_eq!(kept.hash, first.hash);
+        // Replaced at 30 days.
+        later.now = 130 * day;
+        let rotated = compile(&gw, &later).unwrap();
+        let k2 = rotated.audit_key.unwrap();
+        assert_ne!(k2.key_id, k1.key_id);
+        assert_eq!(k2.created_at, crate::keyring::rfc3339(130 * day));
+        assert_ne!(rotated.restart_hash, first.restart_hash);
+        // Without auditKeyRotation, a key is never too old.
+        let mut forever = later.clone();
+        forever
+            .key_rings
+            .get_mut("keys")
+            .unwrap()
+            .spec
+            .audit_key_rotation = None;
+        forever.now = 1000 * day;
+        assert_eq!(compile(&gw, &forever).unwrap().audit_key, Some(k1.clone()));
+        // Lost from the config Secret (the way to rotate by hand): a new one.
+        let mut lost = w.clone();
+        lost.secrets.remove(&build::config_secret_name(&gw));
+        assert_ne!(
+            compile(&gw, &lost).unwrap().audit_key.unwrap().key_id,
+            k1.key_id
+        );
+        // A key the status does not know (its status was lost) counts from now.
+        gw.status = None;
+        let unknown = compile(&gw, &later).unwrap().audit_key.unwrap();
+        assert_eq!(
+            (unknown.key_id, unknown.created_at),
+            (k1.key_id, crate::keyring::rfc3339(130 * day))
+        );
+    }
+
     #[test]
     fn the_audit_file_sink_and_signing_key_ring_compile_into_the_pod() {
         let audited = format!(
             "{SFTP_GATEWAY}  audit: {{signingKeyRing: keys, checkpointSeconds: 5, stdout: false, file: {{rotateBytes: 1048576, maxBytes: 8388608, whenFull: deleteOldest, failClosed: true, fsync: record}}, collector: {{url: 'https://10.3.0.7:8443/ingest', ca: {{name: collector-ca}}, batchRecords: 100}}}}\n"
         );
-        // The key ring does not make an audit key: named, and nothing compiles.
+        // The key ring is not a signing authority: named, and nothing compiles.
         let mut w = world();
         let problems = compile(&gateway(&audited), &w).unwrap_err();
         assert!(
@@ -1191,19 +1332,12 @@ mod tests {
                 && p.message.contains("set auditSigningKey: true")),
             "{problems:?}"
         );
-        // It does, but has not made it yet.
         w.key_rings.get_mut("keys").unwrap().spec.audit_signing_key = true;
         let problems = compile(&gateway(&audited), &w).unwrap_err();
         assert!(
-            problems[0]
-                .message
-                .contains("has not made its audit signing key yet"),
-            "{problems:?}"
-        );
-        assert!(
             problems
                 .iter()
-                .any(|p| p.reason == Reason::SecretNotFound
+                .all(|p| p.reason == Reason::SecretNotFound
                     && p.message.contains("audit.collector.ca")),
             "{problems:?}"
         );
@@ -1212,22 +1346,22 @@ mod tests {
             &[("ca.crt", b"-----BEGIN CERTIFICATE-----\n")],
         );
         w.secrets.insert(n, ca);
-        // It has.
-        let key = crate::keyring::ca::new_audit_signing_key().unwrap();
-        w.secrets
-            .get_mut("keys-keyring")
-            .unwrap()
-            .data
-            .as_mut()
-            .unwrap()
-            .insert(
-                kr_keys::AUDIT_SIGNING.into(),
-                k8s_openapi::ByteString(key.clone().into_bytes()),
-            );
         let plain = compile(&gateway(SFTP_GATEWAY), &w).unwrap();
         let b = compile(&gateway(&audited), &w).unwrap();
         config::validate(&b.config).expect("the contract's own checks pass");
-        assert_eq!(b.files[AUDIT_SIGNING_KEY], key.as_bytes());
+        // The gateway's own key, made for it: the key ring's Secret holds none.
+        let key = std::str::from_utf8(&b.files[AUDIT_SIGNING_KEY]).unwrap();
+        let (public, id) = crate::keyring::ca::audit_key_facts(key).unwrap();
+        let published = b.audit_key.as_ref().unwrap();
+        assert_eq!((&published.public_key, &published.key_id), (&public, &id));
+        assert!(
+            w.secrets["keys-keyring"]
+                .data
+                .as_ref()
+                .unwrap()
+                .values()
+                .all(|v| v.0 != key.as_bytes())
+        );
         let a = &b.config.audit;
         assert_eq!(a.file.as_deref(), Some(AUDIT_FILE));
         assert!(!a.stdout);

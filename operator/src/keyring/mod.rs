@@ -17,7 +17,8 @@ use kube::{
     runtime::controller::Action,
 };
 use portcullis_api::{
-    DeletionPolicy, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus, READY, RetiredAuditKey,
+    AuditKey, DeletionPolicy, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus, PublishedAuditKey,
+    READY, TransferGateway,
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -32,7 +33,6 @@ pub mod keys {
     pub const SSH_ECDSA: &str = "ssh_host_ecdsa_key";
     pub const CLIENT_CAS: &str = "client-cas.crt";
     pub const BACKEND_CAS: &str = "backend-cas.crt";
-    pub const AUDIT_SIGNING: &str = "audit-signing.pem";
 }
 
 /// The annotation recording what the leaf was issued for, so a spec change re-issues.
@@ -165,12 +165,6 @@ async fn reconcile_inner(kr: &KeyRing, ctx: &Context) -> Result<Action, Error> {
                         .and_then(|v| ca::host_key_fingerprint(&String::from_utf8_lossy(&v.0)))
                 })
                 .collect();
-            let audit_key = data
-                .get(keys::AUDIT_SIGNING)
-                .and_then(|v| ca::audit_key_facts(&String::from_utf8_lossy(&v.0)));
-            new.audit_public_key = audit_key.as_ref().map(|(public, _)| public.clone());
-            new.audit_key_id = audit_key.map(|(_, id)| id);
-            retire_audit_key(&old, &mut new, now.unix_timestamp());
             if issuing {
                 ctx.event(
                     kr,
@@ -200,6 +194,24 @@ async fn reconcile_inner(kr: &KeyRing, ctx: &Context) -> Result<Action, Error> {
             (false, nr.reason, nr.message)
         }
     };
+    // The gateways' audit keys: published whether or not the certificate is issued.
+    let gateways = ctx.caches.gateways.in_namespace(&ns);
+    new.audit_keys = publish_audit_keys(
+        &old.audit_keys,
+        gateways
+            .values()
+            .filter(|g| {
+                spec.audit_signing_key
+                    && g.spec.audit.signing_key_ring.as_deref() == Some(kr.name_any().as_str())
+            })
+            .map(|g| {
+                (
+                    g.name_any(),
+                    g.status.as_ref().map_or(&[][..], |s| &s.audit_keys[..]),
+                )
+            }),
+        &rfc3339(now.unix_timestamp()),
+    );
     new.conditions = status::merge(
         &old.conditions,
         vec![
@@ -223,7 +235,7 @@ async fn reconcile_inner(kr: &KeyRing, ctx: &Context) -> Result<Action, Error> {
         api.patch_status(
             &kr.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(json!({ "status": new })),
+            &Patch::Merge(json!({ "status": status::merge_patch(&old, &new)? })),
         )
         .await
         .map_err(Error::Kube)?;
@@ -322,15 +334,6 @@ async fn gather(
             };
             put(key, pem);
         }
-    }
-    // The audit signing key: generated once, then kept.
-    if spec.audit_signing_key {
-        let pem =
-            match text(current, keys::AUDIT_SIGNING).filter(|k| ca::audit_key_facts(k).is_some()) {
-                Some(k) => k,
-                None => ca::new_audit_signing_key()?,
-            };
-        put(keys::AUDIT_SIGNING, pem);
     }
     // Trusted CAs.
     for (list, key) in [
@@ -491,25 +494,83 @@ async fn set_issuing(ctx: &Context, kr: &KeyRing) {
     }
 }
 
-/// Keeps the public half of an audit signing key that `new` no longer holds, newest first.
-fn retire_audit_key(old: &KeyRingStatus, new: &mut KeyRingStatus, now: i64) {
-    let (Some(id), Some(public)) = (&old.audit_key_id, &old.audit_public_key) else {
-        return;
-    };
-    if new.audit_key_id.as_ref() == Some(id)
-        || new.previous_audit_keys.iter().any(|k| &k.key_id == id)
-    {
-        return;
+/// Whether key ring `kr`'s `status.auditKeys` is out of date for gateway `gw` (`exists`: it is
+/// still in the cache), so that a change of the gateway reconciles the key ring only when it
+/// has something to publish.
+pub fn publishes_stale_keys_of(kr: &KeyRing, gw: &TransferGateway, exists: bool) -> bool {
+    let name = gw.name_any();
+    let listed: Vec<(&str, bool)> = kr
+        .status
+        .iter()
+        .flat_map(|s| &s.audit_keys)
+        .filter(|p| p.gateway == name)
+        .map(|p| (p.key_id.as_str(), p.retired_at.is_some()))
+        .collect();
+    let signs_here = exists
+        && kr.spec.audit_signing_key
+        && gw.spec.audit.signing_key_ring.as_deref() == Some(kr.name_any().as_str());
+    if !signs_here {
+        // Only a key still listed as current has to be retired.
+        return listed.iter().any(|(_, retired)| !retired);
     }
-    new.previous_audit_keys.insert(
-        0,
-        RetiredAuditKey {
-            key_id: id.clone(),
-            public_key: public.clone(),
-            retired_at: rfc3339(now),
-        },
-    );
-    new.previous_audit_keys.truncate(10);
+    gw.status
+        .iter()
+        .flat_map(|s| &s.audit_keys)
+        .any(|k| !listed.contains(&(k.key_id.as_str(), k.retired_at.is_some())))
+}
+
+/// How many replaced audit keys a key ring's status keeps.
+const RETIRED_AUDIT_KEYS: usize = 32;
+
+/// The key ring's `status.auditKeys`: every key of the gateways that name it (`gateways`: each
+/// one's name and its status's keys, current first), then keys the status listed before that
+/// no gateway lists any more, as retired at `now`. Current keys come first by gateway; the
+/// retired ones newest first, at most [`RETIRED_AUDIT_KEYS`].
+fn publish_audit_keys<'a>(
+    old: &[PublishedAuditKey],
+    gateways: impl Iterator<Item = (String, &'a [AuditKey])>,
+    now: &str,
+) -> Vec<PublishedAuditKey> {
+    let mut keys: Vec<PublishedAuditKey> = gateways
+        .flat_map(|(gateway, keys)| {
+            keys.iter().map(move |k| PublishedAuditKey {
+                gateway: gateway.clone(),
+                key_id: k.key_id.clone(),
+                public_key: k.public_key.clone(),
+                created_at: k.created_at.clone(),
+                retired_at: k.retired_at.clone(),
+            })
+        })
+        .collect();
+    for k in old {
+        if !keys
+            .iter()
+            .any(|n| n.gateway == k.gateway && n.key_id == k.key_id)
+        {
+            keys.push(PublishedAuditKey {
+                retired_at: Some(k.retired_at.clone().unwrap_or_else(|| now.to_owned())),
+                ..k.clone()
+            });
+        }
+    }
+    // Current first, by gateway; then retired, newest first.
+    keys.sort_by(|a, b| {
+        (
+            a.retired_at.is_some(),
+            b.retired_at.as_ref(),
+            &a.gateway,
+            &a.key_id,
+        )
+            .cmp(&(
+                b.retired_at.is_some(),
+                a.retired_at.as_ref(),
+                &b.gateway,
+                &b.key_id,
+            ))
+    });
+    let current = keys.iter().filter(|k| k.retired_at.is_none()).count();
+    keys.truncate(current + RETIRED_AUDIT_KEYS);
+    keys
 }
 
 pub fn rfc3339(unix: i64) -> String {
@@ -526,45 +587,131 @@ pub fn rfc3339(unix: i64) -> String {
 mod tests {
     use super::*;
 
-    fn with_key(id: &str) -> KeyRingStatus {
-        KeyRingStatus {
-            audit_key_id: Some(id.into()),
-            audit_public_key: Some(format!("PEM {id}")),
-            ..Default::default()
+    fn key(id: &str, created: &str, retired: Option<&str>) -> AuditKey {
+        AuditKey {
+            key_id: id.into(),
+            public_key: format!("PEM {id}"),
+            created_at: created.into(),
+            retired_at: retired.map(Into::into),
         }
     }
 
+    fn ids(keys: &[PublishedAuditKey]) -> Vec<(&str, &str, Option<&str>)> {
+        keys.iter()
+            .map(|k| {
+                (
+                    k.gateway.as_str(),
+                    k.key_id.as_str(),
+                    k.retired_at.as_deref(),
+                )
+            })
+            .collect()
+    }
+
     #[test]
-    fn a_replaced_audit_key_is_kept_once_newest_first_and_ten_at_most() {
-        let mut s = with_key("k0");
-        for i in 1..=12 {
-            let mut new = KeyRingStatus {
-                audit_key_id: Some(format!("k{i}")),
-                audit_public_key: Some(format!("PEM k{i}")),
-                ..s.clone()
-            };
-            retire_audit_key(&s, &mut new, 0);
-            // The same reconcile again retires nothing more.
-            let again = new.clone();
-            retire_audit_key(&again, &mut new, 0);
-            s = new;
-        }
-        let ids: Vec<&str> = s
-            .previous_audit_keys
-            .iter()
-            .map(|k| k.key_id.as_str())
-            .collect();
-        assert_eq!(
-            ids,
-            ["k11", "k10", "k9", "k8", "k7", "k6", "k5", "k4", "k3", "k2"]
+    fn a_key_ring_publishes_its_gateways_keys_and_keeps_those_it_no_longer_sees() {
+        let t0 = "2026-01-01T00:00:00Z";
+        let (t1, t2) = ("2026-02-01T00:00:00Z", "2026-03-01T00:00:00Z");
+        let a = [key("a2", t1, None), key("a1", t0, Some(t1))];
+        let b = [key("b1", t0, None)];
+        let first = publish_audit_keys(
+            &[],
+            [("west".to_owned(), &b[..]), ("east".to_owned(), &a[..])].into_iter(),
+            t1,
         );
-        assert_eq!(s.previous_audit_keys[0].public_key, "PEM k11");
-        assert_eq!(s.previous_audit_keys[0].retired_at, "1970-01-01T00:00:00Z");
-        // An unchanged key, or none before, retires nothing.
-        let mut same = with_key("a");
-        retire_audit_key(&with_key("a"), &mut same, 0);
-        let mut first = with_key("a");
-        retire_audit_key(&KeyRingStatus::default(), &mut first, 0);
-        assert!(same.previous_audit_keys.is_empty() && first.previous_audit_keys.is_empty());
+        assert_eq!(
+            ids(&first),
+            [
+                ("east", "a2", None),
+                ("west", "b1", None),
+                ("east", "a1", Some(t1))
+            ]
+        );
+        assert_eq!(first[0].public_key, "PEM a2");
+        assert_eq!(first[0].created_at, t1);
+        // The same world again: the same list (so no status write).
+        let again = publish_audit_keys(
+            &first,
+            [("east".to_owned(), &a[..]), ("west".to_owned(), &b[..])].into_iter(),
+            t2,
+        );
+        assert_eq!(again, first);
+        // west is gone (or names another ring): its key stays, retired now; east's history,
+        // which its own status dropped, stays as it was.
+        let gone = publish_audit_keys(&first, [("east".to_owned(), &a[..1])].into_iter(), t2);
+        assert_eq!(
+            ids(&gone),
+            [
+                ("east", "a2", None),
+                ("west", "b1", Some(t2)),
+                ("east", "a1", Some(t1))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_gateway_change_reconciles_its_key_ring_only_when_the_ring_lists_other_keys() {
+        let mut kr: KeyRing = serde_yaml_ng::from_str(
+            "metadata: {name: ring, namespace: ns}\nspec: {issuer: {type: selfSigned}, auditSigningKey: true}",
+        )
+        .unwrap();
+        let mut gw: TransferGateway = serde_yaml_ng::from_str(
+            "metadata: {name: gw, namespace: ns}\nspec: {listeners: [{name: sftp, protocol: sftp, port: 2222, zones: [z]}], audit: {signingKeyRing: ring}}",
+        )
+        .unwrap();
+        let t = "2026-01-01T00:00:00Z";
+        // Signing, and not yet listed.
+        gw.status = Some(portcullis_api::TransferGatewayStatus {
+            audit_keys: vec![key("k1", t, None), key("k0", t, Some(t))],
+            ..Default::default()
+        });
+        assert!(publishes_stale_keys_of(&kr, &gw, true));
+        // Listed as the gateway lists them: nothing to do.
+        kr.status = Some(KeyRingStatus {
+            audit_keys: publish_audit_keys(
+                &[],
+                [("gw".to_owned(), &gw.status.as_ref().unwrap().audit_keys[..])].into_iter(),
+                t,
+            ),
+            ..Default::default()
+        });
+        assert!(!publishes_stale_keys_of(&kr, &gw, true));
+        // A new key.
+        gw.status.as_mut().unwrap().audit_keys[0] = key("k2", t, None);
+        assert!(publishes_stale_keys_of(&kr, &gw, true));
+        gw.status.as_mut().unwrap().audit_keys[0] = key("k1", t, None);
+        // Deleted, or naming another ring: k1 is listed as current and must be retired.
+        assert!(publishes_stale_keys_of(&kr, &gw, false));
+        gw.spec.audit.signing_key_ring = Some("other".into());
+        assert!(publishes_stale_keys_of(&kr, &gw, true));
+        // Once retired, nothing more.
+        let published = kr.status.as_ref().unwrap().audit_keys.clone();
+        kr.status.as_mut().unwrap().audit_keys = publish_audit_keys(&published, [].into_iter(), t);
+        assert!(!publishes_stale_keys_of(&kr, &gw, true));
+        // Another gateway's change is none of this ring's business.
+        let mut other = gw.clone();
+        other.metadata.name = Some("other-gw".into());
+        assert!(!publishes_stale_keys_of(&kr, &other, false));
+    }
+
+    #[test]
+    fn a_key_ring_keeps_at_most_32_retired_keys_newest_first() {
+        let mut published = Vec::new();
+        for i in 0..40 {
+            let at = format!("2026-01-01T00:{i:02}:00Z");
+            let current = [key(&format!("k{i}"), &at, None)];
+            published = publish_audit_keys(
+                &published,
+                [("gw".to_owned(), &current[..])].into_iter(),
+                &at,
+            );
+        }
+        assert_eq!(published.len(), 1 + RETIRED_AUDIT_KEYS);
+        assert_eq!(ids(&published)[0], ("gw", "k39", None));
+        assert_eq!(
+            ids(&published)[1],
+            ("gw", "k38", Some("2026-01-01T00:39:00Z"))
+        );
+        assert_eq!(ids(&published)[32].1, "k7");
     }
 }
