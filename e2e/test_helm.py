@@ -124,6 +124,10 @@ BAD_VALUES = {
     "priorityClassName=Bad_Name": "at '/priorityClassName'",
     "serviceMonitor.interval=soon": "at '/serviceMonitor/interval'",
     "podDisruptionBudget.minAvailable=1": "additional properties 'minAvailable' not allowed",
+    "fullnameOverride=Acme_Ops": "at '/fullnameOverride'",
+    "podSecurityContext.runAsUser=-1": "at '/podSecurityContext/runAsUser': minimum",
+    "podSecurityContext.seccompProfile.type=Lax": "at '/podSecurityContext/seccompProfile/type'",
+    "securityContext.priviledged=true": "additional properties 'priviledged' not allowed",
 }
 
 
@@ -176,8 +180,9 @@ def render(cluster, *sets: str, api_versions: tuple[str, ...] = ()) -> dict[tupl
 def test_the_charts_operational_values_take_effect(cluster):
     """Each value an operator of the chart may set reaches the objects: log level, extra flags,
     the ServiceAccount (made, or an existing one named, with annotations), priority class,
-    spread constraints, the operator's PodDisruptionBudget, and a ServiceMonitor, which fails
-    the install by name where the cluster lacks the kind."""
+    spread constraints, the security contexts, fullnameOverride, the operator's
+    PodDisruptionBudget, and a ServiceMonitor, which fails the install by name where the
+    cluster lacks the kind."""
     objs = render(cluster)
     dep = objs[("Deployment", "portcullis-operator")]["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in dep["containers"][0]["env"]}
@@ -210,6 +215,30 @@ def test_the_charts_operational_values_take_effect(cluster):
 
     sa = render(cluster, "serviceAccount.annotations.iam\\.example/role=transfer")[("ServiceAccount", "portcullis-operator")]
     assert sa["metadata"]["annotations"] == {"iam.example/role": "transfer"}
+
+    # The default security contexts meet the restricted Pod Security Standard (the install test
+    # runs the operator under them); an installer may change them, e.g. for OpenShift's ranges.
+    dep = render(cluster)[("Deployment", "portcullis-operator")]["spec"]["template"]["spec"]
+    assert dep["securityContext"] == {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    assert dep["containers"][0]["securityContext"] == {
+        "allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    dep = render(cluster, "podSecurityContext.runAsUser=null", "podSecurityContext.runAsGroup=null",
+                 "podSecurityContext.fsGroup=2000", "securityContext.capabilities.drop={ALL,NET_RAW}",
+                 )[("Deployment", "portcullis-operator")]["spec"]["template"]["spec"]
+    assert dep["securityContext"] == {"runAsNonRoot": True, "fsGroup": 2000,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    assert dep["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL", "NET_RAW"]}
+
+    # fullnameOverride names every object; the cluster-scoped ones otherwise carry the release.
+    default = {k for k in render(cluster)}
+    assert ("ClusterRole", "portcullis-portcullis-operator") in default, default
+    named = render(cluster, "fullnameOverride=acme-ops")
+    assert {name for _, name in named} == {"acme-ops", "acme-ops-leader-election", "acme-ops-metrics"}, named.keys()
+    assert named[("Deployment", "acme-ops")]["spec"]["template"]["spec"]["serviceAccountName"] == "acme-ops"
+    assert named[("ClusterRoleBinding", "acme-ops")]["roleRef"]["name"] == "acme-ops"
+    assert named[("RoleBinding", "acme-ops-leader-election")]["subjects"][0]["name"] == "acme-ops"
 
     # A ServiceMonitor where the cluster has the kind; a clear failure where it has not.
     r = subprocess.run([str(cluster.bin / "helm"), "template", "portcullis", str(CHART), "--kube-version", "1.33.0",
