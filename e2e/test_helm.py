@@ -37,7 +37,7 @@ def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert c["args"][0] == "run"
+    assert c["args"][0] == "run" and "--manage-crds" in c["args"]
     assert dep["spec"]["replicas"] == 2
     # Two replicas: the apiserver holds the operator's PodDisruptionBudget.
     assert cluster.get("pdb", "portcullis-operator", ns)["spec"]["maxUnavailable"] == 1
@@ -45,6 +45,20 @@ def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
     # a unit test keeps the two directories equal).
     served = json.loads(cluster.kubectl("get", "crd", "transfergateways.portcullis.dev", "-o", "json").stdout)
     assert served["spec"]["versions"][0]["name"] == "v1alpha1"
+
+    # An upgrade that adds a field: the cluster serves the KeyRing CRD as an older release
+    # installed it, without auditKeyRotation (Helm never upgrades crds/), so the apiserver
+    # refuses the field.
+    old_crd = json.loads(cluster.kubectl("get", "crd", "keyrings.portcullis.dev", "-o", "json").stdout)
+    spec_schema = old_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    del spec_schema["properties"]["auditKeyRotation"]
+    spec_schema["x-kubernetes-validations"] = [v for v in spec_schema["x-kubernetes-validations"]
+                                               if "auditKeyRotation" not in v["rule"]]
+    cluster.kubectl("replace", "-f", "-", input=json.dumps(old_crd))
+    rotating = {"apiVersion": "portcullis.dev/v1alpha1", "kind": "KeyRing", "metadata": {"name": "rotating"},
+                "spec": {"issuer": {"type": "selfSigned"}, "auditSigningKey": True, "auditKeyRotation": "720h"}}
+    cluster.wait_for("the old CRD to be served", lambda: 'unknown field "spec.auditKeyRotation"' in
+                     cluster.apply(rotating, ns, check=False).stderr, timeout=30)
 
     # Run the operator as the chart's ServiceAccount.
     token = cluster.kubectl("create", "token", "portcullis-operator", "--duration=1h", namespace=ns).stdout.strip()
@@ -59,9 +73,27 @@ def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
         "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa", "namespace": ns}}],
         "current-context": "c"}))
     op = Operator(cluster, fresh_dir("helm-operator") / "operator.log", identity="chart-sa",
-                  lease_namespace=ns, kubeconfig=kc)
+                  lease_namespace=ns, kubeconfig=kc, extra_args=("--manage-crds",))
     try:
         cluster.wait_for("the chart operator to lead", op.is_leader, timeout=30)
+        # Leading, it applied its own CRDs with the chart's RBAC: the new field is served, and
+        # each CRD names the operator version that applied it.
+        cluster.wait_for("the upgraded CRD", lambda: cluster.apply(rotating, ns, check=False).returncode == 0,
+                         timeout=30)
+        assert cluster.get("keyring", "rotating", ns)["spec"]["auditKeyRotation"] == "720h"
+        version = subprocess.run([str(OPERATOR_BIN), "--version"], capture_output=True, text=True).stdout.split()[-1]
+        for kind in ["transfergateways", "transferendpoints", "networkzones", "keyrings", "transferusers",
+                     "transferroles"]:
+            crd = cluster.get("crd", f"{kind}.portcullis.dev", None)
+            assert crd["metadata"]["annotations"]["portcullis.dev/operator-version"] == version, kind
+            assert any(m["manager"] == "portcullis-operator" for m in crd["metadata"]["managedFields"]), kind
+        # Exactly those six: no other CRD may be read or patched.
+        sa_user = f"--as=system:serviceaccount:{ns}:portcullis-operator"
+        for verb, crd, want in [("patch", "keyrings.portcullis.dev", "yes"), ("get", "keyrings.portcullis.dev", "yes"),
+                                ("patch", "leases.coordination.k8s.io", "no"), ("delete", "keyrings.portcullis.dev", "no"),
+                                ("create", "keyrings.portcullis.dev", "no")]:
+            r = cluster.kubectl("auth", "can-i", verb, f"customresourcedefinitions/{crd}", sa_user, check=False)
+            assert r.stdout.strip() == want, (verb, crd, r.stdout, r.stderr)
         app = cluster.namespace("chart-app")
         d = fresh_dir("helm-app")
         cluster.kubectl("create", "secret", "generic", "creds", f"--from-file=ssh-privatekey={keygen(d / 'id')}",
@@ -125,6 +157,7 @@ BAD_VALUES = {
     "serviceMonitor.interval=soon": "at '/serviceMonitor/interval'",
     "podDisruptionBudget.minAvailable=1": "additional properties 'minAvailable' not allowed",
     "fullnameOverride=Acme_Ops": "at '/fullnameOverride'",
+    "crds.upgrade=true": "additional properties 'upgrade' not allowed",
     "podSecurityContext.runAsUser=-1": "at '/podSecurityContext/runAsUser': minimum",
     "podSecurityContext.seccompProfile.type=Lax": "at '/podSecurityContext/seccompProfile/type'",
     "securityContext.priviledged=true": "additional properties 'priviledged' not allowed",
@@ -230,6 +263,12 @@ def test_the_charts_operational_values_take_effect(cluster):
     assert dep["securityContext"] == {"runAsNonRoot": True, "fsGroup": 2000,
                                       "seccompProfile": {"type": "RuntimeDefault"}}
     assert dep["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL", "NET_RAW"]}
+
+    # crds.manage: false leaves CRD upgrades to the installer: no flag, and no right to them.
+    objs = render(cluster, "crds.manage=false")
+    assert "--manage-crds" not in objs[("Deployment", "portcullis-operator")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    rules = objs[("ClusterRole", "portcullis-portcullis-operator")]["rules"]
+    assert not any("apiextensions.k8s.io" in r["apiGroups"] for r in rules), rules
 
     # fullnameOverride names every object; the cluster-scoped ones otherwise carry the release.
     default = {k for k in render(cluster)}

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 
 mod controller;
+mod crds;
 mod keyring;
 mod metrics;
 
@@ -64,6 +65,11 @@ pub struct RunArgs {
     /// allowed (it reads each pod's `/config`); no other namespace is.
     #[arg(long, value_parser = namespace_name)]
     pub metrics_namespace: Vec<String>,
+    /// Once leading, apply this build's CRDs (server-side apply) unless a newer operator
+    /// applied them, and stop if that fails. Helm never upgrades a chart's `crds/`; the chart
+    /// sets this, with get and patch on the six CRDs.
+    #[arg(long)]
+    pub manage_crds: bool,
     /// The operator's own namespace, when it runs in a pod (set by the chart).
     #[arg(skip = std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()))]
     pub pod_namespace: Option<String>,

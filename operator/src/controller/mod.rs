@@ -204,6 +204,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         leader = Some((rx, task));
     }
     metrics.leader.set(1);
+    if args.manage_crds {
+        crate::crds::upgrade(&client).await?;
+    }
 
     let (caches, feed) = Caches::new(&client);
     let ctx = Arc::new(Context {
