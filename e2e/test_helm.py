@@ -4,6 +4,8 @@ operator runs here with the chart's ServiceAccount token, not as cluster admin).
 
 import json
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,46 @@ def cluster():
     c = Cluster(fresh_dir("helm-cluster"))
     yield c
     c.down()
+
+
+def sa_kubeconfig(cluster, ns: str, sa: str) -> Path:
+    """A kubeconfig that authenticates as ServiceAccount `sa` of `ns` (a fresh token)."""
+    token = cluster.kubectl("create", "token", sa, "--duration=1h", namespace=ns).stdout.strip()
+    kc = cluster.dir / f"{ns}-{sa}.kubeconfig"
+    server = [line.split("server:")[1].strip() for line in (cluster.dir / "kubeconfig").read_text().splitlines()
+              if "server:" in line][0]
+    kc.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": server,
+                                               "certificate-authority": str(cluster.dir / "pki" / "ca.crt")}}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa", "namespace": ns}}],
+        "current-context": "c"}))
+    return kc
+
+
+def policy_docs(cluster, ns: str) -> list[dict]:
+    """A small policy whose gateway compiles: zone, key ring, endpoint (with its Secret), role,
+    user and gateway `gw`."""
+    d = fresh_dir(f"helm-{ns}")
+    cluster.kubectl("create", "secret", "generic", "creds", f"--from-file=ssh-privatekey={keygen(d / 'id')}",
+                    namespace=ns)
+    docs = [
+        {"kind": "NetworkZone", "metadata": {"name": "lan"}, "spec": {"cidrs": ["10.0.0.0/8"]}},
+        {"kind": "KeyRing", "metadata": {"name": "keys"}, "spec": {"issuer": {"type": "selfSigned"}}},
+        {"kind": "TransferEndpoint", "metadata": {"name": "backend"},
+         "spec": {"protocol": "sftp", "addresses": [{"host": "10.1.2.3", "port": 22}],
+                  "hostKeys": [pubkey(keygen(d / "hk"))], "username": "u",
+                  "credentials": {"secretName": "creds"}}},
+        {"kind": "TransferRole", "metadata": {"name": "ops"},
+         "spec": {"mounts": [{"path": "/in", "endpoint": "backend", "verbs": ["list"]}]}},
+        {"kind": "TransferUser", "metadata": {"name": "alice"},
+         "spec": {"publicKeys": [pubkey(keygen(d / "u"))], "roles": ["ops"]}},
+        {"kind": "TransferGateway", "metadata": {"name": "gw"},
+         "spec": {"hostKeyRing": "keys", "listeners": [
+             {"name": "sftp", "protocol": "sftp", "port": 2222, "zones": ["lan"]}]}},
+    ]
+    return [{"apiVersion": "portcullis.dev/v1alpha1", **doc} for doc in docs]
 
 
 def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
@@ -61,17 +103,7 @@ def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
                      cluster.apply(rotating, ns, check=False).stderr, timeout=30)
 
     # Run the operator as the chart's ServiceAccount.
-    token = cluster.kubectl("create", "token", "portcullis-operator", "--duration=1h", namespace=ns).stdout.strip()
-    kc = cluster.dir / "operator-sa.kubeconfig"
-    server = [line.split("server:")[1].strip() for line in (cluster.dir / "kubeconfig").read_text().splitlines()
-              if "server:" in line][0]
-    kc.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": server,
-                                               "certificate-authority": str(cluster.dir / "pki" / "ca.crt")}}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa", "namespace": ns}}],
-        "current-context": "c"}))
+    kc = sa_kubeconfig(cluster, ns, "portcullis-operator")
     op = Operator(cluster, fresh_dir("helm-operator") / "operator.log", identity="chart-sa",
                   lease_namespace=ns, kubeconfig=kc, extra_args=("--manage-crds",))
     try:
@@ -95,26 +127,8 @@ def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
             r = cluster.kubectl("auth", "can-i", verb, f"customresourcedefinitions/{crd}", sa_user, check=False)
             assert r.stdout.strip() == want, (verb, crd, r.stdout, r.stderr)
         app = cluster.namespace("chart-app")
-        d = fresh_dir("helm-app")
-        cluster.kubectl("create", "secret", "generic", "creds", f"--from-file=ssh-privatekey={keygen(d / 'id')}",
-                        namespace=app)
-        docs = [
-            {"kind": "NetworkZone", "metadata": {"name": "lan"}, "spec": {"cidrs": ["10.0.0.0/8"]}},
-            {"kind": "KeyRing", "metadata": {"name": "keys"}, "spec": {"issuer": {"type": "selfSigned"}}},
-            {"kind": "TransferEndpoint", "metadata": {"name": "backend"},
-             "spec": {"protocol": "sftp", "addresses": [{"host": "10.1.2.3", "port": 22}],
-                      "hostKeys": [pubkey(keygen(d / "hk"))], "username": "u",
-                      "credentials": {"secretName": "creds"}}},
-            {"kind": "TransferRole", "metadata": {"name": "ops"},
-             "spec": {"mounts": [{"path": "/in", "endpoint": "backend", "verbs": ["list"]}]}},
-            {"kind": "TransferUser", "metadata": {"name": "alice"},
-             "spec": {"publicKeys": [pubkey(keygen(d / "u"))], "roles": ["ops"]}},
-            {"kind": "TransferGateway", "metadata": {"name": "gw"},
-             "spec": {"hostKeyRing": "keys", "listeners": [
-                 {"name": "sftp", "protocol": "sftp", "port": 2222, "zones": ["lan"]}]}},
-        ]
-        for doc in docs:
-            cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **doc}, app)
+        for doc in policy_docs(cluster, app):
+            cluster.apply(doc, app)
         # Compiled and applied (no kubelet runs the pods here: Reconciling, not Stalled).
         cluster.wait_ready("transfergateway", "gw", app, status="False", reason="PodsNotReady")
         for kind in ["deployment", "service", "networkpolicy", "poddisruptionbudget"]:
@@ -131,6 +145,59 @@ def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
         assert "forbidden" not in log.lower(), log[-2000:]
     finally:
         op.stop()
+
+
+def test_a_namespaced_install_reconciles_its_namespaces_only_with_roles(cluster):
+    """watchNamespaces: the chart binds Roles in the listed namespaces only (and a ClusterRole
+    for nothing but the six CRDs), and the operator, run as the chart's ServiceAccount with the
+    chart's flags, reconciles there and nowhere else, with no Forbidden on the way."""
+    ns = "scoped-system"
+    teams = [cluster.namespace(n) for n in ("team-a", "team-b", "team-c")]
+    cluster.helm("install", "scoped", str(CHART), "--namespace", ns, "--create-namespace", "--wait=false",
+                 "--set", "fullnameOverride=scoped-operator", "--set", "watchNamespaces={team-a,team-b}")
+    try:
+        # What the chart granted: the listed namespaces' Secrets, none elsewhere.
+        sa = f"--as=system:serviceaccount:{ns}:scoped-operator"
+        for verb, where, want in [("list", "team-a", "yes"), ("watch", "team-b", "yes"), ("get", "team-c", "no"),
+                                  ("list", "default", "no")]:
+            r = cluster.kubectl("auth", "can-i", verb, "secrets", sa, namespace=where, check=False)
+            assert r.stdout.strip() == want, (verb, where, r.stdout, r.stderr)
+        r = cluster.kubectl("auth", "can-i", "list", "secrets", "--all-namespaces", sa, check=False)
+        assert r.stdout.strip() == "no", r.stdout
+        dep = cluster.get("deployment", "scoped-operator", ns)["spec"]["template"]["spec"]["containers"][0]["args"]
+        flags = tuple(a for a in dep if a.startswith("--watch-namespace=") or a == "--manage-crds")
+        assert flags == ("--manage-crds", "--watch-namespace=team-a", "--watch-namespace=team-b"), dep
+
+        for team in ("team-a", "team-c"):
+            for doc in policy_docs(cluster, team):
+                cluster.apply(doc, team)
+        op = Operator(cluster, fresh_dir("helm-scoped") / "operator.log", identity="scoped",
+                      lease_namespace=ns, kubeconfig=sa_kubeconfig(cluster, ns, "scoped-operator"),
+                      extra_args=flags)
+        try:
+            cluster.wait_for("the scoped operator to lead", op.is_leader, timeout=30)
+            cluster.wait_ready("transfergateway", "gw", "team-a", status="False", reason="PodsNotReady")
+            for kind in ["deployment", "service", "networkpolicy", "poddisruptionbudget"]:
+                assert cluster.get(kind, "gw", "team-a") is not None, kind
+            assert cluster.get("keyring", "keys", "team-a")["status"]["secretName"] == "keys-keyring"
+            # A change in a watched namespace after start arrives too (team-b was empty).
+            for doc in policy_docs(cluster, "team-b"):
+                cluster.apply(doc, "team-b")
+            cluster.wait_ready("transfergateway", "gw", "team-b", status="False", reason="PodsNotReady")
+            # team-c is not its business: nothing read, nothing written there.
+            time.sleep(3)
+            assert "status" not in cluster.get("transfergateway", "gw", "team-c"), "team-c reconciled"
+            assert "status" not in cluster.get("keyring", "keys", "team-c")
+            assert cluster.get("deployment", "gw", "team-c") is None
+            assert op.metric("portcullis_operator_reconcile_errors_total", category="Forbidden") == 0
+            log = op.log.read_text()
+            assert "forbidden" not in log.lower(), log[-3000:]
+        finally:
+            op.stop()
+    finally:
+        cluster.helm("uninstall", "scoped", "--namespace", ns)
+        for team in teams:
+            cluster.kubectl("delete", "namespace", team, "--wait=false")
 
 
 BAD_VALUES = {
@@ -158,6 +225,8 @@ BAD_VALUES = {
     "podDisruptionBudget.minAvailable=1": "additional properties 'minAvailable' not allowed",
     "fullnameOverride=Acme_Ops": "at '/fullnameOverride'",
     "crds.upgrade=true": "additional properties 'upgrade' not allowed",
+    "watchNamespaces={Team_A}": "at '/watchNamespaces/0'",
+    "watchNamespaces=team-a": "at '/watchNamespaces': got string, want array",
     "podSecurityContext.runAsUser=-1": "at '/podSecurityContext/runAsUser': minimum",
     "podSecurityContext.seccompProfile.type=Lax": "at '/podSecurityContext/seccompProfile/type'",
     "securityContext.priviledged=true": "additional properties 'priviledged' not allowed",

@@ -70,6 +70,11 @@ pub struct RunArgs {
     /// sets this, with get and patch on the six CRDs.
     #[arg(long)]
     pub manage_crds: bool,
+    /// Watch only this namespace (repeat for more): the operator lists, watches and reads
+    /// nothing elsewhere, so Roles in these namespaces are all the access it needs (the
+    /// chart's `watchNamespaces`). Without it, every namespace.
+    #[arg(long, value_parser = namespace_name)]
+    pub watch_namespace: Vec<String>,
     /// The operator's own namespace, when it runs in a pod (set by the chart).
     #[arg(skip = std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()))]
     pub pod_namespace: Option<String>,

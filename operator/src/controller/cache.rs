@@ -23,7 +23,6 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        WatchStreamExt,
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -34,7 +33,7 @@ use portcullis_api::{
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use super::dereference::World;
+use super::{dereference::World, scope::Scope};
 
 /// GETs of named Secrets in flight at once for one reconcile.
 const SECRET_FETCHES: usize = 8;
@@ -54,11 +53,15 @@ where
 {
     /// The store and the future that keeps it (and the subscribers) fed; the future runs until
     /// the process ends.
-    fn new<S>(what: &'static str, events: S) -> (Self, BoxFuture<'static, ()>)
+    fn new<S>(
+        what: &'static str,
+        events: impl FnOnce(Store<K>) -> S,
+    ) -> (Self, BoxFuture<'static, ()>)
     where
         S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     {
         let (store, writer) = reflector::store();
+        let events = events(store.clone());
         let subscribers: Arc<Mutex<Vec<mpsc::UnboundedSender<K>>>> = Arc::default();
         let fan_out = subscribers.clone();
         let driver = reflector::reflector(writer, events)
@@ -127,10 +130,14 @@ pub struct Caches {
 impl Caches {
     /// The caches and the future that feeds them. Subscribe before polling the future, and
     /// read only after [`Caches::ready`].
-    pub fn new(client: &Client) -> (Arc<Caches>, BoxFuture<'static, ()>) {
-        fn kind<K>(client: &Client, what: &'static str) -> (Shared<K>, BoxFuture<'static, ()>)
+    pub fn new(client: &Client, scope: &Scope) -> (Arc<Caches>, BoxFuture<'static, ()>) {
+        fn shared<K>(
+            client: &Client,
+            scope: &Scope,
+            what: &'static str,
+        ) -> (Shared<K>, BoxFuture<'static, ()>)
         where
-            K: Resource<DynamicType = ()>
+            K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
                 + Clone
                 + Debug
                 + DeserializeOwned
@@ -138,20 +145,18 @@ impl Caches {
                 + Sync
                 + 'static,
         {
-            let api = Api::<K>::all(client.clone());
-            Shared::new(
-                what,
-                watcher(api, watcher::Config::default()).default_backoff(),
-            )
+            Shared::new(what, |store| {
+                scope.events(client, &watcher::Config::default(), store)
+            })
         }
-        let (gateways, g) = kind(client, "TransferGateway");
-        let (endpoints, a) = kind(client, "TransferEndpoint");
-        let (zones, b) = kind(client, "NetworkZone");
-        let (key_rings, c) = kind(client, "KeyRing");
-        let (users, d) = kind(client, "TransferUser");
-        let (roles, e) = kind(client, "TransferRole");
+        let (gateways, g) = shared(client, scope, "TransferGateway");
+        let (endpoints, a) = shared(client, scope, "TransferEndpoint");
+        let (zones, b) = shared(client, scope, "NetworkZone");
+        let (key_rings, c) = shared(client, scope, "KeyRing");
+        let (users, d) = shared(client, scope, "TransferUser");
+        let (roles, e) = shared(client, scope, "TransferRole");
         // `Api<PartialObjectMeta<_>>` asks for metadata only.
-        let (secrets, f) = kind::<PartialObjectMeta<Secret>>(client, "Secret");
+        let (secrets, f) = shared::<PartialObjectMeta<Secret>>(client, scope, "Secret");
         let touched = secrets.subscribe();
         let caches = Arc::new(Caches {
             gateways,

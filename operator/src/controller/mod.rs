@@ -11,10 +11,10 @@ use k8s_openapi::api::{
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
         reflector::ObjectRef,
@@ -25,6 +25,7 @@ use portcullis_api::{KeyRing, TransferGateway};
 
 use crate::{RunArgs, metrics::Metrics};
 use cache::Caches;
+use scope::Scope;
 
 pub mod apply;
 pub mod build;
@@ -35,6 +36,7 @@ mod fixtures;
 mod gateway;
 pub(crate) mod policy;
 mod rollout;
+pub mod scope;
 mod served;
 pub mod status;
 pub mod validate;
@@ -208,7 +210,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::crds::upgrade(&client).await?;
     }
 
-    let (caches, feed) = Caches::new(&client);
+    let scope = Scope::new(&args.watch_namespace);
+    match &scope {
+        Scope::Cluster => tracing::info!("watching every namespace"),
+        Scope::Namespaces(ns) => tracing::info!(namespaces = ?ns, "watching these namespaces only"),
+    }
+    let (caches, feed) = Caches::new(&client, &scope);
     let ctx = Arc::new(Context {
         client: client.clone(),
         caches: caches.clone(),
@@ -223,7 +230,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
         ),
     });
-    let controllers = run_controllers(client, caches, feed, ctx, stopped.clone());
+    let controllers = run_controllers(client, &scope, caches, feed, ctx, stopped.clone());
     let lost = async {
         match &mut leader {
             Some((rx, _)) => {
@@ -297,6 +304,7 @@ pub fn foreign(s: &PartialObjectMeta<Secret>) -> bool {
 
 async fn run_controllers(
     client: Client,
+    scope: &Scope,
     caches: Arc<Caches>,
     feed: futures::future::BoxFuture<'static, ()>,
     ctx: Arc<Context>,
@@ -306,22 +314,18 @@ async fn run_controllers(
 
     let store = caches.gateways.store();
     let gw = Controller::for_stream(caches.gateways.subscribe(), store.clone())
-        .owns(Api::<Deployment>::all(client.clone()), wc.clone())
-        .owns(Api::<Service>::all(client.clone()), wc.clone())
-        .owns_stream(
-            watcher(
-                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-                wc.clone().labels(&format!(
-                    "app.kubernetes.io/managed-by={}",
-                    build::MANAGED_BY
-                )),
-            )
-            .default_backoff()
-            .touched_objects(),
-        )
-        .owns(Api::<NetworkPolicy>::all(client.clone()), wc.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), wc.clone())
-        .owns(Api::<ServiceAccount>::all(client.clone()), wc.clone())
+        .owns_stream(scope.touched::<Deployment>(&client, &wc))
+        .owns_stream(scope.touched::<Service>(&client, &wc))
+        .owns_stream(scope.touched::<PartialObjectMeta<Secret>>(
+            &client,
+            &wc.clone().labels(&format!(
+                "app.kubernetes.io/managed-by={}",
+                build::MANAGED_BY
+            )),
+        ))
+        .owns_stream(scope.touched::<NetworkPolicy>(&client, &wc))
+        .owns_stream(scope.touched::<PodDisruptionBudget>(&client, &wc))
+        .owns_stream(scope.touched::<ServiceAccount>(&client, &wc))
         .watches_stream(caches.endpoints.subscribe(), in_namespace(store.clone()))
         .watches_stream(caches.zones.subscribe(), in_namespace(store.clone()))
         .watches_stream(caches.key_rings.subscribe(), in_namespace(store.clone()))
