@@ -12,7 +12,8 @@ again (no new request for --quiet seconds):
   - secret:  one user's password-hash Secret changes;
   - user:    one user's spec changes (a public key added).
 
-Counts come from the apiserver's own `apiserver_request_total`, by verb and resource, minus
+Each change also reports the reconciles it caused, by controller
+(`portcullis_operator_reconciles_total`). Counts come from the apiserver's own `apiserver_request_total`, by verb and resource, minus
 the requests this script made itself (it keeps its own tally). WATCHes, Leases and Events are
 left out. The control plane's own controllers and the apiserver's bootstrap add a little (they
 are most of the "initial" figure outside our kinds and Secrets); `ours` sums only the six
@@ -178,13 +179,20 @@ def main() -> int:
                    "initial": {"seconds_to_quiet": round(settle - a.quiet, 1), **summary(base),
                                "operator_counted": summary(operator_counted(op))}}
 
+        def reconciles() -> dict[str, int]:
+            return {c: int(op.metric("portcullis_operator_reconciles_total", controller=c))
+                    for c in ("transfergateway", "keyring", "transferuser", "transferrole", "transferendpoint",
+                              "networkzone")}
+
         def change(name: str, do):
-            before, counted = quiet(api, a.quiet), operator_counted(op)
+            before, counted, r0 = quiet(api, a.quiet), operator_counted(op), reconciles()
             t = time.monotonic()
             do()
             after = quiet(api, a.quiet)
+            r1 = reconciles()
             results[name] = {"seconds_to_quiet": round(time.monotonic() - t - a.quiet, 1),
                              **summary(after - before),
+                             "reconciles": {c: r1[c] - r0[c] for c in r1 if r1[c] != r0[c]},
                              "operator_counted": summary(operator_counted(op) - counted)}
 
         change("role", lambda: api.apply(f"{GROUP}/transferroles/ops", {

@@ -160,6 +160,56 @@ mod tests {
         assert_ne!(problems(&none), problems(w), "{what}");
     }
 
+    /// `obj`'s checks read from only the objects it [`PolicyKind::depends_on`] are its checks
+    /// read from the whole namespace, and differ from its checks against an empty namespace (so
+    /// what it depends on matters).
+    fn checks_the_same_from_its_dependencies<K: PolicyKind>(what: &str, obj: &K, w: &World) {
+        use crate::controller::policy::Dep;
+        let problems = |w: &World| format!("{:?}", obj.problems(w));
+        let mut deps = w.clone();
+        deps.endpoints
+            .retain(|n, _| obj.depends_on(Dep::Endpoint, n));
+        deps.roles.retain(|n, _| obj.depends_on(Dep::Role, n));
+        deps.zones.retain(|n, _| obj.depends_on(Dep::Zone, n));
+        deps.secrets.retain(|n, _| obj.depends_on(Dep::Secret, n));
+        deps.key_rings.clear();
+        deps.users.clear();
+        assert_eq!(problems(&deps), problems(w), "{what}");
+        assert_ne!(problems(&World::default()), problems(w), "{what}");
+        // Of endpoints, roles and zones only existence counts: hollowed out, they check the
+        // same (so a change to one that does not create or delete it reconciles nothing).
+        let mut hollow = w.clone();
+        hollow
+            .roles
+            .values_mut()
+            .for_each(|r| r.spec.mounts.clear());
+        hollow.zones.values_mut().for_each(|z| z.spec.cidrs.clear());
+        hollow.endpoints.values_mut().for_each(|e| {
+            e.spec.addresses.clear();
+            e.spec.host_keys.clear();
+        });
+        assert_eq!(problems(&hollow), problems(w), "{what}");
+    }
+
+    #[test]
+    fn a_policy_object_is_reconciled_on_a_change_of_what_it_reads_and_nothing_else() {
+        let w = referencing_world();
+        for (name, user) in &w.users {
+            checks_the_same_from_its_dependencies(&format!("user {name}"), user, &w);
+        }
+        for (name, ep) in &w.endpoints {
+            checks_the_same_from_its_dependencies(&format!("endpoint {name}"), ep, &w);
+        }
+        for (name, role) in &w.roles {
+            checks_the_same_from_its_dependencies(&format!("role {name}"), role, &w);
+        }
+        // What a role change reaches: the users naming it, not the others.
+        use crate::controller::policy::Dep;
+        let bob = &w.users["bob"];
+        assert!(bob.depends_on(Dep::Role, "mf") && !bob.depends_on(Dep::Role, "payroll"));
+        assert!(!bob.depends_on(Dep::Endpoint, "mf"));
+    }
+
     #[test]
     fn a_policy_object_checks_the_same_from_only_the_secrets_it_names() {
         let w = referencing_world();

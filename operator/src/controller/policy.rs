@@ -7,7 +7,11 @@ use futures::{FutureExt, StreamExt, TryStreamExt, future::BoxFuture, future::rea
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{Controller, controller::Action},
+    runtime::{
+        Controller,
+        controller::Action,
+        reflector::{ObjectRef, Store},
+    },
 };
 use portcullis_api::{
     CommonStatus, NetworkZone, READY, TransferEndpoint, TransferRole, TransferUser,
@@ -44,6 +48,22 @@ pub trait PolicyKind:
     fn notes(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether [`PolicyKind::problems`] reads the `dep` named `name` (in this object's
+    /// namespace). Of an endpoint, role or zone only its existence is read, so only its
+    /// creation or deletion reconciles this object; a Secret's content is read, so any change
+    /// to it does. A change to anything else reconciles nothing.
+    fn depends_on(&self, _dep: Dep, _name: &str) -> bool {
+        false
+    }
+}
+
+/// What a policy object's problems may read besides itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dep {
+    Endpoint,
+    Role,
+    Zone,
+    Secret,
 }
 
 impl PolicyKind for TransferEndpoint {
@@ -56,6 +76,9 @@ impl PolicyKind for TransferEndpoint {
     }
     fn secret_names(&self) -> Vec<String> {
         vec![dereference::endpoint_secret_name(self)]
+    }
+    fn depends_on(&self, dep: Dep, name: &str) -> bool {
+        dep == Dep::Secret && dereference::endpoint_secret_name(self) == name
     }
 }
 
@@ -83,6 +106,14 @@ impl PolicyKind for TransferUser {
     fn notes(&self) -> Vec<String> {
         validate::ftps_refusal(&self.spec).into_iter().collect()
     }
+    fn depends_on(&self, dep: Dep, name: &str) -> bool {
+        match dep {
+            Dep::Role => self.spec.roles.iter().any(|r| r == name),
+            Dep::Zone => self.spec.zones.iter().any(|z| z == name),
+            Dep::Secret => dereference::user_secret_names(self).any(|s| s == name),
+            Dep::Endpoint => false,
+        }
+    }
 }
 
 impl PolicyKind for TransferRole {
@@ -93,10 +124,58 @@ impl PolicyKind for TransferRole {
     fn common_status(&self) -> Option<&CommonStatus> {
         self.status.as_ref()
     }
+    fn depends_on(&self, dep: Dep, name: &str) -> bool {
+        dep == Dep::Endpoint && self.spec.mounts.iter().any(|m| m.endpoint == name)
+    }
+}
+
+/// Passes an object to `inner` only when it appears or disappears (`own`: its kind's store,
+/// which has applied the event already), for the kinds whose dependents read only whether it
+/// exists: a role's new mounts, or its status, change no user's problems.
+fn on_existence_change<O, K>(
+    own: Store<O>,
+    inner: impl Fn(O) -> Vec<ObjectRef<K>> + Send + Sync + 'static,
+) -> impl Fn(O) -> Vec<ObjectRef<K>> + Send + Sync + 'static
+where
+    O: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + 'static,
+{
+    let known = std::sync::Mutex::new(std::collections::HashSet::new());
+    move |obj: O| {
+        let key = ObjectRef::from_obj(&obj);
+        let exists = own.get(&key).is_some();
+        let mut known = known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = if exists {
+            known.insert(key)
+        } else {
+            known.remove(&key)
+        };
+        drop(known);
+        if changed { inner(obj) } else { Vec::new() }
+    }
+}
+
+/// Maps a changed `dep` object to the objects of `store` in its namespace that read it.
+fn dependents<K: PolicyKind, O: ResourceExt>(
+    store: Store<K>,
+    dep: Dep,
+) -> impl Fn(O) -> Vec<ObjectRef<K>> + Send + Sync + 'static {
+    move |obj: O| {
+        let (ns, name) = (obj.namespace(), obj.name_any());
+        store
+            .state()
+            .iter()
+            .filter(|k| k.namespace() == ns && k.depends_on(dep, &name))
+            .map(|k| ObjectRef::from_obj(k.as_ref()))
+            .collect()
+    }
 }
 
 /// A policy kind's status controller, over the shared caches: triggered by its own objects and
-/// by whatever they may reference in their namespace.
+/// by the objects they reference ([`PolicyKind::depends_on`]), not by every change in their
+/// namespace.
 pub fn controller<K: PolicyKind>(
     shared: &Shared<K>,
     caches: &Caches,
@@ -105,16 +184,27 @@ pub fn controller<K: PolicyKind>(
 ) -> BoxFuture<'static, ()> {
     let s = shared.store();
     Controller::for_stream(shared.subscribe(), s.clone())
-        .watches_stream(caches.endpoints.subscribe(), super::in_namespace(s.clone()))
-        .watches_stream(caches.roles.subscribe(), super::in_namespace(s.clone()))
-        .watches_stream(caches.zones.subscribe(), super::in_namespace(s.clone()))
-        .watches_stream(caches.key_rings.subscribe(), super::in_namespace(s.clone()))
+        .watches_stream(
+            caches.endpoints.subscribe(),
+            on_existence_change(
+                caches.endpoints.store(),
+                dependents(s.clone(), Dep::Endpoint),
+            ),
+        )
+        .watches_stream(
+            caches.roles.subscribe(),
+            on_existence_change(caches.roles.store(), dependents(s.clone(), Dep::Role)),
+        )
+        .watches_stream(
+            caches.zones.subscribe(),
+            on_existence_change(caches.zones.store(), dependents(s.clone(), Dep::Zone)),
+        )
         .watches_stream(
             caches
                 .secrets
                 .subscribe()
                 .try_filter(|s| ready(super::foreign(s))),
-            super::in_namespace(s.clone()),
+            dependents(s.clone(), Dep::Secret),
         )
         .graceful_shutdown_on(stopped())
         .run(reconcile::<K>, super::error_policy, ctx)
