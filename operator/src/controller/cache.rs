@@ -30,10 +30,12 @@ use kube::{
 use portcullis_api::{
     KeyRing, NetworkZone, TransferEndpoint, TransferGateway, TransferRole, TransferUser,
 };
-use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use super::{dereference::World, scope::Scope};
+use super::{
+    dereference::World,
+    scope::{Scope, Watched},
+};
 
 /// GETs of named Secrets in flight at once for one reconcile.
 const SECRET_FETCHES: usize = 8;
@@ -137,13 +139,7 @@ impl Caches {
             what: &'static str,
         ) -> (Shared<K>, BoxFuture<'static, ()>)
         where
-            K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-                + Clone
-                + Debug
-                + DeserializeOwned
-                + Send
-                + Sync
-                + 'static,
+            K: Watched,
         {
             Shared::new(what, |store| {
                 scope.events(client, &watcher::Config::default(), store)

@@ -23,6 +23,29 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
+/// A kind the operator watches: namespaced, deserializable, and shareable across tasks.
+pub trait Watched:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The namespaces the operator watches.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -46,13 +69,7 @@ impl Scope {
 
     fn watches<K>(&self, client: &Client, config: &watcher::Config) -> Vec<Events<K>>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Debug
-            + DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
+        K: Watched,
     {
         let watch = |api: Api<K>| {
             watcher::watcher(api, config.clone())
@@ -72,13 +89,7 @@ impl Scope {
     /// one watch per namespace merged by [`Merge`].
     pub fn events<K>(&self, client: &Client, config: &watcher::Config, store: Store<K>) -> Events<K>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Debug
-            + DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
+        K: Watched,
     {
         let mut watches = self.watches(client, config);
         if *self == Scope::Cluster {
@@ -111,13 +122,7 @@ impl Scope {
         config: &watcher::Config,
     ) -> BoxStream<'static, Result<K, watcher::Error>>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Debug
-            + DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
+        K: Watched,
     {
         futures::stream::select_all(
             self.watches(client, config)
