@@ -108,6 +108,24 @@ class Cluster:
         return {k: base64.b64decode(v) for k, v in (s.get("data") or {}).items()}
 
 
+
+def small_policy(host_key: str, user_key: str, user: str = "alice") -> list[dict]:
+    """A small policy whose gateway `gw` compiles: zone `lan`, key ring `keys`, SFTP endpoint
+    `backend` (credentials in Secret `creds`, which the caller makes), role `ops`, and `user`."""
+    docs = [
+        {"kind": "NetworkZone", "metadata": {"name": "lan"}, "spec": {"cidrs": ["10.0.0.0/8"]}},
+        {"kind": "KeyRing", "metadata": {"name": "keys"}, "spec": {"issuer": {"type": "selfSigned"}}},
+        {"kind": "TransferEndpoint", "metadata": {"name": "backend"}, "spec": {
+            "protocol": "sftp", "addresses": [{"host": "10.1.2.3", "port": 22}], "hostKeys": [host_key],
+            "username": "u", "credentials": {"secretName": "creds"}}},
+        {"kind": "TransferRole", "metadata": {"name": "ops"}, "spec": {"mounts": [
+            {"path": "/in", "endpoint": "backend", "verbs": ["list"]}]}},
+        {"kind": "TransferUser", "metadata": {"name": user}, "spec": {"publicKeys": [user_key], "roles": ["ops"]}},
+        {"kind": "TransferGateway", "metadata": {"name": "gw"}, "spec": {"hostKeyRing": "keys", "listeners": [
+            {"name": "sftp", "protocol": "sftp", "port": 2222, "zones": ["lan"]}]}},
+    ]
+    return [{"apiVersion": "portcullis.dev/v1alpha1", **d} for d in docs]
+
 class Operator:
     """The release operator binary against the test cluster."""
 

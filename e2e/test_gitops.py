@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from harness import ROOT, fresh_dir, keygen
-from kube import Cluster, Operator
+from kube import Cluster, Operator, small_policy
 
 GITOPS = ROOT / "examples" / "gitops"
 OVERLAYS = {"staging": "transfer-staging", "production": "transfer-production"}
@@ -153,20 +153,8 @@ def test_the_argo_cd_health_check_reads_real_status(cluster, operator):
     ns = cluster.namespace("health")
     cluster.kubectl("create", "secret", "generic", "creds",
                     f"--from-file=ssh-privatekey={keygen(fresh_dir('health-keys') / 'id')}", namespace=ns)
-    docs = [
-        {"kind": "NetworkZone", "metadata": {"name": "lan"}, "spec": {"cidrs": ["10.0.0.0/8"]}},
-        {"kind": "KeyRing", "metadata": {"name": "keys"}, "spec": {"issuer": {"type": "selfSigned"}}},
-        {"kind": "TransferEndpoint", "metadata": {"name": "backend"}, "spec": {
-            "protocol": "sftp", "addresses": [{"host": "10.1.2.3", "port": 22}], "hostKeys": [HOST_KEY],
-            "username": "u", "credentials": {"secretName": "creds"}}},
-        {"kind": "TransferRole", "metadata": {"name": "ops"}, "spec": {"mounts": [
-            {"path": "/in", "endpoint": "backend", "verbs": ["list"]}]}},
-        {"kind": "TransferUser", "metadata": {"name": "ok"}, "spec": {"publicKeys": [HOST_KEY], "roles": ["ops"]}},
-        {"kind": "TransferGateway", "metadata": {"name": "gw"}, "spec": {
-            "hostKeyRing": "keys", "listeners": [{"name": "sftp", "protocol": "sftp", "port": 2222, "zones": ["lan"]}]}},
-    ]
-    for d in docs:
-        cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **d}, ns)
+    for doc in small_policy(HOST_KEY, HOST_KEY, user="ok"):
+        cluster.apply(doc, ns)
     for kind, name in [("networkzone", "lan"), ("keyring", "keys"), ("transferendpoint", "backend"),
                        ("transferrole", "ops"), ("transferuser", "ok")]:
         cluster.wait_ready(kind, name, ns, timeout=60)
@@ -319,19 +307,8 @@ def test_a_named_secret_that_changes_or_goes_reaches_the_gateway(cluster, operat
         cluster.kubectl("apply", "-f", "-", input=text, namespace=ns)
 
     credentials(keygen(d / "first"))
-    for doc in [
-        {"kind": "NetworkZone", "metadata": {"name": "lan"}, "spec": {"cidrs": ["10.0.0.0/8"]}},
-        {"kind": "KeyRing", "metadata": {"name": "keys"}, "spec": {"issuer": {"type": "selfSigned"}}},
-        {"kind": "TransferEndpoint", "metadata": {"name": "backend"}, "spec": {
-            "protocol": "sftp", "addresses": [{"host": "10.1.2.3", "port": 22}], "hostKeys": [HOST_KEY],
-            "username": "u", "credentials": {"secretName": "creds"}}},
-        {"kind": "TransferRole", "metadata": {"name": "ops"}, "spec": {"mounts": [
-            {"path": "/in", "endpoint": "backend", "verbs": ["list"]}]}},
-        {"kind": "TransferUser", "metadata": {"name": "u"}, "spec": {"publicKeys": [HOST_KEY], "roles": ["ops"]}},
-        {"kind": "TransferGateway", "metadata": {"name": "gw"}, "spec": {"hostKeyRing": "keys", "listeners": [
-            {"name": "sftp", "protocol": "sftp", "port": 2222, "zones": ["lan"]}]}},
-    ]:
-        cluster.apply({"apiVersion": "portcullis.dev/v1alpha1", **doc}, ns)
+    for doc in small_policy(HOST_KEY, HOST_KEY, user="u"):
+        cluster.apply(doc, ns)
 
     def served_key() -> bytes | None:
         s = cluster.get("secret", "gw-config", ns)

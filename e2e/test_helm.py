@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import ROOT, fresh_dir, keygen, pubkey
-from kube import OPERATOR_BIN, Cluster, Operator
+from kube import OPERATOR_BIN, Cluster, Operator, small_policy
 
 CHART = ROOT / "charts" / "portcullis"
 
@@ -39,27 +39,11 @@ def sa_kubeconfig(cluster, ns: str, sa: str) -> Path:
 
 
 def policy_docs(cluster, ns: str) -> list[dict]:
-    """A small policy whose gateway compiles: zone, key ring, endpoint (with its Secret), role,
-    user and gateway `gw`."""
+    """`small_policy` for namespace `ns`, with the endpoint's credentials Secret made there."""
     d = fresh_dir(f"helm-{ns}")
     cluster.kubectl("create", "secret", "generic", "creds", f"--from-file=ssh-privatekey={keygen(d / 'id')}",
                     namespace=ns)
-    docs = [
-        {"kind": "NetworkZone", "metadata": {"name": "lan"}, "spec": {"cidrs": ["10.0.0.0/8"]}},
-        {"kind": "KeyRing", "metadata": {"name": "keys"}, "spec": {"issuer": {"type": "selfSigned"}}},
-        {"kind": "TransferEndpoint", "metadata": {"name": "backend"},
-         "spec": {"protocol": "sftp", "addresses": [{"host": "10.1.2.3", "port": 22}],
-                  "hostKeys": [pubkey(keygen(d / "hk"))], "username": "u",
-                  "credentials": {"secretName": "creds"}}},
-        {"kind": "TransferRole", "metadata": {"name": "ops"},
-         "spec": {"mounts": [{"path": "/in", "endpoint": "backend", "verbs": ["list"]}]}},
-        {"kind": "TransferUser", "metadata": {"name": "alice"},
-         "spec": {"publicKeys": [pubkey(keygen(d / "u"))], "roles": ["ops"]}},
-        {"kind": "TransferGateway", "metadata": {"name": "gw"},
-         "spec": {"hostKeyRing": "keys", "listeners": [
-             {"name": "sftp", "protocol": "sftp", "port": 2222, "zones": ["lan"]}]}},
-    ]
-    return [{"apiVersion": "portcullis.dev/v1alpha1", **doc} for doc in docs]
+    return small_policy(pubkey(keygen(d / "hk")), pubkey(keygen(d / "u")))
 
 
 def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
@@ -120,11 +104,11 @@ def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
             assert crd["metadata"]["annotations"]["portcullis.dev/operator-version"] == version, kind
             assert any(m["manager"] == "portcullis-operator" for m in crd["metadata"]["managedFields"]), kind
         # Exactly those six: no other CRD may be read or patched.
-        sa_user = f"--as=system:serviceaccount:{ns}:portcullis-operator"
+        sa = f"--as=system:serviceaccount:{ns}:portcullis-operator"
         for verb, crd, want in [("patch", "keyrings.portcullis.dev", "yes"), ("get", "keyrings.portcullis.dev", "yes"),
                                 ("patch", "leases.coordination.k8s.io", "no"), ("delete", "keyrings.portcullis.dev", "no"),
                                 ("create", "keyrings.portcullis.dev", "no")]:
-            r = cluster.kubectl("auth", "can-i", verb, f"customresourcedefinitions/{crd}", sa_user, check=False)
+            r = cluster.kubectl("auth", "can-i", verb, f"customresourcedefinitions/{crd}", sa, check=False)
             assert r.stdout.strip() == want, (verb, crd, r.stdout, r.stderr)
         app = cluster.namespace("chart-app")
         for doc in policy_docs(cluster, app):
@@ -135,7 +119,6 @@ def test_helm_install_and_the_operator_works_with_the_charts_rbac(cluster):
             assert cluster.get(kind, "gw", app) is not None, kind
         assert cluster.get("lease", "portcullis-operator", ns) is not None
         # Once pods are ready, it lists them to ask each which config it serves; read-only.
-        sa = f"--as=system:serviceaccount:{ns}:portcullis-operator"
         for verb, want in [("list", "yes"), ("delete", "no"), ("create", "no")]:
             r = cluster.kubectl("auth", "can-i", verb, "pods", sa, namespace=app, check=False)
             assert r.stdout.strip() == want, (verb, r.stdout, r.stderr)

@@ -91,12 +91,9 @@ impl Scope {
     where
         K: Watched,
     {
-        let mut watches = self.watches(client, config);
-        if *self == Scope::Cluster {
-            return watches.pop().expect("one watch");
-        }
+        let watches = self.watches(client, config);
         let Scope::Namespaces(list) = self else {
-            unreachable!("a cluster scope returned above")
+            return watches.into_iter().next().expect("one cluster-wide watch");
         };
         let mut merge = Merge::new(list.clone(), store);
         futures::stream::select_all(

@@ -198,18 +198,12 @@ async fn reconcile_inner(kr: &KeyRing, ctx: &Context) -> Result<Action, Error> {
     let gateways = ctx.caches.gateways.in_namespace(&ns);
     new.audit_keys = publish_audit_keys(
         &old.audit_keys,
-        gateways
-            .values()
-            .filter(|g| {
-                spec.audit_signing_key
-                    && g.spec.audit.signing_key_ring.as_deref() == Some(kr.name_any().as_str())
-            })
-            .map(|g| {
-                (
-                    g.name_any(),
-                    g.status.as_ref().map_or(&[][..], |s| &s.audit_keys[..]),
-                )
-            }),
+        gateways.values().filter(|g| signs_with(kr, g)).map(|g| {
+            (
+                g.name_any(),
+                g.status.as_ref().map_or(&[][..], |s| &s.audit_keys[..]),
+            )
+        }),
         &rfc3339(now.unix_timestamp()),
     );
     new.conditions = status::merge(
@@ -494,6 +488,13 @@ async fn set_issuing(ctx: &Context, kr: &KeyRing) {
     }
 }
 
+/// Whether gateway `gw` signs its audit trail under key ring `kr`: it names the ring, and the
+/// ring is an audit signing authority.
+fn signs_with(kr: &KeyRing, gw: &TransferGateway) -> bool {
+    kr.spec.audit_signing_key
+        && gw.spec.audit.signing_key_ring.as_deref() == Some(kr.name_any().as_str())
+}
+
 /// Whether key ring `kr`'s `status.auditKeys` is out of date for gateway `gw` (`exists`: it is
 /// still in the cache), so that a change of the gateway reconciles the key ring only when it
 /// has something to publish.
@@ -506,10 +507,7 @@ pub fn publishes_stale_keys_of(kr: &KeyRing, gw: &TransferGateway, exists: bool)
         .filter(|p| p.gateway == name)
         .map(|p| (p.key_id.as_str(), p.retired_at.is_some()))
         .collect();
-    let signs_here = exists
-        && kr.spec.audit_signing_key
-        && gw.spec.audit.signing_key_ring.as_deref() == Some(kr.name_any().as_str());
-    if !signs_here {
+    if !(exists && signs_with(kr, gw)) {
         // Only a key still listed as current has to be retired.
         return listed.iter().any(|(_, retired)| !retired);
     }
