@@ -40,7 +40,7 @@ pub struct Runtime {
     pub config: GatewayConfig,
     /// SHA-256 of the config text, hex.
     pub hash: String,
-    zones: HashMap<String, Vec<IpNet>>,
+    zones: Zones,
     pub users: HashMap<String, Arc<UserEntry>>,
     pub endpoints: HashMap<String, Arc<EndpointSpec>>,
     pub ssh: Arc<SshConfig>,
@@ -83,13 +83,22 @@ pub struct UserEntry {
 impl UserEntry {
     /// Why this account may not log in now, if it may not.
     pub fn refusal(&self, now: DateTime<Utc>) -> Option<&'static str> {
-        if self.disabled {
-            Some("account disabled")
-        } else if self.expires_at.is_some_and(|t| t <= now) {
-            Some("account expired")
-        } else {
-            None
-        }
+        account_refusal(self.disabled, self.expires_at, now)
+    }
+}
+
+/// Why an account that is `disabled` or expires at `expires_at` may not log in at `now`.
+pub fn account_refusal(
+    disabled: bool,
+    expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Option<&'static str> {
+    if disabled {
+        Some("account disabled")
+    } else if expires_at.is_some_and(|t| t <= now) {
+        Some("account expired")
+    } else {
+        None
     }
 }
 
@@ -135,6 +144,34 @@ impl Runtime {
 
     /// The first of `names` (in order) whose CIDRs contain `ip`.
     pub fn zone_of<'a>(&self, ip: IpAddr, names: &'a [String]) -> Option<&'a str> {
+        self.zones.zone_of(ip, names)
+    }
+}
+
+/// The zones' CIDRs by name: which zone a peer is in.
+#[derive(Clone, Debug, Default)]
+pub struct Zones(HashMap<String, Vec<IpNet>>);
+
+impl Zones {
+    pub fn new(zones: &[portcullis_config::Zone]) -> Zones {
+        Zones(
+            zones
+                .iter()
+                .map(|z| {
+                    let cidrs = z
+                        .cidrs
+                        .iter()
+                        .filter_map(|c| portcullis_config::parse_cidr(c))
+                        .collect();
+                    (z.name.clone(), cidrs)
+                })
+                .collect(),
+        )
+    }
+
+    /// The first of `names` (in order) whose CIDRs contain `ip` (an IPv4-mapped IPv6 address
+    /// as its IPv4 address).
+    pub fn zone_of<'a>(&self, ip: IpAddr, names: &'a [String]) -> Option<&'a str> {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
@@ -142,7 +179,7 @@ impl Runtime {
         names
             .iter()
             .find(|n| {
-                self.zones
+                self.0
                     .get(n.as_str())
                     .is_some_and(|c| c.iter().any(|c| c.contains(&ip)))
             })
@@ -224,18 +261,7 @@ pub fn compile(
     let mut errs = Vec::new();
     let mut err = |path: String, msg: String| errs.push(ConfigError::new(path, msg));
 
-    let zones = config
-        .zones
-        .iter()
-        .map(|z| {
-            let cidrs = z
-                .cidrs
-                .iter()
-                .filter_map(|c| portcullis_config::parse_cidr(c))
-                .collect();
-            (z.name.clone(), cidrs)
-        })
-        .collect();
+    let zones = Zones::new(&config.zones);
 
     let mut endpoints = HashMap::new();
     for (i, e) in config.endpoints.iter().enumerate() {

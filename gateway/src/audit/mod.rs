@@ -7,6 +7,7 @@
 //! emitted; emitters wait when the queue is full rather than drop records.
 
 pub mod chain;
+pub mod cli;
 pub mod ship;
 pub mod spool;
 pub mod verify;

@@ -34,7 +34,7 @@ pub mod dereference;
 #[cfg(test)]
 mod fixtures;
 mod gateway;
-pub(crate) mod policy;
+pub mod policy;
 mod rollout;
 pub mod scope;
 mod served;
