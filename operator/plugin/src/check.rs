@@ -10,7 +10,6 @@
 use std::{collections::BTreeMap, fmt};
 
 use portcullis_api::{EndpointProtocol, FtpSecurity, ListenerProtocol};
-use portcullis_gateway::auth::{Chains, Method};
 use portcullis_operator::controller::{
     policy::PolicyKind,
     validate::{self, Bundle},
@@ -102,6 +101,10 @@ pub fn check(docs: Vec<Doc>, default_ns: &str, now: i64) -> anyhow::Result<Repor
     let mut findings = Vec::new();
     let mut admitted = Vec::new();
     let mut seen: BTreeMap<(String, String, String), Doc> = BTreeMap::new();
+    // Documents the schema refused: still read into the world when they can be (so that one
+    // refused field does not make every reference to the object fail too), but not reported
+    // twice when they cannot.
+    let mut refused = std::collections::BTreeSet::new();
     for doc in docs {
         if doc.is_policy() {
             let (value, refusals) = schemas.admit(&doc.value);
@@ -115,7 +118,7 @@ pub fn check(docs: Vec<Doc>, default_ns: &str, now: i64) -> anyhow::Result<Repor
                 ));
             }
             if !refusals.is_empty() {
-                continue;
+                refused.insert((doc.file.clone(), doc.line));
             }
             admitted.push((doc, value));
         } else if matches!(doc.kind(), "Secret" | "SealedSecret" | "ExternalSecret") {
@@ -147,11 +150,20 @@ pub fn check(docs: Vec<Doc>, default_ns: &str, now: i64) -> anyhow::Result<Repor
     }
 
     let (mut namespaces, unreadable) = offline::namespaces(&admitted, default_ns);
-    for u in unreadable {
+    for u in unreadable
+        .into_iter()
+        .filter(|u| !refused.contains(&(u.doc.file.clone(), u.doc.line)))
+    {
         findings.push(at(&u.doc, Severity::Error, "Schema", "", u.message));
     }
     let mut bundles = BTreeMap::new();
     for ns in namespaces.values_mut() {
+        // A refused gateway never reaches the operator: nothing to compile.
+        let docs = &ns.docs;
+        ns.gateways.retain(|name, _| {
+            docs.get(&("TransferGateway".to_owned(), name.clone()))
+                .is_none_or(|d| !refused.contains(&(d.file.clone(), d.line)))
+        });
         ns.complete(now)?;
         check_namespace(ns, &mut findings, &mut bundles);
     }
@@ -187,6 +199,13 @@ fn check_namespace(
     let doc = |kind: &str, name: &str| ns.docs.get(&(kind.to_owned(), name.to_owned()));
     // Each object's own problems, as its status would give them.
     let mut reported = std::collections::BTreeSet::new();
+    // The notes a status carries are about FTPS logins: worth a warning only where a gateway
+    // of the namespace offers FTPS.
+    let ftps = ns
+        .gateways
+        .values()
+        .any(|g| g.spec.listeners.iter().any(|l| l.protocol != ListenerProtocol::Sftp));
+    let note = if ftps { Severity::Warning } else { Severity::Note };
     let mut own = |kind: &str, name: &str, problems: Vec<validate::Problem>, notes: Vec<String>| {
         let Some(d) = doc(kind, name) else { return };
         for p in problems {
@@ -194,7 +213,7 @@ fn check_namespace(
             findings.push(at(d, Severity::Error, p.reason.as_str(), "spec", p.message));
         }
         for n in notes {
-            findings.push(at(d, Severity::Warning, "Note", "spec", n));
+            findings.push(at(d, note, "StatusNote", "spec", n));
         }
     };
     for (n, o) in &w.endpoints {
@@ -234,6 +253,7 @@ fn check_namespace(
                     .into_iter()
                     .filter(|p| !reported.contains(&p.message))
                 {
+                    let d = blamed(ns, &p.message).unwrap_or(d);
                     findings.push(at(d, Severity::Error, p.reason.as_str(), "spec", p.message));
                 }
             }
@@ -288,6 +308,23 @@ fn check_namespace(
             ));
         }
     }
+}
+
+/// The object a compiled-config problem is about, when its path names one: `users[N]` and
+/// `roles[N]` are in the order the compile step takes them, the world's (by name).
+fn blamed<'n>(ns: &'n Namespace, message: &str) -> Option<&'n Doc> {
+    let path = message.strip_prefix("compiled config: ")?;
+    let index = |prefix: &str| -> Option<usize> {
+        path.strip_prefix(prefix)?.split(']').next()?.parse().ok()
+    };
+    let (kind, name) = if let Some(i) = index("users[") {
+        ("TransferUser", ns.world.users.keys().nth(i)?)
+    } else if let Some(i) = index("roles[") {
+        ("TransferRole", ns.world.roles.keys().nth(i)?)
+    } else {
+        return None;
+    };
+    ns.docs.get(&(kind.to_owned(), name.clone()))
 }
 
 /// What is valid but a reviewer should see.
@@ -346,27 +383,6 @@ fn lints(ns: &Namespace, findings: &mut Vec<Finding>) {
             continue;
         };
         let s = &u.spec;
-        let chains = Chains::new(
-            &s.auth_methods,
-            s.password_hash.is_some(),
-            !s.public_keys.is_empty(),
-            !s.certificate_names.is_empty(),
-            s.totp_secret.is_some(),
-        );
-        let usable = chains.0.iter().any(|c| {
-            c.iter().all(|m| match m {
-                Method::Password => s.password_hash.is_some(),
-                Method::PublicKey => !s.public_keys.is_empty(),
-                Method::Certificate => !s.certificate_names.is_empty(),
-                Method::KeyboardInteractive => s.totp_secret.is_some(),
-            })
-        });
-        if !usable {
-            findings.push(at(d, Severity::Error, "NoUsableAuthMethod", "spec.authMethods", format!(
-                "no authMethods chain can be completed with the credentials this user has (password: {}, public keys: {}, certificate names: {}, TOTP: {})",
-                s.password_hash.is_some(), s.public_keys.len(), s.certificate_names.len(), s.totp_secret.is_some()
-            )));
-        }
         if s.disabled {
             findings.push(at(
                 d,
@@ -400,26 +416,6 @@ fn lints(ns: &Namespace, findings: &mut Vec<Finding>) {
                     format!(
                         "no listener of any gateway admits the user's zones ({})",
                         s.zones.join(", ")
-                    ),
-                ));
-            }
-        }
-    }
-    for (name, gw) in &ns.gateways {
-        let Some(d) = doc("TransferGateway", name) else {
-            continue;
-        };
-        let mut ports: BTreeMap<i32, &str> = BTreeMap::new();
-        for (i, l) in gw.spec.listeners.iter().enumerate() {
-            if let Some(other) = ports.insert(l.port, &l.name) {
-                findings.push(at(
-                    d,
-                    Severity::Error,
-                    "DuplicatePort",
-                    &format!("spec.listeners[{i}].port"),
-                    format!(
-                        "listeners {other} and {} both listen on port {}",
-                        l.name, l.port
                     ),
                 ));
             }

@@ -42,12 +42,14 @@ impl Doc {
     /// the document's start, that holds each key of the path in turn; the document's first
     /// line when none does. Flow-style YAML (`{a: b}`) is found as well as block style.
     pub fn at(&self, path: &str) -> String {
-        let mut line = 0;
         let lines: Vec<&str> = self.text.lines().collect();
-        for key in path
-            .split(['.', '['])
-            .filter(|k| !k.is_empty() && !k.ends_with(']'))
-        {
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        let mut line = 0;
+        for seg in path.split('.').filter(|s| !s.is_empty()) {
+            let (key, index) = match seg.split_once('[') {
+                Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
+                None => (seg, None),
+            };
             let hit = lines.iter().enumerate().skip(line).find(|(_, l)| {
                 l.match_indices(&format!("{key}:")).any(|(i, _)| {
                     i == 0
@@ -57,9 +59,27 @@ impl Doc {
                             .is_some_and(|c| c.is_whitespace() || matches!(c, '{' | ',' | '-'))
                 })
             });
-            match hit {
-                Some((i, _)) => line = i,
-                None => break,
+            let Some((i, l)) = hit else { break };
+            line = i;
+            // A block list's n-th item: the n-th `- ` line at the first item's indentation.
+            let flow = !l.split_once(&format!("{key}:")).is_some_and(|(_, rest)| rest.trim().is_empty());
+            if let (Some(n), false) = (index, flow) {
+                let items: Vec<usize> = lines
+                    .iter()
+                    .enumerate()
+                    .skip(i + 1)
+                    .take_while(|(_, l)| l.trim().is_empty() || indent(l) >= indent(lines[i]))
+                    .filter(|(_, l)| l.trim_start().starts_with("- "))
+                    .map(|(j, _)| j)
+                    .collect();
+                let first = items.first().map(|j| indent(lines[*j]));
+                if let Some(j) = items
+                    .iter()
+                    .filter(|j| Some(indent(lines[**j])) == first)
+                    .nth(n)
+                {
+                    line = *j;
+                }
             }
         }
         format!("{}:{}", self.file.display(), self.line + line)
@@ -175,6 +195,7 @@ mod tests {
         assert_eq!((docs[0].name(), docs[0].line), ("a", 3));
         assert_eq!((docs[1].name(), docs[1].line), ("b", 9));
         assert_eq!(docs[1].at("spec.listeners[0].port"), "f.yaml:14");
+        assert_eq!(docs[1].at("spec.listeners[0]"), "f.yaml:13");
         assert_eq!(docs[1].at("metadata.name"), "f.yaml:10");
         assert_eq!(docs[1].at("spec.nothing"), "f.yaml:11");
     }

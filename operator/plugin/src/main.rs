@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod check;
 mod diff;
 mod explain;
+#[cfg(test)]
+mod golden;
 mod load;
 mod offline;
 mod schema;
