@@ -125,9 +125,19 @@ def test_a_folder_synced_twice_changes_nothing_and_a_removed_user_leaves_the_gat
     assert versions(cluster, ns) == before
     assert operator.metric("portcullis_operator_writes_total") == writes
 
-    # The pull request removes the test user: the sync prunes it and the gateway drops it.
+    # The pull request removes the test user: `policy diff` says what that does to access, the
+    # sync prunes it and the gateway drops it.
+    old = repo / "old.yaml"
+    old.write_text(cluster.kubectl("kustomize", str(staging)).stdout)
     k = staging / "kustomization.yaml"
     k.write_text(k.read_text().replace("  - test-user.yaml\n", ""))
+    new = repo / "new.yaml"
+    new.write_text(cluster.kubectl("kustomize", str(staging)).stdout)
+    diff = subprocess.run([str(PLUGIN), "policy", "diff", "-f", str(old), "-f", str(new), "-o", "markdown"],
+                          capture_output=True, text=True, check=True).stdout
+    assert diff == (
+        "### Portcullis policy changes in `transfer-staging`\n\n**Users**\n\n"
+        "- qa-bot: removed; loses list, write on /inbound; loses list, read on /outbound\n\n"), diff
     out = sync(cluster, staging, ns)
     assert "transferuser.portcullis.dev/qa-bot pruned" in out, out
     cluster.wait_for("qa-bot gone", lambda: cluster.get("transferuser", "qa-bot", ns) is None)
@@ -140,6 +150,17 @@ def test_a_folder_synced_twice_changes_nothing_and_a_removed_user_leaves_the_gat
     assert cluster.get("secret", "mainframe-sftp-credentials", ns) is not None
     st = json.dumps(cluster.get("transfergateway", "dmz", ns)["status"])
     assert "configHash" in st
+
+    # `kubectl portcullis status` reads the same from the cluster.
+    status = subprocess.run([str(PLUGIN), "status", "-n", ns], env=cluster.env, capture_output=True,
+                            text=True, check=True).stdout
+    gw = cluster.get("transfergateway", "dmz", ns)
+    print(status)
+    assert status.startswith(f"gateway {ns}/dmz\n"), status
+    assert "  Ready:       False (PodsNotReady)" in status, status
+    assert "  listener     sftp sftp port 2222 zones [partners, internal] at " in status, status
+    assert f"  config       {gw['status']['configHash']} (NOT yet served by every ready pod)" in status, status
+    assert "  key ring     edge: certificate until " in status and "SSH host keys (no expiry): SHA256:" in status, status
 
 
 def argo_health(obj: dict) -> dict:

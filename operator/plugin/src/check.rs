@@ -201,11 +201,17 @@ fn check_namespace(
     let mut reported = std::collections::BTreeSet::new();
     // The notes a status carries are about FTPS logins: worth a warning only where a gateway
     // of the namespace offers FTPS.
-    let ftps = ns
-        .gateways
-        .values()
-        .any(|g| g.spec.listeners.iter().any(|l| l.protocol != ListenerProtocol::Sftp));
-    let note = if ftps { Severity::Warning } else { Severity::Note };
+    let ftps = ns.gateways.values().any(|g| {
+        g.spec
+            .listeners
+            .iter()
+            .any(|l| l.protocol != ListenerProtocol::Sftp)
+    });
+    let note = if ftps {
+        Severity::Warning
+    } else {
+        Severity::Note
+    };
     let mut own = |kind: &str, name: &str, problems: Vec<validate::Problem>, notes: Vec<String>| {
         let Some(d) = doc(kind, name) else { return };
         for p in problems {

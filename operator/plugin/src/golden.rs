@@ -62,7 +62,11 @@ fn each_broken_fixture_reports_its_problem_at_its_line() {
     for case in cases {
         let rel = format!("broken/{}", case.file_name().unwrap().to_string_lossy());
         let broken = docs(&root, &rel);
-        let replaced = |d: &load::Doc| broken.iter().any(|b| b.kind() == d.kind() && b.name() == d.name());
+        let replaced = |d: &load::Doc| {
+            broken
+                .iter()
+                .any(|b| b.kind() == d.kind() && b.name() == d.name())
+        };
         let mut all: Vec<load::Doc> = docs(&root, "base.yaml")
             .into_iter()
             .filter(|d| !replaced(d))
@@ -70,9 +74,18 @@ fn each_broken_fixture_reports_its_problem_at_its_line() {
         all.extend(broken);
         let got = findings(all);
         // Each case is broken: at least one finding, every one of them in the case's file.
-        assert!(!got.starts_with("0 error(s), 0 warning(s)"), "{rel}: nothing found");
-        for line in got.lines().filter(|l| l.contains(": error [") || l.contains(": warning [")) {
-            assert!(line.starts_with(&format!("{rel}:")), "{rel}: a finding elsewhere: {line}");
+        assert!(
+            !got.starts_with("0 error(s), 0 warning(s)"),
+            "{rel}: nothing found"
+        );
+        for line in got
+            .lines()
+            .filter(|l| l.contains(": error [") || l.contains(": warning ["))
+        {
+            assert!(
+                line.starts_with(&format!("{rel}:")),
+                "{rel}: a finding elsewhere: {line}"
+            );
         }
         golden(&case.with_extension("golden"), &got);
     }
@@ -82,12 +95,24 @@ fn each_broken_fixture_reports_its_problem_at_its_line() {
 fn the_examples_check_clean() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
     let mut all = Vec::new();
-    for f in ["zones", "networkzones", "keyring", "endpoint", "rbac", "gateway"] {
+    for f in [
+        "zones",
+        "networkzones",
+        "keyring",
+        "endpoint",
+        "rbac",
+        "gateway",
+    ] {
         if root.join(format!("{f}.yaml")).exists() {
             all.extend(docs(&root, &format!("{f}.yaml")));
         }
     }
     let got = findings(all);
     golden(&fixtures().join("examples.golden"), &got);
-    assert!(got.lines().last().is_some_and(|l| l.starts_with("0 error(s)")), "{got}");
+    assert!(
+        got.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("0 error(s)")),
+        "{got}"
+    );
 }

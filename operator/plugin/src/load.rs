@@ -62,7 +62,9 @@ impl Doc {
             let Some((i, l)) = hit else { break };
             line = i;
             // A block list's n-th item: the n-th `- ` line at the first item's indentation.
-            let flow = !l.split_once(&format!("{key}:")).is_some_and(|(_, rest)| rest.trim().is_empty());
+            let flow = !l
+                .split_once(&format!("{key}:"))
+                .is_some_and(|(_, rest)| rest.trim().is_empty());
             if let (Some(n), false) = (index, flow) {
                 let items: Vec<usize> = lines
                     .iter()

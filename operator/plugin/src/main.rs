@@ -71,8 +71,9 @@ enum PolicyCommand {
     Explain {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
-        #[arg(short, long, default_value = "default")]
-        namespace: String,
+        /// The namespace (default: the only one the files have, else `default`).
+        #[arg(short, long)]
+        namespace: Option<String>,
         /// The gateway (needed when the namespace has more than one).
         #[arg(long)]
         gateway: Option<String>,
@@ -106,8 +107,9 @@ enum PolicyCommand {
     Compile {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
-        #[arg(short, long, default_value = "default")]
-        namespace: String,
+        /// The namespace (default: the only one the files have, else `default`).
+        #[arg(short, long)]
+        namespace: Option<String>,
         #[arg(long)]
         gateway: Option<String>,
         #[arg(long)]
@@ -209,7 +211,7 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
         } => {
             let verb: portcullis_config::Verb =
                 serde_yaml_ng::from_str(&verb).map_err(|_| anyhow::anyhow!("{verb:?} is not a verb (list, read, write, delete, mkdir, rmdir, rename, setattr, site, link)"))?;
-            let (_, bundle) = compiled(&files, &namespace, gateway.as_deref())?;
+            let (_, _, bundle) = compiled(&files, namespace.as_deref(), gateway.as_deref())?;
             let d = explain::explain(
                 &bundle.config,
                 &explain::Request {
@@ -264,7 +266,8 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             gateway,
             out,
         } => {
-            let (name, bundle) = compiled(&files, &namespace, gateway.as_deref())?;
+            let (namespace, name, bundle) =
+                compiled(&files, namespace.as_deref(), gateway.as_deref())?;
             std::fs::create_dir_all(&out)?;
             for (file, bytes) in &bundle.files {
                 let path = out.join(file);
@@ -286,14 +289,27 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The one gateway of `namespace` (or the one named) compiled; an error listing the check's
-/// findings when it does not compile.
+/// The one gateway of `namespace` (or the one named) compiled, with its namespace and name;
+/// an error listing the check's findings when it does not compile.
 fn compiled(
     files: &[PathBuf],
-    namespace: &str,
+    namespace: Option<&str>,
     gateway: Option<&str>,
-) -> anyhow::Result<(String, portcullis_operator::controller::validate::Bundle)> {
-    let mut report = check::check(load::load(files)?, namespace, now())?;
+) -> anyhow::Result<(
+    String,
+    String,
+    portcullis_operator::controller::validate::Bundle,
+)> {
+    let mut report = check::check(load::load(files)?, namespace.unwrap_or("default"), now())?;
+    let namespace = match (
+        namespace,
+        report.namespaces.keys().collect::<Vec<_>>().as_slice(),
+    ) {
+        (Some(n), _) => n.to_owned(),
+        (None, [only]) => (*only).clone(),
+        (None, _) => "default".to_owned(),
+    };
+    let namespace = namespace.as_str();
     let names: Vec<String> = report
         .namespaces
         .get(namespace)
@@ -310,7 +326,7 @@ fn compiled(
         ),
     };
     match report.bundles.remove(&(namespace.to_owned(), name.clone())) {
-        Some(b) => Ok((name, b)),
+        Some(b) => Ok((namespace.to_owned(), name, b)),
         None => {
             let errors: Vec<String> = report
                 .findings

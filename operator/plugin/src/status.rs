@@ -84,7 +84,7 @@ pub fn render(
     for c in &st.conditions {
         let _ = writeln!(
             o,
-            "  {:<10} {} ({}){}{}",
+            "  {:<12} {} ({}){}{}",
             format!("{}:", c.type_),
             c.status,
             c.reason,
@@ -103,10 +103,14 @@ pub fn render(
     if st.conditions.is_empty() {
         let _ = writeln!(
             o,
-            "  Ready:     unknown (the operator has not reported yet)"
+            "  Ready:       unknown (the operator has not reported yet)"
         );
     }
-    let _ = writeln!(o, "  replicas:  {}", st.replicas.as_deref().unwrap_or("-"));
+    let _ = writeln!(
+        o,
+        "  replicas     {}",
+        st.replicas.as_deref().unwrap_or("-")
+    );
     let addrs: Vec<String> = svc
         .map(|s| {
             let spec = s.spec.clone().unwrap_or_default();
@@ -126,9 +130,12 @@ pub fn render(
     for l in &gw.spec.listeners {
         let _ = writeln!(
             o,
-            "  listener   {} {:?} port {} zones [{}]{}",
+            "  listener     {} {} port {} zones [{}]{}",
             l.name,
-            l.protocol,
+            serde_json::to_value(l.protocol)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
             l.port,
             l.zones.join(", "),
             if addrs.is_empty() {
@@ -149,23 +156,23 @@ pub fn render(
         Some(t) => {
             let _ = writeln!(
                 o,
-                "  certificates expire {t} ({} days)",
+                "  certificates {t} ({} days left)",
                 days_left(t, now).map_or("?".into(), |d| d.to_string())
             );
         }
         None => {
-            let _ = writeln!(o, "  certificates: none presented");
+            let _ = writeln!(o, "  certificates none presented");
         }
     }
     for (name, kr) in key_rings {
         let Some(kr) = kr else {
-            let _ = writeln!(o, "  key ring   {name}: not found");
+            let _ = writeln!(o, "  key ring     {name}: not found");
             continue;
         };
         let ks = kr.status.clone().unwrap_or_default();
         let _ = writeln!(
             o,
-            "  key ring   {name}: certificate until {} ({} days), renews {}{}",
+            "  key ring     {name}: certificate until {} ({} days), renews {}{}",
             ks.not_after.as_deref().unwrap_or("-"),
             ks.not_after
                 .as_deref()
@@ -188,6 +195,6 @@ pub fn render(
         (Some(_), _) => "NOT yet served by every ready pod".to_owned(),
         _ => "-".to_owned(),
     };
-    let _ = writeln!(o, "  config     {hash} ({served})");
+    let _ = writeln!(o, "  config       {hash} ({served})");
     o
 }
