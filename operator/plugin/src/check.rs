@@ -83,16 +83,30 @@ fn object(doc: &Doc) -> String {
 
 fn at(doc: &Doc, severity: Severity, code: &str, path: &str, message: String) -> Finding {
     Finding {
-        location: if path.is_empty() {
-            doc.location()
-        } else {
-            doc.at(path)
+        location: match named(&message).and_then(|n| doc.line_naming(n)) {
+            Some(l) => l,
+            None if path.is_empty() => doc.location(),
+            None => doc.at(path),
         },
         severity,
         code: code.to_owned(),
         object: object(doc),
         message,
     }
+}
+
+/// The object a problem says is missing (`... names endpoint X, which does not exist`), whose
+/// mention in the document is where the problem is.
+fn named(message: &str) -> Option<&str> {
+    let (_, rest) = message
+        .split_once(" names ")
+        .or_else(|| message.split_once(" admits "))?;
+    let rest = rest.strip_prefix("key ring ").unwrap_or(rest);
+    let rest = ["endpoint ", "role ", "zone ", "Secret "]
+        .iter()
+        .find_map(|k| rest.strip_prefix(k))
+        .unwrap_or(rest);
+    rest.split([',', ' ']).next().filter(|n| !n.is_empty())
 }
 
 /// Checks `docs` as one folder of policy; documents without a namespace are in `default_ns`.

@@ -135,6 +135,22 @@ pub fn diff(old: &Namespace, new: &Namespace) -> Vec<Section> {
         parts.extend(b.difference(&a).map(|c| format!("+ {c}")));
         parts.extend(a.difference(&b).map(|c| format!("- {c}")));
         if !parts.is_empty() {
+            // Who the change admits or shuts out: the users the zone admits in the new policy
+            // (in the old one, when the zone is removed).
+            let side = if new.zones().contains_key(name) {
+                new
+            } else {
+                old
+            };
+            let who: Vec<&str> = side
+                .users()
+                .iter()
+                .filter(|(_, u)| u.spec.zones.is_empty() || u.spec.zones.contains(name))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if !who.is_empty() {
+                parts.push(format!("for users {}", who.join(", ")));
+            }
             zones.push(format!("{name}: {}", parts.join(", ")));
         }
     }
@@ -273,4 +289,42 @@ pub fn render(namespace: &str, sections: &[Section], markdown: bool) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn namespace(text: &str) -> Namespace {
+        let docs = crate::load::split(Path::new("f.yaml"), text).unwrap();
+        let report = crate::check::check(docs, "ns", 0).unwrap();
+        report.namespaces.into_values().next().unwrap()
+    }
+
+    #[test]
+    fn a_change_is_summarized_as_access_gained_and_lost() {
+        let base = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/base.yaml"),
+        )
+        .unwrap();
+        let old = namespace(&base);
+        let new = namespace(
+            &(base
+                .replace("verbs: [list, write]", "verbs: [list, read]")
+                .replace("cidrs: [10.1.0.0/16]", "cidrs: [10.1.0.0/16, 10.2.0.0/16]")
+                .replace("backendPath: /data/in", "backendPath: /data/inbound")
+                + "---\napiVersion: portcullis.dev/v1alpha1\nkind: TransferUser\nmetadata: {name: bob}\nspec: {publicKeys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGL7C0bUqy0uK3s4Zl3FQWbXzFNx6bc2FVQn3E9rLr5W bob'], roles: [ops], disabled: true}\n"),
+        );
+        let text = render("ns", &diff(&old, &new), false);
+        assert_eq!(
+            text,
+            "namespace ns\n  Users:\n    alice: gains read on /in; loses write on /in; /in now maps to backend:/data/inbound (was backend:/data/in)\n    bob: new user; gains list, read on /in\n  Zones:\n    lan: + 10.2.0.0/16, for users alice, bob\n"
+        );
+        assert_eq!(
+            render("ns", &diff(&old, &old), true),
+            "### Portcullis policy changes in `ns`\n\nNo change to access.\n"
+        );
+    }
 }

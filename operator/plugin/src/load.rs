@@ -87,6 +87,19 @@ impl Doc {
         format!("{}:{}", self.file.display(), self.line + line)
     }
 
+    /// `file:line` of the first line below the document's first that mentions `name` as a
+    /// whole word (a value, not a part of one).
+    pub fn line_naming(&self, name: &str) -> Option<String> {
+        let word = |c: char| c.is_alphanumeric() || matches!(c, '-' | '_' | '.');
+        let (i, _) = self.text.lines().enumerate().skip(1).find(|(_, l)| {
+            l.match_indices(name).any(|(at, _)| {
+                !l[..at].chars().next_back().is_some_and(word)
+                    && !l[at + name.len()..].chars().next().is_some_and(word)
+            })
+        })?;
+        Some(format!("{}:{}", self.file.display(), self.line + i))
+    }
+
     /// `file:line` of the document.
     pub fn location(&self) -> String {
         format!("{}:{}", self.file.display(), self.line)
