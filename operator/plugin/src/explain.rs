@@ -109,7 +109,13 @@ pub fn explain(
         return Decision::deny(
             "listener",
             if names.is_empty() {
-                format!("the gateway has no {:?} listener", req.front)
+                format!(
+                    "the gateway has no {} listener",
+                    match req.front {
+                        Front::Sftp => "SFTP",
+                        Front::Ftps => "FTPS",
+                    }
+                )
             } else {
                 format!(
                     "{} is in no zone of listener(s) {}; the connection is closed before any byte is sent",
