@@ -10,7 +10,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 
-use crate::controller::apply::FIELD_MANAGER;
+use crate::shared::apply::FIELD_MANAGER;
 
 /// The annotation naming the operator version that applied a CRD.
 pub const APPLIED_BY: &str = "portcullis.dev/operator-version";

@@ -8,6 +8,8 @@ pub mod controller;
 pub mod crds;
 pub mod keyring;
 pub mod metrics;
+pub mod run;
+pub mod shared;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
@@ -79,4 +81,54 @@ fn image_pattern(s: &str) -> Result<String, String> {
         ));
     }
     Ok(s.to_owned())
+}
+
+#[cfg(test)]
+mod layering {
+    //! The drivers (`controller`: gateway and policy; `keyring`) never import each other, and
+    //! `shared` imports none of them: read off the sources, so a new import that breaks the
+    //! rule fails here.
+
+    use std::path::Path;
+
+    /// Every `.rs` file under `dir` with its text.
+    fn sources(dir: &str) -> Vec<(String, String)> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir);
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&root).expect("a source directory") {
+            let p = e.expect("an entry").path();
+            if p.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&p).expect("a source file");
+                out.push((p.display().to_string(), text));
+            }
+        }
+        assert!(!out.is_empty(), "{dir}");
+        out
+    }
+
+    fn imports(text: &str, module: &str) -> bool {
+        text.contains(&format!("crate::{module}")) || text.contains(&format!("crate::{{{module}"))
+    }
+
+    #[test]
+    fn drivers_do_not_import_each_other_and_shared_imports_no_driver() {
+        for (file, text) in sources("shared") {
+            for driver in ["controller", "keyring", "run"] {
+                assert!(!imports(&text, driver), "{file} imports {driver}");
+            }
+        }
+        for (file, text) in sources("keyring") {
+            assert!(
+                !imports(&text, "controller"),
+                "{file} imports the gateway driver"
+            );
+        }
+        for (file, text) in sources("controller") {
+            assert!(
+                !imports(&text, "keyring"),
+                "{file} imports the key ring driver"
+            );
+            assert!(!imports(&text, "run"), "{file} imports the runner");
+        }
+    }
 }

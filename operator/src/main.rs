@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use portcullis_operator::{RunArgs, controller};
+use portcullis_operator::{RunArgs, run};
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("a tokio runtime");
-            let result = rt.block_on(controller::run(args));
+            let result = rt.block_on(run::run(args));
             rt.shutdown_timeout(Duration::from_secs(5));
             match result {
                 Ok(()) => ExitCode::SUCCESS,

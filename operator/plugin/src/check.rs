@@ -292,8 +292,7 @@ fn check_namespace(
             .users
             .iter()
             .filter(|(_, u)| {
-                portcullis_operator::controller::dereference::user_secret_names(u)
-                    .any(|s| &s == secret)
+                portcullis_operator::shared::dereference::user_secret_names(u).any(|s| &s == secret)
             })
             .map(|(n, _)| ("TransferUser", n.as_str()))
             .chain(

@@ -16,9 +16,11 @@ use portcullis_api::{
     EndpointProtocol, KeyRing, KeyRingStatus, NetworkZone, TransferEndpoint, TransferGateway,
     TransferRole, TransferUser,
 };
-use portcullis_operator::{
-    controller::{dereference::World, status},
-    keyring::{self, ca, keys},
+use portcullis_operator::shared::{
+    ca,
+    dereference::World,
+    keyring_secret::{self as keyring, keys},
+    status,
 };
 use serde::de::DeserializeOwned;
 

@@ -38,7 +38,7 @@ use super::validate::{AUDIT_MOUNT, Bundle, CONFIG_MOUNT};
 pub const RESTART_ANNOTATION: &str = "portcullis.dev/config-hash";
 /// The hash of every file of the bundle, on its Secret: which bundle a pod should be running.
 pub const BUNDLE_HASH_ANNOTATION: &str = "portcullis.dev/bundle-hash";
-pub const MANAGED_BY: &str = "portcullis-operator";
+pub use crate::shared::{MANAGED_BY, config_secret_name};
 /// The non-root user the gateway runs as (distroless `nonroot`).
 pub const RUN_AS: i64 = 65532;
 /// How long a terminating pod keeps serving before SIGTERM (a `preStop` sleep): long enough
@@ -166,10 +166,6 @@ fn audit_volume(bundle: &Bundle) -> Option<Volume> {
         }),
         ..Default::default()
     })
-}
-
-pub fn config_secret_name(gw: &TransferGateway) -> String {
-    format!("{}-config", gw.name_any())
 }
 
 pub fn service_account_name(gw: &TransferGateway) -> String {

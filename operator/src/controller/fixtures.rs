@@ -7,7 +7,7 @@ use kube::ResourceExt;
 use portcullis_api::{KeyRing, TransferGateway};
 use serde::de::DeserializeOwned;
 
-use super::dereference::World;
+use crate::shared::dereference::World;
 
 pub const HOST_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl backend";
@@ -42,12 +42,12 @@ pub fn gateway(yaml_spec: &str) -> TransferGateway {
 /// A complete, valid namespace: zone `lan`, ready key ring `keys` (with host keys and a
 /// certificate), endpoint `backend`, role `ops`, user `alice`.
 pub fn world() -> World {
-    let endpoint_key = crate::keyring::ca::new_host_key(false).unwrap();
-    let ed = crate::keyring::ca::new_host_key(false).unwrap();
-    let ec = crate::keyring::ca::new_host_key(true).unwrap();
+    let endpoint_key = crate::shared::ca::new_host_key(false).unwrap();
+    let ed = crate::shared::ca::new_host_key(false).unwrap();
+    let ec = crate::shared::ca::new_host_key(true).unwrap();
     let now = time::OffsetDateTime::now_utc();
-    let ca = crate::keyring::ca::new_ca("t", now).unwrap();
-    let leaf = crate::keyring::ca::issue_leaf(
+    let ca = crate::shared::ca::new_ca("t", now).unwrap();
+    let leaf = crate::shared::ca::issue_leaf(
         &ca,
         "keys",
         &["gw.example".into()],
@@ -64,9 +64,9 @@ pub fn world() -> World {
         "apiVersion: portcullis.dev/v1alpha1\nkind: KeyRing\nmetadata: {name: keys}\nspec: {issuer: {type: selfSigned}}",
     );
     kr.status = Some(portcullis_api::KeyRingStatus {
-        conditions: super::status::merge(
+        conditions: crate::shared::status::merge(
             &[],
-            vec![super::status::Want {
+            vec![crate::shared::status::Want {
                 type_: portcullis_api::READY,
                 status: true,
                 reason: "Issued",

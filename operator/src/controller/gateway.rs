@@ -12,7 +12,8 @@ use kube::{
 use portcullis_api::{READY, TransferGateway, TransferGatewayStatus};
 use serde_json::json;
 
-use super::{Context, Error, apply::apply, build, rollout::rollout_all, served, status, validate};
+use super::{build, rollout::rollout_all, served, validate};
+use crate::shared::{Context, Error, apply::apply, status};
 
 pub async fn reconcile(gw: Arc<TransferGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -195,7 +196,9 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
             Ok(bundle) => status::audit_keys(
                 &old.audit_keys,
                 bundle.audit_key.as_ref(),
-                &crate::keyring::rfc3339(time::OffsetDateTime::now_utc().unix_timestamp()),
+                &crate::shared::keyring_secret::rfc3339(
+                    time::OffsetDateTime::now_utc().unix_timestamp(),
+                ),
             ),
             Err(_) => old.audit_keys.clone(),
         },

@@ -19,11 +19,12 @@ use portcullis_api::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
-use super::{
+use super::validate;
+use crate::shared::{
     Context, Error,
     cache::{Caches, Shared},
     dereference::{self, World},
-    status, validate,
+    status,
 };
 
 /// A policy kind: its name in metrics and how to find its problems.
@@ -180,7 +181,7 @@ pub fn controller<K: PolicyKind>(
     shared: &Shared<K>,
     caches: &Caches,
     ctx: Arc<Context>,
-    stopped: impl Fn() -> super::Stop,
+    stopped: impl Fn() -> crate::shared::Stop,
 ) -> BoxFuture<'static, ()> {
     let s = shared.store();
     Controller::for_stream(shared.subscribe(), s.clone())
@@ -203,11 +204,11 @@ pub fn controller<K: PolicyKind>(
             caches
                 .secrets
                 .subscribe()
-                .try_filter(|s| ready(super::foreign(s))),
+                .try_filter(|s| ready(crate::shared::foreign(s))),
             dependents(s.clone(), Dep::Secret),
         )
         .graceful_shutdown_on(stopped())
-        .run(reconcile::<K>, super::error_policy, ctx)
+        .run(reconcile::<K>, crate::shared::error_policy, ctx)
         .for_each(|_| ready(()))
         .boxed()
 }

@@ -15,7 +15,8 @@ use kube::{Api, ResourceExt, api::ListParams};
 use portcullis_api::TransferGateway;
 use serde::Deserialize;
 
-use super::{Context, Error, build};
+use super::build;
+use crate::shared::{Context, Error};
 
 /// How long one pod's admin port may take to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);

@@ -12,11 +12,9 @@ use portcullis_config as config;
 use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 
-use super::{
-    build,
-    dereference::{SecretLookup, World},
-};
-use crate::keyring::keys as kr_keys;
+use super::build;
+use crate::shared::dereference::{SecretLookup, World};
+use crate::shared::keyring_secret::keys as kr_keys;
 
 /// Why a gateway (or a policy object) is not usable. The variant name is the status reason,
 /// the Event reason and the metric label.
@@ -547,8 +545,8 @@ fn audit_signing_key(
     gw: &TransferGateway,
     kr: &KeyRing,
     world: &World,
-) -> Result<(String, AuditKey), crate::keyring::ca::CaError> {
-    use crate::keyring::ca;
+) -> Result<(String, AuditKey), crate::shared::ca::CaError> {
+    use crate::shared::ca;
     let lifetime = kr
         .spec
         .audit_key_rotation
@@ -584,7 +582,7 @@ fn audit_signing_key(
     let key = AuditKey {
         key_id,
         public_key,
-        created_at: crate::keyring::rfc3339(created),
+        created_at: crate::shared::keyring_secret::rfc3339(created),
         retired_at: None,
     };
     Ok((pem, key))
@@ -711,9 +709,11 @@ fn check_key_ring<'w>(
         ));
         return None;
     };
-    if !super::status::is_ready(kr.status.as_ref().map(|s| s.conditions.as_slice())) {
-        let why = super::status::ready_message(kr.status.as_ref().map(|s| s.conditions.as_slice()))
-            .unwrap_or_else(|| "it has not been issued yet".to_owned());
+    if !crate::shared::status::is_ready(kr.status.as_ref().map(|s| s.conditions.as_slice())) {
+        let why = crate::shared::status::ready_message(
+            kr.status.as_ref().map(|s| s.conditions.as_slice()),
+        )
+        .unwrap_or_else(|| "it has not been issued yet".to_owned());
         problems.push(Problem::new(
             Reason::KeyRingNotReady,
             format!("{who} names key ring {name}, which is not ready: {why}"),
@@ -1269,7 +1269,10 @@ mod tests {
         ));
         let first = compile(&gw, &w).unwrap();
         let k1 = first.audit_key.clone().unwrap();
-        assert_eq!(k1.created_at, crate::keyring::rfc3339(100 * day));
+        assert_eq!(
+            k1.created_at,
+            crate::shared::keyring_secret::rfc3339(100 * day)
+        );
         // Not yet applied: every compile would make another, so nothing is kept by chance.
         let w = as_applied(w, &gw, &first);
         gw.status = Some(portcullis_api::TransferGatewayStatus {
@@ -1291,7 +1294,10 @@ mod tests {
         let rotated = compile(&gw, &later).unwrap();
         let k2 = rotated.audit_key.unwrap();
         assert_ne!(k2.key_id, k1.key_id);
-        assert_eq!(k2.created_at, crate::keyring::rfc3339(130 * day));
+        assert_eq!(
+            k2.created_at,
+            crate::shared::keyring_secret::rfc3339(130 * day)
+        );
         assert_ne!(rotated.restart_hash, first.restart_hash);
         // Without auditKeyRotation, a key is never too old.
         let mut forever = later.clone();
@@ -1315,7 +1321,7 @@ mod tests {
         let unknown = compile(&gw, &later).unwrap().audit_key.unwrap();
         assert_eq!(
             (unknown.key_id, unknown.created_at),
-            (k1.key_id, crate::keyring::rfc3339(130 * day))
+            (k1.key_id, crate::shared::keyring_secret::rfc3339(130 * day))
         );
     }
 
@@ -1351,7 +1357,7 @@ mod tests {
         config::validate(&b.config).expect("the contract's own checks pass");
         // The gateway's own key, made for it: the key ring's Secret holds none.
         let key = std::str::from_utf8(&b.files[AUDIT_SIGNING_KEY]).unwrap();
-        let (public, id) = crate::keyring::ca::audit_key_facts(key).unwrap();
+        let (public, id) = crate::shared::ca::audit_key_facts(key).unwrap();
         let published = b.audit_key.as_ref().unwrap();
         assert_eq!((&published.public_key, &published.key_id), (&public, &id));
         assert!(

@@ -23,47 +23,19 @@ use portcullis_api::{
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::controller::{Context, Error, apply::apply, build::MANAGED_BY, status};
-
-pub mod ca;
-
-/// Keys of the key ring Secret besides `tls.crt`, `tls.key` and `ca.crt`.
-pub mod keys {
-    pub const SSH_ED25519: &str = "ssh_host_ed25519_key";
-    pub const SSH_ECDSA: &str = "ssh_host_ecdsa_key";
-    pub const CLIENT_CAS: &str = "client-cas.crt";
-    pub const BACKEND_CAS: &str = "backend-cas.crt";
-}
+use crate::shared::{
+    Context, Error, MANAGED_BY,
+    apply::apply,
+    ca,
+    keyring_secret::{keys, rfc3339, secret_name},
+    status,
+};
 
 /// The annotation recording what the leaf was issued for, so a spec change re-issues.
 const ISSUED_FOR: &str = "portcullis.dev/issued-for";
 
-pub fn secret_name(kr: &KeyRing) -> String {
-    format!("{}-keyring", kr.name_any())
-}
-
 fn ca_secret_name(kr: &KeyRing) -> String {
     format!("{}-ca", kr.name_any())
-}
-
-/// Whether key ring `kr` reads Secret `name` (its issuer or a trusted CA).
-/// The KeyRing a Secret the operator made for one belongs to (by its instance label), owner
-/// reference or not.
-pub fn keyring_of(meta: &ObjectMeta) -> Option<String> {
-    let labels = meta.labels.as_ref()?;
-    (labels.get("app.kubernetes.io/name")? == "portcullis-keyring")
-        .then(|| labels.get("app.kubernetes.io/instance").cloned())
-        .flatten()
-}
-
-pub fn uses_secret(kr: &KeyRing, name: &str) -> bool {
-    kr.spec.issuer.secret_name.as_deref() == Some(name)
-        || kr
-            .spec
-            .client_cas
-            .iter()
-            .chain(&kr.spec.backend_cas)
-            .any(|r| r.name == name)
 }
 
 fn owned_meta(kr: &KeyRing, name: String) -> ObjectMeta {
@@ -569,16 +541,6 @@ fn publish_audit_keys<'a>(
     let current = keys.iter().filter(|k| k.retired_at.is_none()).count();
     keys.truncate(current + RETIRED_AUDIT_KEYS);
     keys
-}
-
-pub fn rfc3339(unix: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
