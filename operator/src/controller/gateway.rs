@@ -13,14 +13,14 @@ use portcullis_api::{READY, TransferGateway, TransferGatewayStatus};
 use serde_json::json;
 
 use super::{build, rollout::rollout_all, served, validate};
-use crate::shared::{Context, Error, apply::apply, status};
+use crate::shared::{Context, Error, Step, apply::apply, status};
 
 pub async fn reconcile(gw: Arc<TransferGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&gw, &ctx).await;
     ctx.observe("transfergateway", started);
     if let Err(e) = &result {
-        ctx.count_error("transfergateway", e.category());
+        ctx.count_error("transfergateway", e.step, e.category());
     }
     result
 }
@@ -38,7 +38,7 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
         .caches
         .with_secrets(&ctx.client, &ns, world, names)
         .await
-        .map_err(Error::Kube)?;
+        .map_err(Error::kube(Step::Dereference))?;
     // 2. validate (and compile); an image the installer did not allow is refused like any
     // other problem, so nothing is applied and the last good Deployment stays.
     let compiled = match (
@@ -75,7 +75,7 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
         }
         Err(problems) => {
             for p in problems {
-                ctx.count_error("transfergateway", p.reason.as_str());
+                ctx.count_error("transfergateway", Step::Validate, p.reason.as_str());
             }
             let old = gw.status.as_ref();
             (
@@ -93,7 +93,7 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
             build::MANAGED_BY
         )))
         .await
-        .map_err(Error::Kube)?
+        .map_err(Error::kube(Step::Rollout))?
         .items
         .into_iter()
         .filter(|d| {
@@ -118,7 +118,7 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
             deployments
                 .delete(&d.name_any(), &DeleteParams::foreground())
                 .await
-                .map_err(Error::Kube)?;
+                .map_err(Error::kube(Step::Rollout))?;
             ctx.count_write("Deployment");
         }
     }
@@ -211,7 +211,7 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
             &Patch::Merge(json!({ "status": status::merge_patch(&old, &new)? })),
         )
         .await
-        .map_err(Error::Kube)?;
+        .map_err(Error::kube(Step::Status))?;
         ctx.count_write("TransferGateway/status");
         if status::ready_changed(&old.conditions, &new.conditions) {
             // A warning only when a person must act; pods starting is news, not a problem.

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::validate;
 use crate::shared::{
-    Context, Error,
+    Context, Error, Step,
     cache::{Caches, Shared},
     dereference::{self, World},
     status,
@@ -226,7 +226,7 @@ async fn reconcile<K: PolicyKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
                 obj.secret_names().into_iter().collect(),
             )
             .await
-            .map_err(Error::Kube)?;
+            .map_err(Error::kube(Step::Dereference))?;
         let problems = obj.problems(&world);
         let (ok, reason, message) = match problems.first() {
             None => (
@@ -248,7 +248,7 @@ async fn reconcile<K: PolicyKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
             ),
         };
         for p in &problems {
-            ctx.count_error(K::CONTROLLER, p.reason.as_str());
+            ctx.count_error(K::CONTROLLER, Step::Validate, p.reason.as_str());
         }
         let old = obj.common_status().cloned().unwrap_or_default();
         let generation = obj.meta().generation;
@@ -273,7 +273,7 @@ async fn reconcile<K: PolicyKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
                 &Patch::Merge(json!({ "status": new })),
             )
             .await
-            .map_err(Error::Kube)?;
+            .map_err(Error::kube(Step::Status))?;
             ctx.count_write(&format!("{}/status", K::kind(&())));
             if status::ready_changed(&old.conditions, &new.conditions) && !ok {
                 ctx.event(obj.as_ref(), true, reason, message).await;
@@ -284,7 +284,7 @@ async fn reconcile<K: PolicyKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
     .await;
     ctx.observe(K::CONTROLLER, started);
     if let Err(e) = &result {
-        ctx.count_error(K::CONTROLLER, e.category());
+        ctx.count_error(K::CONTROLLER, e.step, e.category());
     }
     result
 }

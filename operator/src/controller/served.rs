@@ -16,7 +16,7 @@ use portcullis_api::TransferGateway;
 use serde::Deserialize;
 
 use super::build;
-use crate::shared::{Context, Error};
+use crate::shared::{Context, Error, Step};
 
 /// How long one pod's admin port may take to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -110,7 +110,7 @@ pub async fn ask(ctx: &Context, gw: &TransferGateway, ns: &str) -> Result<Vec<Re
     let list = pods
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(Error::Kube)?;
+        .map_err(Error::kube(Step::Rollout))?;
     let ready = list.items.into_iter().filter(|p| {
         p.metadata.deletion_timestamp.is_none()
             && p.status

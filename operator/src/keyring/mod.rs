@@ -24,7 +24,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::shared::{
-    Context, Error, MANAGED_BY,
+    Context, Error, MANAGED_BY, Step,
     apply::apply,
     ca,
     keyring_secret::{keys, rfc3339, secret_name},
@@ -75,7 +75,7 @@ pub async fn reconcile(kr: Arc<KeyRing>, ctx: Arc<Context>) -> Result<Action, Er
     let result = reconcile_inner(&kr, &ctx).await;
     ctx.observe("keyring", started);
     if let Err(e) = &result {
-        ctx.count_error("keyring", e.category());
+        ctx.count_error("keyring", e.step, e.category());
     }
     result
 }
@@ -86,7 +86,7 @@ async fn reconcile_inner(kr: &KeyRing, ctx: &Context) -> Result<Action, Error> {
     let current = secrets
         .get_opt(&secret_name(kr))
         .await
-        .map_err(Error::Kube)?;
+        .map_err(Error::kube(Step::Dereference))?;
     let current = current.as_ref();
     let now = OffsetDateTime::now_utc();
     let spec = &kr.spec;
@@ -161,7 +161,7 @@ async fn reconcile_inner(kr: &KeyRing, ctx: &Context) -> Result<Action, Error> {
             )
         }
         Err(nr) => {
-            ctx.count_error("keyring", nr.reason);
+            ctx.count_error("keyring", Step::Validate, nr.reason);
             requeue = Duration::from_secs(30);
             (false, nr.reason, nr.message)
         }
@@ -204,7 +204,7 @@ async fn reconcile_inner(kr: &KeyRing, ctx: &Context) -> Result<Action, Error> {
             &Patch::Merge(json!({ "status": status::merge_patch(&old, &new)? })),
         )
         .await
-        .map_err(Error::Kube)?;
+        .map_err(Error::kube(Step::Status))?;
         if !ok && status::ready_changed(&old.conditions, &new.conditions) {
             ctx.event(kr, true, reason, message).await;
         }
@@ -254,7 +254,10 @@ async fn tls_pair(
     secrets: &Api<Secret>,
     name: &str,
 ) -> Result<Result<(ca::Pair, Option<String>), NotReady>, Error> {
-    let src = secrets.get_opt(name).await.map_err(Error::Kube)?;
+    let src = secrets
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(Step::Dereference))?;
     let (Some(cert_pem), Some(key_pem)) =
         (text(src.as_ref(), "tls.crt"), text(src.as_ref(), "tls.key"))
     else {
@@ -308,7 +311,10 @@ async fn gather(
     ] {
         let mut bundle = String::new();
         for r in list {
-            let s = secrets.get_opt(&r.name).await.map_err(Error::Kube)?;
+            let s = secrets
+                .get_opt(&r.name)
+                .await
+                .map_err(Error::kube(Step::Dereference))?;
             let Some(pem) = text(s.as_ref(), &r.key) else {
                 return Ok(Err(not_ready(
                     "SecretNotFound",
@@ -361,7 +367,10 @@ async fn gather(
         },
         IssuerType::SelfSigned => {
             let name = ca_secret_name(kr);
-            let existing = secrets.get_opt(&name).await.map_err(Error::Kube)?;
+            let existing = secrets
+                .get_opt(&name)
+                .await
+                .map_err(Error::kube(Step::Dereference))?;
             match (
                 text(existing.as_ref(), "tls.crt"),
                 text(existing.as_ref(), "tls.key"),

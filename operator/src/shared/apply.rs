@@ -14,7 +14,7 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use super::{Context, Error};
+use super::{Context, Error, Step};
 
 pub const FIELD_MANAGER: &str = "portcullis-operator";
 
@@ -35,9 +35,9 @@ where
     let ns = desired.namespace().unwrap_or_default();
     let name = desired.name_any();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    let want = with_digest(serde_json::to_value(desired).map_err(Error::Serialize)?);
-    if let Some(live) = api.get_opt(&name).await.map_err(Error::Kube)? {
-        let live = serde_json::to_value(&live).map_err(Error::Serialize)?;
+    let want = with_digest(serde_json::to_value(desired).map_err(Error::serialize(Step::Apply))?);
+    if let Some(live) = api.get_opt(&name).await.map_err(Error::kube(Step::Apply))? {
+        let live = serde_json::to_value(&live).map_err(Error::serialize(Step::Apply))?;
         if contains(&live, &want) {
             return Ok(false);
         }
@@ -48,7 +48,7 @@ where
         &Patch::Apply(&want),
     )
     .await
-    .map_err(Error::Kube)?;
+    .map_err(Error::kube(Step::Apply))?;
     ctx.metrics
         .writes
         .get_or_create(&vec![(

@@ -54,27 +54,100 @@ pub struct Context {
     pub recorder: Recorder,
 }
 
-/// A reconcile failure: the API or our own serialization. Invalid objects are not errors;
-/// their status says why.
+/// The step of a reconcile. Dereference, validate and build are pure over the snapshot, and an
+/// invalid object is not an error (its status says why, counted under `validate`); the steps
+/// that talk to the API, or make keys, can fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Reading the Secrets a reconcile needs.
+    Dereference,
+    /// Checking and compiling (problems only, never an [`Error`]).
+    Validate,
+    /// Making or renewing key material (the key ring's CA and leaf).
+    Issue,
+    /// Server-side applying what was built.
+    Apply,
+    /// Following the rollout: the owned Deployments, the pods' served config.
+    Rollout,
+    /// Writing the object's status.
+    Status,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Dereference => "dereference",
+            Step::Validate => "validate",
+            Step::Issue => "issue",
+            Step::Apply => "apply",
+            Step::Rollout => "rollout",
+            Step::Status => "status",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What went wrong in a step: the API, our own serialization, or key material.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum Cause {
     #[error("Kubernetes API: {0}")]
     Kube(#[source] kube::Error),
     #[error("serializing an object: {0}")]
     Serialize(#[source] serde_json::Error),
-    #[error("key ring: {0}")]
-    KeyRing(#[from] crate::shared::ca::CaError),
+    #[error("key material: {0}")]
+    KeyRing(#[source] crate::shared::ca::CaError),
+}
+
+/// A reconcile failure, with the step it happened in. Invalid objects are not errors; their
+/// status says why.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {cause}")]
+pub struct Error {
+    pub step: Step,
+    #[source]
+    pub cause: Cause,
 }
 
 impl Error {
-    /// The metric label.
+    /// For `map_err`: an API error in `step`.
+    pub fn kube(step: Step) -> impl FnOnce(kube::Error) -> Error {
+        move |e| Error {
+            step,
+            cause: Cause::Kube(e),
+        }
+    }
+
+    /// For `map_err`: a serialization error in `step`.
+    pub fn serialize(step: Step) -> impl FnOnce(serde_json::Error) -> Error {
+        move |e| Error {
+            step,
+            cause: Cause::Serialize(e),
+        }
+    }
+
+    /// The metric label and log field, besides the step.
     pub fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "Conflict",
-            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "Forbidden",
-            Error::Kube(_) => "ApiError",
-            Error::Serialize(_) => "Serialize",
-            Error::KeyRing(_) => "KeyRing",
+        match &self.cause {
+            Cause::Kube(kube::Error::Api(s)) if s.code == 409 => "Conflict",
+            Cause::Kube(kube::Error::Api(s)) if s.code == 403 => "Forbidden",
+            Cause::Kube(_) => "ApiError",
+            Cause::Serialize(_) => "Serialize",
+            Cause::KeyRing(_) => "KeyRing",
+        }
+    }
+}
+
+/// Key material is made in the issue step.
+impl From<crate::shared::ca::CaError> for Error {
+    fn from(e: crate::shared::ca::CaError) -> Error {
+        Error {
+            step: Step::Issue,
+            cause: Cause::KeyRing(e),
         }
     }
 }
@@ -122,11 +195,12 @@ impl Context {
             .inc();
     }
 
-    pub fn count_error(&self, controller: &'static str, category: &str) {
+    pub fn count_error(&self, controller: &'static str, step: Step, category: &str) {
         self.metrics
             .errors
             .get_or_create(&vec![
                 ("controller", controller.to_owned()),
+                ("step", step.as_str().to_owned()),
                 ("category", category.to_owned()),
             ])
             .inc();
@@ -134,8 +208,18 @@ impl Context {
 }
 
 /// Requeue with a short backoff after a failure.
-pub fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %err, category = err.category(), "reconcile failed; retrying");
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    err: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(
+        object = %ObjectRef::from_obj(obj.as_ref()),
+        step = %err.step,
+        category = err.category(),
+        error = %err.cause,
+        "reconcile failed; retrying"
+    );
     Action::requeue(Duration::from_secs(5))
 }
 
@@ -166,4 +250,21 @@ pub fn foreign(s: &PartialObjectMeta<Secret>) -> bool {
         .get("app.kubernetes.io/managed-by")
         .map(String::as_str)
         != Some(MANAGED_BY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_names_its_step_and_category() {
+        let e = Error::serialize(Step::Status)(serde_json::from_str::<u8>("x").unwrap_err());
+        assert_eq!((e.step, e.category()), (Step::Status, "Serialize"));
+        assert!(
+            e.to_string().starts_with("status: serializing an object: "),
+            "{e}"
+        );
+        let e: Error = crate::shared::ca::CaError::KeyMismatch.into();
+        assert_eq!((e.step, e.category()), (Step::Issue, "KeyRing"));
+    }
 }

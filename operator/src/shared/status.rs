@@ -95,7 +95,8 @@ pub fn ready_changed(old: &[Condition], new: &[Condition]) -> bool {
 /// The JSON merge patch that takes a status from `old` to `new`. Fields `new` leaves out are
 /// set to `null`, which removes them: a merge patch of `new` alone would keep them.
 pub fn merge_patch<T: Serialize>(old: &T, new: &T) -> Result<Value, super::Error> {
-    let to_value = |v: &T| serde_json::to_value(v).map_err(super::Error::Serialize);
+    let to_value =
+        |v: &T| serde_json::to_value(v).map_err(super::Error::serialize(super::Step::Status));
     let mut patch = to_value(new)?;
     if let (Value::Object(old), Value::Object(patch)) = (to_value(old)?, &mut patch) {
         for key in old.keys() {
