@@ -229,6 +229,7 @@ pub struct Endpoint {
 }
 
 /// How an upload that replaces a file's content lands on the endpoint.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum UploadMode {
@@ -256,6 +257,7 @@ pub enum EndpointBackend {
 }
 
 /// How the gateway protects its connection to an FTP backend.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FtpSecurity {
     /// `AUTH TLS` on the control connection, `PBSZ 0`/`PROT P` for data.
@@ -417,6 +419,7 @@ pub struct Mount {
 }
 
 /// An operation class that a mount can allow.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verb {
@@ -754,6 +757,7 @@ impl HttpsUrl {
 }
 
 /// What the file sink does when its spool (`maxBytes`) is full.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum AuditWhenFull {
@@ -768,6 +772,7 @@ pub enum AuditWhenFull {
 /// When the audit file is forced to disk (`fsync`). A record that reports an outcome to a
 /// client (a login, a request's result, a denial, a transfer's end) is written, and with
 /// `batch` or `record` made durable, before the client is told.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuditFsync {
@@ -830,6 +835,7 @@ impl Default for AuditSettings {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DataOpsAudit {

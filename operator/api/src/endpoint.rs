@@ -4,6 +4,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use portcullis_config::{FtpSecurity, UploadMode};
+
 use crate::CommonStatus;
 
 /// A backend SFTP or FTPS server. The gateway reaches it over an encrypted channel only, proves
@@ -80,17 +82,6 @@ pub struct TransferEndpointSpec {
     pub upload_mode: UploadMode,
 }
 
-/// How uploads land on an endpoint.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum UploadMode {
-    /// Temporary name, renamed into place on success, removed on failure.
-    #[default]
-    Atomic,
-    /// In place under the real name.
-    Direct,
-}
-
 fn default_connect_timeout() -> u32 {
     10
 }
@@ -137,19 +128,6 @@ pub struct FtpsEndpointSpec {
     /// gateway may reach the backend on any port from 1024 up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_ports: Option<crate::PassivePorts>,
-}
-
-/// How TLS starts toward an FTP backend.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum FtpSecurity {
-    /// `AUTH TLS` on the control connection.
-    #[default]
-    Explicit,
-    /// TLS from the first byte.
-    Implicit,
-    /// No TLS: refused unless `allowPlaintext`.
-    Plaintext,
 }
 
 /// One backend address.

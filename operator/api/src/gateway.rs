@@ -9,6 +9,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Condition,
 };
 use kube::{CustomResource, KubeSchema};
+pub use portcullis_config::{AuditFsync, AuditWhenFull, DataOpsAudit};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -535,34 +536,6 @@ pub struct AuditFileSpec {
     /// `batch` (default), `record` or `none`: when the file is forced to disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsync: Option<AuditFsync>,
-}
-
-/// What the file sink does when its spool is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum AuditWhenFull {
-    Refuse,
-    DeleteOldest,
-}
-
-/// When the audit file is forced to disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum AuditFsync {
-    Batch,
-    Record,
-    None,
-}
-
-/// How much of the data traffic is audited.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum DataOpsAudit {
-    /// Start and end of each transfer.
-    #[default]
-    Summary,
-    /// Every request as well.
-    Each,
 }
 
 /// What the operator observed and built.

@@ -1,8 +1,9 @@
 //! `TransferUser` and `TransferRole`: who may log in, and what each role may do where.
 
 use kube::{CustomResource, KubeSchema};
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub use portcullis_config::Verb;
 
 use crate::{CommonStatus, SecretKeyRef};
 
@@ -166,34 +167,4 @@ fn umask() -> String {
 
 fn root() -> String {
     "/".to_owned()
-}
-
-/// An operation class a mount can allow.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Verb {
-    /// List directories and read attributes.
-    List,
-    /// Download file contents.
-    Read,
-    /// Create, overwrite or append to files.
-    Write,
-    /// Remove files.
-    Delete,
-    /// Create directories.
-    Mkdir,
-    /// Remove directories.
-    Rmdir,
-    /// Rename or move within the mount's endpoint.
-    Rename,
-    /// Change attributes: mode (SFTP SETSTAT, FTP `SITE CHMOD`) and times (SETSTAT, `MFMT`).
-    Setattr,
-    /// Send the allow-listed FTP `SITE` subcommands (`siteCommands`) to an FTPS endpoint.
-    Site,
-    /// Make hard links (SFTP `hardlink@openssh.com`); needed on both names, which must be on
-    /// one endpoint. A hard link is a second name for the same bytes, so grant it only where
-    /// both names may share them.
-    Link,
 }

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 use portcullis_api::{
-    AuditKey, ClientCertificateMode, EndpointProtocol, FtpSecurity, KeyRing, ListenerProtocol,
-    TransferGateway, TransferRole, TransferUser, UploadMode, Verb,
+    AuditKey, ClientCertificateMode, EndpointProtocol, KeyRing, ListenerProtocol, TransferGateway,
+    TransferRole, TransferUser,
 };
 use portcullis_config as config;
 use sha2::{Digest, Sha256};
@@ -305,7 +305,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
                         path: m.path.clone(),
                         endpoint: m.endpoint.clone(),
                         backend_path: m.backend_path.clone(),
-                        verbs: m.verbs.iter().map(|v| verb(*v)).collect(),
+                        verbs: m.verbs.iter().copied().collect(),
                         site_commands: m.site_commands.clone(),
                         umask: m.umask.clone(),
                         // The schema keeps it at 1 or more; below that it fails closed.
@@ -343,7 +343,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
                     }
                     endpoints.push(config::Endpoint {
                         name: name.clone(),
-                        upload_mode: upload_mode(e.upload_mode),
+                        upload_mode: e.upload_mode,
                         backend,
                     });
                 }
@@ -366,7 +366,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
         }
         endpoints.push(config::Endpoint {
             name: name.clone(),
-            upload_mode: upload_mode(e.upload_mode),
+            upload_mode: e.upload_mode,
             backend: config::EndpointBackend::Sftp(config::SftpEndpoint {
                 addresses: e
                     .addresses
@@ -599,7 +599,6 @@ fn audit_settings(
     audit_key: &mut Option<AuditKey>,
     problems: &mut Vec<Problem>,
 ) -> config::AuditSettings {
-    use portcullis_api::{AuditFsync, AuditWhenFull, DataOpsAudit};
     let collector = gw.spec.audit.collector.as_ref().and_then(|c| {
         let Some(url) = config::HttpsUrl::parse(&c.url) else {
             problems.push(Problem::new(
@@ -671,26 +670,16 @@ fn audit_settings(
     config::AuditSettings {
         stdout: a.stdout.unwrap_or(true),
         file: f.map(|_| AUDIT_FILE.to_owned()),
-        data_ops: match a.data_ops {
-            DataOpsAudit::Summary => config::DataOpsAudit::Summary,
-            DataOpsAudit::Each => config::DataOpsAudit::Each,
-        },
+        data_ops: a.data_ops,
         signing_key_file,
         checkpoint_seconds: a
             .checkpoint_seconds
             .map_or(defaults.checkpoint_seconds, |s| s.max(1) as u64),
-        fsync: match f.and_then(|f| f.fsync) {
-            None | Some(AuditFsync::Batch) => config::AuditFsync::Batch,
-            Some(AuditFsync::Record) => config::AuditFsync::Record,
-            Some(AuditFsync::None) => config::AuditFsync::None,
-        },
+        fsync: f.and_then(|f| f.fsync).unwrap_or_default(),
         rotate_bytes: u64_of(f.and_then(|f| f.rotate_bytes)),
         rotate_seconds: u64_of(f.and_then(|f| f.rotate_seconds)),
         max_bytes: u64_of(f.and_then(|f| f.max_bytes)),
-        when_full: f.and_then(|f| f.when_full).map(|w| match w {
-            AuditWhenFull::Refuse => config::AuditWhenFull::Refuse,
-            AuditWhenFull::DeleteOldest => config::AuditWhenFull::DeleteOldest,
-        }),
+        when_full: f.and_then(|f| f.when_full),
         fail_closed: f.and_then(|f| f.fail_closed),
         collector,
     }
@@ -970,13 +959,6 @@ fn listener_ftps(l: &portcullis_api::ListenerSpec) -> config::Listener {
     }
 }
 
-fn upload_mode(m: UploadMode) -> config::UploadMode {
-    match m {
-        UploadMode::Atomic => config::UploadMode::Atomic,
-        UploadMode::Direct => config::UploadMode::Direct,
-    }
-}
-
 /// An FTPS endpoint: its password into the bundle, and its key ring's backend CAs (and,
 /// when asked, its certificate as the client certificate).
 fn ftps_endpoint(
@@ -1035,11 +1017,7 @@ fn ftps_endpoint(
             .iter()
             .map(|a| host_port(&a.host, a.port))
             .collect(),
-        security: match f.security {
-            FtpSecurity::Explicit => config::FtpSecurity::Explicit,
-            FtpSecurity::Implicit => config::FtpSecurity::Implicit,
-            FtpSecurity::Plaintext => config::FtpSecurity::Plaintext,
-        },
+        security: f.security,
         ca_file,
         server_name: f.server_name.clone(),
         client_certificate_file: cert,
@@ -1067,21 +1045,6 @@ fn host_port(host: &str, port: i32) -> String {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
-    }
-}
-
-fn verb(v: Verb) -> config::Verb {
-    match v {
-        Verb::List => config::Verb::List,
-        Verb::Read => config::Verb::Read,
-        Verb::Write => config::Verb::Write,
-        Verb::Delete => config::Verb::Delete,
-        Verb::Mkdir => config::Verb::Mkdir,
-        Verb::Rmdir => config::Verb::Rmdir,
-        Verb::Rename => config::Verb::Rename,
-        Verb::Setattr => config::Verb::Setattr,
-        Verb::Site => config::Verb::Site,
-        Verb::Link => config::Verb::Link,
     }
 }
 
@@ -1580,7 +1543,7 @@ mod tests {
         let mut w2 = world();
         w2.roles.get_mut("ops").unwrap().spec.mounts[0]
             .verbs
-            .push(Verb::Read);
+            .push(portcullis_api::Verb::Read);
         let role_change = compile(&gateway(SFTP_GATEWAY), &w2).unwrap();
         assert_ne!(base.files["config.yaml"], role_change.files["config.yaml"]);
         assert_ne!(base.hash, role_change.hash);
