@@ -232,6 +232,17 @@ spec:
 """
 
 
+# One gateway per kind of schema error (NAME is replaced by the case's name).
+BAD_GATEWAYS = {
+    "typo": GATEWAY.replace("  listeners:", "  listners:"),
+    "type": GATEWAY.replace("spec:\n", "spec:\n  replicas: two\n"),
+    "enum": GATEWAY.replace("protocol: sftp", "protocol: ftp"),
+    "range": GATEWAY.replace("port: 2222", "port: 70000"),
+    "top": GATEWAY + "specs: {}\n",
+    "version": GATEWAY.replace("v1alpha1", "v1alpha2"),
+}
+
+
 def test_kubeconform_checks_our_kinds_with_the_json_schemas(cluster, kubeconform):
     """What a user's CI gets from crds/schemas/ with kubeconform, offline: the examples and both
     overlays are valid (kubeconform reports valid resources too, so nothing is skipped), and
@@ -240,15 +251,7 @@ def test_kubeconform_checks_our_kinds_with_the_json_schemas(cluster, kubeconform
     for text in [examples] + [cluster.kubectl("kustomize", str(GITOPS / "overlays" / o)).stdout for o in OVERLAYS]:
         result = conform(kubeconform, text)
         assert result and all(errors == [] for errors in result.values()), result
-    bad = {
-        "typo": GATEWAY.replace("  listeners:", "  listners:"),
-        "type": GATEWAY.replace("spec:\n", "spec:\n  replicas: two\n"),
-        "enum": GATEWAY.replace("protocol: sftp", "protocol: ftp"),
-        "range": GATEWAY.replace("port: 2222", "port: 70000"),
-        "top": GATEWAY + "specs: {}\n",
-        "version": GATEWAY.replace("v1alpha1", "v1alpha2"),
-    }
-    result = conform(kubeconform, "---\n".join(t.replace("NAME", n) for n, t in bad.items()))
+    result = conform(kubeconform, "---\n".join(t.replace("NAME", n) for n, t in BAD_GATEWAYS.items()))
     assert ("/spec", "additional properties 'listners' not allowed") in result["typo"], result
     assert result["type"] == [("/spec/replicas", "got string, want integer")], result
     assert [p for p, _ in result["enum"]] == ["/spec/listeners/0/protocol"], result
@@ -376,15 +379,7 @@ def test_policy_check_admits_what_the_apiserver_admits(cluster):
     test uses, the plugin reports a Schema error exactly when a server-side dry run is refused."""
     ns = cluster.namespace("plugin-vs-apiserver")
     cases = {p.name: p.read_text() for p in sorted(FIXTURES.glob("**/*.yaml"))}
-    bad = {
-        "typo": GATEWAY.replace("  listeners:", "  listners:"),
-        "type": GATEWAY.replace("spec:\n", "spec:\n  replicas: two\n"),
-        "enum": GATEWAY.replace("protocol: sftp", "protocol: ftp"),
-        "range": GATEWAY.replace("port: 2222", "port: 70000"),
-        "top": GATEWAY + "specs: {}\n",
-        "version": GATEWAY.replace("v1alpha1", "v1alpha2"),
-        "suffix": GATEWAY.replace("NAME", "gw-r1"),
-    }
+    bad = {**BAD_GATEWAYS, "suffix": GATEWAY.replace("NAME", "gw-r1")}
     cases.update({f"gateway-{k}": v.replace("NAME", "gw") for k, v in bad.items()})
     verdicts = []
     for name, text in cases.items():

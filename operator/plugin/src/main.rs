@@ -69,14 +69,8 @@ enum PolicyCommand {
     /// denies, with the endpoint and backend path the request maps to. Exits 0 on allow, 3 on
     /// deny.
     Explain {
-        #[arg(short = 'f', long = "filename", required = true)]
-        files: Vec<PathBuf>,
-        /// The namespace (default: the only one the files have, else `default`).
-        #[arg(short, long)]
-        namespace: Option<String>,
-        /// The gateway (needed when the namespace has more than one).
-        #[arg(long)]
-        gateway: Option<String>,
+        #[command(flatten)]
+        target: Target,
         /// The login name.
         #[arg(long)]
         user: String,
@@ -103,18 +97,27 @@ enum PolicyCommand {
     },
     /// Write a gateway's compiled bundle (config.yaml and the files it names) into a
     /// directory, as the operator would write its config Secret: to run a gateway from Git
-    /// locally, or to read what the operator will deploy.
+    /// locally, or to read what the operator will deploy. Key rings are issued offline and
+    /// Secrets the files do not hold are placeholders (said on stderr): not for production.
     Compile {
-        #[arg(short = 'f', long = "filename", required = true)]
-        files: Vec<PathBuf>,
-        /// The namespace (default: the only one the files have, else `default`).
-        #[arg(short, long)]
-        namespace: Option<String>,
-        #[arg(long)]
-        gateway: Option<String>,
+        #[command(flatten)]
+        target: Target,
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// The files and the one gateway in them that `explain` and `compile` work on.
+#[derive(clap::Args)]
+struct Target {
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    /// The namespace (default: the only one the files have, else `default`).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// The gateway (needed when the namespace has more than one).
+    #[arg(long)]
+    gateway: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -199,9 +202,7 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             })
         }
         PolicyCommand::Explain {
-            files,
-            namespace,
-            gateway,
+            target,
             user,
             from,
             protocol,
@@ -211,7 +212,7 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
         } => {
             let verb: portcullis_config::Verb =
                 serde_yaml_ng::from_str(&verb).map_err(|_| anyhow::anyhow!("{verb:?} is not a verb (list, read, write, delete, mkdir, rmdir, rename, setattr, site, link)"))?;
-            let (_, _, bundle) = compiled(&files, namespace.as_deref(), gateway.as_deref())?;
+            let (_, _, bundle, _) = compiled(&target)?;
             let d = explain::explain(
                 &bundle.config,
                 &explain::Request {
@@ -260,14 +261,14 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        PolicyCommand::Compile {
-            files,
-            namespace,
-            gateway,
-            out,
-        } => {
-            let (namespace, name, bundle) =
-                compiled(&files, namespace.as_deref(), gateway.as_deref())?;
+        PolicyCommand::Compile { target, out } => {
+            let (namespace, name, bundle, stand_ins) = compiled(&target)?;
+            if !stand_ins.is_empty() {
+                eprintln!(
+                    "note: stood in for what the files do not hold: {}",
+                    stand_ins.join(", ")
+                );
+            }
             std::fs::create_dir_all(&out)?;
             for (file, bytes) in &bundle.files {
                 let path = out.join(file);
@@ -289,17 +290,21 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The one gateway of `namespace` (or the one named) compiled, with its namespace and name;
-/// an error listing the check's findings when it does not compile.
+/// The one gateway of `namespace` (or the one named) compiled, with its namespace, its name
+/// and what was stood in for; an error listing the check's findings when it does not compile.
 fn compiled(
-    files: &[PathBuf],
-    namespace: Option<&str>,
-    gateway: Option<&str>,
+    target: &Target,
 ) -> anyhow::Result<(
     String,
     String,
     portcullis_operator::controller::validate::Bundle,
+    Vec<String>,
 )> {
+    let (files, namespace, gateway) = (
+        &target.files,
+        target.namespace.as_deref(),
+        target.gateway.as_deref(),
+    );
     let mut report = check::check(load::load(files)?, namespace.unwrap_or("default"), now())?;
     let namespace = match (
         namespace,
@@ -326,7 +331,26 @@ fn compiled(
         ),
     };
     match report.bundles.remove(&(namespace.to_owned(), name.clone())) {
-        Some(b) => Ok((namespace.to_owned(), name, b)),
+        Some(b) => {
+            // What is in the bundle only because Git does not hold the real thing.
+            let stand_ins = report
+                .namespaces
+                .get(namespace)
+                .map(|ns| {
+                    ns.world
+                        .key_rings
+                        .keys()
+                        .map(|k| format!("key ring {k} (issued offline)"))
+                        .chain(
+                            ns.placeholders
+                                .keys()
+                                .map(|s| format!("Secret {s} (a placeholder)")),
+                        )
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok((namespace.to_owned(), name, b, stand_ins))
+        }
         None => {
             let errors: Vec<String> = report
                 .findings
