@@ -165,16 +165,25 @@ pub struct Bundle {
     pub audit_key: Option<AuditKey>,
 }
 
-/// Compiles gateway `gw` from its namespace. Every problem is reported, not just the first.
-pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Problem>> {
-    let mut problems = Vec::new();
-    let mut files = BTreeMap::new();
-    let spec = &gw.spec;
+/// Egress targets: (CIDR, first port, last port).
+pub type Egress = BTreeSet<(String, i32, i32)>;
 
-    // Listeners and the zones they admit.
+/// One concern's share of a compiled gateway: its part of the config, and what is wrong. The
+/// files it adds to the bundle go into the `files` its caller passes.
+pub struct Part<T> {
+    pub part: T,
+    pub problems: Vec<Problem>,
+}
+
+/// The listeners, and the zones they admit that exist.
+pub fn listeners(
+    gw: &TransferGateway,
+    world: &World,
+) -> Part<(Vec<config::Listener>, BTreeSet<String>)> {
+    let mut problems = Vec::new();
     let mut listeners = Vec::new();
     let mut zone_names = BTreeSet::new();
-    for l in &spec.listeners {
+    for l in &gw.spec.listeners {
         for z in &l.zones {
             if world.zones.contains_key(z) {
                 zone_names.insert(z.clone());
@@ -195,8 +204,29 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
             ..listener_ftps(l)
         });
     }
+    Part {
+        part: (listeners, zone_names),
+        problems,
+    }
+}
 
-    // SSH host keys.
+/// What the gateway takes from key rings: its SSH host key files, each used ring's TLS files,
+/// and the earliest notAfter of the certificates among them.
+pub struct KeyRingParts {
+    pub host_key_files: Vec<String>,
+    pub key_rings: Vec<config::KeyRingFiles>,
+    pub not_after: Option<String>,
+}
+
+/// The key rings the gateway uses: its listeners', its `hostKeyRing`, and those of the FTPS
+/// endpoints any role of the namespace mounts.
+pub fn key_rings(
+    gw: &TransferGateway,
+    world: &World,
+    files: &mut BTreeMap<String, Vec<u8>>,
+) -> Part<KeyRingParts> {
+    let spec = &gw.spec;
+    let mut problems = Vec::new();
     let mut host_key_files = Vec::new();
     let mut key_ring_files = Vec::new();
     let mut not_after: Option<String> = None;
@@ -205,8 +235,6 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
         .iter()
         .filter_map(|l| l.key_ring.as_deref())
         .collect();
-    // Key rings that FTPS endpoints trust (any role of the namespace may mount them).
-    let mut endpoint_rings = BTreeMap::new();
     for role in world.roles.values() {
         for m in &role.spec.mounts {
             if let Some(ring) = world
@@ -215,7 +243,6 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
                 .and_then(|e| e.spec.ftps.as_ref())
                 .and_then(|f| f.key_ring.as_deref())
             {
-                endpoint_rings.insert(m.endpoint.as_str(), ring);
                 used_rings.insert(ring);
             }
         }
@@ -286,9 +313,20 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
             }
         }
     }
+    Part {
+        part: KeyRingParts {
+            host_key_files,
+            key_rings: key_ring_files,
+            not_after,
+        },
+        problems,
+    }
+}
 
-    // Roles (all of the namespace's, so that a broken one is reported even before a user
-    // names it) and the endpoints they mount.
+/// The roles (all of the namespace's, so that a broken one is reported even before a user
+/// names it), and the endpoints they mount.
+pub fn roles(world: &World) -> Part<(Vec<config::Role>, BTreeSet<String>)> {
+    let mut problems = Vec::new();
     let mut roles = Vec::new();
     let mut endpoint_names = BTreeSet::new();
     for (name, role) in &world.roles {
@@ -315,11 +353,24 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
                 .collect(),
         });
     }
+    Part {
+        part: (roles, endpoint_names),
+        problems,
+    }
+}
 
+/// The endpoints named `names` (those the roles mount), with their credentials into `files`,
+/// and the egress they need.
+pub fn endpoints(
+    names: &BTreeSet<String>,
+    world: &World,
+    key_rings: &[config::KeyRingFiles],
+    files: &mut BTreeMap<String, Vec<u8>>,
+) -> Part<(Vec<config::Endpoint>, Egress)> {
+    let mut problems = Vec::new();
     let mut endpoints = Vec::new();
     let mut egress = BTreeSet::new();
-    let mut audit_key = None;
-    for name in &endpoint_names {
+    for name in names {
         let Some(ep) = world.endpoints.get(name) else {
             continue;
         };
@@ -329,7 +380,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
             .as_ref()
             .filter(|_| e.protocol == EndpointProtocol::Ftps)
         {
-            match ftps_endpoint(name, ep, f, world, &key_ring_files, &mut files) {
+            match ftps_endpoint(name, ep, f, world, key_rings, files) {
                 Ok(backend) => {
                     for a in &e.addresses {
                         let (min, max) = f
@@ -351,14 +402,13 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
             }
             continue;
         }
-        let (private_key_file, password_file) =
-            match endpoint_credential(name, ep, world, &mut files) {
-                Ok(c) => c,
-                Err(p) => {
-                    problems.push(p);
-                    (None, None)
-                }
-            };
+        let (private_key_file, password_file) = match endpoint_credential(name, ep, world, files) {
+            Ok(c) => c,
+            Err(p) => {
+                problems.push(p);
+                (None, None)
+            }
+        };
         for a in &e.addresses {
             for cidr in egress_cidrs(&a.host, &a.egress_cidrs) {
                 egress.insert((cidr, a.port, a.port));
@@ -382,9 +432,19 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
             }),
         });
     }
+    Part {
+        part: (endpoints, egress),
+        problems,
+    }
+}
 
-    // Users.
-    let listener_zones: Vec<String> = zone_names.iter().cloned().collect();
+/// The users, with their TOTP seeds into `files`; a user naming no zones gets the listeners'.
+pub fn users(
+    world: &World,
+    listener_zones: &[String],
+    files: &mut BTreeMap<String, Vec<u8>>,
+) -> Part<Vec<config::User>> {
+    let mut problems = Vec::new();
     let mut users = Vec::new();
     for (name, user) in &world.users {
         problems.extend(user_problems(name, user, world));
@@ -410,7 +470,7 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
             certificate_names: u.certificate_names.clone(),
             auth_methods: u.auth_methods.clone(),
             zones: if u.zones.is_empty() {
-                listener_zones.clone()
+                listener_zones.to_vec()
             } else {
                 u.zones.clone()
             },
@@ -419,6 +479,53 @@ pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Proble
             expires_at: u.expires_at.clone(),
         });
     }
+    Part {
+        part: users,
+        problems,
+    }
+}
+
+/// Compiles gateway `gw` from its namespace, concern by concern (listeners, key rings, roles,
+/// endpoints, users, zones, defender, limits, audit). Every problem is reported, not just the
+/// first.
+pub fn compile(gw: &TransferGateway, world: &World) -> Result<Bundle, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut files = BTreeMap::new();
+    let spec = &gw.spec;
+    let mut take = |p: &mut Vec<Problem>| problems.append(p);
+
+    let Part {
+        part: (listeners, zone_names),
+        problems: mut p,
+    } = self::listeners(gw, world);
+    take(&mut p);
+    let Part {
+        part: rings,
+        problems: mut p,
+    } = key_rings(gw, world, &mut files);
+    take(&mut p);
+    let Part {
+        part: (roles, endpoint_names),
+        problems: mut p,
+    } = self::roles(world);
+    take(&mut p);
+    let Part {
+        part: (endpoints, mut egress),
+        problems: mut p,
+    } = self::endpoints(&endpoint_names, world, &rings.key_rings, &mut files);
+    take(&mut p);
+    let listener_zones: Vec<String> = zone_names.iter().cloned().collect();
+    let Part {
+        part: users,
+        problems: mut p,
+    } = self::users(world, &listener_zones, &mut files);
+    take(&mut p);
+    let KeyRingParts {
+        host_key_files,
+        key_rings: key_ring_files,
+        not_after,
+    } = rings;
+    let mut audit_key = None;
 
     let zones: Vec<config::Zone> = world
         .zones
@@ -1052,6 +1159,65 @@ fn host_port(host: &str, port: i32) -> String {
 mod tests {
     use super::*;
     use crate::controller::fixtures::{SFTP_GATEWAY, gateway, secret, world};
+
+    /// Each concern alone, from the fixture namespace: its part and its problems.
+    #[test]
+    fn each_concern_compiles_its_part_and_reports_its_problems() {
+        let w = world();
+        let gw = gateway(
+            "  hostKeyRing: keys\n  listeners: [{name: sftp, protocol: sftp, port: 2222, zones: [lan, dmz]}]\n",
+        );
+        let l = listeners(&gw, &w);
+        assert_eq!(l.part.0.len(), 1);
+        assert_eq!(l.part.1, BTreeSet::from(["lan".to_owned()]));
+        assert_eq!(l.problems.len(), 1);
+        assert_eq!(l.problems[0].reason, Reason::ZoneNotFound);
+
+        let mut files = BTreeMap::new();
+        let k = key_rings(&gw, &w, &mut files);
+        assert!(k.problems.is_empty(), "{:?}", k.problems);
+        assert_eq!(
+            k.part.host_key_files,
+            ["hostkey-ed25519", "hostkey-ecdsa-p256"]
+        );
+        assert!(files.contains_key("hostkey-ed25519"));
+
+        let r = roles(&w);
+        assert_eq!(r.part.1, BTreeSet::from(["backend".to_owned()]));
+        assert!(r.problems.is_empty());
+
+        let e = endpoints(&r.part.1, &w, &k.part.key_rings, &mut files);
+        assert!(e.problems.is_empty(), "{:?}", e.problems);
+        assert_eq!(e.part.0[0].name, "backend");
+        assert!(
+            e.part.1.contains(&("10.9.0.5/32".to_owned(), 22, 22)),
+            "{:?}",
+            e.part.1
+        );
+        assert!(files.contains_key("endpoint-backend.key"));
+
+        let u = users(&w, &["lan".to_owned()], &mut files);
+        assert!(u.problems.is_empty(), "{:?}", u.problems);
+        assert_eq!(
+            u.part[0].zones,
+            ["lan"],
+            "a user naming no zones gets the listeners'"
+        );
+
+        // A role naming a missing endpoint: the roles part says so, and mounts it anyway so
+        // that the compiled whole is refused.
+        let mut broken = w.clone();
+        broken.endpoints.clear();
+        let r = roles(&broken);
+        assert_eq!(r.problems.len(), 1);
+        assert_eq!(r.problems[0].reason, Reason::EndpointNotFound);
+        assert!(
+            endpoints(&r.part.1, &broken, &[], &mut BTreeMap::new())
+                .part
+                .0
+                .is_empty()
+        );
+    }
 
     #[test]
     fn only_the_default_image_or_an_allowed_one_is_deployed() {
