@@ -79,12 +79,19 @@ pub fn namespaces(
             (true, "KeyRing") => read(insert(&mut ns.world.key_rings, &name, admitted, &ns_name)),
             (true, "TransferUser") => read(insert(&mut ns.world.users, &name, admitted, &ns_name)),
             (true, "TransferRole") => read(insert(&mut ns.world.roles, &name, admitted, &ns_name)),
-            (false, "Secret") if doc.value["apiVersion"] == "v1" => read(insert(
-                &mut ns.world.secrets,
-                &name,
-                &secret_data(admitted),
-                &ns_name,
-            )),
+            (false, "Secret") if doc.value["apiVersion"] == "v1" => {
+                read(insert(&mut ns.world.secrets, &name, admitted, &ns_name));
+                // `stringData` folded into `data`, as the apiserver does.
+                if let Some(s) = ns.world.secrets.get_mut(&name)
+                    && let Some(strings) = s.string_data.take()
+                {
+                    s.data.get_or_insert_with(Default::default).extend(
+                        strings
+                            .into_iter()
+                            .map(|(k, v)| (k, ByteString(v.into_bytes()))),
+                    );
+                }
+            }
             (false, "SealedSecret") => {
                 let target = admitted["spec"]["template"]["metadata"]["name"]
                     .as_str()
@@ -106,47 +113,6 @@ pub fn namespaces(
         ns.docs.insert((doc.kind().to_owned(), name), doc.clone());
     }
     (out, bad)
-}
-
-/// A Secret's `stringData` folded into `data`, as the apiserver does.
-fn secret_data(v: &serde_json::Value) -> serde_json::Value {
-    use base64_engine::encode;
-    let mut v = v.clone();
-    if let Some(sd) = v.get("stringData").and_then(|s| s.as_object()).cloned() {
-        let data = v
-            .as_object_mut()
-            .expect("a Secret is an object")
-            .entry("data")
-            .or_insert_with(|| serde_json::json!({}));
-        for (k, s) in sd {
-            data[k] = serde_json::Value::String(encode(s.as_str().unwrap_or_default().as_bytes()));
-        }
-        v.as_object_mut().expect("an object").remove("stringData");
-    }
-    v
-}
-
-/// Standard base64, for `stringData` (the only encoding this crate needs).
-mod base64_engine {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode(b: &[u8]) -> String {
-        let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
-        for chunk in b.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, x)| n | u32::from(*x) << (16 - 8 * i));
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
 }
 
 fn insert<K: DeserializeOwned + ResourceExt>(
