@@ -215,6 +215,28 @@ def test_curl_tls13_uploads_lose_nothing_to_an_unread_ticket(gw, vsftpd, tmp_pat
         assert sha256_file(where / f"t13-{i}.bin") == digest, i
 
 
+def test_three_hundred_uploads_in_a_row_to_vsftpd_none_stalls(gw, vsftpd, tmp_path):
+    """Every command to a backend leaves the gateway at once. suppaftp wrote commands without a
+    flush, and tokio-rustls keeps written bytes in its buffer when the socket, or the task's
+    cooperative budget, says "not now"; about one upload in 150 then never sent its STOR and
+    waited out ioTimeoutSeconds (60 s) for a reply vsftpd could not give (the gateway's trace
+    logged the STOR; tcpdump showed no byte of it). 300 uploads in a row; each must end well
+    inside that timeout."""
+    src = tmp_path / "r.bin"
+    digest = make_file(src, 2_000_000)
+    for i in range(300):
+        p = subprocess.Popen(["curl", "-sS", "--max-time", "120", "--ssl-reqd", "--cacert", str(gw.pki.ca),
+                              "-T", str(src), explicit_url(gw, f"/vs/row-{i}.bin")], stderr=subprocess.PIPE)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise AssertionError(f"upload {i} did not end within 20 s: {gw.events('transferStart')[-1]}")
+        assert p.returncode == 0, (i, p.stderr.read().decode())
+        assert sha256_file(vsftpd.root / f"row-{i}.bin") == digest, i
+        (vsftpd.root / f"row-{i}.bin").unlink()
+
+
 def test_fifty_concurrent_sessions_to_every_backend(gw, vsftpd, tmp_path):
     """50 sessions of 20 MB at once through both listeners to every backend, uploads and downloads mixed:
     no failure, every checksum equal, nothing left half-written. Backend FTPS connections used

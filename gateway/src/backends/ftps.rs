@@ -509,6 +509,7 @@ impl Backend for FtpsBackend {
                 pending_bytes: 0,
                 eof: false,
                 started: false,
+                failed: None,
             }),
         }))
     }
@@ -720,6 +721,10 @@ struct FileState {
     pending_bytes: usize,
     eof: bool,
     started: bool,
+    /// Why opening the transfer failed: the file is then done for, and neither a later
+    /// read or write nor the close tries again (a retried `STOR` at close would leave an
+    /// empty file where the upload failed).
+    failed: Option<FsError>,
 }
 
 pub struct FtpsFile {
@@ -750,14 +755,24 @@ impl FtpsFile {
         }
     }
 
-    /// Opens the transfer at `offset` (`REST` when non-zero).
+    /// Opens the transfer at `offset` (`REST` when non-zero), once: a failure is kept and
+    /// returned to every later call.
     async fn start(&self, st: &mut FileState, offset: u64) -> Result<(), FsError> {
-        bounded(
+        if let Some(e) = &st.failed {
+            return Err(e.clone());
+        }
+        let r = bounded(
             self.io_timeout,
             "open the transfer",
             self.start_unbounded(st, offset),
         )
-        .await
+        .await;
+        if let Err(e) = &r {
+            st.failed = Some(e.clone());
+            // Where the reply stream stands is unknown: the connection is not used again.
+            st.ftp = None;
+        }
+        r
     }
 
     async fn start_unbounded(&self, st: &mut FileState, offset: u64) -> Result<(), FsError> {
@@ -914,6 +929,9 @@ impl BackendFile for FtpsFile {
 
     async fn close(&self) -> Result<(), FsError> {
         let mut st = self.state.lock().await;
+        if let Some(e) = &st.failed {
+            return Err(e.clone());
+        }
         if self.mode.writes() && !st.started {
             // An empty file: the transfer still has to happen.
             self.start(&mut st, 0).await?;
