@@ -6,7 +6,6 @@
 
 use std::{
     collections::HashMap,
-    fmt,
     sync::Mutex,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -15,41 +14,9 @@ use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use russh::keys::PublicKey;
 use totp_rs::{Algorithm, TOTP};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Method {
-    Password,
-    PublicKey,
-    KeyboardInteractive,
-    /// A verified TLS client certificate whose identity names the user.
-    Certificate,
-}
-
-impl Method {
-    pub fn parse(s: &str) -> Option<Method> {
-        match s {
-            "password" => Some(Method::Password),
-            "publickey" => Some(Method::PublicKey),
-            "keyboard-interactive" => Some(Method::KeyboardInteractive),
-            "certificate" => Some(Method::Certificate),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Password => "password",
-            Method::PublicKey => "publickey",
-            Method::KeyboardInteractive => "keyboard-interactive",
-            Method::Certificate => "certificate",
-        }
-    }
-}
-
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use portcullis_config::AuthChain;
+/// An authentication method: the config's type ([`portcullis_config::AuthMethod`]).
+pub use portcullis_config::AuthMethod as Method;
 
 /// What to tell the client after a method succeeded.
 #[derive(Debug, PartialEq, Eq)]
@@ -68,41 +35,26 @@ pub struct Chains(pub Vec<Vec<Method>>);
 
 impl Chains {
     /// Chains as configured, or, when none are configured, each single method the user has a
-    /// credential for, followed by a one-time code when the user has a TOTP secret (a secret
-    /// set is a second factor required, never one silently skipped).
+    /// credential for, followed by a one-time code when the user has a TOTP secret
+    /// ([`AuthChain::effective`]).
     pub fn new(
-        configured: &[String],
+        configured: &[AuthChain],
         has_password: bool,
         has_keys: bool,
         has_certificate: bool,
         has_totp: bool,
     ) -> Chains {
-        if configured.is_empty() {
-            let mut v = Vec::new();
-            if has_certificate {
-                v.push(vec![Method::Certificate]);
-            }
-            if has_keys {
-                v.push(vec![Method::PublicKey]);
-            }
-            if has_password {
-                v.push(vec![Method::Password]);
-            }
-            if has_totp {
-                v.iter_mut()
-                    .for_each(|c| c.push(Method::KeyboardInteractive));
-            }
-            return Chains(v);
-        }
         Chains(
-            configured
-                .iter()
-                .map(|c| {
-                    c.split(',')
-                        .filter_map(|m| Method::parse(m.trim()))
-                        .collect()
-                })
-                .collect(),
+            AuthChain::effective(
+                configured,
+                has_password,
+                has_keys,
+                has_certificate,
+                has_totp,
+            )
+            .into_iter()
+            .map(|c| c.0)
+            .collect(),
         )
     }
 
@@ -327,8 +279,8 @@ mod tests {
     fn chains_require_every_method_in_order() {
         let c = Chains::new(
             &[
-                "publickey,password".into(),
-                "publickey,keyboard-interactive".into(),
+                "publickey,password".parse().unwrap(),
+                "publickey,keyboard-interactive".parse().unwrap(),
             ],
             true,
             true,

@@ -242,7 +242,16 @@ mod tests {
             .iter()
             .map(|s| format!("{:?}", s.suite()))
             .collect();
-        assert_eq!(names, portcullis_config::TLS_CIPHER_SUITES);
+        let ours: Vec<&str> = portcullis_config::CipherSuite::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(names, ours);
+        // The config's spelling is the enum's serde name, and that is rustls's name too.
+        for c in portcullis_config::CipherSuite::ALL {
+            let spelled = serde_json::to_value(c).unwrap();
+            assert_eq!(spelled, c.as_str());
+        }
     }
 
     #[tokio::test]

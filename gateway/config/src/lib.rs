@@ -10,13 +10,15 @@ use std::{collections::BTreeSet, fmt, path::Path};
 
 use serde::{Deserialize, Serialize};
 
+mod auth;
 mod identity;
 mod slice;
 mod validate;
 
+pub use auth::{AUTH_CHAIN_PATTERN, AuthChain, AuthMethod};
 pub use identity::material_hash;
 pub use slice::PassiveSlice;
-pub use validate::{AUTH_METHODS, asks_for_code, parse_cidr, parse_umask, validate};
+pub use validate::{asks_for_code, parse_cidr, parse_umask, validate};
 
 /// The whole gateway config bundle.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -90,8 +92,10 @@ pub struct Listener {
 }
 
 /// The wire protocols the gateway terminates.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Protocol {
+    /// SFTP over SSH.
     #[serde(rename = "sftp")]
     Sftp,
     /// Explicit FTPS: cleartext greeting, then `AUTH TLS` before anything else.
@@ -118,20 +122,69 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// The TLS cipher suites a listener's `cipherSuites` may name: the gateway's TLS provider's
-/// (aws-lc-rs) default set, by rustls's names, TLS 1.3 first. The gateway's tests keep this
-/// equal to the provider's.
-pub const TLS_CIPHER_SUITES: &[&str] = &[
-    "TLS13_AES_256_GCM_SHA384",
-    "TLS13_AES_128_GCM_SHA256",
-    "TLS13_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-];
+/// A TLS cipher suite, by rustls's name: one of the gateway's TLS provider's (aws-lc-rs)
+/// default set, TLS 1.3 first.
+// The gateway's tests keep `CipherSuite::ALL` equal to the provider's list.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[allow(non_camel_case_types)]
+pub enum CipherSuite {
+    TLS13_AES_256_GCM_SHA384,
+    TLS13_AES_128_GCM_SHA256,
+    TLS13_CHACHA20_POLY1305_SHA256,
+    TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+impl CipherSuite {
+    /// Every suite, in the provider's order.
+    pub const ALL: [CipherSuite; 9] = [
+        CipherSuite::TLS13_AES_256_GCM_SHA384,
+        CipherSuite::TLS13_AES_128_GCM_SHA256,
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+
+    /// rustls's name for the suite, which is also its name in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CipherSuite::TLS13_AES_256_GCM_SHA384 => "TLS13_AES_256_GCM_SHA384",
+            CipherSuite::TLS13_AES_128_GCM_SHA256 => "TLS13_AES_128_GCM_SHA256",
+            CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => "TLS13_CHACHA20_POLY1305_SHA256",
+            CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => {
+                "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"
+            }
+            CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => {
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+            }
+            CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => {
+                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
+            }
+            CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => {
+                "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"
+            }
+            CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => {
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+            }
+            CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => {
+                "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"
+            }
+        }
+    }
+
+    pub fn is_tls13(self) -> bool {
+        self.as_str().starts_with("TLS13_")
+    }
+}
 
 /// A TLS front end's policy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -143,24 +196,29 @@ pub struct ListenerTls {
     /// The lowest TLS version accepted; TLS 1.3 is always preferred.
     #[serde(default)]
     pub min_version: TlsVersion,
-    /// Cipher suites allowed, by name (one of [`TLS_CIPHER_SUITES`]); empty means all of them.
+    /// Cipher suites allowed; empty means all of them.
     #[serde(default)]
-    pub cipher_suites: Vec<String>,
+    pub cipher_suites: Vec<CipherSuite>,
     /// Whether clients present a certificate.
     #[serde(default)]
     pub client_certificates: ClientCertificates,
 }
 
+/// The lowest TLS version a listener accepts; TLS 1.3 is always offered and preferred.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
     #[default]
     #[serde(rename = "1.2")]
     Tls12,
+    /// TLS 1.3 only.
     #[serde(rename = "1.3")]
     Tls13,
 }
 
 /// Client certificates on a TLS listener, verified against the key ring's client CAs.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientCertificates {
@@ -173,15 +231,34 @@ pub enum ClientCertificates {
     Required,
 }
 
-/// An inclusive port range.
+/// An inclusive port range (FTP data ports: 1024 and up, at most 256 of them).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.min <= self.max", "message": "min must not exceed max"},
+        {"rule": "self.max - self.min < 256", "message": "a port range holds at most 256 ports"}
+    ]))
+)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortRange {
+    /// The first port.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "i32", range(min = 1024, max = 65535))
+    )]
     pub min: u16,
+    /// The last port.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "i32", range(min = 1024, max = 65535))
+    )]
     pub max: u16,
 }
 
 /// Active-mode FTP, with z/OS `FTP.DATA` semantics.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ActiveMode {
@@ -366,9 +443,10 @@ pub struct User {
     pub certificate_names: Vec<String>,
     /// Accepted method chains, as in OpenSSH's `AuthenticationMethods`: each entry is a
     /// comma-separated list that must all succeed, e.g. `publickey,password`. When empty, each
-    /// single method the user has a credential for is accepted on its own.
+    /// single method the user has a credential for is accepted on its own
+    /// ([`AuthChain::defaults`]).
     #[serde(default)]
-    pub auth_methods: Vec<String>,
+    pub auth_methods: Vec<AuthChain>,
     /// Zones the user may log in from.
     pub zones: Vec<String>,
     /// Roles granted to the user.

@@ -8,25 +8,19 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::{ConfigError, EndpointBackend, FtpSecurity, GatewayConfig, Verb};
+use crate::{
+    AuthChain, AuthMethod, ConfigError, EndpointBackend, FtpSecurity, GatewayConfig, Verb,
+};
 
-/// The authentication method names a chain may use.
 /// Whether a user with a TOTP secret is asked for a code under these `authMethods`: always when
 /// none are set (each method is then followed by one), else when some chain names
 /// `keyboard-interactive`. A secret never asked for would be a second factor silently skipped.
-pub fn asks_for_code(auth_methods: &[String]) -> bool {
+pub fn asks_for_code(auth_methods: &[AuthChain]) -> bool {
     auth_methods.is_empty()
         || auth_methods
             .iter()
-            .any(|c| c.split(',').any(|m| m.trim() == "keyboard-interactive"))
+            .any(|c| c.contains(AuthMethod::KeyboardInteractive))
 }
-
-pub const AUTH_METHODS: [&str; 4] = [
-    "password",
-    "publickey",
-    "keyboard-interactive",
-    "certificate",
-];
 
 /// Checks a parsed config and returns every error found, in document order.
 pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
@@ -244,21 +238,23 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
                 format!("{exp:?} is not an RFC 3339 time"),
             );
         }
-        let has = |m: &str| match m {
-            "password" => u.password_hash.is_some(),
-            "publickey" => !u.public_keys.is_empty(),
-            "keyboard-interactive" => u.totp_secret_file.is_some(),
-            "certificate" => !u.certificate_names.is_empty(),
-            _ => false,
+        let has = |m: AuthMethod| match m {
+            AuthMethod::Password => u.password_hash.is_some(),
+            AuthMethod::PublicKey => !u.public_keys.is_empty(),
+            AuthMethod::KeyboardInteractive => u.totp_secret_file.is_some(),
+            AuthMethod::Certificate => !u.certificate_names.is_empty(),
         };
-        if u.auth_methods.is_empty() && !has("password") && !has("publickey") && !has("certificate")
+        if u.auth_methods.is_empty()
+            && !has(AuthMethod::Password)
+            && !has(AuthMethod::PublicKey)
+            && !has(AuthMethod::Certificate)
         {
             errs.push(
                 &at,
                 "the user has no credential: set passwordHash, publicKeys or certificateNames",
             );
         }
-        if has("keyboard-interactive") && !asks_for_code(&u.auth_methods) {
+        if has(AuthMethod::KeyboardInteractive) && !asks_for_code(&u.auth_methods) {
             errs.push(
                 format!("{at}.authMethods"),
                 "the user has a TOTP secret but no chain asks for keyboard-interactive; \
@@ -267,25 +263,20 @@ pub fn validate(config: &GatewayConfig) -> Result<(), Vec<ConfigError>> {
         }
         for (j, chain) in u.auth_methods.iter().enumerate() {
             let cat = format!("{at}.authMethods[{j}]");
-            let methods: Vec<&str> = chain.split(',').map(str::trim).collect();
+            let methods = &chain.0;
             let mut seen = HashSet::new();
-            for m in &methods {
-                if !AUTH_METHODS.contains(m) {
-                    errs.push(
-                        &cat,
-                        format!("unknown method {m:?}; use {}", AUTH_METHODS.join(", ")),
-                    );
-                } else if !has(m) {
+            for &m in methods {
+                if !has(m) {
                     errs.push(
                         &cat,
                         format!("method {m} needs a credential the user lacks"),
                     );
                 }
-                if !seen.insert(*m) {
+                if !seen.insert(m) {
                     errs.push(&cat, format!("method {m} appears twice"));
                 }
             }
-            if methods == ["keyboard-interactive"] {
+            if methods[..] == [AuthMethod::KeyboardInteractive] {
                 errs.push(
                     &cat,
                     "a one-time code alone is not enough; chain it after publickey or password",
@@ -492,22 +483,11 @@ fn check_addresses(errs: &mut Errors, at: &str, addresses: &[String]) {
 }
 
 /// The FTPS-only listener fields: required for FTPS, refused elsewhere.
-/// A listener's `cipherSuites`: names the gateway has (a typo would otherwise leave the listener
-/// with fewer suites than asked for, or none), and at least one TLS 1.3 suite, since TLS 1.3 is
-/// always on.
-fn check_cipher_suites(errs: &mut Errors, at: &str, suites: &[String]) {
-    for (i, name) in suites.iter().enumerate() {
-        if !crate::TLS_CIPHER_SUITES.contains(&name.as_str()) {
-            errs.push(
-                format!("{at}.tls.cipherSuites[{i}]"),
-                format!(
-                    "unknown cipher suite {name}; known: {}",
-                    crate::TLS_CIPHER_SUITES.join(", ")
-                ),
-            );
-        }
-    }
-    if !suites.is_empty() && !suites.iter().any(|s| s.starts_with("TLS13_")) {
+/// A listener's `cipherSuites` hold at least one TLS 1.3 suite, since TLS 1.3 is always on.
+/// (Names the gateway lacks do not parse: a typo cannot leave a listener with fewer suites
+/// than asked for.)
+fn check_cipher_suites(errs: &mut Errors, at: &str, suites: &[crate::CipherSuite]) {
+    if !suites.is_empty() && !suites.iter().any(|s| s.is_tls13()) {
         errs.push(
             format!("{at}.tls.cipherSuites"),
             "name at least one TLS 1.3 suite (TLS13_...): TLS 1.3 is always offered",
@@ -750,17 +730,24 @@ keyRings: [{{ name: k, certificateFile: c, privateKeyFile: k }}]
             with("[TLS13_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]"),
             Vec::<String>::new()
         );
-        // A typo, a lower-case name, and a suite rustls does not have: each refused by place.
-        assert_eq!(
-            with(
-                "[TLS13_AES_256_GCM_SHA38, tls13_aes_128_gcm_sha256, TLS13_AES_256_GCM_SHA384, TLS_RSA_WITH_AES_128_CBC_SHA]"
-            ),
-            [
-                "listeners[0].tls.cipherSuites[0]",
-                "listeners[0].tls.cipherSuites[1]",
-                "listeners[0].tls.cipherSuites[3]",
-            ]
-        );
+        // A typo, a lower-case name, and a suite rustls does not have: none parses, and the
+        // error names the suites there are.
+        for bad in [
+            "TLS13_AES_256_GCM_SHA38",
+            "tls13_aes_128_gcm_sha256",
+            "TLS_RSA_WITH_AES_128_CBC_SHA",
+        ] {
+            let text = format!(
+                "listeners: [{{ name: f, protocol: ftps, address: \"0.0.0.0:21\", zones: [z], \
+                 tls: {{ keyRing: k, cipherSuites: [TLS13_AES_256_GCM_SHA384, {bad}] }} }}]"
+            );
+            let e = GatewayConfig::parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("unknown variant `{bad}`"))
+                    && e.contains("TLS13_CHACHA20_POLY1305_SHA256"),
+                "{e}"
+            );
+        }
         // TLS 1.2 suites alone would leave TLS 1.3 (always on) with none.
         assert_eq!(
             with("[TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]"),
@@ -785,11 +772,13 @@ keyRings: [{{ name: k, certificateFile: c, privateKeyFile: k }}]
         );
         assert_eq!(paths(&with("[password]")), ["users[0].authMethods"]);
         assert!(asks_for_code(&[]));
-        assert!(!asks_for_code(&["password".into(), "publickey".into()]));
-        assert!(asks_for_code(&[
-            "password".into(),
-            "publickey, keyboard-interactive".into()
-        ]));
+        let chains =
+            |cs: &[&str]| -> Vec<AuthChain> { cs.iter().map(|c| c.parse().unwrap()).collect() };
+        assert!(!asks_for_code(&chains(&["password", "publickey"])));
+        assert!(asks_for_code(&chains(&[
+            "password",
+            "publickey, keyboard-interactive"
+        ])));
     }
 
     #[test]
@@ -883,7 +872,7 @@ users:
   - { name: bob, zones: [], roles: [ghost] }
   - name: carol
     passwordHash: x
-    authMethods: ["keyboard-interactive", "password,password", "smoke"]
+    authMethods: ["keyboard-interactive", "password,password", "certificate"]
     zones: [lo]
     roles: []
 roles:

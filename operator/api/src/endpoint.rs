@@ -127,7 +127,7 @@ pub struct FtpsEndpointSpec {
     /// The backend's passive data ports, for the NetworkPolicy egress rule; without it the
     /// gateway may reach the backend on any port from 1024 up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_ports: Option<crate::PassivePorts>,
+    pub data_ports: Option<crate::PortRange>,
 }
 
 /// One backend address.

@@ -9,7 +9,10 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Condition,
 };
 use kube::{CustomResource, KubeSchema};
-pub use portcullis_config::{AuditFsync, AuditWhenFull, DataOpsAudit};
+pub use portcullis_config::{
+    ActiveMode, AuditFsync, AuditWhenFull, CipherSuite, ClientCertificates, DataOpsAudit,
+    PortRange, Protocol, TlsVersion,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -155,7 +158,7 @@ pub struct ListenerSpec {
     pub name: String,
     /// `sftp`, `ftps` (explicit, `AUTH TLS` on the control port) or `ftpsImplicit` (TLS from
     /// the first byte).
-    pub protocol: ListenerProtocol,
+    pub protocol: Protocol,
     /// The TCP port, on the pod and on the Service.
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
@@ -169,7 +172,7 @@ pub struct ListenerSpec {
     pub key_ring: Option<String>,
     /// FTPS passive data ports; the Service exposes every port of the range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub passive_ports: Option<PassivePorts>,
+    pub passive_ports: Option<PortRange>,
     /// The IPv4 address advertised in passive replies (for NAT and LoadBalancer setups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
@@ -180,7 +183,7 @@ pub struct ListenerSpec {
     pub tls: Option<ListenerTlsSpec>,
     /// FTPS active mode (`PORT`/`EPRT`); off unless enabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub active_mode: Option<ActiveModeSpec>,
+    pub active_mode: Option<ActiveMode>,
 }
 
 /// A TLS listener's policy.
@@ -190,81 +193,19 @@ pub struct ListenerSpec {
 pub struct ListenerTlsSpec {
     /// The lowest TLS version accepted, `1.2` (the default) or `1.3`; 1.3 is always preferred.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^1\.[23]$"))]
-    pub min_version: Option<String>,
+    pub min_version: Option<TlsVersion>,
     /// Cipher suites allowed (e.g. `TLS13_AES_256_GCM_SHA384`), from the gateway's set: the
     /// TLS 1.3 suites `TLS13_AES_256_GCM_SHA384`, `TLS13_AES_128_GCM_SHA256`,
     /// `TLS13_CHACHA20_POLY1305_SHA256`, and the TLS 1.2 suites
     /// `TLS_ECDHE_{ECDSA,RSA}_WITH_{AES_256_GCM_SHA384,AES_128_GCM_SHA256,CHACHA20_POLY1305_SHA256}`.
     /// Empty means all of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(
-        length(max = 16),
-        inner(
-            length(min = 1, max = 64),
-            regex(
-                pattern = r"^(TLS13_(AES_256_GCM_SHA384|AES_128_GCM_SHA256|CHACHA20_POLY1305_SHA256)|TLS_ECDHE_(ECDSA|RSA)_WITH_(AES_256_GCM_SHA384|AES_128_GCM_SHA256|CHACHA20_POLY1305_SHA256))$"
-            )
-        )
-    )]
-    pub cipher_suites: Vec<String>,
+    #[schemars(length(max = 16))]
+    pub cipher_suites: Vec<CipherSuite>,
     /// `none` (the default), `optional` or `required`: client certificates, verified against
     /// the key ring's `clientCas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_certificates: Option<ClientCertificateMode>,
-}
-
-/// Whether clients present a certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientCertificateMode {
-    /// Not asked for.
-    None,
-    /// Asked for; a presented certificate must verify.
-    Optional,
-    /// The handshake fails without a verified certificate.
-    Required,
-}
-
-/// Active-mode FTP with z/OS `FTP.DATA` semantics.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ActiveModeSpec {
-    /// Accept `PORT`/`EPRT` at all.
-    #[serde(default)]
-    pub enabled: bool,
-    /// `NOLOWPORTS`: refuse targets below port 1024 (default true).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub no_low_ports: Option<bool>,
-    /// `NOREDIRECT`: refuse targets other than the client's own address (default true).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub no_redirect: Option<bool>,
-}
-
-/// The protocols a listener speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum ListenerProtocol {
-    /// SFTP over SSH.
-    Sftp,
-    /// Explicit FTPS: cleartext greeting, then `AUTH TLS` before anything else.
-    Ftps,
-    /// Implicit FTPS: TLS from the first byte.
-    FtpsImplicit,
-}
-
-/// An inclusive port range.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(validation = Rule::new("self.min <= self.max").message("passivePorts.min must not exceed passivePorts.max"))]
-#[x_kube(validation = Rule::new("self.max - self.min < 256").message("a passive range holds at most 256 ports"))]
-#[serde(rename_all = "camelCase")]
-pub struct PassivePorts {
-    /// The first port.
-    #[schemars(range(min = 1024, max = 65535))]
-    pub min: i32,
-    /// The last port.
-    #[schemars(range(min = 1024, max = 65535))]
-    pub max: i32,
+    pub client_certificates: Option<ClientCertificates>,
 }
 
 /// The Service in front of the gateway pods.

@@ -19,16 +19,19 @@ pub use endpoint::{
     TransferEndpoint, TransferEndpointSpec, UploadMode,
 };
 pub use gateway::{
-    ActiveModeSpec, AuditCollectorSpec, AuditFileSpec, AuditFsync, AuditSpec, AuditWhenFull,
-    ClientCertificateMode, DataOpsAudit, DnsEgressSpec, GatewayLimits, ListenerProtocol,
-    ListenerSpec, ListenerTlsSpec, PassivePorts, PlacementSpec, ServiceSpec, ServiceType,
+    ActiveMode, AuditCollectorSpec, AuditFileSpec, AuditFsync, AuditSpec, AuditWhenFull,
+    CipherSuite, ClientCertificates, DataOpsAudit, DnsEgressSpec, GatewayLimits, ListenerSpec,
+    ListenerTlsSpec, PlacementSpec, PortRange, Protocol, ServiceSpec, ServiceType, TlsVersion,
     TransferGateway, TransferGatewaySpec, TransferGatewayStatus, default_image,
 };
 pub use keyring::{
     AuditKey, DeletionPolicy, Issuer, IssuerType, KeyRing, KeyRingSpec, KeyRingStatus,
     PublishedAuditKey, SecretKeyRef,
 };
-pub use rbac::{MountSpec, TransferRole, TransferRoleSpec, TransferUser, TransferUserSpec, Verb};
+pub use rbac::{
+    AuthChain, AuthMethod, MountSpec, TransferRole, TransferRoleSpec, TransferUser,
+    TransferUserSpec, Verb,
+};
 pub use zone::{NetworkZone, NetworkZoneSpec};
 
 /// The API group of every Portcullis kind.

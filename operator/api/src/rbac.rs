@@ -3,7 +3,7 @@
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-pub use portcullis_config::Verb;
+pub use portcullis_config::{AuthChain, AuthMethod, Verb};
 
 use crate::{CommonStatus, SecretKeyRef};
 
@@ -65,8 +65,8 @@ pub struct TransferUserSpec {
     /// `["publickey", "password,keyboard-interactive"]` or, for FTPS, `["certificate,password"]`.
     /// Defaults to each configured method alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 8), inner(length(max = 128)))]
-    pub auth_methods: Vec<String>,
+    #[schemars(length(max = 8))]
+    pub auth_methods: Vec<AuthChain>,
     /// NetworkZones the user may connect from; empty means whatever the listener admits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]

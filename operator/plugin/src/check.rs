@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use portcullis_api::{EndpointProtocol, FtpSecurity, ListenerProtocol};
+use portcullis_api::{EndpointProtocol, FtpSecurity, Protocol};
 use portcullis_operator::controller::{
     policy::PolicyKind,
     validate::{self, Bundle},
@@ -215,12 +215,10 @@ fn check_namespace(
     let mut reported = std::collections::BTreeSet::new();
     // The notes a status carries are about FTPS logins: worth a warning only where a gateway
     // of the namespace offers FTPS.
-    let ftps = ns.gateways.values().any(|g| {
-        g.spec
-            .listeners
-            .iter()
-            .any(|l| l.protocol != ListenerProtocol::Sftp)
-    });
+    let ftps = ns
+        .gateways
+        .values()
+        .any(|g| g.spec.listeners.iter().any(|l| l.protocol.is_ftps()));
     let note = if ftps {
         Severity::Warning
     } else {
@@ -387,7 +385,7 @@ fn lints(ns: &Namespace, findings: &mut Vec<Finding>) {
             ));
         }
     }
-    let listener_zones: Vec<(&str, ListenerProtocol, &String)> = ns
+    let listener_zones: Vec<(&str, Protocol, &String)> = ns
         .gateways
         .values()
         .flat_map(|g| g.spec.listeners.iter())

@@ -89,8 +89,8 @@ pub fn diff(old: &Namespace, new: &Namespace) -> Vec<Section> {
             if o.auth_methods != n.auth_methods {
                 parts.push(format!(
                     "authMethods [{}] → [{}]",
-                    o.auth_methods.join("; "),
-                    n.auth_methods.join("; ")
+                    chains(&o.auth_methods),
+                    chains(&n.auth_methods)
                 ));
             }
             if o.public_keys != n.public_keys
@@ -289,6 +289,14 @@ pub fn render(namespace: &str, sections: &[Section], markdown: bool) -> String {
         }
     }
     out
+}
+
+/// Method chains as a user writes them: `publickey,password; certificate`.
+fn chains(c: &[portcullis_config::AuthChain]) -> String {
+    c.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]

@@ -28,8 +28,8 @@ use k8s_openapi::{
     },
 };
 use kube::{Resource, ResourceExt};
-use portcullis_api::{ListenerProtocol, ServiceType, TransferGateway};
-use portcullis_config::{PassiveSlice, PortRange};
+use portcullis_api::{ServiceType, TransferGateway};
+use portcullis_config::PassiveSlice;
 
 use super::validate::{AUDIT_MOUNT, Bundle, CONFIG_MOUNT};
 
@@ -248,7 +248,7 @@ fn passive_ports(gw: &TransferGateway) -> BTreeSet<i32> {
         .listeners
         .iter()
         .filter_map(|l| l.passive_ports.as_ref())
-        .flat_map(|r| r.min..=r.max)
+        .flat_map(|r| i32::from(r.min)..=i32::from(r.max))
         .collect()
 }
 
@@ -274,14 +274,8 @@ fn slice_ports(gw: &TransferGateway, slice: PassiveSlice) -> BTreeSet<i32> {
     gw.spec
         .listeners
         .iter()
-        .filter_map(|l| l.passive_ports.as_ref())
-        .filter_map(|r| {
-            let range = PortRange {
-                min: u16::try_from(r.min).ok()?,
-                max: u16::try_from(r.max).ok()?,
-            };
-            range.slice(slice)
-        })
+        .filter_map(|l| l.passive_ports)
+        .filter_map(|r| r.slice(slice))
         .flat_map(|r| i32::from(r.min)..=i32::from(r.max))
         .collect()
 }
@@ -525,10 +519,7 @@ fn affinity(gw: &TransferGateway) -> Option<Affinity> {
 }
 
 fn has_ftps(gw: &TransferGateway) -> bool {
-    gw.spec
-        .listeners
-        .iter()
-        .any(|l| l.protocol != ListenerProtocol::Sftp)
+    gw.spec.listeners.iter().any(|l| l.protocol.is_ftps())
 }
 
 fn service(gw: &TransferGateway, bundle: &Bundle) -> Service {
@@ -633,7 +624,7 @@ fn network_policy(gw: &TransferGateway, bundle: &Bundle, admin_from: &[String]) 
                 .collect();
             let mut ports = vec![tcp(l.port, None)];
             if let Some(r) = &l.passive_ports {
-                ports.push(tcp(r.min, Some(r.max)));
+                ports.push(tcp(i32::from(r.min), Some(i32::from(r.max))));
             }
             NetworkPolicyIngressRule {
                 from: Some(from.into_iter().map(|c| ip_peer(c)).collect()),
@@ -698,11 +689,7 @@ fn network_policy(gw: &TransferGateway, bundle: &Bundle, admin_from: &[String]) 
         let Some(a) = l.active_mode.as_ref().filter(|a| a.enabled) else {
             continue;
         };
-        let low = if a.no_low_ports.unwrap_or(true) {
-            1024
-        } else {
-            1
-        };
+        let low = if a.no_low_ports { 1024 } else { 1 };
         let to: BTreeSet<&String> = l
             .zones
             .iter()

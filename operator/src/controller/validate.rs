@@ -5,8 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 use portcullis_api::{
-    AuditKey, ClientCertificateMode, EndpointProtocol, KeyRing, ListenerProtocol, TransferGateway,
-    TransferRole, TransferUser,
+    AuditKey, EndpointProtocol, KeyRing, TransferGateway, TransferRole, TransferUser,
 };
 use portcullis_config as config;
 use sha2::{Digest, Sha256};
@@ -386,7 +385,7 @@ pub fn endpoints(
                         let (min, max) = f
                             .data_ports
                             .as_ref()
-                            .map_or((1024, 65535), |p| (p.min, p.max));
+                            .map_or((1024, 65535), |p| (i32::from(p.min), i32::from(p.max)));
                         for cidr in egress_cidrs(&a.host, &a.egress_cidrs) {
                             egress.insert((cidr.clone(), a.port, a.port));
                             egress.insert((cidr, min, max));
@@ -903,34 +902,18 @@ pub fn user_problems(name: &str, user: &TransferUser, world: &World) -> Vec<Prob
 /// always asked for) cannot be completed there. The gateway refuses such logins; the status
 /// says so ahead of time.
 pub fn ftps_refusal(u: &portcullis_api::TransferUserSpec) -> Option<String> {
-    let chains: Vec<Vec<&str>> = if u.auth_methods.is_empty() {
-        // As the gateway derives them (`auth::Chains::new`): each credential alone, followed
-        // by the code when there is a TOTP secret.
-        let code = u.totp_secret.is_some();
-        [
-            (!u.certificate_names.is_empty(), "certificate"),
-            (!u.public_keys.is_empty(), "publickey"),
-            (u.password_hash.is_some(), "password"),
-        ]
-        .into_iter()
-        .filter(|(has, _)| *has)
-        .map(|(_, m)| {
-            let mut c = vec![m];
-            if code {
-                c.push("keyboard-interactive");
-            }
-            c
-        })
-        .collect()
-    } else {
-        u.auth_methods
-            .iter()
-            .map(|c| c.split(',').map(str::trim).collect())
-            .collect()
-    };
-    let ftps_can = chains
-        .iter()
-        .any(|c| c.iter().all(|m| matches!(*m, "password" | "certificate")));
+    use portcullis_api::{AuthChain, AuthMethod};
+    let chains = AuthChain::effective(
+        &u.auth_methods,
+        u.password_hash.is_some(),
+        !u.public_keys.is_empty(),
+        !u.certificate_names.is_empty(),
+        u.totp_secret.is_some(),
+    );
+    let ftps_can = chains.iter().any(|c| {
+        c.0.iter()
+            .all(|m| matches!(m, AuthMethod::Password | AuthMethod::Certificate))
+    });
     (!ftps_can).then(|| {
         "FTPS logins are refused: no authentication chain can be completed over FTPS, which offers only password and certificate (a one-time code or a public key cannot be given there); use SFTP".to_owned()
     })
@@ -1021,47 +1004,25 @@ fn secret_problem(who: &str, secret: &str, key: &str, e: SecretLookup) -> Proble
     }
 }
 
-/// The FTPS fields of a listener (none for SFTP).
+/// The FTPS fields of a listener (none for SFTP): the CRD's types are the config's, so this
+/// only fills in the defaults of fields left out.
 fn listener_ftps(l: &portcullis_api::ListenerSpec) -> config::Listener {
-    let ftps = l.protocol != ListenerProtocol::Sftp;
+    let ftps = l.protocol.is_ftps();
     let t = l.tls.clone().unwrap_or_default();
-    let a = l.active_mode.clone().unwrap_or_default();
     config::Listener {
         name: String::new(),
-        protocol: match l.protocol {
-            ListenerProtocol::Sftp => config::Protocol::Sftp,
-            ListenerProtocol::Ftps => config::Protocol::Ftps,
-            ListenerProtocol::FtpsImplicit => config::Protocol::FtpsImplicit,
-        },
+        protocol: l.protocol,
         address: String::new(),
         zones: Vec::new(),
         tls: ftps.then(|| config::ListenerTls {
             key_ring: l.key_ring.clone().unwrap_or_default(),
-            min_version: match t.min_version.as_deref() {
-                Some("1.3") => config::TlsVersion::Tls13,
-                _ => config::TlsVersion::Tls12,
-            },
+            min_version: t.min_version.unwrap_or_default(),
             cipher_suites: t.cipher_suites.clone(),
-            client_certificates: match t.client_certificates {
-                None | Some(ClientCertificateMode::None) => config::ClientCertificates::None,
-                Some(ClientCertificateMode::Optional) => config::ClientCertificates::Optional,
-                Some(ClientCertificateMode::Required) => config::ClientCertificates::Required,
-            },
+            client_certificates: t.client_certificates.unwrap_or_default(),
         }),
-        passive_ports: l
-            .passive_ports
-            .as_ref()
-            .filter(|_| ftps)
-            .map(|p| config::PortRange {
-                min: p.min as u16,
-                max: p.max as u16,
-            }),
+        passive_ports: l.passive_ports.filter(|_| ftps),
         advertised_address: l.advertised_address.clone().filter(|_| ftps),
-        active_mode: config::ActiveMode {
-            enabled: a.enabled,
-            no_low_ports: a.no_low_ports.unwrap_or(true),
-            no_redirect: a.no_redirect.unwrap_or(true),
-        },
+        active_mode: l.active_mode.unwrap_or_default(),
         data_timeout_seconds: 30,
     }
 }
