@@ -288,3 +288,111 @@ async fn reconcile<K: PolicyKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    //! The policy driver against a mock API server: what it asks, and what it writes.
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::shared::{
+        cache::Listed,
+        testing::{answer, context, mock_client},
+    };
+
+    fn user(spec: Value) -> TransferUser {
+        serde_json::from_value(json!({
+            "apiVersion": "portcullis.dev/v1alpha1", "kind": "TransferUser",
+            "metadata": {"name": "alice", "namespace": "team", "generation": 3, "uid": "u1"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    /// The status patch answered with the user it patched.
+    fn patched(u: &TransferUser) -> impl Fn(&crate::shared::testing::Seen) -> Value + use<> {
+        let base = serde_json::to_value(u).unwrap();
+        move |s| {
+            let mut out = base.clone();
+            out["status"] = s.body["status"].clone();
+            out
+        }
+    }
+
+    #[tokio::test]
+    async fn a_user_whose_secret_is_missing_gets_a_false_ready_and_an_event_and_nothing_else() {
+        let alice = user(json!({"passwordHash": {"name": "alice-pw", "key": "hash"}, "roles": []}));
+        let caches = Caches::holding(Listed {
+            users: vec![alice.clone()],
+            ..Default::default()
+        })
+        .await;
+        let status = patched(&alice);
+        let (client, log) = mock_client(move |s| answer(s, &status));
+        let ctx = context(client, caches);
+        let action = reconcile(Arc::new(alice), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(std::time::Duration::from_secs(600)));
+        let seen = log.lock().unwrap().clone();
+        let lines: Vec<String> = seen.iter().map(|s| s.line()).collect();
+        // No Secret is fetched (the store says it does not exist), no list, no get of the user:
+        // one status patch and the Event that says why.
+        assert_eq!(
+            lines,
+            [
+                "PATCH /apis/portcullis.dev/v1alpha1/namespaces/team/transferusers/alice/status",
+                "POST /apis/events.k8s.io/v1/namespaces/team/events",
+            ]
+        );
+        let cond = &seen[0].body["status"]["conditions"][0];
+        assert_eq!(cond["type"], "Ready");
+        assert_eq!(cond["status"], "False");
+        assert_eq!(cond["reason"], "SecretNotFound");
+        assert_eq!(cond["observedGeneration"], 3);
+        assert!(
+            cond["message"].as_str().unwrap().contains("alice-pw"),
+            "{cond}"
+        );
+        assert_eq!(seen[0].body["status"]["observedGeneration"], 3);
+        assert_eq!(seen[1].body["reason"], "SecretNotFound");
+        assert_eq!(seen[1].body["type"], "Warning");
+        let counted = ctx
+            .metrics
+            .errors
+            .get_or_create(&vec![
+                ("controller", TransferUser::CONTROLLER.to_owned()),
+                ("step", "validate".to_owned()),
+                ("category", "SecretNotFound".to_owned()),
+            ])
+            .get();
+        assert_eq!(counted, 1);
+    }
+
+    #[tokio::test]
+    async fn a_status_already_true_is_not_written_again() {
+        let mut alice = user(json!({"publicKeys": [
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH3Cz8X6Yq3dCF2b9pZ1a1fKq2Hh2jQb5o1q8VbJZt3s a"
+        ]}));
+        let caches = Caches::holding(Listed {
+            users: vec![alice.clone()],
+            ..Default::default()
+        })
+        .await;
+        let status = patched(&alice);
+        let (client, log) = mock_client(move |s| answer(s, &status));
+        reconcile(Arc::new(alice.clone()), context(client, caches.clone()))
+            .await
+            .unwrap();
+        let first = log.lock().unwrap().clone();
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(first[0].body["status"]["conditions"][0]["status"], "True");
+        // The same object with the status it now has: no request at all.
+        alice.status = serde_json::from_value(first[0].body["status"].clone()).unwrap();
+        let status = patched(&alice);
+        let (client, log) = mock_client(move |s| answer(s, &status));
+        reconcile(Arc::new(alice), context(client, caches))
+            .await
+            .unwrap();
+        assert!(log.lock().unwrap().is_empty());
+    }
+}

@@ -554,7 +554,136 @@ fn publish_audit_keys<'a>(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
+    use crate::shared::{
+        cache::{Caches, Listed},
+        testing::{Seen, answer, context, mock_client},
+    };
+
+    fn edge() -> KeyRing {
+        serde_json::from_value(json!({
+            "apiVersion": "portcullis.dev/v1alpha1", "kind": "KeyRing",
+            "metadata": {"name": "edge", "namespace": "team", "generation": 1, "uid": "k1"},
+            "spec": {"issuer": {"type": "selfSigned"}, "dnsNames": ["transfer.example.com"]},
+        }))
+        .unwrap()
+    }
+
+    /// Answers a status patch with the key ring it patched, and a GET of a Secret in `secrets`
+    /// (path → object) with it.
+    fn api(kr: &KeyRing, secrets: Vec<(String, Value)>) -> impl Fn(&Seen) -> (u16, Value) + use<> {
+        let base = serde_json::to_value(kr).unwrap();
+        move |s| match secrets.iter().find(|(p, _)| *p == s.path) {
+            Some((_, sec)) if s.method == "GET" => (200, sec.clone()),
+            _ => answer(s, |s| {
+                let mut out = base.clone();
+                out["status"] = s.body["status"].clone();
+                out
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_key_ring_is_issued_into_its_secret_once_and_then_left_alone() {
+        let kr = edge();
+        let caches = Caches::holding(Listed {
+            key_rings: vec![kr.clone()],
+            ..Default::default()
+        })
+        .await;
+        let (client, log) = mock_client(api(&kr, vec![]));
+        reconcile(Arc::new(kr.clone()), context(client, caches.clone()))
+            .await
+            .unwrap();
+        let seen = log.lock().unwrap().clone();
+        let secret = "/api/v1/namespaces/team/secrets/edge-keyring";
+        let ca = "/api/v1/namespaces/team/secrets/edge-ca";
+        let status_path = "/apis/portcullis.dev/v1alpha1/namespaces/team/keyrings/edge/status";
+        let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+        // The key ring's own CA first, then "Issuing" on the status, then the leaf, the
+        // Event and the final status.
+        assert_eq!(
+            lines,
+            [
+                format!("GET {secret}"),
+                format!("GET {ca}"),
+                format!("GET {ca}"),
+                format!("PATCH {ca}"),
+                format!("PATCH {status_path}"),
+                format!("GET {secret}"),
+                format!("PATCH {secret}"),
+                "POST /apis/events.k8s.io/v1/namespaces/team/events".into(),
+                format!("PATCH {status_path}"),
+            ]
+        );
+        let issuing = seen[4].body["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Issuing")
+            .unwrap()
+            .clone();
+        assert_eq!(issuing["status"], "True", "{issuing}");
+        // Server-side apply, by the operator; retained by default (no owner: host keys and a
+        // CA outlive the KeyRing object), labelled as the key ring's.
+        let applied = &seen[6];
+        assert!(
+            applied.query.contains("fieldManager=portcullis-operator"),
+            "{}",
+            applied.query
+        );
+        assert!(applied.query.contains("force=true"), "{}", applied.query);
+        assert_eq!(applied.body["type"], "kubernetes.io/tls");
+        assert!(applied.body["metadata"]["ownerReferences"].is_null());
+        assert_eq!(
+            applied.body["metadata"]["labels"]["app.kubernetes.io/instance"],
+            "edge"
+        );
+        let data = applied.body["data"].as_object().unwrap();
+        for k in ["tls.crt", "tls.key", "ca.crt"] {
+            assert!(data.contains_key(k), "{k} missing: {:?}", data.keys());
+        }
+        let status = &seen[8].body["status"];
+        assert_eq!(status["secretName"], "edge-keyring");
+        assert!(status["certificateFingerprint"].is_string(), "{status}");
+        let ready = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
+        assert_eq!(
+            (&ready["status"], &ready["reason"]),
+            (&json!("True"), &json!("Issued"))
+        );
+        assert_eq!(seen[7].body["reason"], "Issued");
+
+        // Again, with the Secret and the status it now has: read, found current, nothing
+        // issued, written or announced.
+        let mut issued = kr.clone();
+        issued.status = serde_json::from_value(status.clone()).unwrap();
+        let (client, log) = mock_client(api(
+            &issued,
+            vec![
+                (secret.into(), applied.body.clone()),
+                (ca.into(), seen[3].body.clone()),
+            ],
+        ));
+        reconcile(Arc::new(issued), context(client, caches))
+            .await
+            .unwrap();
+        let lines: Vec<String> = log.lock().unwrap().iter().map(Seen::line).collect();
+        assert_eq!(
+            lines,
+            [
+                format!("GET {secret}"),
+                format!("GET {ca}"),
+                format!("GET {secret}")
+            ]
+        );
+    }
 
     fn key(id: &str, created: &str, retired: Option<&str>) -> AuditKey {
         AuditKey {

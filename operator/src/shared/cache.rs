@@ -182,6 +182,45 @@ impl Caches {
         (caches, driver)
     }
 
+    /// Caches holding `listed` as their first full list (for tests), ready to read.
+    #[cfg(test)]
+    pub async fn holding(listed: Listed) -> Arc<Caches> {
+        fn fixed<K>(what: &'static str, objs: Vec<K>) -> (Shared<K>, BoxFuture<'static, ()>)
+        where
+            K: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+        {
+            Shared::new(what, move |_| {
+                let events = std::iter::once(watcher::Event::Init)
+                    .chain(objs.into_iter().map(watcher::Event::InitApply))
+                    .chain(std::iter::once(watcher::Event::InitDone))
+                    .map(Ok);
+                futures::stream::iter(events).chain(futures::stream::pending())
+            })
+        }
+        let (gateways, g) = fixed("TransferGateway", listed.gateways);
+        let (endpoints, a) = fixed("TransferEndpoint", listed.endpoints);
+        let (zones, b) = fixed("NetworkZone", listed.zones);
+        let (key_rings, c) = fixed("KeyRing", listed.key_rings);
+        let (users, d) = fixed("TransferUser", listed.users);
+        let (roles, e) = fixed("TransferRole", listed.roles);
+        let (secrets, f) = fixed("Secret", listed.secrets);
+        tokio::spawn(async move {
+            futures::join!(g, a, b, c, d, e, f);
+        });
+        let caches = Arc::new(Caches {
+            gateways,
+            endpoints,
+            zones,
+            key_rings,
+            users,
+            roles,
+            secrets,
+            fetched: Mutex::default(),
+        });
+        caches.ready().await;
+        caches
+    }
+
     /// Drops the fetched copy of `meta`'s Secret unless the store still holds it at the same
     /// `resourceVersion`.
     fn forget_if_stale(&self, meta: &PartialObjectMeta<Secret>) {
@@ -273,4 +312,18 @@ impl Caches {
         }
         Ok(world)
     }
+}
+
+/// What test caches hold: the first list of each kind.
+#[cfg(test)]
+#[derive(Default)]
+pub struct Listed {
+    pub gateways: Vec<TransferGateway>,
+    pub endpoints: Vec<TransferEndpoint>,
+    pub zones: Vec<NetworkZone>,
+    pub key_rings: Vec<KeyRing>,
+    pub users: Vec<TransferUser>,
+    pub roles: Vec<TransferRole>,
+    /// Secrets' metadata; a reconcile GETs the data of those it needs.
+    pub secrets: Vec<PartialObjectMeta<Secret>>,
 }

@@ -28,6 +28,8 @@ pub mod dereference;
 pub mod keyring_secret;
 pub mod scope;
 pub mod status;
+#[cfg(test)]
+pub mod testing;
 
 /// Resolves once on SIGTERM/SIGINT; every controller holds a clone.
 pub type Stop = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
