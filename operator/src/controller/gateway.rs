@@ -225,3 +225,276 @@ async fn reconcile_inner(gw: &TransferGateway, ctx: &Context) -> Result<Action, 
         if waiting { 5 } else { 600 },
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The gateway driver against a mock API server: what it fetches, applies and reports.
+
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::{ByteString, api::core::v1::Secret};
+    use kube::core::PartialObjectMeta;
+    use portcullis_api::{KeyRing, NetworkZone};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::shared::{
+        ca,
+        cache::{Caches, Listed},
+        keyring_secret::keys,
+        testing::{Seen, answer, context, mock_client},
+    };
+
+    const NS: &str = "/api/v1/namespaces/team";
+    const STATUS: &str =
+        "/apis/portcullis.dev/v1alpha1/namespaces/team/transfergateways/dmz/status";
+
+    fn object<K: serde::de::DeserializeOwned>(kind: &str, name: &str, spec: Value) -> K {
+        serde_json::from_value(json!({
+            "apiVersion": "portcullis.dev/v1alpha1", "kind": kind,
+            "metadata": {"name": name, "namespace": "team", "generation": 1, "uid": format!("uid-{name}")},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn dmz(host_key_ring: &str) -> TransferGateway {
+        object(
+            "TransferGateway",
+            "dmz",
+            json!({"hostKeyRing": host_key_ring, "replicas": 1,
+                   "listeners": [{"name": "sftp", "protocol": "sftp", "port": 2222, "zones": ["z"]}]}),
+        )
+    }
+
+    /// The key ring's Secret as the key ring driver leaves it: SSH host keys.
+    fn key_ring_secret() -> Secret {
+        let data = [keys::SSH_ED25519, keys::SSH_ECDSA]
+            .into_iter()
+            .map(|k| {
+                let key = ca::new_host_key(k == keys::SSH_ECDSA).unwrap();
+                (k.to_owned(), ByteString(key.into_bytes()))
+            })
+            .collect::<BTreeMap<_, _>>();
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("edge-keyring".into()),
+                namespace: Some("team".into()),
+                resource_version: Some("7".into()),
+                ..Default::default()
+            },
+            data: Some(data),
+            ..Default::default()
+        }
+    }
+
+    /// A key ring as its driver leaves it once issued.
+    fn issued(mut kr: KeyRing) -> KeyRing {
+        kr.status = serde_json::from_value(json!({
+            "secretName": "edge-keyring",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Issued", "message": "",
+                            "lastTransitionTime": "2026-12-01T00:00:00Z"}],
+        }))
+        .unwrap();
+        kr
+    }
+
+    /// Caches as the watches fill them: the gateway, its zone and key ring, and the metadata
+    /// of `secrets`.
+    async fn caches(gw: &TransferGateway, secrets: &[&Secret]) -> Arc<Caches> {
+        let metas = secrets
+            .iter()
+            .map(|s| PartialObjectMeta::<Secret> {
+                metadata: s.metadata.clone(),
+                ..Default::default()
+            })
+            .collect();
+        Caches::holding(Listed {
+            gateways: vec![gw.clone()],
+            zones: vec![object::<NetworkZone>(
+                "NetworkZone",
+                "z",
+                json!({"cidrs": ["198.18.0.0/24"]}),
+            )],
+            key_rings: vec![issued(object::<KeyRing>(
+                "KeyRing",
+                "edge",
+                json!({"issuer": {"type": "selfSigned"}, "sshHostKeys": true}),
+            ))],
+            secrets: metas,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Answers: the key ring Secret, `live` objects by path, an empty Deployment list, and a
+    /// status patch with the gateway it patched.
+    fn api(
+        gw: &TransferGateway,
+        secret: &Secret,
+        live: BTreeMap<String, Value>,
+    ) -> impl Fn(&Seen) -> (u16, Value) + use<> {
+        let base = serde_json::to_value(gw).unwrap();
+        let secret = serde_json::to_value(secret).unwrap();
+        move |s| match (s.method.as_str(), s.path.as_str()) {
+            ("GET", p) if p == format!("{NS}/secrets/edge-keyring") => (200, secret.clone()),
+            ("GET", "/apis/apps/v1/namespaces/team/deployments") => (
+                200,
+                json!({"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {}, "items": []}),
+            ),
+            ("GET", p) if live.contains_key(p) => (200, live[p].clone()),
+            _ => answer(s, |s| {
+                let mut out = base.clone();
+                out["status"] = s.body["status"].clone();
+                out
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_valid_gateway_applies_its_objects_once_and_a_second_pass_writes_nothing() {
+        let gw = dmz("edge");
+        let secret = key_ring_secret();
+        let (client, log) = mock_client(api(&gw, &secret, BTreeMap::new()));
+        reconcile(
+            Arc::new(gw.clone()),
+            context(client, caches(&gw, &[&secret]).await),
+        )
+        .await
+        .unwrap();
+        let seen = log.lock().unwrap().clone();
+        // The key ring Secret is the one Secret read, before anything else.
+        assert_eq!(seen[0].line(), format!("GET {NS}/secrets/edge-keyring"));
+        // Each object: looked at, then server-side applied by the operator (concurrently, so
+        // in no fixed order).
+        let mut applied: Vec<&str> = seen
+            .iter()
+            .filter(|s| s.method == "PATCH" && !s.path.ends_with("/status"))
+            .map(|s| {
+                assert!(
+                    s.query.contains("fieldManager=portcullis-operator"),
+                    "{s:?}"
+                );
+                assert_eq!(
+                    s.body["metadata"]["ownerReferences"][0]["uid"], "uid-dmz",
+                    "{s:?}"
+                );
+                s.path.as_str()
+            })
+            .collect();
+        applied.sort();
+        assert_eq!(
+            applied,
+            [
+                "/api/v1/namespaces/team/secrets/dmz-config",
+                "/api/v1/namespaces/team/serviceaccounts/dmz-gateway",
+                "/api/v1/namespaces/team/services/dmz",
+                "/api/v1/namespaces/team/services/dmz-peers",
+                "/apis/apps/v1/namespaces/team/deployments/dmz",
+                "/apis/networking.k8s.io/v1/namespaces/team/networkpolicies/dmz",
+                "/apis/policy/v1/namespaces/team/poddisruptionbudgets/dmz",
+            ]
+        );
+        for p in &applied {
+            let get = seen
+                .iter()
+                .position(|s| s.line() == format!("GET {p}"))
+                .unwrap();
+            let patch = seen
+                .iter()
+                .position(|s| s.line() == format!("PATCH {p}"))
+                .unwrap();
+            assert!(get < patch, "{p}: applied without a look first");
+        }
+        // The config Secret holds the compiled bundle; the status names its hash.
+        let config = seen
+            .iter()
+            .find(|s| s.line() == format!("PATCH {NS}/secrets/dmz-config"))
+            .unwrap();
+        assert!(
+            config.body["data"]["config.yaml"].is_string(),
+            "{:?}",
+            config.body["data"]
+        );
+        let status = seen.iter().find(|s| s.path == STATUS).unwrap();
+        let hash = status.body["status"]["configHash"].as_str().unwrap();
+        assert!(!hash.is_empty());
+        let ready = &status.body["status"]["conditions"][0];
+        assert_eq!(
+            (&ready["type"], &ready["status"]),
+            (&json!("Ready"), &json!("False"))
+        );
+        assert_eq!(ready["reason"], "RollingOut", "{ready}");
+        assert_eq!(ready["message"], "the Deployment does not exist yet");
+        // The Deployments it owns were listed (none yet), once.
+        assert_eq!(
+            seen.iter()
+                .filter(|s| s.path == "/apis/apps/v1/namespaces/team/deployments")
+                .count(),
+            1
+        );
+
+        // Again, with every object live as applied, the config Secret in the watch (its
+        // defender key is then kept, not made anew) and the status as written: every object
+        // is looked at, and nothing is written.
+        let mut config_secret: Secret = serde_json::from_value(config.body.clone()).unwrap();
+        config_secret.metadata.resource_version = Some("8".into());
+        let live: BTreeMap<String, Value> = seen
+            .iter()
+            .filter(|s| s.method == "PATCH" && !s.path.ends_with("/status"))
+            .map(|s| (s.path.clone(), s.body.clone()))
+            .collect();
+        let mut current = gw.clone();
+        current.status = serde_json::from_value(status.body["status"].clone()).unwrap();
+        let (client, log) = mock_client(api(&current, &secret, live));
+        let caches = caches(&current, &[&secret, &config_secret]).await;
+        reconcile(Arc::new(current), context(client, caches))
+            .await
+            .unwrap();
+        let lines: Vec<String> = log.lock().unwrap().iter().map(Seen::line).collect();
+        assert!(lines.iter().all(|l| l.starts_with("GET ")), "{lines:?}");
+        assert!(
+            lines.contains(&format!("GET {NS}/secrets/dmz-config")),
+            "{lines:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gateway_with_a_missing_key_ring_applies_nothing_and_says_why() {
+        let gw = dmz("gone");
+        let secret = key_ring_secret();
+        let (client, log) = mock_client(api(&gw, &secret, BTreeMap::new()));
+        reconcile(
+            Arc::new(gw.clone()),
+            context(client, caches(&gw, &[&secret]).await),
+        )
+        .await
+        .unwrap();
+        let lines: Vec<String> = log.lock().unwrap().iter().map(Seen::line).collect();
+        // The last good config stays: no object is touched, only the status says why. (The
+        // namespace's key ring Secrets are read whatever the gateway names: its policy is the
+        // namespace's.)
+        assert_eq!(
+            lines,
+            [
+                format!("GET {NS}/secrets/edge-keyring"),
+                "GET /apis/apps/v1/namespaces/team/deployments".to_owned(),
+                format!("PATCH {STATUS}"),
+                "POST /apis/events.k8s.io/v1/namespaces/team/events".into(),
+            ]
+        );
+        let seen = log.lock().unwrap().clone();
+        let conds = seen[2].body["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let by = |t: &str| conds.iter().find(|c| c["type"] == t).unwrap().clone();
+        assert_eq!(by("Ready")["status"], "False");
+        assert_eq!(by("Stalled")["status"], "True");
+        assert!(
+            by("Ready")["message"].as_str().unwrap().contains("gone"),
+            "{conds:?}"
+        );
+        assert_eq!(seen[3].body["type"], "Warning");
+    }
+}
