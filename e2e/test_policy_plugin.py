@@ -1,13 +1,17 @@
 """`kubectl portcullis policy explain` against the real thing: a folder of policy is compiled by
 the plugin (`policy compile`, the operator's own compile step), the real gateway serves it with
 the real sshd behind, and for each request of a table the plugin's decision must equal what a
-real SFTP session (paramiko, from the request's source address) is allowed to do.
+real session from the request's source address is allowed to do: SFTP (paramiko) and explicit
+FTPS (Python's ftplib).
 
 The source addresses are 127.0.0.1 (zone `office`), 127.0.0.2 (zone `partners`) and
 127.0.0.3 (no zone): loopback holds the whole 127.0.0.0/8."""
 
+import ftplib
+import io
 import json
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +19,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from harness import ROOT, Gateway, fresh_dir, hash_password, keygen, pubkey
+from ftps import ReusingFTP_TLS, free_port_range
+from harness import ROOT, Gateway, free_port, fresh_dir, hash_password, keygen, pubkey
 
 PLUGIN = ROOT / "target" / "release" / "kubectl-portcullis"
 
@@ -24,9 +29,10 @@ def plugin(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([str(PLUGIN), *args], capture_output=True, text=True, check=check, timeout=60)
 
 
-def policy(sshd, gw: Gateway, data: Path, alice_key: Path, bob_hash: str) -> str:
-    """The folder's one file: zones, a key ring, an endpoint (the real sshd), two roles, four
-    users and a gateway listening where the harness expects it."""
+def policy(sshd, gw: Gateway, data: Path, alice_key: Path, bob_hash: str, ftps_port: int,
+           passive: int) -> str:
+    """The folder's one file: zones, a key ring, an endpoint (the real sshd), two roles, five
+    users and a gateway listening where the harness expects it (SFTP) and on `ftps_port`."""
     backend_key = sshd.client_key.read_text()
     return f"""
 apiVersion: portcullis.dev/v1alpha1
@@ -114,6 +120,14 @@ spec:
   roles: [ops]
 ---
 apiVersion: portcullis.dev/v1alpha1
+kind: TransferUser
+metadata: {{name: erin}}
+spec:
+  passwordHash: {{name: bob-pw, key: hash}}
+  zones: [office]
+  roles: [ops]
+---
+apiVersion: portcullis.dev/v1alpha1
 kind: TransferGateway
 metadata: {{name: dmz}}
 spec:
@@ -121,6 +135,8 @@ spec:
   adminPort: {gw.admin_port}
   listeners:
     - {{name: sftp, protocol: sftp, port: {gw.port}, zones: [office, partners]}}
+    - {{name: ftps, protocol: ftps, port: {ftps_port}, zones: [office, partners], keyRing: edge,
+       passivePorts: {{min: {passive}, max: {passive + 15}}}}}
   defender: {{enabled: false}}
 """
 
@@ -165,6 +181,71 @@ REQUESTS = [
     ("dave", "127.0.0.1", "list", "/in"),
     ("mallory", "127.0.0.1", "list", "/"),
 ]
+
+
+# Over explicit FTPS, which offers password and certificate logins only. erin: password,
+# office, role ops; bob as above; alice has a key only, so FTPS refuses her at login.
+FTPS_REQUESTS = [
+    ("erin", "127.0.0.1", "list", "/in"),
+    ("erin", "127.0.0.1", "list", "/reports"),
+    ("erin", "127.0.0.1", "read", "/out/data.csv"),
+    ("erin", "127.0.0.1", "read", "/in/drop.txt"),
+    ("erin", "127.0.0.1", "write", "/in/ftps.txt"),
+    ("erin", "127.0.0.1", "write", "/out/ftps.txt"),
+    ("erin", "127.0.0.1", "delete", "/out/ftps-old.csv"),
+    ("erin", "127.0.0.1", "delete", "/in/drop.txt"),
+    ("erin", "127.0.0.1", "mkdir", "/in/ftps-batch"),
+    ("erin", "127.0.0.1", "mkdir", "/out/ftps-batch"),
+    ("erin", "127.0.0.1", "rename", "/out/ftps-move.csv"),
+    ("erin", "127.0.0.2", "list", "/in"),
+    ("bob", "127.0.0.2", "read", "/reports/q3.txt"),
+    ("bob", "127.0.0.2", "write", "/reports/ftps.txt"),
+    ("bob", "127.0.0.3", "list", "/reports"),
+    ("alice", "127.0.0.1", "list", "/in"),
+    ("mallory", "127.0.0.1", "list", "/"),
+]
+
+
+def ftps_session(port: int, user: str, source: str):
+    """A real explicit FTPS session from `source` (control and data connections), or None when
+    the gateway refuses it. The key ring's CA is not in the bundle, so the certificate is not
+    verified here: what is compared is the policy decision, not the TLS trust (tested by the
+    FTPS suites)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    # Data connections resume the control connection's TLS session, as the gateway requires.
+    f = ReusingFTP_TLS(context=ctx, timeout=10, source_address=(source, 0))
+    try:
+        f.connect("127.0.0.1", port)
+        f.login(user, "bob-pw")
+        f.prot_p()
+        return f
+    except (ftplib.Error, OSError, EOFError):
+        f.close()
+        return None
+
+
+def ftps_attempt(f: ftplib.FTP_TLS, verb: str, path: str) -> bool:
+    """Whether the gateway let `verb` on `path` through to the backend."""
+    try:
+        if verb == "list":
+            f.nlst(path)
+        elif verb == "read":
+            f.retrbinary(f"RETR {path}", lambda _: None)
+        elif verb == "write":
+            f.storbinary(f"STOR {path}", io.BytesIO(b"x"))
+        elif verb == "delete":
+            f.delete(path)
+        elif verb == "mkdir":
+            f.mkd(path)
+        elif verb == "rename":
+            f.rename(path, path + ".moved")
+        else:
+            raise AssertionError(verb)
+        return True
+    except (ftplib.Error, OSError, EOFError):
+        return False
 
 
 def session(gw: Gateway, user: str, source: str, alice_key: Path):
@@ -221,7 +302,7 @@ def test_explain_decides_as_the_running_gateway_does(sshd):
     data = sshd.root / "policy_plugin"
     for sub, files in {
         "in": ["drop.txt", "drop2.txt", "drop3.txt"],
-        "out": ["data.csv", "old.csv", "move.csv"],
+        "out": ["data.csv", "old.csv", "move.csv", "ftps-old.csv", "ftps-move.csv"],
         "reports": ["q3.txt"],
     }.items():
         (data / sub).mkdir(parents=True, exist_ok=True)
@@ -232,7 +313,9 @@ def test_explain_decides_as_the_running_gateway_does(sshd):
     gw = Gateway(d / "gw", {}, start=False)
     folder = d / "policy"
     folder.mkdir()
-    (folder / "policy.yaml").write_text(policy(sshd, gw, data, alice_key, hash_password("bob-pw")))
+    ftps_port, passive = free_port(), free_port_range(16)
+    (folder / "policy.yaml").write_text(policy(sshd, gw, data, alice_key, hash_password("bob-pw"),
+                                               ftps_port, passive))
 
     checked = plugin("policy", "check", "-f", str(folder), check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -264,6 +347,27 @@ def test_explain_decides_as_the_running_gateway_does(sshd):
         assert all(e == r for _, _, _, _, e, r, _ in rows), table
         # The table has both outcomes in numbers, and denials at every step.
         assert sum(e for *_, e, _, _ in rows) >= 10 and sum(not e for *_, e, _, _ in rows) >= 10
+
+        # The same over FTPS, where the login methods are a step of their own.
+        rows = []
+        for user, source, verb, path in FTPS_REQUESTS:
+            out = plugin("policy", "explain", "-f", str(folder), "--user", user, "--from", source,
+                         "--protocol", "ftps", "-o", "json", verb, path, check=False)
+            assert out.returncode in (0, 3), out.stderr
+            decision = json.loads(out.stdout)
+            f = ftps_session(ftps_port, user, source)
+            real = False
+            if f is not None:
+                real = ftps_attempt(f, verb, path)
+                f.close()
+            rows.append((user, source, verb, path, decision["allow"], real, decision["rule"]))
+        table = "\n".join(
+            f"{'ok ' if e == r else 'BAD'} {u:<8} {src:<10} {v:<8} {p:<24} explain={'allow' if e else 'deny':<5} gateway={'allow' if r else 'deny':<5} {rule}"
+            for u, src, v, p, e, r, rule in rows
+        )
+        print(table)
+        assert all(e == r for _, _, _, _, e, r, _ in rows), table
+        assert sum(e for *_, e, _, _ in rows) >= 6 and sum(not e for *_, e, _, _ in rows) >= 6
     finally:
         gw.stop()
 
