@@ -13,11 +13,9 @@ import json
 import socket
 import ssl
 import subprocess
-import time
 from pathlib import Path
 
 import paramiko
-import pytest
 
 from ftps import ReusingFTP_TLS, free_port_range
 from harness import ROOT, Gateway, free_port, fresh_dir, hash_password, keygen, pubkey
@@ -226,29 +224,7 @@ def ftps_session(port: int, user: str, source: str):
         return None
 
 
-def ftps_attempt(f: ftplib.FTP_TLS, verb: str, path: str) -> bool:
-    """Whether the gateway let `verb` on `path` through to the backend."""
-    try:
-        if verb == "list":
-            f.nlst(path)
-        elif verb == "read":
-            f.retrbinary(f"RETR {path}", lambda _: None)
-        elif verb == "write":
-            f.storbinary(f"STOR {path}", io.BytesIO(b"x"))
-        elif verb == "delete":
-            f.delete(path)
-        elif verb == "mkdir":
-            f.mkd(path)
-        elif verb == "rename":
-            f.rename(path, path + ".moved")
-        else:
-            raise AssertionError(verb)
-        return True
-    except (ftplib.Error, OSError, EOFError):
-        return False
-
-
-def session(gw: Gateway, user: str, source: str, alice_key: Path):
+def sftp_session(gw: Gateway, user: str, source: str, alice_key: Path):
     """A real SFTP session from `source`, or None when the gateway refuses it (connection
     closed before the handshake, or authentication failed)."""
     sock = socket.socket()
@@ -262,38 +238,78 @@ def session(gw: Gateway, user: str, source: str, alice_key: Path):
             t.auth_password(user, "bob-pw")
         else:
             t.auth_publickey(user, paramiko.Ed25519Key.from_private_key_file(str(alice_key)))
-        return paramiko.SFTPClient.from_transport(t), t
+        client = paramiko.SFTPClient.from_transport(t)
+        client.close = t.close  # a session ends with its transport
+        return client
     except (paramiko.SSHException, EOFError, OSError):
         sock.close()
         return None
 
 
-def attempt(sftp: paramiko.SFTPClient, verb: str, path: str) -> bool:
-    """Whether the gateway let `verb` on `path` through to the backend."""
-    try:
-        if verb == "list":
-            sftp.listdir(path)
-        elif verb == "read":
-            with sftp.open(path, "r") as f:
-                f.read()
-        elif verb == "write":
-            with sftp.open(path, "w") as f:
-                f.write(b"x")
-        elif verb == "delete":
-            sftp.remove(path)
-        elif verb == "mkdir":
-            sftp.mkdir(path)
-        elif verb == "rmdir":
-            sftp.rmdir(path)
-        elif verb == "rename":
-            sftp.rename(path, path + ".moved")
-        elif verb == "setattr":
-            sftp.chmod(path, 0o640)
-        else:
-            raise AssertionError(verb)
-        return True
-    except (IOError, OSError):
+def sftp_read(c: paramiko.SFTPClient, path: str) -> None:
+    with c.open(path, "r") as f:
+        f.read()
+
+
+def sftp_write(c: paramiko.SFTPClient, path: str) -> None:
+    with c.open(path, "w") as f:
+        f.write(b"x")
+
+
+# What each verb is for a client of each protocol.
+SFTP_VERBS = {
+    "list": lambda c, p: c.listdir(p),
+    "read": sftp_read,
+    "write": sftp_write,
+    "delete": lambda c, p: c.remove(p),
+    "mkdir": lambda c, p: c.mkdir(p),
+    "rmdir": lambda c, p: c.rmdir(p),
+    "rename": lambda c, p: c.rename(p, p + ".moved"),
+    "setattr": lambda c, p: c.chmod(p, 0o640),
+}
+FTPS_VERBS = {
+    "list": lambda f, p: f.nlst(p),
+    "read": lambda f, p: f.retrbinary(f"RETR {p}", lambda _: None),
+    "write": lambda f, p: f.storbinary(f"STOR {p}", io.BytesIO(b"x")),
+    "delete": lambda f, p: f.delete(p),
+    "mkdir": lambda f, p: f.mkd(p),
+    "rename": lambda f, p: f.rename(p, p + ".moved"),
+}
+
+
+def attempt(client, verbs: dict, verb: str, path: str) -> bool:
+    """Whether the gateway let `verb` on `path` through to the backend, and then closes the
+    session."""
+    if client is None:
         return False
+    try:
+        verbs[verb](client, path)
+        return True
+    except (IOError, OSError, EOFError, ftplib.Error):
+        return False
+    finally:
+        client.close()
+
+
+def compare(folder: Path, protocol: str, requests: list, real) -> list:
+    """Each request explained by the plugin and tried for `real` (user, source, verb, path ->
+    allowed); the table printed, and every decision required equal."""
+    rows = []
+    for user, source, verb, path in requests:
+        out = plugin("policy", "explain", "-f", str(folder), "--user", user, "--from", source,
+                     "--protocol", protocol, "-o", "json", verb, path, check=False)
+        assert out.returncode in (0, 3), out.stderr
+        decision = json.loads(out.stdout)
+        assert decision["allow"] == (out.returncode == 0)
+        rows.append((user, source, verb, path, decision["allow"], real(user, source, verb, path),
+                     decision["rule"]))
+    table = "\n".join(
+        f"{'ok ' if e == r else 'BAD'} {protocol:<5} {u:<8} {src:<10} {v:<8} {p:<24} explain={'allow' if e else 'deny':<5} gateway={'allow' if r else 'deny':<5} {rule}"
+        for u, src, v, p, e, r, rule in rows
+    )
+    print(table)
+    assert all(e == r for _, _, _, _, e, r, _ in rows), table
+    return rows
 
 
 def test_explain_decides_as_the_running_gateway_does(sshd):
@@ -323,50 +339,14 @@ def test_explain_decides_as_the_running_gateway_does(sshd):
     plugin("policy", "compile", "-f", str(folder), "--out", str(bundle))
     gw.start(config_arg=bundle / "config.yaml")
     try:
-        rows = []
-        for user, source, verb, path in REQUESTS:
-            out = plugin("policy", "explain", "-f", str(folder), "--user", user, "--from", source,
-                         "--protocol", "sftp", "-o", "json", verb, path, check=False)
-            assert out.returncode in (0, 3), out.stderr
-            decision = json.loads(out.stdout)
-            assert decision["allow"] == (out.returncode == 0)
-            s = session(gw, user, source, alice_key)
-            if s is None:
-                real = False
-            else:
-                sftp, t = s
-                real = attempt(sftp, verb, path)
-                t.close()
-            rows.append((user, source, verb, path, decision["allow"], real, decision["rule"]))
-        table = "\n".join(
-            f"{'ok ' if e == r else 'BAD'} {u:<8} {src:<10} {v:<8} {p:<24} explain={'allow' if e else 'deny':<5} gateway={'allow' if r else 'deny':<5} {rule}"
-            for u, src, v, p, e, r, rule in rows
-        )
-        print(table)
+        rows = compare(folder, "sftp", REQUESTS,
+                       lambda u, src, v, p: attempt(sftp_session(gw, u, src, alice_key), SFTP_VERBS, v, p))
         assert len(rows) >= 30
-        assert all(e == r for _, _, _, _, e, r, _ in rows), table
         # The table has both outcomes in numbers, and denials at every step.
         assert sum(e for *_, e, _, _ in rows) >= 10 and sum(not e for *_, e, _, _ in rows) >= 10
-
         # The same over FTPS, where the login methods are a step of their own.
-        rows = []
-        for user, source, verb, path in FTPS_REQUESTS:
-            out = plugin("policy", "explain", "-f", str(folder), "--user", user, "--from", source,
-                         "--protocol", "ftps", "-o", "json", verb, path, check=False)
-            assert out.returncode in (0, 3), out.stderr
-            decision = json.loads(out.stdout)
-            f = ftps_session(ftps_port, user, source)
-            real = False
-            if f is not None:
-                real = ftps_attempt(f, verb, path)
-                f.close()
-            rows.append((user, source, verb, path, decision["allow"], real, decision["rule"]))
-        table = "\n".join(
-            f"{'ok ' if e == r else 'BAD'} {u:<8} {src:<10} {v:<8} {p:<24} explain={'allow' if e else 'deny':<5} gateway={'allow' if r else 'deny':<5} {rule}"
-            for u, src, v, p, e, r, rule in rows
-        )
-        print(table)
-        assert all(e == r for _, _, _, _, e, r, _ in rows), table
+        rows = compare(folder, "ftps", FTPS_REQUESTS,
+                       lambda u, src, v, p: attempt(ftps_session(ftps_port, u, src), FTPS_VERBS, v, p))
         assert sum(e for *_, e, _, _ in rows) >= 6 and sum(not e for *_, e, _, _ in rows) >= 6
     finally:
         gw.stop()

@@ -242,7 +242,7 @@ mod tests {
         ca,
         cache::{Caches, Listed},
         keyring_secret::keys,
-        testing::{Seen, answer, context, mock_client},
+        testing::{Seen, answering_status, context, mock_client},
     };
 
     const NS: &str = "/api/v1/namespaces/team";
@@ -334,7 +334,7 @@ mod tests {
         secret: &Secret,
         live: BTreeMap<String, Value>,
     ) -> impl Fn(&Seen) -> (u16, Value) + use<> {
-        let base = serde_json::to_value(gw).unwrap();
+        let otherwise = answering_status(gw);
         let secret = serde_json::to_value(secret).unwrap();
         move |s| match (s.method.as_str(), s.path.as_str()) {
             ("GET", p) if p == format!("{NS}/secrets/edge-keyring") => (200, secret.clone()),
@@ -343,11 +343,7 @@ mod tests {
                 json!({"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {}, "items": []}),
             ),
             ("GET", p) if live.contains_key(p) => (200, live[p].clone()),
-            _ => answer(s, |s| {
-                let mut out = base.clone();
-                out["status"] = s.body["status"].clone();
-                out
-            }),
+            _ => otherwise(s),
         }
     }
 

@@ -298,7 +298,7 @@ mod tests {
     use super::*;
     use crate::shared::{
         cache::Listed,
-        testing::{answer, context, mock_client},
+        testing::{answering_status, context, mock_client},
     };
 
     fn user(spec: Value) -> TransferUser {
@@ -310,16 +310,6 @@ mod tests {
         .unwrap()
     }
 
-    /// The status patch answered with the user it patched.
-    fn patched(u: &TransferUser) -> impl Fn(&crate::shared::testing::Seen) -> Value + use<> {
-        let base = serde_json::to_value(u).unwrap();
-        move |s| {
-            let mut out = base.clone();
-            out["status"] = s.body["status"].clone();
-            out
-        }
-    }
-
     #[tokio::test]
     async fn a_user_whose_secret_is_missing_gets_a_false_ready_and_an_event_and_nothing_else() {
         let alice = user(json!({"passwordHash": {"name": "alice-pw", "key": "hash"}, "roles": []}));
@@ -328,8 +318,7 @@ mod tests {
             ..Default::default()
         })
         .await;
-        let status = patched(&alice);
-        let (client, log) = mock_client(move |s| answer(s, &status));
+        let (client, log) = mock_client(answering_status(&alice));
         let ctx = context(client, caches);
         let action = reconcile(Arc::new(alice), ctx.clone()).await.unwrap();
         assert_eq!(action, Action::requeue(std::time::Duration::from_secs(600)));
@@ -378,8 +367,7 @@ mod tests {
             ..Default::default()
         })
         .await;
-        let status = patched(&alice);
-        let (client, log) = mock_client(move |s| answer(s, &status));
+        let (client, log) = mock_client(answering_status(&alice));
         reconcile(Arc::new(alice.clone()), context(client, caches.clone()))
             .await
             .unwrap();
@@ -388,8 +376,7 @@ mod tests {
         assert_eq!(first[0].body["status"]["conditions"][0]["status"], "True");
         // The same object with the status it now has: no request at all.
         alice.status = serde_json::from_value(first[0].body["status"].clone()).unwrap();
-        let status = patched(&alice);
-        let (client, log) = mock_client(move |s| answer(s, &status));
+        let (client, log) = mock_client(answering_status(&alice));
         reconcile(Arc::new(alice), context(client, caches))
             .await
             .unwrap();

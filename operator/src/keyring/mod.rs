@@ -559,7 +559,7 @@ mod tests {
     use super::*;
     use crate::shared::{
         cache::{Caches, Listed},
-        testing::{Seen, answer, context, mock_client},
+        testing::{Seen, answering_status, context, mock_client},
     };
 
     fn edge() -> KeyRing {
@@ -574,14 +574,10 @@ mod tests {
     /// Answers a status patch with the key ring it patched, and a GET of a Secret in `secrets`
     /// (path → object) with it.
     fn api(kr: &KeyRing, secrets: Vec<(String, Value)>) -> impl Fn(&Seen) -> (u16, Value) + use<> {
-        let base = serde_json::to_value(kr).unwrap();
+        let otherwise = answering_status(kr);
         move |s| match secrets.iter().find(|(p, _)| *p == s.path) {
             Some((_, sec)) if s.method == "GET" => (200, sec.clone()),
-            _ => answer(s, |s| {
-                let mut out = base.clone();
-                out["status"] = s.body["status"].clone();
-                out
-            }),
+            _ => otherwise(s),
         }
     }
 

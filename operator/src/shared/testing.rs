@@ -77,6 +77,20 @@ pub fn answer(seen: &Seen, status: impl Fn(&Seen) -> Value) -> (u16, Value) {
     }
 }
 
+/// [`answer`], a status patch being answered with `obj` and the status it was given.
+pub fn answering_status<K: serde::Serialize>(
+    obj: &K,
+) -> impl Fn(&Seen) -> (u16, Value) + Send + 'static + use<K> {
+    let base = serde_json::to_value(obj).unwrap();
+    move |s| {
+        answer(s, |s| {
+            let mut out = base.clone();
+            out["status"] = s.body["status"].clone();
+            out
+        })
+    }
+}
+
 /// A reconcile context over `caches` and `client`.
 pub fn context(client: Client, caches: Arc<Caches>) -> Arc<Context> {
     Arc::new(Context {
