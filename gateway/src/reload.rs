@@ -39,8 +39,10 @@ pub fn config_base(file: &Path) -> PathBuf {
 
 pub fn spawn(shared: Arc<Shared>, path: PathBuf) -> notify::Result<()> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-        let _ = tx.try_send(());
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.as_ref().is_ok_and(changes) || res.is_err() {
+            let _ = tx.try_send(());
+        }
     })?;
     let dir = path
         .parent()
@@ -61,6 +63,19 @@ pub fn spawn(shared: Arc<Shared>, path: PathBuf) -> notify::Result<()> {
         }
     });
     Ok(())
+}
+
+/// Whether an event in the config's directory may have changed what is on disk. Opening,
+/// reading or closing a file unwritten does not: reacting to those, a reload (which reads the
+/// config and the files it names, all in that directory) set off the next one, 150 ms later,
+/// for ever.
+fn changes(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 /// Refuses a reload that changes what only a restart applies: the audit sinks and signing key
@@ -152,5 +167,43 @@ pub async fn reload(shared: &Shared, path: &Path, last_rejected: &mut String) ->
             tracing::error!(error = %e, "config compile task failed");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::mpsc, time::Duration};
+
+    use notify::Watcher;
+
+    use super::changes;
+
+    /// The real watcher on a real directory: reading the config (as every reload does) is no
+    /// change; writing it is.
+    #[test]
+    fn reading_the_config_is_not_a_change_writing_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "a: 1\n").unwrap();
+        let (tx, rx) = mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(e) = res
+                && changes(&e)
+            {
+                let _ = tx.send(e.kind);
+            }
+        })
+        .unwrap();
+        watcher
+            .watch(dir.path(), notify::RecursiveMode::NonRecursive)
+            .unwrap();
+        for _ in 0..3 {
+            assert_eq!(std::fs::read_to_string(&file).unwrap(), "a: 1\n");
+        }
+        let seen = rx.recv_timeout(Duration::from_millis(500));
+        assert!(seen.is_err(), "a read was taken for a change: {seen:?}");
+        std::fs::write(&file, "a: 2\n").unwrap();
+        let kind = rx.recv_timeout(Duration::from_secs(5));
+        assert!(kind.is_ok(), "a write was not seen");
     }
 }
