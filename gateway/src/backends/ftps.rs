@@ -8,10 +8,15 @@
 //! A file is only reported closed once the data connection was drained, TLS `close_notify`
 //! sent, and the backend's `226` read.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use portcullis_config::FtpSecurity;
 use rustls::ClientConfig;
 use suppaftp::{
@@ -502,9 +507,7 @@ impl Backend for FtpsBackend {
                 transfer: None,
                 pump: None,
                 pos: 0,
-                buf: BytesMut::new(),
-                buf_start: 0,
-                served: BTreeMap::new(),
+                read: ReadBuffer::default(),
                 pending: BTreeMap::new(),
                 pending_bytes: 0,
                 eof: false,
@@ -705,17 +708,104 @@ async fn pump(
     }
 }
 
+/// A download's bytes read off the stream and not yet handed out, kept as the chunks the pump
+/// read: a read within one chunk (the usual case: the pump's chunks are a multiple of what
+/// clients ask for) is a slice of it, not a copy.
+#[derive(Default)]
+struct ReadBuffer {
+    chunks: VecDeque<Bytes>,
+    /// The stream offset of the first byte of `chunks`.
+    start: u64,
+    len: usize,
+    /// Ranges handed out above `start` (offset → end), released once all before them are.
+    served: BTreeMap<u64, u64>,
+}
+
+impl ReadBuffer {
+    fn at(start: u64) -> ReadBuffer {
+        ReadBuffer {
+            start,
+            ..Default::default()
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.start + self.len as u64
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push_back(chunk);
+    }
+
+    /// Hands out `[from, to)`, which the buffer holds, and releases what has been handed out
+    /// from its start.
+    fn take(&mut self, from: u64, to: u64) -> Bytes {
+        debug_assert!(self.start <= from && from < to && to <= self.end());
+        let out = self.range(from, to);
+        if from == self.start {
+            self.release(to);
+        } else {
+            self.served.insert(from, to);
+        }
+        while let Some(done) = self.served.remove(&self.start) {
+            self.release(done);
+        }
+        out
+    }
+
+    /// `[from, to)`: a slice of one chunk when it lies in one, else a copy.
+    fn range(&self, from: u64, to: u64) -> Bytes {
+        let mut at = self.start;
+        let mut parts = Vec::new();
+        for c in &self.chunks {
+            let c_end = at + c.len() as u64;
+            if c_end > from {
+                let a = from.saturating_sub(at) as usize;
+                let b = (to.min(c_end) - at) as usize;
+                parts.push(c.slice(a..b));
+            }
+            if c_end >= to {
+                break;
+            }
+            at = c_end;
+        }
+        match parts.len() {
+            1 => parts.pop().expect("one part"),
+            _ => {
+                let mut out = BytesMut::with_capacity((to - from) as usize);
+                parts.iter().for_each(|p| out.extend_from_slice(p));
+                out.freeze()
+            }
+        }
+    }
+
+    /// Drops the bytes before `to`.
+    fn release(&mut self, to: u64) {
+        while self.start < to {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            let n = (to - self.start).min(front.len() as u64) as usize;
+            if n == front.len() {
+                self.chunks.pop_front();
+            } else {
+                front.advance(n);
+            }
+            self.start += n as u64;
+            self.len -= n;
+        }
+    }
+}
+
 struct FileState {
     ftp: Option<Ftp>,
     transfer: Option<Transfer>,
     pump: Option<Pump>,
     /// Stream position: the offset of the next byte the transfer carries.
     pos: u64,
-    /// Reads: bytes from `buf_start` read off the stream and not yet released.
-    buf: BytesMut,
-    buf_start: u64,
-    /// Reads: ranges served above `buf_start` (offset → end), to release the buffer in order.
-    served: BTreeMap<u64, u64>,
+    /// Reads: what was read off the stream and not yet handed out.
+    read: ReadBuffer,
     /// Writes: data that arrived ahead of `pos`.
     pending: BTreeMap<u64, Bytes>,
     pending_bytes: usize,
@@ -743,18 +833,6 @@ pub struct FtpsFile {
 }
 
 impl FtpsFile {
-    /// Drops what has been served contiguously from the start of the read buffer.
-    fn release(&self, st: &mut FileState) {
-        loop {
-            let start = st.buf_start;
-            let Some(done) = st.served.remove(&start) else {
-                break;
-            };
-            let _ = st.buf.split_to((done - start) as usize);
-            st.buf_start = done;
-        }
-    }
-
     /// Opens the transfer at `offset` (`REST` when non-zero), once: a failure is kept and
     /// returned to every later call.
     async fn start(&self, st: &mut FileState, offset: u64) -> Result<(), FsError> {
@@ -805,7 +883,7 @@ impl FtpsFile {
             });
         }
         st.pos = offset;
-        st.buf_start = offset;
+        st.read = ReadBuffer::at(offset);
         st.started = true;
         Ok(())
     }
@@ -834,14 +912,14 @@ impl BackendFile for FtpsFile {
         if !st.started {
             self.start(&mut st, offset).await?;
         }
-        if offset < st.buf_start {
+        if offset < st.read.start {
             return Err(FsError::Unsupported(
                 "an FTP endpoint reads forward only; this range was already passed".into(),
             ));
         }
         let want_end = offset + u64::from(len);
-        while !st.eof && st.buf_start + (st.buf.len() as u64) < want_end {
-            if st.buf.len() > WINDOW {
+        while !st.eof && st.read.end() < want_end {
+            if st.read.len > WINDOW {
                 return Err(FsError::Failure(
                     "reads too far ahead of the stream for an FTP endpoint".into(),
                 ));
@@ -854,30 +932,17 @@ impl BackendFile for FtpsFile {
             match next {
                 Some(Ok(chunk)) => {
                     st.pos += chunk.len() as u64;
-                    st.buf.extend_from_slice(&chunk);
+                    st.read.push(chunk);
                 }
                 Some(Err(e)) => return Err(FsError::Unavailable(e)),
                 None => st.eof = true,
             }
         }
-        let have_end = st.buf_start + st.buf.len() as u64;
-        if offset >= have_end {
+        if offset >= st.read.end() {
             return Ok(None);
         }
-        let end = want_end.min(have_end);
-        if offset == st.buf_start {
-            // In order (the usual case): hand the bytes over without a copy.
-            let out = st.buf.split_to((end - offset) as usize).freeze();
-            st.buf_start = end;
-            self.release(&mut st);
-            return Ok(Some(out));
-        }
-        let from = (offset - st.buf_start) as usize;
-        let to = (end - st.buf_start) as usize;
-        let out = Bytes::copy_from_slice(&st.buf[from..to]);
-        st.served.insert(offset, end);
-        self.release(&mut st);
-        Ok(Some(out))
+        let end = want_end.min(st.read.end());
+        Ok(Some(st.read.take(offset, end)))
     }
 
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
@@ -1137,5 +1202,61 @@ mod tests {
         drop(held);
         assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 0);
         assert!(FileSlot::take(&count, 2).is_some());
+    }
+
+    /// A read buffer at `start` holding 0, 1, 2, … (mod 251) in chunks of these sizes.
+    fn buffer(start: u64, sizes: &[usize]) -> ReadBuffer {
+        let mut b = ReadBuffer::at(start);
+        let mut at = start;
+        for &n in sizes {
+            b.push((at..at + n as u64).map(|i| (i % 251) as u8).collect());
+            at += n as u64;
+        }
+        b
+    }
+
+    fn expected(from: u64, to: u64) -> Vec<u8> {
+        (from..to).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn reads_within_a_chunk_are_slices_of_it_not_copies() {
+        let mut b = buffer(1000, &[256, 256]);
+        let chunk_ptr = b.chunks[0].as_ptr();
+        let first = b.take(1000, 1128);
+        assert_eq!(
+            first.as_ptr(),
+            chunk_ptr,
+            "an in-order read within a chunk is a slice"
+        );
+        assert_eq!(&first[..], expected(1000, 1128));
+        let second = b.take(1128, 1256);
+        assert_eq!(second.as_ptr(), chunk_ptr.wrapping_add(128));
+        assert_eq!((b.start, b.len, b.chunks.len()), (1256, 256, 1));
+    }
+
+    #[test]
+    fn reads_across_chunks_are_whole_and_release_what_they_cover() {
+        let mut b = buffer(0, &[100, 100, 100]);
+        let r = b.take(0, 250);
+        assert_eq!(&r[..], expected(0, 250));
+        assert_eq!((b.start, b.len, b.chunks.len()), (250, 50, 1));
+        assert_eq!(&b.take(250, 300)[..], expected(250, 300));
+        assert_eq!((b.len, b.chunks.len()), (0, 0));
+    }
+
+    #[test]
+    fn out_of_order_reads_are_held_until_the_gap_before_them_is_read() {
+        let mut b = buffer(0, &[64, 64, 64]);
+        assert_eq!(&b.take(128, 192)[..], expected(128, 192));
+        assert_eq!(&b.take(64, 128)[..], expected(64, 128));
+        assert_eq!(
+            (b.start, b.len),
+            (0, 192),
+            "nothing released while 0..64 is unread"
+        );
+        assert_eq!(&b.take(0, 64)[..], expected(0, 64));
+        assert_eq!((b.start, b.len, b.chunks.len()), (192, 0, 0));
+        assert!(b.served.is_empty());
     }
 }

@@ -45,7 +45,7 @@ use russh::{
     },
 };
 use russh_sftp::protocol::{
-    Data, File, FileAttributes, Handle as HandleReply, Name, OpenFlags, Packet, Status, StatusCode,
+    File, FileAttributes, Handle as HandleReply, Name, OpenFlags, Packet, Status, StatusCode,
     Version,
 };
 use tokio::{io::AsyncReadExt, net::TcpStream, sync::mpsc};
@@ -753,22 +753,39 @@ pub async fn serve_sftp(
     };
     let queue = replies.clone();
     let writer = tokio::spawn(async move {
-        // Replies go to the channel as owned bytes. Whatever is queued is sent as one message,
-        // so a burst of small status replies costs one channel write, not one each.
-        while let Some(first) = out_rx.recv().await {
-            let batch = if out_rx.is_empty() {
-                first
-            } else {
-                let mut buf = BytesMut::with_capacity(first.len() * 2);
-                buf.extend_from_slice(&first);
-                while buf.len() < COALESCE_LIMIT {
-                    match out_rx.try_recv() {
-                        Ok(b) => buf.extend_from_slice(&b),
-                        Err(_) => break,
-                    }
-                }
-                buf.freeze()
+        // Replies go to the channel as owned bytes. Replies already queued are joined into
+        // one message up to COALESCE_LIMIT, so a burst of small status replies costs one
+        // channel write, not one each; a reply that would pass the limit goes on its own,
+        // uncopied (DATA replies are most of a download's bytes).
+        let mut held: Option<Bytes> = None;
+        loop {
+            let first = match held.take() {
+                Some(b) => b,
+                None => match out_rx.recv().await {
+                    Some(b) => b,
+                    None => break,
+                },
             };
+            let mut joined: Option<BytesMut> = None;
+            loop {
+                let len = joined.as_ref().map_or(first.len(), BytesMut::len);
+                if len >= COALESCE_LIMIT {
+                    break;
+                }
+                let Ok(b) = out_rx.try_recv() else { break };
+                if len + b.len() > COALESCE_LIMIT {
+                    held = Some(b);
+                    break;
+                }
+                joined
+                    .get_or_insert_with(|| {
+                        let mut j = BytesMut::with_capacity(COALESCE_LIMIT);
+                        j.extend_from_slice(&first);
+                        j
+                    })
+                    .extend_from_slice(&b);
+            }
+            let batch = joined.map_or(first, BytesMut::freeze);
             let n = batch.len();
             let sent = output.data_bytes(batch).await;
             queue.release(n);
@@ -1264,6 +1281,21 @@ impl From<&FsError> for SftpStatus {
     }
 }
 
+/// `SSH_FXP_DATA` on the wire.
+const FXP_DATA: u8 = 103;
+
+/// An `SSH_FXP_DATA` reply, built with one copy of the payload: the codec would copy it twice
+/// (into its `Vec`, then into the packet), and this is most of the bytes a download moves.
+fn data_reply(id: u32, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(13 + payload.len());
+    out.put_u32(9 + payload.len() as u32);
+    out.put_u8(FXP_DATA);
+    out.put_u32(id);
+    out.put_u32(payload.len() as u32);
+    out.extend_from_slice(payload);
+    out.freeze()
+}
+
 pub(crate) fn encode(id: u32, kind: Kind, result: Result<OpOutput, FsError>) -> Bytes {
     let packet = match result {
         Err(e) => {
@@ -1276,7 +1308,7 @@ pub(crate) fn encode(id: u32, kind: Kind, result: Result<OpOutput, FsError>) -> 
                 id,
                 handle: format!("{h:x}"),
             }),
-            (Kind::Data, OpOutput::Data(d)) => Packet::Data(Data { id, data: d.into() }),
+            (Kind::Data, OpOutput::Data(d)) => return data_reply(id, &d),
             (Kind::Attrs, OpOutput::Attrs(a)) => Packet::Attrs(russh_sftp::protocol::Attrs {
                 id,
                 attrs: to_wire(&a),
@@ -1331,7 +1363,7 @@ pub(crate) fn encode(id: u32, kind: Kind, result: Result<OpOutput, FsError>) -> 
 
 #[cfg(test)]
 mod tests {
-    use russh_sftp::protocol::Open;
+    use russh_sftp::protocol::{Data, Open};
 
     use crate::fs::{DirEntry, FileAttrs};
 
@@ -1346,6 +1378,27 @@ mod tests {
         });
         // Strip the length prefix: the reader hands `decode` the packet body.
         Bytes::try_from(p).unwrap().slice(4..)
+    }
+
+    #[test]
+    fn data_replies_are_what_the_codec_would_encode() {
+        for payload in [
+            Vec::new(),
+            b"x".to_vec(),
+            (0..=255u8).cycle().take(70_000).collect(),
+        ] {
+            let ours = encode(
+                7,
+                Kind::Data,
+                Ok(OpOutput::Data(Bytes::from(payload.clone()))),
+            );
+            let codec = Bytes::try_from(Packet::Data(Data {
+                id: 7,
+                data: payload,
+            }))
+            .unwrap();
+            assert_eq!(ours, codec);
+        }
     }
 
     #[test]
