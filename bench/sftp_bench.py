@@ -2,10 +2,14 @@
 one run, on tmpfs so that the disk is not what is measured.
 
     python3 bench/sftp_bench.py [--size-mib 1024] [--runs 3] [--sessions 50] [--logins 50]
+                                [--cipher aes128-gcm@openssh.com]
 
-Prints MB/s per direction and the gateway/direct ratio, the gateway's CPU-seconds per GB moved,
-PSS per idle authenticated session (gateway vs sshd), and server CPU per public-key login
-(gateway vs sshd). Needs a release build (`cargo build --release`) and the e2e requirements.
+Prints MB/s per direction and the gateway/direct ratio, the gateway's CPU-seconds per GB moved
+(per direction, and against the crypto floor measured on this machine), the bridged path (the
+same sftp client through the gateway to a vsftpd FTPS endpoint), PSS per idle authenticated
+session (gateway vs sshd), and server CPU per public-key login (gateway vs sshd). `--cipher`
+pins the client's cipher on every path. Needs a release build (`cargo build --release`) and
+the e2e requirements.
 """
 
 import argparse
@@ -21,18 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 
 import paramiko  # noqa: E402
-
-from harness import SSH_OPTS, Gateway, Sshd, keygen, make_file, pubkey  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int, children: bool = False) -> float:
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(f[11]) + int(f[12])  # utime, stime
-    if children:
-        ticks += int(f[13]) + int(f[14])  # cutime, cstime (reaped children)
-    return ticks / TICK
+from benchlib import cpu_seconds, crypto_floor_cpu_s_per_gb  # noqa: E402
+from ftps import Pki, Vsftpd  # noqa: E402
+from harness import SSH_OPTS, Gateway, Sshd, keygen, make_file, pubkey, sha256_file  # noqa: E402
 
 
 def pss_kib(pids) -> int:
@@ -64,11 +59,12 @@ def sshd_pids(master: int) -> list[int]:
     return pids
 
 
-def sftp(port: int, user: str, key: Path, batch: str) -> float:
+def sftp(port: int, user: str, key: Path, batch: str, cipher: str | None) -> float:
     with tempfile.NamedTemporaryFile("w", delete=False) as f:
         f.write(batch)
     start = time.monotonic()
-    subprocess.run(["sftp", "-P", str(port), *SSH_OPTS, "-o", "IdentitiesOnly=yes", "-i", str(key), "-b", f.name,
+    pin = ["-c", cipher] if cipher else []
+    subprocess.run(["sftp", "-P", str(port), *SSH_OPTS, *pin, "-o", "IdentitiesOnly=yes", "-i", str(key), "-b", f.name,
                     f"{user}@127.0.0.1"], check=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=900)
     took = time.monotonic() - start
     os.unlink(f.name)
@@ -81,21 +77,27 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--sessions", type=int, default=50)
     ap.add_argument("--logins", type=int, default=50)
+    ap.add_argument("--cipher", help="pin the client's cipher (sftp -c) on every path")
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="portcullis-bench-", dir="/dev/shm"))
+    base.chmod(0o755)  # vsftpd's login user must reach its root below it
     sshd = Sshd(base / "sshd")
+    vs = Vsftpd(base / "vsftpd", Pki(base / "pki"))
     user_key = keygen(base / "user_key")
     # Direct clients log in to sshd with the same key the gateway uses.
     direct_key = sshd.client_key
     g = Gateway(base / "gw", {
-        "endpoints": [sshd.endpoint("backend")],
+        "endpoints": [sshd.endpoint("backend"), vs.endpoint("vsftpd")],
         "users": [{"name": "bench", "publicKeys": [pubkey(user_key)], "zones": ["loopback"], "roles": ["rw"]}],
-        "roles": [{"name": "rw", "mounts": [{"path": "/data", "endpoint": "backend", "backendPath": str(sshd.root),
-                                              "verbs": ["list", "read", "write", "delete"]}]}],
+        "roles": [{"name": "rw", "mounts": [
+            {"path": "/data", "endpoint": "backend", "backendPath": str(sshd.root),
+             "verbs": ["list", "read", "write", "delete"]},
+            {"path": "/vs", "endpoint": "vsftpd", "verbs": ["list", "read", "write", "delete"]}]}],
         "limits": {"maxSessionsPerIp": 500, "maxSessions": 1000},
     })
-    report = {"size_mib": args.size_mib, "runs": args.runs}
+    report = {"size_mib": args.size_mib, "runs": args.runs, "cipher": args.cipher or "client default",
+              "crypto_floor": crypto_floor_cpu_s_per_gb()}
     # Memory and login cost first, on a gateway that has not moved any data yet.
     # Idle authenticated sessions, each with an SFTP channel open.
     def idle_sessions(port, user, key_path, n):
@@ -144,7 +146,7 @@ def main() -> None:
 
     size = args.size_mib * 1024 * 1024
     src = base / "src.bin"
-    make_file(src, size)
+    digest = make_file(src, size)
     mb = size / 1e6
     # The same gateway front end with a local-directory backend: how much of the gap is the
     # backend SSH leg rather than the front end.
@@ -156,20 +158,26 @@ def main() -> None:
         "roles": [{"name": "rw", "mounts": [{"path": "/data", "endpoint": "local",
                                               "verbs": ["list", "read", "write", "delete"]}]}],
     })
-    results = {k: {"upload": [], "download": []} for k in ("direct", "gateway", "gateway_local_backend")}
-    gw_cpu = 0.0
+    paths = {
+        "direct": (sshd.port, sshd.user, direct_key, str(sshd.root), sshd.root),
+        "gateway": (g.port, "bench", user_key, "/data", sshd.root),
+        "gateway_local_backend": (g_local.port, "bench", user_key, "/data", local_root),
+        "gateway_to_ftps": (g.port, "bench", user_key, "/vs", vs.root),
+    }
+    results = {k: {"upload": [], "download": []} for k in paths}
+    gw_cpu = {"upload": 0.0, "download": 0.0}
     for _ in range(args.runs):
-        for who, port, user, key, prefix in [
-            ("direct", sshd.port, sshd.user, direct_key, str(sshd.root)),
-            ("gateway", g.port, "bench", user_key, "/data"),
-            ("gateway_local_backend", g_local.port, "bench", user_key, "/data"),
-        ]:
+        for who, (port, user, key, prefix, root) in paths.items():
             c0 = cpu_seconds(g.proc.pid)
-            up = sftp(port, user, key, f"put {src} {prefix}/f.bin\n")
-            down = sftp(port, user, key, f"get {prefix}/f.bin {base}/back.bin\n")
+            up = sftp(port, user, key, f"put {src} {prefix}/f.bin\n", args.cipher)
+            c1 = cpu_seconds(g.proc.pid)
+            down = sftp(port, user, key, f"get {prefix}/f.bin {base}/back.bin\n", args.cipher)
             if who == "gateway":
-                gw_cpu += cpu_seconds(g.proc.pid) - c0
-            (local_root if who == "gateway_local_backend" else sshd.root).joinpath("f.bin").unlink()
+                gw_cpu["upload"] += c1 - c0
+                gw_cpu["download"] += cpu_seconds(g.proc.pid) - c1
+            if sha256_file(base / "back.bin") != digest:
+                raise SystemExit(f"{who}: the downloaded file differs from the uploaded one")
+            root.joinpath("f.bin").unlink()
             (base / "back.bin").unlink()
             results[who]["upload"].append(mb / up)
             results[who]["download"].append(mb / down)
@@ -184,12 +192,18 @@ def main() -> None:
             "ratio_median": round(gw / direct, 2),
             "gateway_local_backend_MBps": [round(x) for x in results["gateway_local_backend"][d]],
             "local_backend_ratio_median": round(local / direct, 2),
+            "gateway_to_ftps_MBps": [round(x) for x in results["gateway_to_ftps"][d]],
+            "gateway_to_ftps_ratio_median": round(statistics.median(results["gateway_to_ftps"][d]) / direct, 2),
+            "gateway_cpu_s_per_GB": round(gw_cpu[d] / (args.runs * size / 1e9), 2),
         }
-    report["gateway_cpu_s_per_GB"] = round(gw_cpu / (2 * args.runs * size / 1e9), 2)
+    cpu = sum(gw_cpu.values()) / (2 * args.runs * size / 1e9)
+    report["gateway_cpu_s_per_GB"] = round(cpu, 2)
+    report["gateway_cpu_vs_floor"] = round(cpu / report["crypto_floor"]["floor_cpu_s_per_GB"], 2)
 
     g.stop()
     g_local.stop()
     sshd.stop()
+    vs.stop()
     subprocess.run(["rm", "-rf", str(base)])
     print(json.dumps(report, indent=2))
 
