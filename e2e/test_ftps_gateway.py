@@ -775,6 +775,28 @@ def test_tls_policy_required_client_certificates_and_advertised_address(gw, tmp_
         mtls_vs.stop()
 
 
+def test_changing_into_a_mount_logs_in_to_its_endpoint_before_any_file_command(gw):
+    """FTP clients change into a directory before they ask for its files; the gateway logs in to
+    the mount's endpoint then, in the background, so the first SIZE or RETR does not wait for
+    the endpoint's login (curl then sleeps up to a second before its next command: the
+    whole-command figures in docs/performance.md)."""
+    before = {e["session"] for e in gw.events("sessionStart")}
+    f = ftps_login(gw.ftps_port, gw.pki.ca, "alice", "alice-pw")
+    try:
+        session = next(e["session"] for e in gw.events("sessionStart") if e["session"] not in before)
+        f.cwd("/")
+        f.cwd("/vsi")
+        # Nothing after the CWD: the connection is the CWD's doing.
+        leg = gw.wait_event("backendConnected", session=session, endpoint="vsftpd-implicit")
+        assert leg["protocol"] == "ftps-implicit", leg
+        assert f.sendcmd("NOOP").startswith("200")
+    finally:
+        f.quit()
+    legs = [e for e in gw.events("backendConnected") if e["session"] == session]
+    # One connection for the metadata commands; changing into the virtual root makes none.
+    assert [e["endpoint"] for e in legs] == ["vsftpd-implicit"], legs
+
+
 def test_unreachable_backend_is_a_clear_error(gw):
     endpoint = gw.config["endpoints"][1]
     good = endpoint["addresses"]

@@ -1244,6 +1244,26 @@ impl Session {
         Ok(b)
     }
 
+    /// Starts the connection to the endpoint behind `path`, if the user may list, read or
+    /// write there, so that the first command needing it does not wait for the endpoint's
+    /// login: FTP clients change into a directory before they ask for its files, and curl,
+    /// for one, then waits up to a second longer when a `SIZE` reply is slow. Asks for no
+    /// file operation, so it denies and audits nothing itself (the connection is audited).
+    pub async fn prepare(&self, path: &str) {
+        let (Ok(vpath), Ok(user)) = (parse(path), self.user()) else {
+            return;
+        };
+        let endpoint = [Verb::List, Verb::Read, Verb::Write]
+            .into_iter()
+            .find_map(|v| user.tree.authorize(v, &vpath).ok())
+            .map(|a| Target::from(a).endpoint);
+        if let Some(endpoint) = endpoint
+            && let Ok(b) = self.backend(&endpoint).await
+        {
+            b.prepare();
+        }
+    }
+
     async fn backend(&self, endpoint: &str) -> Result<Arc<dyn Backend>, FsError> {
         let rt = self.shared.runtime.load();
         let spec = rt.endpoints.get(endpoint).cloned().ok_or_else(|| {

@@ -453,6 +453,12 @@ fn file_attrs(size: u64, mtime: Option<u32>) -> FileAttrs {
 
 #[async_trait]
 impl Backend for FtpsBackend {
+    fn prepare(self: Arc<Self>) {
+        tokio::spawn(async move {
+            let _ = self.control().await;
+        });
+    }
+
     /// FTP shows no server's view of where a symlink leads (`LIST` gives a target as text,
     /// relative to who knows what, and `CWD` follows it silently), so the check is the
     /// path's own: beneath the mount, no `..`. The FTP server's own confinement (vsftpd's

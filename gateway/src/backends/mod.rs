@@ -87,4 +87,8 @@ pub trait Backend: Send + Sync {
     fn is_closed(&self) -> bool {
         false
     }
+    /// Starts connecting in the background if not connected, so that the first operation
+    /// does not wait for the endpoint's handshake and login; a failure here is audited and
+    /// the next operation tries again.
+    fn prepare(self: Arc<Self>) {}
 }

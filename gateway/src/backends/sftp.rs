@@ -374,6 +374,12 @@ impl BackendFile for SftpFile {
 
 #[async_trait]
 impl Backend for SftpBackend {
+    fn prepare(self: Arc<Self>) {
+        tokio::spawn(async move {
+            let _ = self.conn().await;
+        });
+    }
+
     /// `realpath` of the mount's directory (once a session) and of the path's parent, and of
     /// the path itself when it is a symlink: each resolved path must lie beneath the resolved
     /// mount. Two extra round trips per path operation (three for a symlink); none per read

@@ -282,6 +282,7 @@ impl Conn {
         let path = self.resolve(arg);
         match self.stat(&path).await {
             Ok(a) if a.is_dir() => {
+                self.session().prepare(&path).await;
                 self.cwd = path;
                 Reply::new(250, format!("Directory changed to {}", self.cwd))
             }
