@@ -315,7 +315,7 @@ struct SftpFile {
 impl BackendFile for SftpFile {
     async fn read_at(&self, offset: u64, len: u32) -> Result<Option<Bytes>, FsError> {
         match self.conn.sftp.read(self.handle.as_str(), offset, len).await {
-            Ok(d) => Ok(Some(Bytes::from(d.data))),
+            Ok(d) => Ok(Some(d.data)),
             Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => Ok(None),
             Err(e) => Err(map_err(e)),
         }

@@ -717,11 +717,16 @@ async fn read_packets(
             let _ = tx.send(Incoming::Oversized(len));
             return;
         }
-        let mut buf = vec![0u8; len as usize];
-        if rd.read_exact(&mut buf).await.is_err() {
-            return;
+        // Read into uninitialised capacity: zeroing each packet first cost a memset per byte.
+        let mut buf = BytesMut::with_capacity(len as usize);
+        while buf.len() < len as usize {
+            let left = (len as usize - buf.len()) as u64;
+            match (&mut rd).take(left).read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
         }
-        let b = Bytes::from(buf);
+        let b = buf.freeze();
         let cost = queued_cost(&b);
         if queued.0.fetch_add(cost, Ordering::AcqRel) + cost > REQUEST_QUEUE_LIMIT {
             let _ = tx.send(Incoming::Overflow);
@@ -1063,7 +1068,7 @@ pub(crate) fn decode(mut bytes: Bytes) -> Decoded {
             FileOp::Write {
                 handle: handle_id(&w.handle),
                 offset: w.offset,
-                data: Bytes::from(w.data),
+                data: w.data,
             },
         ),
         Packet::Lstat(s) => (
@@ -1380,6 +1385,56 @@ mod tests {
         Bytes::try_from(p).unwrap().slice(4..)
     }
 
+    /// WRITE and DATA payloads are slices of the packet they came in (the vendored codec's
+    /// patch), and a payload longer than its packet is an error, not a panic.
+    #[test]
+    fn write_and_data_payloads_are_decoded_without_a_copy() {
+        let payload: Vec<u8> = (0..=255u8).cycle().take(40_000).collect();
+        let mut write = BytesMut::new();
+        write.put_u8(6); // SSH_FXP_WRITE
+        write.put_u32(9);
+        write.put_u32(2);
+        write.put_slice(b"1f");
+        write.put_u64(1 << 33);
+        write.put_u32(payload.len() as u32);
+        write.put_slice(&payload);
+        let write = write.freeze();
+        let range = write.as_ptr_range();
+        match decode(write.clone()) {
+            Decoded::Op(
+                9,
+                Kind::Status,
+                FileOp::Write {
+                    handle,
+                    offset,
+                    data,
+                },
+            ) => {
+                assert_eq!((handle, offset), (0x1f, 1 << 33));
+                assert_eq!(&data[..], &payload[..]);
+                assert!(range.contains(&data.as_ptr()), "the payload was copied");
+            }
+            _ => panic!("not decoded as a write"),
+        }
+        let reply = data_reply(4, &payload).slice(4..); // the codec reads past the length
+        let range = reply.as_ptr_range();
+        match Packet::try_from(&mut reply.clone()) {
+            Ok(Packet::Data(d)) => {
+                assert_eq!((d.id, &d.data[..]), (4, &payload[..]));
+                assert!(range.contains(&d.data.as_ptr()), "the payload was copied");
+            }
+            other => panic!("not decoded as data: {other:?}"),
+        }
+        for cut in [1, 100, payload.len()] {
+            let mut short = reply.slice(..reply.len() - cut);
+            assert!(Packet::try_from(&mut short).is_err(), "cut {cut}");
+            assert!(matches!(
+                decode(write.slice(..write.len() - cut)),
+                Decoded::Malformed(_)
+            ));
+        }
+    }
+
     #[test]
     fn data_replies_are_what_the_codec_would_encode() {
         for payload in [
@@ -1394,7 +1449,7 @@ mod tests {
             );
             let codec = Bytes::try_from(Packet::Data(Data {
                 id: 7,
-                data: payload,
+                data: payload.into(),
             }))
             .unwrap();
             assert_eq!(ours, codec);

@@ -393,7 +393,7 @@ impl RawSftpSession {
                     id,
                     handle: handle.into(),
                     offset,
-                    data,
+                    data: data.into(),
                 }
                 .into(),
             )

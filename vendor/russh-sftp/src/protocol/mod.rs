@@ -195,6 +195,31 @@ impl Packet {
     }
 }
 
+/// PORTCULLIS PATCH: WRITE and DATA payloads (`string` on the wire) as `Bytes`.
+pub(crate) mod payload {
+    use bytes::{Buf, Bytes};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::error::Error;
+
+    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        serde_bytes::ByteBuf::deserialize(d).map(|b| Bytes::from(b.into_vec()))
+    }
+
+    /// A length-prefixed payload, as a slice of `bytes`.
+    pub fn take(bytes: &mut Bytes) -> Result<Bytes, Error> {
+        let len = bytes.try_get_u32()? as usize;
+        if bytes.remaining() < len {
+            return Err(Error::BadMessage("payload longer than its packet".to_owned()));
+        }
+        Ok(bytes.split_to(len))
+    }
+}
+
 impl TryFrom<&mut Bytes> for Packet {
     type Error = Error;
 
@@ -209,7 +234,16 @@ impl TryFrom<&mut Bytes> for Packet {
             SSH_FXP_OPEN => Self::Open(de::from_bytes(bytes)?),
             SSH_FXP_CLOSE => Self::Close(de::from_bytes(bytes)?),
             SSH_FXP_READ => Self::Read(de::from_bytes(bytes)?),
-            SSH_FXP_WRITE => Self::Write(de::from_bytes(bytes)?),
+            // PORTCULLIS PATCH: WRITE and DATA payloads are slices of the packet, not copies.
+            SSH_FXP_WRITE => {
+                let h: write::WriteHeader = de::from_bytes(bytes)?;
+                Self::Write(Write {
+                    id: h.id,
+                    handle: h.handle,
+                    offset: h.offset,
+                    data: payload::take(bytes)?,
+                })
+            }
             SSH_FXP_LSTAT => Self::Lstat(de::from_bytes(bytes)?),
             SSH_FXP_FSTAT => Self::Fstat(de::from_bytes(bytes)?),
             SSH_FXP_SETSTAT => Self::SetStat(de::from_bytes(bytes)?),
@@ -226,7 +260,10 @@ impl TryFrom<&mut Bytes> for Packet {
             SSH_FXP_SYMLINK => Self::Symlink(de::from_bytes(bytes)?),
             SSH_FXP_STATUS => Self::Status(de::from_bytes(bytes)?),
             SSH_FXP_HANDLE => Self::Handle(de::from_bytes(bytes)?),
-            SSH_FXP_DATA => Self::Data(de::from_bytes(bytes)?),
+            SSH_FXP_DATA => Self::Data(Data {
+                id: bytes.try_get_u32()?,
+                data: payload::take(bytes)?,
+            }),
             SSH_FXP_NAME => Self::Name(de::from_bytes(bytes)?),
             SSH_FXP_ATTRS => Self::Attrs(de::from_bytes(bytes)?),
             SSH_FXP_EXTENDED => Self::Extended(de::from_bytes(bytes)?),

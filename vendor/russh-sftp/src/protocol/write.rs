@@ -4,13 +4,23 @@ use super::{impl_packet_for, impl_request_id, Packet, RequestId};
 use crate::{error::Error, protocol::SSH_FXP_WRITE, ser};
 
 /// Implementation for `SSH_FXP_WRITE`
+// PORTCULLIS PATCH: the payload is `Bytes`, decoded as a slice of the packet (see
+// `Packet::try_from`), not copied into a `Vec`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Write {
     pub id: u32,
     pub handle: String,
     pub offset: u64,
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
+    #[serde(with = "super::payload")]
+    pub data: Bytes,
+}
+
+/// The fields of `SSH_FXP_WRITE` before its payload.
+#[derive(Deserialize)]
+pub(crate) struct WriteHeader {
+    pub id: u32,
+    pub handle: String,
+    pub offset: u64,
 }
 
 impl_request_id!(Write);
@@ -52,7 +62,7 @@ mod tests {
                 id: 42,
                 handle: "test-handle".to_owned(),
                 offset: 123_456,
-                data,
+                data: data.into(),
             }))
             .unwrap();
             assert_eq!(borrowed, owned);

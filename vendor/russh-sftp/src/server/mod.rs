@@ -13,6 +13,14 @@ use crate::{
     utils::read_packet,
 };
 
+/// PORTCULLIS PATCH: a WRITE's fields as the handler takes them.
+struct WriteArgs {
+    id: u32,
+    handle: String,
+    offset: u64,
+    data: Vec<u8>,
+}
+
 macro_rules! into_wrap {
     ($id:expr, $handler:expr, $var:ident; $($arg:ident),*) => {
         match $handler.$var($($var.$arg),*).await {
@@ -56,7 +64,16 @@ where
         Packet::Open(open) => into_wrap!(id, handler, open; id, filename, pflags, attrs),
         Packet::Close(close) => into_wrap!(id, handler, close; id, handle),
         Packet::Read(read) => into_wrap!(id, handler, read; id, handle, offset, len),
-        Packet::Write(write) => into_wrap!(id, handler, write; id, handle, offset, data),
+        Packet::Write(w) => {
+            // PORTCULLIS PATCH: `Write::data` is `Bytes`; this handler still takes a `Vec`.
+            let write = WriteArgs {
+                id: w.id,
+                handle: w.handle,
+                offset: w.offset,
+                data: w.data.into(),
+            };
+            into_wrap!(id, handler, write; id, handle, offset, data)
+        }
         Packet::Lstat(lstat) => into_wrap!(id, handler, lstat; id, path),
         Packet::Fstat(fstat) => into_wrap!(id, handler, fstat; id, handle),
         Packet::SetStat(setstat) => into_wrap!(id, handler, setstat; id, path, attrs),

@@ -236,7 +236,7 @@ fn check_write_result(result: SftpResult<Packet>) -> io::Result<()> {
 fn check_read_result(result: SftpResult<Packet>) -> io::Result<Option<Vec<u8>>> {
     match result {
         Ok(Packet::Data(data)) if data.data.is_empty() => Ok(None),
-        Ok(Packet::Data(data)) => Ok(Some(data.data)),
+        Ok(Packet::Data(data)) => Ok(Some(data.data.into())),
         Ok(Packet::Status(status)) if status.status_code == StatusCode::Eof => Ok(None),
         Ok(Packet::Status(status)) => Err(io::Error::other(status.error_message)),
         Ok(_) => Err(io::Error::other("unexpected response packet")),
