@@ -454,6 +454,11 @@ fn file_attrs(size: u64, mtime: Option<u32>) -> FileAttrs {
 #[async_trait]
 impl Backend for FtpsBackend {
     fn prepare(self: Arc<Self>) {
+        // Connected, or a command is using or making the connection: nothing to start (so a
+        // client changing directory in a loop cannot pile up connection attempts).
+        if self.control.try_lock().map_or(true, |c| c.is_some()) {
+            return;
+        }
         tokio::spawn(async move {
             let _ = self.control().await;
         });

@@ -375,6 +375,14 @@ impl BackendFile for SftpFile {
 #[async_trait]
 impl Backend for SftpBackend {
     fn prepare(self: Arc<Self>) {
+        // Connected, or an operation is using or making the connection: nothing to start.
+        let idle = self
+            .conn
+            .try_lock()
+            .is_ok_and(|c| c.as_ref().is_none_or(|c| c.ssh.is_closed()));
+        if !idle {
+            return;
+        }
         tokio::spawn(async move {
             let _ = self.conn().await;
         });
