@@ -40,7 +40,8 @@ pub fn config_base(file: &Path) -> PathBuf {
 pub fn spawn(shared: Arc<Shared>, path: PathBuf) -> notify::Result<()> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.as_ref().is_ok_and(changes) || res.is_err() {
+        // An error may have hidden a change: reload to be sure.
+        if res.as_ref().map_or(true, changes) {
             let _ = tx.try_send(());
         }
     })?;

@@ -765,30 +765,27 @@ impl ReadBuffer {
         out
     }
 
-    /// `[from, to)`: a slice of one chunk when it lies in one, else a copy.
+    /// `[from, to)`: a slice of one chunk when it lies in one (no allocation), else a copy.
     fn range(&self, from: u64, to: u64) -> Bytes {
         let mut at = self.start;
-        let mut parts = Vec::new();
+        let mut joined: Option<BytesMut> = None;
         for c in &self.chunks {
             let c_end = at + c.len() as u64;
             if c_end > from {
-                let a = from.saturating_sub(at) as usize;
-                let b = (to.min(c_end) - at) as usize;
-                parts.push(c.slice(a..b));
+                let piece = &c[from.saturating_sub(at) as usize..(to.min(c_end) - at) as usize];
+                if joined.is_none() && c_end >= to {
+                    return c.slice_ref(piece);
+                }
+                joined
+                    .get_or_insert_with(|| BytesMut::with_capacity((to - from) as usize))
+                    .extend_from_slice(piece);
             }
             if c_end >= to {
                 break;
             }
             at = c_end;
         }
-        match parts.len() {
-            1 => parts.pop().expect("one part"),
-            _ => {
-                let mut out = BytesMut::with_capacity((to - from) as usize);
-                parts.iter().for_each(|p| out.extend_from_slice(p));
-                out.freeze()
-            }
-        }
+        joined.map(BytesMut::freeze).unwrap_or_default()
     }
 
     /// Drops the bytes before `to`.
